@@ -1,0 +1,25 @@
+//! One module per subcommand, each with its own clap `Args` and a `run()` that returns the
+//! process [`Exit`](crate::exit::Exit). Commands wire the stages together; they hold no logic of
+//! their own that a test would want to reach without the command line.
+
+use std::path::PathBuf;
+
+pub mod check;
+pub mod members;
+
+/// Options every command accepts.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GlobalArgs {
+    /// The settings file (default: $KEYHOLE_CONFIG, else /etc/keyhole/keyhole.toml).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+/// Report formats shared by the report-printing commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Format {
+    #[default]
+    Text,
+    Json,
+    Markdown,
+}

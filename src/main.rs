@@ -1,0 +1,67 @@
+//! The `keyhole` binary: parses the command line, sets up logging, builds the runtime and hands
+//! over to one of `keyhole::cmd`. Nothing else lives here.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use keyhole::cmd;
+use keyhole::exit::{EXIT_CODES_HELP, Exit};
+use keyhole::logging::{self, LogFormat};
+
+/// Publishes SSH public keys from Active Directory to S3 per Access Group, and serves them to sshd.
+#[derive(Debug, Parser)]
+#[command(name = "keyhole", version, after_help = EXIT_CODES_HELP)]
+struct Cli {
+    #[command(flatten)]
+    global: cmd::GlobalArgs,
+
+    /// How log lines on stderr are written.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Check(cmd::check::Args),
+    Members(cmd::members::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            // --help and --version are not errors; everything else clap rejects is a usage error.
+            let exit = if error.use_stderr() {
+                Exit::Usage
+            } else {
+                Exit::Success
+            };
+            let _ = error.print();
+            return exit.into();
+        }
+    };
+    logging::init(cli.log_format);
+
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(dispatch(cli.command, &cli.global)));
+    match result {
+        Ok(exit) => exit.into(),
+        Err(error) => {
+            eprintln!("keyhole: error: {error:#}");
+            Exit::for_error(&error).into()
+        }
+    }
+}
+
+async fn dispatch(command: Command, global: &cmd::GlobalArgs) -> anyhow::Result<Exit> {
+    match command {
+        Command::Check(args) => cmd::check::run(args, global),
+        Command::Members(args) => cmd::members::run(args, global).await,
+    }
+}
