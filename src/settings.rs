@@ -1,0 +1,1011 @@
+//! The deployment settings, `keyhole.toml` (SPEC.md "The settings").
+//!
+//! Loading happens in two phases, as in cargo-deny: the file is deserialized into raw structs that
+//! reject unknown keys (with the file's line and column), `KEYHOLE_<SECTION>_<KEY>` environment
+//! variables are laid over it, and [`RawSettings::validate`] turns the result into the checked
+//! [`Settings`] every command uses, collecting every problem rather than stopping at the first.
+//!
+//! Secrets: the LDAP password never lives in this file or on the command line. It comes from
+//! `ldap.password_file` or `KEYHOLE_LDAP_PASSWORD` and is read only when a bind needs it, wrapped in
+//! [`Secret`] so that no `Debug` or log line can print it.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+use crate::diagnostic::{Diagnostic, Severity};
+use crate::exit::{Exit, coded};
+
+/// Where the settings are looked for when neither `--config` nor `KEYHOLE_CONFIG` says.
+pub const DEFAULT_PATH: &str = "/etc/keyhole/keyhole.toml";
+/// Environment variable naming the settings file.
+pub const CONFIG_ENV: &str = "KEYHOLE_CONFIG";
+/// Environment variable holding the LDAP bind password (the alternative to `password_file`).
+pub const PASSWORD_ENV: &str = "KEYHOLE_LDAP_PASSWORD";
+
+/// The checked settings. Sections a command does not need may be absent; the accessors say which
+/// section is missing and who needs it.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The settings file these came from (for messages).
+    pub path: PathBuf,
+    pub policy: PathBuf,
+    ldap: Option<LdapSettings>,
+    pub homes: HomesSettings,
+    s3: Option<S3Settings>,
+    pub keys: KeysSettings,
+    pub safety: SafetySettings,
+    pub signing: Option<SigningSettings>,
+    instance: Option<InstanceSettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LdapSettings {
+    pub url: String,
+    pub bind_dn: String,
+    pub password: PasswordSource,
+    pub base_dn: String,
+    /// `None`: trust the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Bounds connecting and every single LDAP operation.
+    pub timeout: Duration,
+    pub page_size: u32,
+    /// `None`: read `member` as the server hands it out (AD ranges it past 1,500 values).
+    /// `Some(n)`: ask for `member;range=` slices of `n` values.
+    pub member_range: Option<u32>,
+}
+
+/// Where the LDAP password comes from. Reading it is deferred to the bind.
+#[derive(Clone)]
+pub enum PasswordSource {
+    File(PathBuf),
+    Environment(Secret),
+}
+
+impl fmt::Debug for PasswordSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PasswordSource::File(path) => write!(f, "File({})", path.display()),
+            PasswordSource::Environment(_) => write!(f, "Environment({PASSWORD_ENV})"),
+        }
+    }
+}
+
+impl PasswordSource {
+    /// The password, read now. A trailing newline in the file is not part of it.
+    pub fn read(&self) -> anyhow::Result<Secret> {
+        match self {
+            PasswordSource::Environment(secret) => Ok(secret.clone()),
+            PasswordSource::File(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| {
+                    format!("reading the LDAP password file {}", path.display())
+                })?;
+                let password = text.trim_end_matches(['\n', '\r']);
+                if password.is_empty() {
+                    anyhow::bail!("the LDAP password file {} is empty", path.display());
+                }
+                Ok(Secret(password.to_owned()))
+            }
+        }
+    }
+}
+
+/// A value that must never be printed: `Debug` and `Display` show a placeholder.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HomesSettings {
+    pub root: PathBuf,
+    pub home_prefix: PathBuf,
+    pub read_timeout: Duration,
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct S3Settings {
+    pub bucket: String,
+    pub prefix: String,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    pub force_path_style: bool,
+    pub sse: Option<ServerSideEncryption>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerSideEncryption {
+    Aes256,
+    Kms { key_id: Option<String> },
+}
+
+#[derive(Debug, Clone)]
+pub struct KeysSettings {
+    pub allowed_types: BTreeSet<String>,
+    pub min_rsa_bits: u32,
+    pub forbidden_options: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SafetySettings {
+    pub max_removed_fraction: f64,
+    pub max_removed_users: usize,
+    pub lock_file: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct SigningSettings {
+    pub key_file: PathBuf,
+    pub validity: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct InstanceSettings {
+    pub login_user: String,
+    pub access_groups: Vec<String>,
+    pub cache_dir: PathBuf,
+    pub cache_ttl: Duration,
+    pub max_stale: Duration,
+    pub fetch_timeout: Duration,
+    pub verify_key: Option<String>,
+}
+
+/// The key types sshd accepts that keyhole allows by default (SPEC.md `[keys]`).
+pub const DEFAULT_ALLOWED_KEY_TYPES: &[&str] = &[
+    "ssh-ed25519",
+    "sk-ssh-ed25519@openssh.com",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+    "ssh-rsa",
+];
+
+impl Settings {
+    /// Finds the settings file (`--config`, else `KEYHOLE_CONFIG`, else [`DEFAULT_PATH`]), reads it,
+    /// applies the environment and validates. Any problem is an error marked [`Exit::Invalid`].
+    pub fn load(config: Option<&Path>) -> anyhow::Result<Settings> {
+        let path = locate(config);
+        let text = std::fs::read_to_string(&path).map_err(|error| {
+            coded(
+                Exit::Invalid,
+                anyhow::Error::new(error).context(format!(
+                    "reading the settings file {} (choose another with --config or {CONFIG_ENV})",
+                    path.display()
+                )),
+            )
+        })?;
+        Settings::from_text(&path, &text, std::env::vars()).map_err(|diagnostics| {
+            coded(Exit::Invalid, anyhow::anyhow!(list(&diagnostics)))
+                .context(format!("invalid settings in {}", path.display()))
+        })
+    }
+
+    /// Parses, overlays `environment` (pairs like `std::env::vars()`) and validates. Pure but for
+    /// nothing: it reads no files, so tests can drive it.
+    pub fn from_text(
+        path: &Path,
+        text: &str,
+        environment: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, Vec<Diagnostic>> {
+        let source = crate::diagnostic::Source::new(path, text);
+        let at_span = |error: toml::de::Error| {
+            vec![source.error(error.span().unwrap_or(0..0), error.message().trim())]
+        };
+        // First deserialize the file alone, so syntax errors, unknown keys and wrong types point
+        // at its lines; then lay the environment over it.
+        toml::from_str::<RawSettings>(text).map_err(at_span)?;
+        let mut table: toml::Table = toml::from_str(text).map_err(at_span)?;
+
+        let mut diagnostics = Vec::new();
+        let mut password_env = None;
+        for (name, value) in environment {
+            if name == PASSWORD_ENV {
+                password_env = Some(Secret(value));
+                continue;
+            }
+            match overlay_env(&mut table, &name, &value) {
+                Ok(()) => {}
+                Err(message) => diagnostics.push(env_diagnostic(&name, message)),
+            }
+        }
+        let raw = RawSettings::deserialize(toml::Value::Table(table)).map_err(|error| {
+            let mut diagnostics = diagnostics.clone();
+            diagnostics.push(env_diagnostic(
+                "KEYHOLE_*",
+                error.message().trim().to_owned(),
+            ));
+            diagnostics
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let settings = raw.validate(path, base, password_env, &source, &mut diagnostics);
+        if crate::diagnostic::has_errors(&diagnostics) {
+            return Err(diagnostics);
+        }
+        for warning in &diagnostics {
+            tracing::warn!("{warning}");
+        }
+        Ok(settings)
+    }
+
+    /// `[ldap]`, or an error naming the command that needs it.
+    pub fn ldap(&self) -> anyhow::Result<&LdapSettings> {
+        self.section(self.ldap.as_ref(), "ldap")
+    }
+
+    /// `[s3]`, or an error naming the section.
+    pub fn s3(&self) -> anyhow::Result<&S3Settings> {
+        self.section(self.s3.as_ref(), "s3")
+    }
+
+    /// `[instance]`, or an error naming the section.
+    pub fn instance(&self) -> anyhow::Result<&InstanceSettings> {
+        self.section(self.instance.as_ref(), "instance")
+    }
+
+    fn section<'a, T>(&self, section: Option<&'a T>, name: &str) -> anyhow::Result<&'a T> {
+        section.ok_or_else(|| {
+            coded(
+                Exit::Invalid,
+                anyhow::anyhow!(
+                    "{}: this command needs the [{name}] section, which is missing",
+                    self.path.display()
+                ),
+            )
+        })
+    }
+}
+
+fn locate(config: Option<&Path>) -> PathBuf {
+    if let Some(path) = config {
+        return path.to_path_buf();
+    }
+    match std::env::var_os(CONFIG_ENV) {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => PathBuf::from(DEFAULT_PATH),
+    }
+}
+
+fn list(diagnostics: &[Diagnostic]) -> String {
+    diagnostics
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn env_diagnostic(name: &str, message: String) -> Diagnostic {
+    Diagnostic {
+        severity: Severity::Error,
+        file: PathBuf::from(format!("environment variable {name}")),
+        line: 0,
+        column: 0,
+        message,
+    }
+}
+
+/// The shape of a setting, so an environment string can be turned into the right TOML value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Text,
+    Integer,
+    Float,
+    Bool,
+    List,
+}
+
+/// Every key of every section, with its shape: the table behind `KEYHOLE_<SECTION>_<KEY>`.
+/// A test checks that it matches what `RawSettings` accepts and what the example file documents.
+const KEYS: &[(&str, &str, Kind)] = &[
+    ("", "policy", Kind::Text),
+    ("ldap", "url", Kind::Text),
+    ("ldap", "bind_dn", Kind::Text),
+    ("ldap", "password_file", Kind::Text),
+    ("ldap", "base_dn", Kind::Text),
+    ("ldap", "ca_file", Kind::Text),
+    ("ldap", "timeout", Kind::Text),
+    ("ldap", "page_size", Kind::Integer),
+    ("ldap", "member_range", Kind::Integer),
+    ("homes", "root", Kind::Text),
+    ("homes", "home_prefix", Kind::Text),
+    ("homes", "read_timeout", Kind::Text),
+    ("homes", "concurrency", Kind::Integer),
+    ("s3", "bucket", Kind::Text),
+    ("s3", "prefix", Kind::Text),
+    ("s3", "region", Kind::Text),
+    ("s3", "endpoint", Kind::Text),
+    ("s3", "force_path_style", Kind::Bool),
+    ("s3", "sse", Kind::Text),
+    ("s3", "kms_key_id", Kind::Text),
+    ("keys", "allowed_types", Kind::List),
+    ("keys", "min_rsa_bits", Kind::Integer),
+    ("keys", "forbidden_options", Kind::List),
+    ("safety", "max_removed_fraction", Kind::Float),
+    ("safety", "max_removed_users", Kind::Integer),
+    ("safety", "lock_file", Kind::Text),
+    ("signing", "key_file", Kind::Text),
+    ("signing", "validity", Kind::Text),
+    ("instance", "login_user", Kind::Text),
+    ("instance", "access_groups", Kind::List),
+    ("instance", "cache_dir", Kind::Text),
+    ("instance", "cache_ttl", Kind::Text),
+    ("instance", "max_stale", Kind::Text),
+    ("instance", "fetch_timeout", Kind::Text),
+    ("instance", "verify_key", Kind::Text),
+];
+
+/// Environment variables that start with `KEYHOLE_` but are not settings overrides.
+const NOT_OVERRIDES: &[&str] = &[CONFIG_ENV, PASSWORD_ENV, "KEYHOLE_LOG"];
+
+/// The variable name that overrides `section.key`.
+fn env_name(section: &str, key: &str) -> String {
+    if section.is_empty() {
+        format!("KEYHOLE_{}", key.to_uppercase())
+    } else {
+        format!("KEYHOLE_{}_{}", section.to_uppercase(), key.to_uppercase())
+    }
+}
+
+/// Lays one `KEYHOLE_*` variable over the parsed file. Variables that are not keyhole's are left
+/// alone; a `KEYHOLE_` variable that names no setting is an error (a typo would otherwise be
+/// silently ignored in production).
+fn overlay_env(table: &mut toml::Table, name: &str, value: &str) -> Result<(), String> {
+    if !name.starts_with("KEYHOLE_") || NOT_OVERRIDES.contains(&name) {
+        return Ok(());
+    }
+    let Some(&(section, key, kind)) = KEYS.iter().find(|(s, k, _)| env_name(s, k) == name) else {
+        let known: Vec<String> = KEYS.iter().map(|(s, k, _)| env_name(s, k)).collect();
+        let known: Vec<&str> = known.iter().map(String::as_str).collect();
+        let hint = crate::diagnostic::did_you_mean(name, &known)
+            .map(|near| format!("; did you mean {near}?"))
+            .unwrap_or_default();
+        return Err(format!("not a keyhole setting{hint}"));
+    };
+    let value = env_value(kind, value)?;
+    let target = if section.is_empty() {
+        table
+    } else {
+        match table
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        {
+            toml::Value::Table(inner) => inner,
+            _ => return Err(format!("[{section}] in the file is not a table")),
+        }
+    };
+    target.insert(key.to_owned(), value);
+    Ok(())
+}
+
+fn env_value(kind: Kind, value: &str) -> Result<toml::Value, String> {
+    let parsed = match kind {
+        Kind::Text => return Ok(toml::Value::String(value.to_owned())),
+        Kind::Integer => value.trim().parse().map(toml::Value::Integer).ok(),
+        Kind::Float => value.trim().parse().map(toml::Value::Float).ok(),
+        Kind::Bool => value.trim().parse().map(toml::Value::Boolean).ok(),
+        // A comma-separated list; empty items are dropped so `a,b,` works.
+        Kind::List => Some(toml::Value::Array(
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(|item| toml::Value::String(item.to_owned()))
+                .collect(),
+        )),
+    };
+    parsed.ok_or_else(|| format!("{value:?} is not a valid {kind:?}").to_lowercase())
+}
+
+// ---- Phase one: the raw shape of the file. Every field optional, unknown keys rejected. ----
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSettings {
+    policy: Option<String>,
+    ldap: Option<RawLdap>,
+    homes: Option<RawHomes>,
+    s3: Option<RawS3>,
+    keys: Option<RawKeys>,
+    safety: Option<RawSafety>,
+    signing: Option<RawSigning>,
+    instance: Option<RawInstance>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLdap {
+    url: Option<String>,
+    bind_dn: Option<String>,
+    password_file: Option<String>,
+    base_dn: Option<String>,
+    ca_file: Option<String>,
+    timeout: Option<String>,
+    page_size: Option<i64>,
+    member_range: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHomes {
+    root: Option<String>,
+    home_prefix: Option<String>,
+    read_timeout: Option<String>,
+    concurrency: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawS3 {
+    bucket: Option<String>,
+    prefix: Option<String>,
+    region: Option<String>,
+    endpoint: Option<String>,
+    force_path_style: Option<bool>,
+    sse: Option<String>,
+    kms_key_id: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeys {
+    allowed_types: Option<Vec<String>>,
+    min_rsa_bits: Option<i64>,
+    forbidden_options: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSafety {
+    max_removed_fraction: Option<f64>,
+    max_removed_users: Option<i64>,
+    lock_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSigning {
+    key_file: Option<String>,
+    validity: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInstance {
+    login_user: Option<String>,
+    access_groups: Option<Vec<String>>,
+    cache_dir: Option<String>,
+    cache_ttl: Option<String>,
+    max_stale: Option<String>,
+    fetch_timeout: Option<String>,
+    verify_key: Option<String>,
+}
+
+// ---- Phase two: validation into the checked types. ----
+
+/// Collects problems for one file, pointing each at the key it is about when the key is in the
+/// file (values from the environment have no position; the message names the variable).
+struct Checker<'a, 'd> {
+    source: &'a crate::diagnostic::Source<'a>,
+    diagnostics: &'d mut Vec<Diagnostic>,
+    base: &'a Path,
+}
+
+impl Checker<'_, '_> {
+    fn error(&mut self, section: &str, key: &str, message: impl fmt::Display) {
+        let name = if section.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{section}.{key}")
+        };
+        let message = format!("{name}: {message}");
+        let diagnostic = match locate_key(self.source.text, section, key) {
+            Some(span) => self.source.error(span, message),
+            None => self.source.error(0..0, message),
+        };
+        self.diagnostics.push(diagnostic);
+    }
+
+    fn required<T>(&mut self, section: &str, key: &str, value: Option<T>) -> Option<T> {
+        if value.is_none() {
+            self.error(section, key, "is required");
+        }
+        value
+    }
+
+    fn path(&self, value: &str) -> PathBuf {
+        self.base.join(value)
+    }
+
+    fn duration(
+        &mut self,
+        section: &str,
+        key: &str,
+        value: Option<&str>,
+        default: &str,
+    ) -> Duration {
+        let text = value.unwrap_or(default);
+        match humantime::parse_duration(text) {
+            Ok(duration) if !duration.is_zero() => duration,
+            Ok(_) => {
+                self.error(section, key, "must be longer than zero");
+                Duration::from_secs(1)
+            }
+            Err(error) => {
+                self.error(
+                    section,
+                    key,
+                    format!("{text:?} is not a duration like \"30s\", \"5m\" or \"7d\" ({error})"),
+                );
+                Duration::from_secs(1)
+            }
+        }
+    }
+
+    fn positive(&mut self, section: &str, key: &str, value: Option<i64>, default: i64) -> u32 {
+        let value = value.unwrap_or(default);
+        match u32::try_from(value) {
+            Ok(value) if value > 0 => value,
+            _ => {
+                self.error(
+                    section,
+                    key,
+                    format!("must be a positive number, not {value}"),
+                );
+                1
+            }
+        }
+    }
+
+    fn non_empty(&mut self, section: &str, key: &str, value: Option<String>) -> Option<String> {
+        match value {
+            Some(text) if text.trim().is_empty() => {
+                self.error(section, key, "must not be empty");
+                None
+            }
+            other => other,
+        }
+    }
+}
+
+/// The span of `key` inside `[section]` in the file, found with the spanned document parser.
+fn locate_key(text: &str, section: &str, key: &str) -> Option<std::ops::Range<usize>> {
+    let document = toml::de::DeTable::parse(text).ok()?;
+    let table = document.get_ref();
+    let table = if section.is_empty() {
+        table
+    } else {
+        match table.get(section)?.get_ref() {
+            toml::de::DeValue::Table(inner) => inner,
+            _ => return None,
+        }
+    };
+    table
+        .iter()
+        .find(|(name, _)| name.get_ref() == key)
+        .map(|(name, _)| name.span())
+}
+
+impl RawSettings {
+    fn validate(
+        self,
+        path: &Path,
+        base: &Path,
+        password_env: Option<Secret>,
+        source: &crate::diagnostic::Source<'_>,
+        diagnostics: &mut Vec<Diagnostic>,
+    ) -> Settings {
+        let mut check = Checker {
+            source,
+            diagnostics,
+            base,
+        };
+        let policy = check.path(self.policy.as_deref().unwrap_or("access-groups.toml"));
+        let ldap = self
+            .ldap
+            .map(|raw| validate_ldap(raw, password_env, &mut check));
+        let homes = validate_homes(self.homes.unwrap_or_default(), &mut check);
+        let s3 = self.s3.and_then(|raw| validate_s3(raw, &mut check));
+        let keys = validate_keys(self.keys.unwrap_or_default(), &mut check);
+        let safety = validate_safety(self.safety.unwrap_or_default(), &mut check);
+        let signing = self.signing.and_then(|raw| {
+            let key_file = check.required("signing", "key_file", raw.key_file)?;
+            Some(SigningSettings {
+                key_file: check.path(&key_file),
+                validity: check.duration("signing", "validity", raw.validity.as_deref(), "7d"),
+            })
+        });
+        let instance = self
+            .instance
+            .and_then(|raw| validate_instance(raw, &mut check));
+        Settings {
+            path: path.to_path_buf(),
+            policy,
+            ldap,
+            homes,
+            s3,
+            keys,
+            safety,
+            signing,
+            instance,
+        }
+    }
+}
+
+fn validate_ldap(raw: RawLdap, password_env: Option<Secret>, check: &mut Checker) -> LdapSettings {
+    const S: &str = "ldap";
+    let url = check
+        .required(S, "url", check_non_empty(raw.url))
+        .unwrap_or_default();
+    if !url.is_empty() && !url.starts_with("ldaps://") && !url.starts_with("ldap://") {
+        check.error(
+            S,
+            "url",
+            format!("{url:?} must start with ldaps:// or ldap:// (ldap:// always uses StartTLS)"),
+        );
+    }
+    let bind_dn = check
+        .required(S, "bind_dn", check_non_empty(raw.bind_dn))
+        .unwrap_or_default();
+    let base_dn = check
+        .required(S, "base_dn", check_non_empty(raw.base_dn))
+        .unwrap_or_default();
+    let password_file = check.non_empty(S, "password_file", raw.password_file);
+    let password = match (password_env, password_file) {
+        // The environment wins: that is how systemd's LoadCredential or a CI secret hands it over.
+        (Some(secret), _) => PasswordSource::Environment(secret),
+        (None, Some(file)) => PasswordSource::File(check.path(&file)),
+        (None, None) => {
+            check.error(
+                S,
+                "password_file",
+                format!("is required (or set {PASSWORD_ENV}); the password is never read from the settings file or the command line"),
+            );
+            PasswordSource::File(PathBuf::new())
+        }
+    };
+    let ca_file = check
+        .non_empty(S, "ca_file", raw.ca_file)
+        .map(|file| check.path(&file));
+    let timeout = check.duration(S, "timeout", raw.timeout.as_deref(), "30s");
+    let page_size = check.positive(S, "page_size", raw.page_size, 1000);
+    let member_range = match raw.member_range {
+        None | Some(0) => None,
+        Some(n) => Some(check.positive(S, "member_range", Some(n), 1500)),
+    };
+    LdapSettings {
+        url,
+        bind_dn,
+        password,
+        base_dn,
+        ca_file,
+        timeout,
+        page_size,
+        member_range,
+    }
+}
+
+fn check_non_empty(value: Option<String>) -> Option<String> {
+    value.filter(|text| !text.trim().is_empty())
+}
+
+fn validate_homes(raw: RawHomes, check: &mut Checker) -> HomesSettings {
+    const S: &str = "homes";
+    HomesSettings {
+        root: check.path(raw.root.as_deref().unwrap_or("/home")),
+        home_prefix: PathBuf::from(raw.home_prefix.as_deref().unwrap_or("/home")),
+        read_timeout: check.duration(S, "read_timeout", raw.read_timeout.as_deref(), "5s"),
+        concurrency: check.positive(S, "concurrency", raw.concurrency, 32) as usize,
+    }
+}
+
+fn validate_s3(raw: RawS3, check: &mut Checker) -> Option<S3Settings> {
+    const S: &str = "s3";
+    let bucket = check.required(S, "bucket", check_non_empty(raw.bucket));
+    let mut prefix = raw.prefix.unwrap_or_default();
+    if prefix.starts_with('/') {
+        check.error(
+            S,
+            "prefix",
+            "must not start with '/' (S3 keys have no leading slash)",
+        );
+    }
+    // "ssh" and "ssh/" both mean the folder ssh/: objects are {prefix}{group}/authorized_keys.
+    if !prefix.is_empty() && !prefix.ends_with('/') {
+        prefix.push('/');
+    }
+    let sse = match raw.sse.as_deref() {
+        None => {
+            if raw.kms_key_id.is_some() {
+                check.error(S, "kms_key_id", "only applies with sse = \"aws:kms\"");
+            }
+            None
+        }
+        Some("AES256") => Some(ServerSideEncryption::Aes256),
+        Some("aws:kms") => Some(ServerSideEncryption::Kms {
+            key_id: raw.kms_key_id,
+        }),
+        Some(other) => {
+            check.error(
+                S,
+                "sse",
+                format!("{other:?} is not \"AES256\" or \"aws:kms\""),
+            );
+            None
+        }
+    };
+    if let Some(endpoint) = &raw.endpoint
+        && !endpoint.starts_with("https://")
+        && !endpoint.starts_with("http://")
+    {
+        check.error(
+            S,
+            "endpoint",
+            format!("{endpoint:?} must be an http(s):// URL"),
+        );
+    }
+    Some(S3Settings {
+        bucket: bucket?,
+        prefix,
+        region: raw.region,
+        endpoint: raw.endpoint,
+        force_path_style: raw.force_path_style.unwrap_or(false),
+        sse,
+    })
+}
+
+fn validate_keys(raw: RawKeys, check: &mut Checker) -> KeysSettings {
+    const S: &str = "keys";
+    let allowed_types: BTreeSet<String> = raw
+        .allowed_types
+        .unwrap_or_else(|| {
+            DEFAULT_ALLOWED_KEY_TYPES
+                .iter()
+                .map(|t| t.to_string())
+                .collect()
+        })
+        .into_iter()
+        .collect();
+    if allowed_types.contains("ssh-dss") {
+        check.error(
+            S,
+            "allowed_types",
+            "ssh-dss is never allowed (DSA keys are broken)",
+        );
+    }
+    if allowed_types.is_empty() {
+        check.error(S, "allowed_types", "must allow at least one key type");
+    }
+    let min_rsa_bits = check.positive(S, "min_rsa_bits", raw.min_rsa_bits, 2048);
+    if min_rsa_bits < 2048 {
+        check.error(
+            S,
+            "min_rsa_bits",
+            format!("{min_rsa_bits} is below the safe minimum of 2048"),
+        );
+    }
+    KeysSettings {
+        allowed_types,
+        min_rsa_bits,
+        forbidden_options: raw
+            .forbidden_options
+            .unwrap_or_else(|| vec!["environment".to_owned()])
+            .into_iter()
+            .map(|option| option.to_lowercase())
+            .collect(),
+    }
+}
+
+fn validate_safety(raw: RawSafety, check: &mut Checker) -> SafetySettings {
+    const S: &str = "safety";
+    let max_removed_fraction = raw.max_removed_fraction.unwrap_or(0.25);
+    if !(0.0..=1.0).contains(&max_removed_fraction) {
+        check.error(
+            S,
+            "max_removed_fraction",
+            format!("{max_removed_fraction} is not between 0 and 1"),
+        );
+    }
+    let max_removed_users = raw.max_removed_users.unwrap_or(20);
+    if max_removed_users < 0 {
+        check.error(S, "max_removed_users", "must not be negative");
+    }
+    SafetySettings {
+        max_removed_fraction,
+        max_removed_users: usize::try_from(max_removed_users).unwrap_or(0),
+        lock_file: check.path(
+            raw.lock_file
+                .as_deref()
+                .unwrap_or("/run/keyhole/publish.lock"),
+        ),
+    }
+}
+
+fn validate_instance(raw: RawInstance, check: &mut Checker) -> Option<InstanceSettings> {
+    const S: &str = "instance";
+    let login_user = check.required(S, "login_user", check_non_empty(raw.login_user));
+    let access_groups = raw.access_groups.unwrap_or_default();
+    if access_groups.is_empty() {
+        check.error(S, "access_groups", "must name at least one access group");
+    }
+    let cache_ttl = check.duration(S, "cache_ttl", raw.cache_ttl.as_deref(), "5m");
+    let max_stale = check.duration(S, "max_stale", raw.max_stale.as_deref(), "24h");
+    if max_stale < cache_ttl {
+        check.error(S, "max_stale", "must not be shorter than cache_ttl");
+    }
+    Some(InstanceSettings {
+        login_user: login_user?,
+        access_groups,
+        cache_dir: check.path(raw.cache_dir.as_deref().unwrap_or("/var/cache/keyhole")),
+        cache_ttl,
+        max_stale,
+        fetch_timeout: check.duration(S, "fetch_timeout", raw.fetch_timeout.as_deref(), "3s"),
+        verify_key: check.non_empty(S, "verify_key", raw.verify_key),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Settings, Vec<String>> {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Settings::from_text(Path::new("/etc/keyhole/keyhole.toml"), text, env)
+            .map_err(|diagnostics| diagnostics.iter().map(ToString::to_string).collect())
+    }
+
+    const MINIMAL: &str = r#"
+[ldap]
+url = "ldaps://dc1.corp.example.com"
+bind_dn = "CN=svc,DC=corp,DC=example,DC=com"
+password_file = "ldap-password"
+base_dn = "DC=corp,DC=example,DC=com"
+
+[s3]
+bucket = "keys"
+prefix = "ssh"
+"#;
+
+    #[test]
+    fn defaults_fill_what_the_file_leaves_out_and_paths_are_relative_to_it() {
+        let settings = parse(MINIMAL, &[]).unwrap();
+        let ldap = settings.ldap().unwrap();
+        assert_eq!(ldap.timeout, Duration::from_secs(30));
+        assert_eq!(ldap.page_size, 1000);
+        assert!(
+            matches!(&ldap.password, PasswordSource::File(p) if p == Path::new("/etc/keyhole/ldap-password"))
+        );
+        assert_eq!(
+            settings.policy,
+            Path::new("/etc/keyhole/access-groups.toml")
+        );
+        assert_eq!(settings.s3().unwrap().prefix, "ssh/");
+        assert_eq!(settings.safety.max_removed_users, 20);
+        assert_eq!(settings.keys.min_rsa_bits, 2048);
+        assert!(settings.keys.forbidden_options.contains("environment"));
+        assert!(settings.instance().is_err());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_their_line() {
+        let errors = parse(
+            &format!("{MINIMAL}\n[homes]\nroot = \"/nfs\"\nconcurency = 3\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("/etc/keyhole/keyhole.toml:14:1: error:"),
+            "{errors:?}"
+        );
+        assert!(errors[0].contains("concurency"), "{errors:?}");
+    }
+
+    #[test]
+    fn every_validation_problem_is_reported_at_its_key() {
+        let text = format!(
+            "{MINIMAL}\n[homes]\nread_timeout = \"soon\"\nconcurrency = 0\n[safety]\nmax_removed_fraction = 2.0\n"
+        );
+        let errors = parse(&text, &[]).unwrap_err();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].contains(":13:1: error: homes.read_timeout: \"soon\" is not a duration"));
+        assert!(errors[1].contains(":14:1: error: homes.concurrency: must be a positive number"));
+        assert!(errors[2].contains(":16:1: error: safety.max_removed_fraction"));
+    }
+
+    #[test]
+    fn environment_overrides_win_and_are_typed() {
+        let settings = parse(
+            MINIMAL,
+            &[
+                ("KEYHOLE_S3_BUCKET", "12345"),
+                ("KEYHOLE_LDAP_PAGE_SIZE", "200"),
+                ("KEYHOLE_INSTANCE_LOGIN_USER", "ec2-user"),
+                ("KEYHOLE_INSTANCE_ACCESS_GROUPS", "web-prod, db"),
+                ("KEYHOLE_S3_FORCE_PATH_STYLE", "true"),
+                ("HOME", "/root"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(settings.s3().unwrap().bucket, "12345");
+        assert!(settings.s3().unwrap().force_path_style);
+        assert_eq!(settings.ldap().unwrap().page_size, 200);
+        assert_eq!(
+            settings.instance().unwrap().access_groups,
+            ["web-prod", "db"]
+        );
+    }
+
+    #[test]
+    fn a_misspelt_override_is_an_error_with_a_hint() {
+        let errors = parse(MINIMAL, &[("KEYHOLE_S3_BUKET", "x")]).unwrap_err();
+        assert_eq!(
+            errors,
+            [
+                "environment variable KEYHOLE_S3_BUKET:0:0: error: not a keyhole setting; did you mean KEYHOLE_S3_BUCKET?"
+            ]
+        );
+        let errors = parse(MINIMAL, &[("KEYHOLE_LDAP_PAGE_SIZE", "many")]).unwrap_err();
+        assert!(
+            errors[0].contains("\"many\" is not a valid integer"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn the_password_comes_from_the_environment_and_never_shows_in_debug() {
+        let text = MINIMAL.replace("password_file = \"ldap-password\"\n", "");
+        let errors = parse(&text, &[]).unwrap_err();
+        assert!(
+            errors[0].contains("ldap.password_file: is required (or set KEYHOLE_LDAP_PASSWORD)")
+        );
+        let settings = parse(&text, &[(PASSWORD_ENV, "hunter2")]).unwrap();
+        let ldap = settings.ldap().unwrap();
+        assert_eq!(ldap.password.read().unwrap().expose(), "hunter2");
+        assert!(!format!("{settings:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn plain_ldap_urls_are_accepted_only_as_starttls_and_other_schemes_rejected() {
+        let errors = parse(&MINIMAL.replace("ldaps://", "http://"), &[]).unwrap_err();
+        assert!(
+            errors[0].contains("must start with ldaps:// or ldap://"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn the_env_table_matches_the_raw_structs_and_the_example_file() {
+        let example = include_str!("../keyhole.example.toml");
+        let table: toml::Table = toml::from_str(example).unwrap();
+        for (section, key, _) in KEYS {
+            let present = if section.is_empty() {
+                table.contains_key(*key)
+            } else {
+                table
+                    .get(*section)
+                    .and_then(|s| s.as_table())
+                    .is_some_and(|s| s.contains_key(*key))
+            };
+            assert!(
+                present,
+                "keyhole.example.toml does not document {section}.{key}"
+            );
+        }
+        parse(example, &[]).unwrap();
+    }
+}
