@@ -8,6 +8,7 @@
 
 pub mod cmd;
 pub mod diagnostic;
+pub mod directory;
 pub mod exit;
 pub mod logging;
 pub mod settings;

@@ -1,11 +1,107 @@
-//! `keyhole members`: who gets access.
+//! `keyhole members [ACCESS_GROUP]`: who gets access to each access group and why, and who is
+//! excluded and why. Reads AD; writes nothing.
 
-use crate::exit::Exit;
+use std::fmt::Write as _;
+use std::time::SystemTime;
 
-/// Who gets access (placeholder).
+use anyhow::Context;
+
+use super::{Format, GlobalArgs};
+use crate::exit::{EXIT_CODES_HELP, Exit, coded};
+use crate::resolve::{Resolution, resolve};
+use crate::settings::Settings;
+use crate::{directory, policy};
+
+/// Show who gets access to each access group (directly, through which nested group chain, or
+/// everywhere) and who is excluded and why (disabled, locked, expired, not found, denied).
+///
+/// Reads the policy and Active Directory; writes nothing.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+#[command(after_help = EXIT_CODES_HELP)]
+pub struct Args {
+    /// Only this access group.
+    access_group: Option<String>,
 
-pub async fn run(_args: Args, _global: &super::GlobalArgs) -> anyhow::Result<Exit> {
-    anyhow::bail!("not implemented yet")
+    /// Report format (json is stable; see the README).
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
+    let settings = Settings::load(global.config.as_deref())?;
+    let checked = policy::load(&settings.policy)?;
+    if let Some(wanted) = &args.access_group
+        && !checked.policy.access_groups.contains_key(wanted)
+    {
+        return Err(coded(
+            Exit::Usage,
+            anyhow::anyhow!(
+                "{wanted:?} is not an access group in {}",
+                settings.policy.display()
+            ),
+        ));
+    }
+    let (snapshot, _) = directory::read_snapshot(settings.ldap()?)
+        .await
+        .context("reading Active Directory")?;
+
+    let mut resolution = resolve(&checked.policy, &snapshot, SystemTime::now());
+    if let Some(wanted) = &args.access_group {
+        resolution.access_groups.retain(|name, _| name == wanted);
+    }
+    resolution
+        .warnings
+        .extend(checked.warnings.iter().map(ToString::to_string));
+
+    let report = match args.format {
+        Format::Json => serde_json::to_string_pretty(&resolution)? + "\n",
+        Format::Text | Format::Markdown => text(&resolution),
+    };
+    print!("{report}");
+    Ok(Exit::Success)
+}
+
+/// The human-readable report: one block per access group, members then exclusions.
+fn text(resolution: &Resolution) -> String {
+    let mut out = String::new();
+    for (name, membership) in &resolution.access_groups {
+        let _ = writeln!(
+            out,
+            "{name}: {} with access, {} excluded",
+            plural(membership.users.len(), "user"),
+            membership.excluded.len()
+        );
+        let width = membership
+            .users
+            .iter()
+            .map(|m| m.name.chars().count())
+            .max()
+            .unwrap_or(0);
+        for member in &membership.users {
+            let why = if member.via.is_empty() {
+                "named directly".to_owned()
+            } else {
+                format!("via {}", member.via.join(" > "))
+            };
+            let _ = writeln!(out, "  + {:width$}  {why}", member.name);
+        }
+        for excluded in &membership.excluded {
+            let _ = writeln!(out, "  - {}  ({})", excluded.name, excluded.reason.as_str());
+        }
+    }
+    if !resolution.warnings.is_empty() {
+        let _ = writeln!(out, "warnings:");
+        for warning in &resolution.warnings {
+            let _ = writeln!(out, "  {warning}");
+        }
+    }
+    out
+}
+
+fn plural(count: usize, noun: &str) -> String {
+    if count == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{count} {noun}s")
+    }
 }

@@ -1,0 +1,417 @@
+//! Reading Active Directory over LDAP: one TLS connection, one simple bind as the service account,
+//! and a fixed number of bulk, paged searches whatever the policy says.
+//!
+//! The round trips are: one base read of the domain object, `users / page_size` pages of users,
+//! `groups / page_size` pages of groups, and one ranged read per 1,500 members beyond the first
+//! 1,500 of a large group. Nothing here depends on the number of access groups; expansion happens
+//! in memory (`crate::resolve`).
+//!
+//! This module must never return a partial snapshot: any LDAP error, timeout, unfinished page or
+//! unfinished `member;range=` read is an error, so an outage can never look like "nobody is a
+//! member any more". It never sends the password over an unencrypted connection: `ldap://` URLs
+//! always upgrade with StartTLS before the bind.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ldap3::controls::{ControlType, PagedResults};
+use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, Scope, SearchEntry};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+
+use super::model::{Dn, Domain, EntryError, Snapshot, USER_ATTRIBUTES, User, group_from_entry};
+use crate::settings::LdapSettings;
+
+/// People: excludes computers (which are objectClass=user too) and contacts.
+const USER_FILTER: &str = "(&(objectCategory=person)(objectClass=user))";
+const GROUP_FILTER: &str = "(objectClass=group)";
+const GROUP_ATTRIBUTES: &[&str] = &["sAMAccountName", "objectSid"];
+
+/// Counts of the LDAP operations one read made, for logs, benchmarks and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadStats {
+    /// Search requests sent (each page and each ranged read is one).
+    pub searches: usize,
+    /// Of those, reads of further `member;range=` slices.
+    pub ranged_reads: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    #[error("cannot use the CA file {path}: {reason}")]
+    CaFile { path: String, reason: String },
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: LdapError,
+    },
+    #[error("{url} did not answer within {timeout:?} while {doing}")]
+    Timeout {
+        url: String,
+        timeout: Duration,
+        doing: String,
+    },
+    #[error("reading the LDAP password")]
+    Password(#[source] anyhow::Error),
+    #[error("bind as {bind_dn} refused by {url}: {reason}")]
+    Bind {
+        url: String,
+        bind_dn: String,
+        reason: String,
+    },
+    #[error("LDAP error while {doing}: {source}")]
+    Protocol {
+        doing: String,
+        #[source]
+        source: LdapError,
+    },
+    #[error("search for {what} under {base} failed: {reason}")]
+    Search {
+        what: String,
+        base: String,
+        reason: String,
+    },
+    #[error("the base DN {0} was not found or has no objectSid (is ldap.base_dn the domain's root?)")]
+    NoDomain(String),
+    #[error(transparent)]
+    Entry(#[from] EntryError),
+    #[error("group {dn}: the server did not finish the member;range= reads ({detail})")]
+    UnfinishedRange { dn: String, detail: String },
+}
+
+/// Connects, binds and reads every user and group under `base_dn`.
+pub async fn read_snapshot(
+    settings: &LdapSettings,
+) -> Result<(Snapshot, ReadStats), DirectoryError> {
+    let mut session = Session::open(settings).await?;
+    let result = session.read_all().await;
+    // Best effort: the snapshot (or error) is what matters, not a clean goodbye.
+    let _ = tokio::time::timeout(Duration::from_secs(1), session.ldap.unbind()).await;
+    result.map(|snapshot| (snapshot, session.stats))
+}
+
+struct Session<'s> {
+    settings: &'s LdapSettings,
+    ldap: Ldap,
+    stats: ReadStats,
+}
+
+impl<'s> Session<'s> {
+    async fn open(settings: &'s LdapSettings) -> Result<Session<'s>, DirectoryError> {
+        let url = settings.url.as_str();
+        let connection = LdapConnSettings::new()
+            .set_conn_timeout(settings.timeout)
+            .set_config(tls_config(settings)?)
+            .set_starttls(url.starts_with("ldap://"));
+        let (driver, mut ldap) = LdapConnAsync::with_settings(connection, url)
+            .await
+            .map_err(|source| match source {
+                LdapError::Timeout { .. } => DirectoryError::Timeout {
+                    url: url.to_owned(),
+                    timeout: settings.timeout,
+                    doing: "connecting".into(),
+                },
+                source => DirectoryError::Connect {
+                    url: url.to_owned(),
+                    source,
+                },
+            })?;
+        ldap3::drive!(driver);
+
+        let password = settings.password.read().map_err(DirectoryError::Password)?;
+        let bind = ldap
+            .with_timeout(settings.timeout)
+            .simple_bind(&settings.bind_dn, password.expose())
+            .await
+            .map_err(|source| operation_error(settings, "binding", source))?;
+        if bind.rc != 0 {
+            return Err(DirectoryError::Bind {
+                url: url.to_owned(),
+                bind_dn: settings.bind_dn.clone(),
+                reason: bind_reason(bind.rc, &bind.text),
+            });
+        }
+        Ok(Session {
+            settings,
+            ldap,
+            stats: ReadStats::default(),
+        })
+    }
+
+    async fn read_all(&mut self) -> Result<Snapshot, DirectoryError> {
+        let base = self.settings.base_dn.clone();
+        let domain = self
+            .search(&base, Scope::Base, "(objectClass=*)", &["objectSid", "lockoutDuration"], "the domain object")
+            .await?;
+        let domain = domain
+            .first()
+            .map(Domain::try_from)
+            .transpose()
+            .map_err(|_| DirectoryError::NoDomain(base.clone()))?
+            .ok_or_else(|| DirectoryError::NoDomain(base.clone()))?;
+
+        let users = self
+            .search(&base, Scope::Subtree, USER_FILTER, USER_ATTRIBUTES, "users")
+            .await?
+            .iter()
+            .map(User::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let member_attribute = match self.settings.member_range {
+            Some(size) => format!("member;range=0-{}", size - 1),
+            None => "member".to_owned(),
+        };
+        let mut attributes = GROUP_ATTRIBUTES.to_vec();
+        attributes.push(&member_attribute);
+        let entries = self
+            .search(&base, Scope::Subtree, GROUP_FILTER, &attributes, "groups")
+            .await?;
+        let mut groups = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            let members = self.read_members(entry).await?;
+            groups.push(group_from_entry(entry, members)?);
+        }
+        tracing::info!(
+            users = users.len(),
+            groups = groups.len(),
+            searches = self.stats.searches,
+            ranged_reads = self.stats.ranged_reads,
+            "read the directory"
+        );
+        Ok(Snapshot {
+            domain: Some(domain),
+            users,
+            groups,
+        })
+    }
+
+    /// A group's complete member list: the values in the bulk answer, then further
+    /// `member;range=` slices until the server marks the last one with `*`.
+    async fn read_members(&mut self, entry: &SearchEntry) -> Result<Vec<Dn>, DirectoryError> {
+        let (mut members, mut more_after) = member_slice(entry);
+        while let Some(end) = more_after {
+            let next = format!("member;range={}-{}", end + 1, self.range_end(end + 1));
+            self.stats.ranged_reads += 1;
+            let answer = self
+                .search(&entry.dn, Scope::Base, "(objectClass=*)", &[next.as_str()], "group members")
+                .await?;
+            let unfinished = |detail: String| DirectoryError::UnfinishedRange {
+                dn: entry.dn.clone(),
+                detail,
+            };
+            let Some(answer) = answer.first() else {
+                return Err(unfinished(format!("the group vanished while reading {next}")));
+            };
+            if !has_member_attribute(answer) {
+                return Err(unfinished(format!("no values returned for {next}")));
+            }
+            let (values, new_end) = member_slice(answer);
+            if let Some(new_end) = new_end
+                && new_end <= end
+            {
+                return Err(unfinished(format!("asked for {next}, got a range ending at {new_end}")));
+            }
+            members.extend(values);
+            more_after = new_end;
+        }
+        Ok(members)
+    }
+
+    fn range_end(&self, start: u64) -> String {
+        match self.settings.member_range {
+            Some(size) => (start + u64::from(size) - 1).to_string(),
+            None => "*".to_owned(),
+        }
+    }
+
+    /// One paged search (RFC 2696), all pages; an error on any page fails the whole search.
+    async fn search(
+        &mut self,
+        base: &str,
+        scope: Scope,
+        filter: &str,
+        attributes: &[&str],
+        what: &str,
+    ) -> Result<Vec<SearchEntry>, DirectoryError> {
+        let page_size = i32::try_from(self.settings.page_size).unwrap_or(i32::MAX);
+        let mut entries = Vec::new();
+        let mut cookie = Vec::new();
+        loop {
+            self.stats.searches += 1;
+            let control = PagedResults {
+                size: page_size,
+                cookie: std::mem::take(&mut cookie),
+            };
+            let result = self
+                .ldap
+                .with_timeout(self.settings.timeout)
+                .with_controls(control)
+                .search(base, scope, filter, attributes.to_vec())
+                .await
+                .map_err(|source| operation_error(self.settings, &format!("searching {what}"), source))?;
+            let (page, outcome) = (result.0, result.1);
+            if outcome.rc != 0 {
+                return Err(DirectoryError::Search {
+                    what: what.to_owned(),
+                    base: base.to_owned(),
+                    reason: result_reason(outcome.rc, &outcome.text),
+                });
+            }
+            // Continuation references (other partitions, e.g. DomainDnsZones) are not entries.
+            entries.extend(
+                page.into_iter()
+                    .filter(|entry| !entry.is_ref() && !entry.is_intermediate())
+                    .map(SearchEntry::construct),
+            );
+            let next = outcome.ctrls.iter().find_map(|control| match control {
+                ldap3::controls::Control(Some(ControlType::PagedResults), raw) => {
+                    Some(raw.parse::<PagedResults>().cookie)
+                }
+                _ => None,
+            });
+            match next {
+                Some(next) if !next.is_empty() => cookie = next,
+                _ => return Ok(entries),
+            }
+        }
+    }
+}
+
+/// The member DNs in one answer, and where the slice ended when more slices follow: a plain
+/// `member` or a last slice `member;range=N-*` is complete, `member;range=N-M` is not.
+fn member_slice(entry: &SearchEntry) -> (Vec<Dn>, Option<u64>) {
+    for (name, values) in &entry.attrs {
+        let lower = name.to_ascii_lowercase();
+        let more_after = if lower == "member" {
+            None
+        } else if let Some((_, end)) = lower
+            .strip_prefix("member;range=")
+            .and_then(|range| range.split_once('-'))
+        {
+            // "*" marks the last slice.
+            end.parse().ok()
+        } else {
+            continue;
+        };
+        return (values.iter().map(|dn| Dn::new(dn)).collect(), more_after);
+    }
+    // No member attribute at all: an empty group.
+    (Vec::new(), None)
+}
+
+fn has_member_attribute(entry: &SearchEntry) -> bool {
+    entry
+        .attrs
+        .keys()
+        .any(|name| name.to_ascii_lowercase().starts_with("member"))
+}
+
+fn operation_error(settings: &LdapSettings, doing: &str, source: LdapError) -> DirectoryError {
+    match source {
+        LdapError::Timeout { .. } => DirectoryError::Timeout {
+            url: settings.url.clone(),
+            timeout: settings.timeout,
+            doing: doing.to_owned(),
+        },
+        source => DirectoryError::Protocol {
+            doing: doing.to_owned(),
+            source,
+        },
+    }
+}
+
+fn bind_reason(rc: u32, text: &str) -> String {
+    match rc {
+        49 => format!("invalid credentials: wrong password, or the service account is disabled, locked or expired ({})", text.trim()),
+        _ => result_reason(rc, text),
+    }
+}
+
+fn result_reason(rc: u32, text: &str) -> String {
+    let text = text.trim();
+    if text.is_empty() {
+        format!("result code {rc}")
+    } else {
+        format!("result code {rc}: {text}")
+    }
+}
+
+/// rustls with the ring provider (the one TLS stack, see DEPENDENCIES.md), trusting `ca_file`
+/// when given and the system roots otherwise.
+fn tls_config(settings: &LdapSettings) -> Result<Arc<rustls::ClientConfig>, DirectoryError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &settings.ca_file {
+        Some(path) => {
+            let ca_error = |reason: String| DirectoryError::CaFile {
+                path: path.display().to_string(),
+                reason,
+            };
+            let certificates = CertificateDer::pem_file_iter(path)
+                .map_err(|error| ca_error(error.to_string()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|error| ca_error(error.to_string()))?;
+            if certificates.is_empty() {
+                return Err(ca_error("no PEM certificates in it".into()));
+            }
+            for certificate in certificates {
+                roots
+                    .add(certificate)
+                    .map_err(|error| ca_error(error.to_string()))?;
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            for certificate in native.certs {
+                // A single unusable system certificate should not stop the others from working.
+                let _ = roots.add(certificate);
+            }
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|error| DirectoryError::CaFile {
+        path: "(TLS set-up)".into(),
+        reason: error.to_string(),
+    })?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn entry(attrs: &[(&str, &[&str])]) -> SearchEntry {
+        SearchEntry {
+            dn: "CN=g".into(),
+            attrs: attrs
+                .iter()
+                .map(|(name, values)| (name.to_string(), values.iter().map(|v| v.to_string()).collect()))
+                .collect::<HashMap<_, _>>(),
+            bin_attrs: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn member_slices_are_recognised_in_every_form() {
+        let (members, more) = member_slice(&entry(&[("member", &["CN=A", "cn=b"])]));
+        assert_eq!(members, [Dn::new("cn=a"), Dn::new("cn=b")]);
+        assert_eq!(more, None);
+        assert_eq!(member_slice(&entry(&[("member;range=0-1499", &["a"])])).1, Some(1499));
+        let (members, more) = member_slice(&entry(&[("Member;Range=1500-*", &["a"])]));
+        assert_eq!((members.len(), more), (1, None));
+        assert_eq!(member_slice(&entry(&[])), (Vec::new(), None));
+    }
+
+    #[test]
+    fn a_refused_bind_says_what_to_check() {
+        assert!(bind_reason(49, "80090308: LdapErr: DSID-0C09042A, data 52e").contains("wrong password"));
+        assert_eq!(result_reason(4, ""), "result code 4");
+    }
+}

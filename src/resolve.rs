@@ -1,0 +1,529 @@
+//! The pure middle of the flow: who is in each access group, given the policy and a directory
+//! snapshot. No I/O, no clock: `now` is passed in.
+//!
+//! Expansion happens here, in memory, so the number of LDAP round trips never depends on the
+//! number of access groups. Each AD group named in the policy is expanded once (breadth first, so
+//! the chain reported in `via` is a shortest one, cycle-safe, any depth), primary-group membership
+//! (`primaryGroupID`, which AD leaves out of `member`) included. Members that are not people
+//! (computers, contacts, foreign security principals) never appear in the snapshot's users, so
+//! they fall out naturally.
+//!
+//! Names in the policy match AD case-insensitively (as AD itself does); output always uses the
+//! spelling AD has.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::rc::Rc;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::directory::{AccountState, Dn, FileTime, LockoutDuration, Snapshot, User};
+use crate::policy::{Policy, Principals};
+
+/// The `via` marker for people who get access through `[everywhere]`.
+pub const EVERYWHERE: &str = "everywhere";
+
+/// Who gets access to each access group, who does not and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Resolution {
+    pub access_groups: BTreeMap<String, Membership>,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Membership {
+    /// Sorted by name.
+    pub users: Vec<Member>,
+    /// Sorted by name.
+    pub excluded: Vec<Excluded>,
+}
+
+/// A person who gets access, and the first (shortest) chain of groups that gives it: empty when
+/// named directly, starting with `"everywhere"` for the fixed admin list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Member {
+    pub name: String,
+    pub via: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Excluded {
+    pub name: String,
+    pub reason: Exclusion,
+}
+
+/// Why someone the policy reaches does not get access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Exclusion {
+    Disabled,
+    Locked,
+    Expired,
+    NotFound,
+    Denied,
+}
+
+impl Exclusion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Exclusion::Disabled => "disabled",
+            Exclusion::Locked => "locked",
+            Exclusion::Expired => "expired",
+            Exclusion::NotFound => "not_found",
+            Exclusion::Denied => "denied",
+        }
+    }
+}
+
+/// Resolves every access group of `policy` against `snapshot` at time `now`.
+pub fn resolve(policy: &Policy, snapshot: &Snapshot, now: SystemTime) -> Resolution {
+    let mut resolver = Resolver::new(snapshot, now);
+    let denied: HashSet<String> = policy.deny.users.iter().map(|u| u.to_lowercase()).collect();
+    let access_groups = policy
+        .access_groups
+        .iter()
+        .map(|(name, group)| {
+            let membership = resolver.membership(&group.principals, &policy.everywhere, &denied);
+            (name.clone(), membership)
+        })
+        .collect();
+    let mut warnings: Vec<String> = resolver.warnings.into_iter().collect();
+    warnings.sort();
+    Resolution {
+        access_groups,
+        warnings,
+    }
+}
+
+/// A user reached through a group, and the chain of group names from that group down.
+type Reached = Rc<Vec<(usize, Vec<String>)>>;
+
+struct Resolver<'s> {
+    snapshot: &'s Snapshot,
+    now: FileTime,
+    lockout: LockoutDuration,
+    users_by_name: HashMap<String, usize>,
+    groups_by_name: HashMap<String, usize>,
+    users_by_dn: HashMap<&'s Dn, usize>,
+    groups_by_dn: HashMap<&'s Dn, usize>,
+    /// Users whose primary group is the group at this index.
+    primary_members: HashMap<usize, Vec<usize>>,
+    expanded: HashMap<usize, Reached>,
+    warnings: std::collections::BTreeSet<String>,
+}
+
+impl<'s> Resolver<'s> {
+    fn new(snapshot: &'s Snapshot, now: SystemTime) -> Self {
+        let users_by_name = index_by_name(snapshot.users.iter().map(|u| u.name.as_str()));
+        let groups_by_name = index_by_name(snapshot.groups.iter().map(|g| g.name.as_str()));
+        let users_by_dn = snapshot.users.iter().enumerate().map(|(i, u)| (&u.dn, i)).collect();
+        let groups_by_dn = snapshot.groups.iter().enumerate().map(|(i, g)| (&g.dn, i)).collect();
+
+        let mut primary_members: HashMap<usize, Vec<usize>> = HashMap::new();
+        if let Some(domain) = &snapshot.domain {
+            let groups_by_sid: HashMap<_, usize> = snapshot
+                .groups
+                .iter()
+                .enumerate()
+                .filter_map(|(i, g)| g.sid.as_ref().map(|sid| (sid, i)))
+                .collect();
+            for (user, record) in snapshot.users.iter().enumerate() {
+                if let Some(rid) = record.primary_group_id
+                    && let Some(&group) = groups_by_sid.get(&domain.sid.with_rid(rid))
+                {
+                    primary_members.entry(group).or_default().push(user);
+                }
+            }
+        }
+        Resolver {
+            snapshot,
+            now: FileTime::from_system_time(now),
+            lockout: snapshot
+                .domain
+                .as_ref()
+                .map_or(LockoutDuration::UntilUnlocked, |d| d.lockout_duration),
+            users_by_name,
+            groups_by_name,
+            users_by_dn,
+            groups_by_dn,
+            primary_members,
+            expanded: HashMap::new(),
+            warnings: Default::default(),
+        }
+    }
+
+    fn membership(
+        &mut self,
+        own: &Principals,
+        everywhere: &Principals,
+        denied: &HashSet<String>,
+    ) -> Membership {
+        // For each user, the best way in: the access group's own grants before [everywhere],
+        // then the shortest chain, then the alphabetically first one.
+        let mut best: BTreeMap<usize, (u8, Vec<String>)> = BTreeMap::new();
+        let mut offer = |user: usize, rank: u8, via: Vec<String>| {
+            let candidate = (rank, via);
+            match best.get(&user) {
+                Some(current) if by_preference(current) <= by_preference(&candidate) => {}
+                _ => {
+                    best.insert(user, candidate);
+                }
+            }
+        };
+        let mut not_found = Vec::new();
+        for (rank, principals, prefix) in [(0, own, None), (1, everywhere, Some(EVERYWHERE))] {
+            for name in &principals.users {
+                match self.users_by_name.get(&name.to_lowercase()) {
+                    Some(&user) => offer(user, rank, prefix.map(String::from).into_iter().collect()),
+                    None => {
+                        self.warn_missing("user", name, &self.groups_by_name, "groups");
+                        not_found.push(name.clone());
+                    }
+                }
+            }
+            for name in &principals.groups {
+                let Some(&group) = self.groups_by_name.get(&name.to_lowercase()) else {
+                    self.warn_missing("group", name, &self.users_by_name, "users");
+                    continue;
+                };
+                for (user, chain) in self.expand(group).iter() {
+                    let via = prefix.map(String::from).into_iter().chain(chain.iter().cloned());
+                    offer(*user, rank, via.collect());
+                }
+            }
+        }
+
+        let mut membership = Membership::default();
+        for (user, (_, via)) in best {
+            let record: &User = &self.snapshot.users[user];
+            let exclusion = if denied.contains(&record.name.to_lowercase()) {
+                Some(Exclusion::Denied)
+            } else {
+                match record.state(self.now, self.lockout) {
+                    AccountState::Active => None,
+                    AccountState::Disabled => Some(Exclusion::Disabled),
+                    AccountState::Locked => Some(Exclusion::Locked),
+                    AccountState::Expired => Some(Exclusion::Expired),
+                }
+            };
+            match exclusion {
+                None => membership.users.push(Member {
+                    name: record.name.clone(),
+                    via,
+                }),
+                Some(reason) => membership.excluded.push(Excluded {
+                    name: record.name.clone(),
+                    reason,
+                }),
+            }
+        }
+        not_found.sort_by_key(|name| name.to_lowercase());
+        not_found.dedup_by_key(|name| name.to_lowercase());
+        membership.excluded.extend(not_found.into_iter().map(|name| Excluded {
+            name,
+            reason: Exclusion::NotFound,
+        }));
+        membership.users.sort_by(|a, b| by_name(&a.name, &b.name));
+        membership.excluded.sort_by(|a, b| by_name(&a.name, &b.name));
+        membership
+    }
+
+    /// Every user in `group`, transitively, each with a shortest chain of group names from
+    /// `group` down. Breadth first, each group visited once: cycles end there.
+    fn expand(&mut self, group: usize) -> Reached {
+        if let Some(done) = self.expanded.get(&group) {
+            return Rc::clone(done);
+        }
+        let groups = &self.snapshot.groups;
+        let mut reached: Vec<(usize, Vec<String>)> = Vec::new();
+        let mut seen_users = HashSet::new();
+        let mut seen_groups = HashSet::from([group]);
+        let mut level = vec![(group, vec![groups[group].name.clone()])];
+        while !level.is_empty() {
+            // Sorting each level by chain makes the reported chain the alphabetically first of
+            // the shortest ones, whatever order the server listed members in.
+            level.sort_by(|a, b| a.1.cmp(&b.1));
+            let mut next = Vec::new();
+            for (current, chain) in level {
+                let direct = groups[current].members.iter().filter_map(|dn| self.users_by_dn.get(dn).copied());
+                let primary = self.primary_members.get(&current).into_iter().flatten().copied();
+                let mut users: Vec<usize> = direct.chain(primary).collect();
+                users.sort_unstable();
+                for user in users {
+                    if seen_users.insert(user) {
+                        reached.push((user, chain.clone()));
+                    }
+                }
+                for dn in &groups[current].members {
+                    if let Some(&nested) = self.groups_by_dn.get(dn)
+                        && seen_groups.insert(nested)
+                    {
+                        let mut nested_chain = chain.clone();
+                        nested_chain.push(groups[nested].name.clone());
+                        next.push((nested, nested_chain));
+                    }
+                }
+            }
+            level = next;
+        }
+        let reached = Rc::new(reached);
+        self.expanded.insert(group, Rc::clone(&reached));
+        reached
+    }
+
+    fn warn_missing(&mut self, kind: &str, name: &str, other: &HashMap<String, usize>, list: &str) {
+        let hint = if other.contains_key(&name.to_lowercase()) {
+            format!(" (there is an AD {} of that name: list it under {list})", if kind == "user" { "group" } else { "user" })
+        } else {
+            String::new()
+        };
+        self.warnings
+            .insert(format!("AD {kind} {name:?} named in the policy does not exist{hint}"));
+    }
+}
+
+fn index_by_name<'a>(names: impl Iterator<Item = &'a str>) -> HashMap<String, usize> {
+    let mut index = HashMap::new();
+    for (i, name) in names.enumerate() {
+        index.entry(name.to_lowercase()).or_insert(i);
+    }
+    index
+}
+
+fn by_preference(candidate: &(u8, Vec<String>)) -> (u8, usize, &Vec<String>) {
+    (candidate.0, candidate.1.len(), &candidate.1)
+}
+
+/// People sort case-insensitively, with the exact spelling as the tie-breaker for stable output.
+fn by_name(a: &str, b: &str) -> std::cmp::Ordering {
+    a.to_lowercase().cmp(&b.to_lowercase()).then_with(|| a.cmp(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+    use crate::directory::{Domain, Group, Sid};
+    use crate::policy::{AccessGroup, Deny};
+
+    const DOMAIN: &str = "S-1-5-21-1-2-3";
+
+    /// The SID with the given sub-authorities after S-1-5, in objectSid's binary layout.
+    fn sid_of(subs: &[u32]) -> Sid {
+        let mut bytes = vec![1, subs.len() as u8, 0, 0, 0, 0, 0, 5];
+        for sub in subs {
+            bytes.extend_from_slice(&sub.to_le_bytes());
+        }
+        Sid::from_bytes(&bytes).unwrap()
+    }
+
+    fn sid(rid: u32) -> Option<Sid> {
+        Some(sid_of(&[21, 1, 2, 3, rid]))
+    }
+
+    fn user(name: &str) -> User {
+        User {
+            dn: Dn::new(&format!("cn={name},cn=users")),
+            name: name.into(),
+            sid: None,
+            primary_group_id: Some(513),
+            account_control: 512,
+            lockout_time: FileTime(0),
+            account_expires: FileTime(0),
+            uid_number: Some(1000),
+            unix_home_directory: None,
+        }
+    }
+
+    fn group(name: &str, rid: u32, members: &[&str]) -> Group {
+        Group {
+            dn: Dn::new(&format!("cn={name},cn=users")),
+            name: name.into(),
+            sid: sid(rid),
+            members: members.iter().map(|m| Dn::new(&format!("cn={m},cn=users"))).collect(),
+        }
+    }
+
+    fn principals(users: &[&str], groups: &[&str]) -> Principals {
+        Principals {
+            users: users.iter().map(|s| s.to_string()).collect(),
+            groups: groups.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn policy(groups: &[(&str, Principals)], everywhere: Principals, deny: &[&str]) -> Policy {
+        Policy {
+            everywhere,
+            access_groups: groups
+                .iter()
+                .map(|(name, principals)| {
+                    (
+                        name.to_string(),
+                        AccessGroup {
+                            name: name.to_string(),
+                            description: None,
+                            principals: principals.clone(),
+                        },
+                    )
+                })
+                .collect(),
+            deny: Deny {
+                users: deny.iter().map(|s| s.to_string()).collect(),
+                fingerprints: vec![],
+            },
+        }
+    }
+
+    fn snapshot(users: Vec<User>, groups: Vec<Group>) -> Snapshot {
+        Snapshot {
+            domain: Some(Domain {
+                sid: sid_of(&[21, 1, 2, 3]),
+                lockout_duration: LockoutDuration::from_attribute(-18_000_000_000),
+            }),
+            users,
+            groups,
+        }
+    }
+
+    fn now() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    fn members(resolution: &Resolution, group: &str) -> Vec<(String, Vec<String>)> {
+        resolution.access_groups[group]
+            .users
+            .iter()
+            .map(|m| (m.name.clone(), m.via.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn the_domain_sid_fixture_is_what_the_tests_assume() {
+        assert_eq!(snapshot(vec![], vec![]).domain.unwrap().sid.to_string(), DOMAIN);
+    }
+
+    #[test]
+    fn nested_groups_expand_to_any_depth_with_the_shortest_chain() {
+        let snap = snapshot(
+            vec![user("bob"), user("carol"), user("dave")],
+            vec![
+                group("Web Team", 1100, &["bob", "Contractors"]),
+                group("Contractors", 1101, &["Interns", "carol"]),
+                group("Interns", 1102, &["dave", "bob"]),
+            ],
+        );
+        let pol = policy(&[("web", principals(&[], &["web team"]))], principals(&[], &[]), &[]);
+        let resolution = resolve(&pol, &snap, now());
+        assert_eq!(
+            members(&resolution, "web"),
+            [
+                ("bob".into(), vec!["Web Team".to_string()]),
+                ("carol".into(), vec!["Web Team".into(), "Contractors".into()]),
+                ("dave".into(), vec!["Web Team".into(), "Contractors".into(), "Interns".into()]),
+            ]
+        );
+    }
+
+    #[test]
+    fn cycles_terminate_and_everyone_in_them_is_found() {
+        let snap = snapshot(
+            vec![user("a"), user("b")],
+            vec![group("A", 1100, &["B", "a"]), group("B", 1101, &["A", "b"])],
+        );
+        let pol = policy(&[("x", principals(&[], &["A"]))], principals(&[], &[]), &[]);
+        let names: Vec<_> = members(&resolve(&pol, &snap, now()), "x").into_iter().map(|m| m.0).collect();
+        assert_eq!(names, ["a", "b"]);
+    }
+
+    #[test]
+    fn primary_group_membership_counts() {
+        let mut ops = user("Ops.Person");
+        ops.primary_group_id = Some(1200);
+        let snap = snapshot(vec![ops, user("other")], vec![group("Ops Primary", 1200, &[])]);
+        let pol = policy(&[("ops", principals(&[], &["Ops Primary"]))], principals(&[], &[]), &[]);
+        assert_eq!(
+            members(&resolve(&pol, &snap, now()), "ops"),
+            [("Ops.Person".into(), vec!["Ops Primary".to_string()])]
+        );
+    }
+
+    #[test]
+    fn non_people_members_are_ignored() {
+        let snap = snapshot(vec![user("bob")], vec![group("G", 1100, &["bob", "WS01$", "Some Contact"])]);
+        let pol = policy(&[("g", principals(&[], &["G"]))], principals(&[], &[]), &[]);
+        assert_eq!(members(&resolve(&pol, &snap, now()), "g").len(), 1);
+    }
+
+    #[test]
+    fn inactive_denied_and_missing_people_are_excluded_with_a_reason() {
+        let mut disabled = user("dis");
+        disabled.account_control = 514;
+        let mut locked = user("lock");
+        locked.lockout_time = FileTime::from_system_time(now() - Duration::from_secs(60));
+        let mut lapsed = user("lapsed");
+        lapsed.lockout_time = FileTime::from_system_time(now() - Duration::from_secs(7200));
+        let mut expired = user("exp");
+        expired.account_expires = FileTime::from_system_time(now() - Duration::from_secs(1));
+        let snap = snapshot(
+            vec![disabled, locked, lapsed, expired, user("mallory"), user("ok")],
+            vec![group("G", 1100, &["dis", "lock", "lapsed", "exp", "mallory", "ok"])],
+        );
+        let pol = policy(
+            &[("g", principals(&["ghost", "Ghost"], &["G", "No Such Group"]))],
+            principals(&[], &[]),
+            &["MALLORY"],
+        );
+        let resolution = resolve(&pol, &snap, now());
+        let g = &resolution.access_groups["g"];
+        assert_eq!(
+            g.users.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+            ["lapsed", "ok"]
+        );
+        let excluded: Vec<_> = g.excluded.iter().map(|e| (e.name.as_str(), e.reason)).collect();
+        assert_eq!(
+            excluded,
+            [
+                ("dis", Exclusion::Disabled),
+                ("exp", Exclusion::Expired),
+                ("ghost", Exclusion::NotFound),
+                ("lock", Exclusion::Locked),
+                ("mallory", Exclusion::Denied),
+            ]
+        );
+        assert!(resolution.warnings.iter().any(|w| w.contains("\"No Such Group\"")));
+    }
+
+    #[test]
+    fn own_grants_win_over_everywhere_and_direct_over_nested() {
+        let snap = snapshot(
+            vec![user("alice"), user("bob")],
+            vec![group("Admins", 1100, &["alice", "bob"]), group("Web", 1101, &["bob"])],
+        );
+        let pol = policy(
+            &[("web", principals(&["Bob"], &["Web"])), ("db", principals(&[], &["Web"]))],
+            principals(&["alice"], &["Admins"]),
+            &[],
+        );
+        let resolution = resolve(&pol, &snap, now());
+        assert_eq!(
+            members(&resolution, "web"),
+            [("alice".into(), vec![EVERYWHERE.to_string()]), ("bob".into(), vec![])]
+        );
+        assert_eq!(
+            members(&resolution, "db"),
+            [("alice".into(), vec![EVERYWHERE.to_string()]), ("bob".into(), vec!["Web".to_string()])]
+        );
+    }
+
+    #[test]
+    fn a_group_listed_as_a_user_gets_a_hint() {
+        let snap = snapshot(vec![], vec![group("Web Team", 1100, &[])]);
+        let pol = policy(&[("web", principals(&["Web Team"], &[]))], principals(&[], &[]), &[]);
+        let resolution = resolve(&pol, &snap, now());
+        assert_eq!(
+            resolution.warnings,
+            ["AD user \"Web Team\" named in the policy does not exist (there is an AD group of that name: list it under groups)"]
+        );
+    }
+}
