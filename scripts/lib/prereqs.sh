@@ -1,0 +1,40 @@
+# Sourced by scripts/test and scripts/demo: installs, on a fresh Debian machine, whatever the
+# tests and the demo need and is not there yet. Idempotent and quiet when all is present.
+#
+#   samba, ldap-utils, openssl   a throwaway Samba AD DC with its own CA (tests/support/samba.rs)
+#   openssh-server/-client       the real-sshd end-to-end test
+#   s3s-fs (crates.io)           the local S3 server; see the README for why this one
+
+S3S_FS_VERSION=0.14.1
+
+keyhole_install_prereqs() {
+  local packages=() missing=()
+  command -v samba >/dev/null 2>&1 || missing+=(samba)
+  command -v samba-tool >/dev/null 2>&1 || missing+=(samba)
+  command -v ldbadd >/dev/null 2>&1 || missing+=(ldb-tools)
+  command -v ldapsearch >/dev/null 2>&1 || missing+=(ldap-utils)
+  command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+  command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+  command -v ssh >/dev/null 2>&1 || missing+=(openssh-client)
+  command -v ssh-keygen >/dev/null 2>&1 || missing+=(openssh-client)
+  if [ ${#missing[@]} -gt 0 ]; then
+    mapfile -t packages < <(printf '%s\n' "${missing[@]}" | sort -u)
+    echo "installing: ${packages[*]}" >&2
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    # Never let the packages start their own daemons: the tests start exactly what they need.
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+      $sudo chmod +x /usr/sbin/policy-rc.d
+      trap '$sudo rm -f /usr/sbin/policy-rc.d' RETURN
+    fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+      "${packages[@]}" >/dev/null
+  fi
+  if ! command -v s3s-fs >/dev/null 2>&1; then
+    echo "installing: s3s-fs ${S3S_FS_VERSION} (cargo install, a few minutes)" >&2
+    cargo install --locked --quiet "s3s-fs@${S3S_FS_VERSION}" --features binary
+  fi
+  export PATH="$HOME/.cargo/bin:$PATH"
+}
