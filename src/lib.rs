@@ -10,3 +10,4 @@ pub mod cmd;
 pub mod diagnostic;
 pub mod exit;
 pub mod logging;
+pub mod policy;
