@@ -30,10 +30,10 @@ impl Exit {
     /// The code for an error that ended a command: the first cause in the chain that carries a
     /// code of its own decides, anything else is a runtime failure.
     pub fn for_error(error: &anyhow::Error) -> Exit {
+        // anyhow's downcast looks through every layer of context, where `coded` puts the mark.
         error
-            .chain()
-            .find_map(|cause| cause.downcast_ref::<Coded>().map(|coded| coded.0))
-            .unwrap_or(Exit::Failure)
+            .downcast_ref::<Coded>()
+            .map_or(Exit::Failure, |coded| coded.0)
     }
 }
 

@@ -116,8 +116,18 @@ impl<'s> Resolver<'s> {
     fn new(snapshot: &'s Snapshot, now: SystemTime) -> Self {
         let users_by_name = index_by_name(snapshot.users.iter().map(|u| u.name.as_str()));
         let groups_by_name = index_by_name(snapshot.groups.iter().map(|g| g.name.as_str()));
-        let users_by_dn = snapshot.users.iter().enumerate().map(|(i, u)| (&u.dn, i)).collect();
-        let groups_by_dn = snapshot.groups.iter().enumerate().map(|(i, g)| (&g.dn, i)).collect();
+        let users_by_dn = snapshot
+            .users
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (&u.dn, i))
+            .collect();
+        let groups_by_dn = snapshot
+            .groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (&g.dn, i))
+            .collect();
 
         let mut primary_members: HashMap<usize, Vec<usize>> = HashMap::new();
         if let Some(domain) = &snapshot.domain {
@@ -174,20 +184,27 @@ impl<'s> Resolver<'s> {
         for (rank, principals, prefix) in [(0, own, None), (1, everywhere, Some(EVERYWHERE))] {
             for name in &principals.users {
                 match self.users_by_name.get(&name.to_lowercase()) {
-                    Some(&user) => offer(user, rank, prefix.map(String::from).into_iter().collect()),
+                    Some(&user) => {
+                        offer(user, rank, prefix.map(String::from).into_iter().collect())
+                    }
                     None => {
-                        self.warn_missing("user", name, &self.groups_by_name, "groups");
+                        let is_group = self.groups_by_name.contains_key(&name.to_lowercase());
+                        self.warn_missing("user", name, is_group);
                         not_found.push(name.clone());
                     }
                 }
             }
             for name in &principals.groups {
                 let Some(&group) = self.groups_by_name.get(&name.to_lowercase()) else {
-                    self.warn_missing("group", name, &self.users_by_name, "users");
+                    let is_user = self.users_by_name.contains_key(&name.to_lowercase());
+                    self.warn_missing("group", name, is_user);
                     continue;
                 };
                 for (user, chain) in self.expand(group).iter() {
-                    let via = prefix.map(String::from).into_iter().chain(chain.iter().cloned());
+                    let via = prefix
+                        .map(String::from)
+                        .into_iter()
+                        .chain(chain.iter().cloned());
                     offer(*user, rank, via.collect());
                 }
             }
@@ -219,12 +236,16 @@ impl<'s> Resolver<'s> {
         }
         not_found.sort_by_key(|name| name.to_lowercase());
         not_found.dedup_by_key(|name| name.to_lowercase());
-        membership.excluded.extend(not_found.into_iter().map(|name| Excluded {
-            name,
-            reason: Exclusion::NotFound,
-        }));
+        membership
+            .excluded
+            .extend(not_found.into_iter().map(|name| Excluded {
+                name,
+                reason: Exclusion::NotFound,
+            }));
         membership.users.sort_by(|a, b| by_name(&a.name, &b.name));
-        membership.excluded.sort_by(|a, b| by_name(&a.name, &b.name));
+        membership
+            .excluded
+            .sort_by(|a, b| by_name(&a.name, &b.name));
         membership
     }
 
@@ -245,8 +266,16 @@ impl<'s> Resolver<'s> {
             level.sort_by(|a, b| a.1.cmp(&b.1));
             let mut next = Vec::new();
             for (current, chain) in level {
-                let direct = groups[current].members.iter().filter_map(|dn| self.users_by_dn.get(dn).copied());
-                let primary = self.primary_members.get(&current).into_iter().flatten().copied();
+                let direct = groups[current]
+                    .members
+                    .iter()
+                    .filter_map(|dn| self.users_by_dn.get(dn).copied());
+                let primary = self
+                    .primary_members
+                    .get(&current)
+                    .into_iter()
+                    .flatten()
+                    .copied();
                 let mut users: Vec<usize> = direct.chain(primary).collect();
                 users.sort_unstable();
                 for user in users {
@@ -271,14 +300,17 @@ impl<'s> Resolver<'s> {
         reached
     }
 
-    fn warn_missing(&mut self, kind: &str, name: &str, other: &HashMap<String, usize>, list: &str) {
-        let hint = if other.contains_key(&name.to_lowercase()) {
-            format!(" (there is an AD {} of that name: list it under {list})", if kind == "user" { "group" } else { "user" })
-        } else {
-            String::new()
+    /// Records a policy name that AD does not have; `other_kind_exists` when AD has the name as
+    /// the other kind of principal, which is almost always the mistake.
+    fn warn_missing(&mut self, kind: &str, name: &str, other_kind_exists: bool) {
+        let hint = match (other_kind_exists, kind) {
+            (false, _) => "",
+            (true, "user") => " (there is an AD group of that name: list it under groups)",
+            (true, _) => " (there is an AD user of that name: list it under users)",
         };
-        self.warnings
-            .insert(format!("AD {kind} {name:?} named in the policy does not exist{hint}"));
+        self.warnings.insert(format!(
+            "AD {kind} {name:?} named in the policy does not exist{hint}"
+        ));
     }
 }
 
@@ -296,7 +328,9 @@ fn by_preference(candidate: &(u8, Vec<String>)) -> (u8, usize, &Vec<String>) {
 
 /// People sort case-insensitively, with the exact spelling as the tie-breaker for stable output.
 fn by_name(a: &str, b: &str) -> std::cmp::Ordering {
-    a.to_lowercase().cmp(&b.to_lowercase()).then_with(|| a.cmp(b))
+    a.to_lowercase()
+        .cmp(&b.to_lowercase())
+        .then_with(|| a.cmp(b))
 }
 
 #[cfg(test)]
@@ -341,7 +375,10 @@ mod tests {
             dn: Dn::new(&format!("cn={name},cn=users")),
             name: name.into(),
             sid: sid(rid),
-            members: members.iter().map(|m| Dn::new(&format!("cn={m},cn=users"))).collect(),
+            members: members
+                .iter()
+                .map(|m| Dn::new(&format!("cn={m},cn=users")))
+                .collect(),
         }
     }
 
@@ -400,7 +437,10 @@ mod tests {
 
     #[test]
     fn the_domain_sid_fixture_is_what_the_tests_assume() {
-        assert_eq!(snapshot(vec![], vec![]).domain.unwrap().sid.to_string(), DOMAIN);
+        assert_eq!(
+            snapshot(vec![], vec![]).domain.unwrap().sid.to_string(),
+            DOMAIN
+        );
     }
 
     #[test]
@@ -413,14 +453,24 @@ mod tests {
                 group("Interns", 1102, &["dave", "bob"]),
             ],
         );
-        let pol = policy(&[("web", principals(&[], &["web team"]))], principals(&[], &[]), &[]);
+        let pol = policy(
+            &[("web", principals(&[], &["web team"]))],
+            principals(&[], &[]),
+            &[],
+        );
         let resolution = resolve(&pol, &snap, now());
         assert_eq!(
             members(&resolution, "web"),
             [
                 ("bob".into(), vec!["Web Team".to_string()]),
-                ("carol".into(), vec!["Web Team".into(), "Contractors".into()]),
-                ("dave".into(), vec!["Web Team".into(), "Contractors".into(), "Interns".into()]),
+                (
+                    "carol".into(),
+                    vec!["Web Team".into(), "Contractors".into()]
+                ),
+                (
+                    "dave".into(),
+                    vec!["Web Team".into(), "Contractors".into(), "Interns".into()]
+                ),
             ]
         );
     }
@@ -432,7 +482,10 @@ mod tests {
             vec![group("A", 1100, &["B", "a"]), group("B", 1101, &["A", "b"])],
         );
         let pol = policy(&[("x", principals(&[], &["A"]))], principals(&[], &[]), &[]);
-        let names: Vec<_> = members(&resolve(&pol, &snap, now()), "x").into_iter().map(|m| m.0).collect();
+        let names: Vec<_> = members(&resolve(&pol, &snap, now()), "x")
+            .into_iter()
+            .map(|m| m.0)
+            .collect();
         assert_eq!(names, ["a", "b"]);
     }
 
@@ -440,8 +493,15 @@ mod tests {
     fn primary_group_membership_counts() {
         let mut ops = user("Ops.Person");
         ops.primary_group_id = Some(1200);
-        let snap = snapshot(vec![ops, user("other")], vec![group("Ops Primary", 1200, &[])]);
-        let pol = policy(&[("ops", principals(&[], &["Ops Primary"]))], principals(&[], &[]), &[]);
+        let snap = snapshot(
+            vec![ops, user("other")],
+            vec![group("Ops Primary", 1200, &[])],
+        );
+        let pol = policy(
+            &[("ops", principals(&[], &["Ops Primary"]))],
+            principals(&[], &[]),
+            &[],
+        );
         assert_eq!(
             members(&resolve(&pol, &snap, now()), "ops"),
             [("Ops.Person".into(), vec!["Ops Primary".to_string()])]
@@ -450,7 +510,10 @@ mod tests {
 
     #[test]
     fn non_people_members_are_ignored() {
-        let snap = snapshot(vec![user("bob")], vec![group("G", 1100, &["bob", "WS01$", "Some Contact"])]);
+        let snap = snapshot(
+            vec![user("bob")],
+            vec![group("G", 1100, &["bob", "WS01$", "Some Contact"])],
+        );
         let pol = policy(&[("g", principals(&[], &["G"]))], principals(&[], &[]), &[]);
         assert_eq!(members(&resolve(&pol, &snap, now()), "g").len(), 1);
     }
@@ -466,11 +529,25 @@ mod tests {
         let mut expired = user("exp");
         expired.account_expires = FileTime::from_system_time(now() - Duration::from_secs(1));
         let snap = snapshot(
-            vec![disabled, locked, lapsed, expired, user("mallory"), user("ok")],
-            vec![group("G", 1100, &["dis", "lock", "lapsed", "exp", "mallory", "ok"])],
+            vec![
+                disabled,
+                locked,
+                lapsed,
+                expired,
+                user("mallory"),
+                user("ok"),
+            ],
+            vec![group(
+                "G",
+                1100,
+                &["dis", "lock", "lapsed", "exp", "mallory", "ok"],
+            )],
         );
         let pol = policy(
-            &[("g", principals(&["ghost", "Ghost"], &["G", "No Such Group"]))],
+            &[(
+                "g",
+                principals(&["ghost", "Ghost"], &["G", "No Such Group"]),
+            )],
             principals(&[], &[]),
             &["MALLORY"],
         );
@@ -480,7 +557,11 @@ mod tests {
             g.users.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
             ["lapsed", "ok"]
         );
-        let excluded: Vec<_> = g.excluded.iter().map(|e| (e.name.as_str(), e.reason)).collect();
+        let excluded: Vec<_> = g
+            .excluded
+            .iter()
+            .map(|e| (e.name.as_str(), e.reason))
+            .collect();
         assert_eq!(
             excluded,
             [
@@ -491,39 +572,62 @@ mod tests {
                 ("mallory", Exclusion::Denied),
             ]
         );
-        assert!(resolution.warnings.iter().any(|w| w.contains("\"No Such Group\"")));
+        assert!(
+            resolution
+                .warnings
+                .iter()
+                .any(|w| w.contains("\"No Such Group\""))
+        );
     }
 
     #[test]
     fn own_grants_win_over_everywhere_and_direct_over_nested() {
         let snap = snapshot(
             vec![user("alice"), user("bob")],
-            vec![group("Admins", 1100, &["alice", "bob"]), group("Web", 1101, &["bob"])],
+            vec![
+                group("Admins", 1100, &["alice", "bob"]),
+                group("Web", 1101, &["bob"]),
+            ],
         );
         let pol = policy(
-            &[("web", principals(&["Bob"], &["Web"])), ("db", principals(&[], &["Web"]))],
+            &[
+                ("web", principals(&["Bob"], &["Web"])),
+                ("db", principals(&[], &["Web"])),
+            ],
             principals(&["alice"], &["Admins"]),
             &[],
         );
         let resolution = resolve(&pol, &snap, now());
         assert_eq!(
             members(&resolution, "web"),
-            [("alice".into(), vec![EVERYWHERE.to_string()]), ("bob".into(), vec![])]
+            [
+                ("alice".into(), vec![EVERYWHERE.to_string()]),
+                ("bob".into(), vec![])
+            ]
         );
         assert_eq!(
             members(&resolution, "db"),
-            [("alice".into(), vec![EVERYWHERE.to_string()]), ("bob".into(), vec!["Web".to_string()])]
+            [
+                ("alice".into(), vec![EVERYWHERE.to_string()]),
+                ("bob".into(), vec!["Web".to_string()])
+            ]
         );
     }
 
     #[test]
     fn a_group_listed_as_a_user_gets_a_hint() {
         let snap = snapshot(vec![], vec![group("Web Team", 1100, &[])]);
-        let pol = policy(&[("web", principals(&["Web Team"], &[]))], principals(&[], &[]), &[]);
+        let pol = policy(
+            &[("web", principals(&["Web Team"], &[]))],
+            principals(&[], &[]),
+            &[],
+        );
         let resolution = resolve(&pol, &snap, now());
         assert_eq!(
             resolution.warnings,
-            ["AD user \"Web Team\" named in the policy does not exist (there is an AD group of that name: list it under groups)"]
+            [
+                "AD user \"Web Team\" named in the policy does not exist (there is an AD group of that name: list it under groups)"
+            ]
         );
     }
 }

@@ -72,7 +72,9 @@ pub enum DirectoryError {
         base: String,
         reason: String,
     },
-    #[error("the base DN {0} was not found or has no objectSid (is ldap.base_dn the domain's root?)")]
+    #[error(
+        "the base DN {0} was not found or has no objectSid (is ldap.base_dn the domain's root?)"
+    )]
     NoDomain(String),
     #[error(transparent)]
     Entry(#[from] EntryError),
@@ -142,7 +144,13 @@ impl<'s> Session<'s> {
     async fn read_all(&mut self) -> Result<Snapshot, DirectoryError> {
         let base = self.settings.base_dn.clone();
         let domain = self
-            .search(&base, Scope::Base, "(objectClass=*)", &["objectSid", "lockoutDuration"], "the domain object")
+            .search(
+                &base,
+                Scope::Base,
+                "(objectClass=*)",
+                &["objectSid", "lockoutDuration"],
+                "the domain object",
+            )
             .await?;
         let domain = domain
             .first()
@@ -194,14 +202,22 @@ impl<'s> Session<'s> {
             let next = format!("member;range={}-{}", end + 1, self.range_end(end + 1));
             self.stats.ranged_reads += 1;
             let answer = self
-                .search(&entry.dn, Scope::Base, "(objectClass=*)", &[next.as_str()], "group members")
+                .search(
+                    &entry.dn,
+                    Scope::Base,
+                    "(objectClass=*)",
+                    &[next.as_str()],
+                    "group members",
+                )
                 .await?;
             let unfinished = |detail: String| DirectoryError::UnfinishedRange {
                 dn: entry.dn.clone(),
                 detail,
             };
             let Some(answer) = answer.first() else {
-                return Err(unfinished(format!("the group vanished while reading {next}")));
+                return Err(unfinished(format!(
+                    "the group vanished while reading {next}"
+                )));
             };
             if !has_member_attribute(answer) {
                 return Err(unfinished(format!("no values returned for {next}")));
@@ -210,7 +226,9 @@ impl<'s> Session<'s> {
             if let Some(new_end) = new_end
                 && new_end <= end
             {
-                return Err(unfinished(format!("asked for {next}, got a range ending at {new_end}")));
+                return Err(unfinished(format!(
+                    "asked for {next}, got a range ending at {new_end}"
+                )));
             }
             members.extend(values);
             more_after = new_end;
@@ -249,7 +267,9 @@ impl<'s> Session<'s> {
                 .with_controls(control)
                 .search(base, scope, filter, attributes.to_vec())
                 .await
-                .map_err(|source| operation_error(self.settings, &format!("searching {what}"), source))?;
+                .map_err(|source| {
+                    operation_error(self.settings, &format!("searching {what}"), source)
+                })?;
             let (page, outcome) = (result.0, result.1);
             if outcome.rc != 0 {
                 return Err(DirectoryError::Search {
@@ -323,7 +343,10 @@ fn operation_error(settings: &LdapSettings, doing: &str, source: LdapError) -> D
 
 fn bind_reason(rc: u32, text: &str) -> String {
     match rc {
-        49 => format!("invalid credentials: wrong password, or the service account is disabled, locked or expired ({})", text.trim()),
+        49 => format!(
+            "invalid credentials: wrong password, or the service account is disabled, locked or expired ({})",
+            text.trim()
+        ),
         _ => result_reason(rc, text),
     }
 }
@@ -392,7 +415,12 @@ mod tests {
             dn: "CN=g".into(),
             attrs: attrs
                 .iter()
-                .map(|(name, values)| (name.to_string(), values.iter().map(|v| v.to_string()).collect()))
+                .map(|(name, values)| {
+                    (
+                        name.to_string(),
+                        values.iter().map(|v| v.to_string()).collect(),
+                    )
+                })
                 .collect::<HashMap<_, _>>(),
             bin_attrs: HashMap::new(),
         }
@@ -403,7 +431,10 @@ mod tests {
         let (members, more) = member_slice(&entry(&[("member", &["CN=A", "cn=b"])]));
         assert_eq!(members, [Dn::new("cn=a"), Dn::new("cn=b")]);
         assert_eq!(more, None);
-        assert_eq!(member_slice(&entry(&[("member;range=0-1499", &["a"])])).1, Some(1499));
+        assert_eq!(
+            member_slice(&entry(&[("member;range=0-1499", &["a"])])).1,
+            Some(1499)
+        );
         let (members, more) = member_slice(&entry(&[("Member;Range=1500-*", &["a"])]));
         assert_eq!((members.len(), more), (1, None));
         assert_eq!(member_slice(&entry(&[])), (Vec::new(), None));
@@ -411,7 +442,10 @@ mod tests {
 
     #[test]
     fn a_refused_bind_says_what_to_check() {
-        assert!(bind_reason(49, "80090308: LdapErr: DSID-0C09042A, data 52e").contains("wrong password"));
+        assert!(
+            bind_reason(49, "80090308: LdapErr: DSID-0C09042A, data 52e")
+                .contains("wrong password")
+        );
         assert_eq!(result_reason(4, ""), "result code 4");
     }
 }

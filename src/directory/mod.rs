@@ -6,4 +6,4 @@ pub mod ldap;
 pub mod model;
 
 pub use ldap::{DirectoryError, ReadStats, read_snapshot};
-pub use model::{AccountState, Dn, Domain, FileTime, Group, LockoutDuration, Snapshot, User};
+pub use model::{AccountState, Dn, Domain, FileTime, Group, LockoutDuration, Sid, Snapshot, User};

@@ -169,9 +169,9 @@ impl LockoutDuration {
     pub fn as_duration(self) -> Option<Duration> {
         match self {
             LockoutDuration::UntilUnlocked => None,
-            LockoutDuration::For(intervals) => {
-                Some(Duration::from_nanos(u64::try_from(intervals).unwrap_or(0) * 100))
-            }
+            LockoutDuration::For(intervals) => Some(Duration::from_nanos(
+                u64::try_from(intervals).unwrap_or(0) * 100,
+            )),
         }
     }
 }
@@ -271,12 +271,12 @@ impl TryFrom<&SearchEntry> for User {
             sid: attributes.sid(),
             primary_group_id: attributes.number("primaryGroupID")?,
             // Access depends on this one: refuse to guess when it is absent.
-            account_control: attributes
-                .number("userAccountControl")?
-                .ok_or_else(|| EntryError::Missing {
+            account_control: attributes.number("userAccountControl")?.ok_or_else(|| {
+                EntryError::Missing {
                     dn: entry.dn.clone(),
                     attribute: "userAccountControl",
-                })?,
+                }
+            })?,
             lockout_time: FileTime(attributes.number("lockoutTime")?.unwrap_or(0)),
             account_expires: FileTime(attributes.number("accountExpires")?.unwrap_or(0)),
             uid_number: attributes.number("uidNumber")?,
@@ -321,7 +321,9 @@ mod tests {
     fn entry(dn: &str, attrs: &[(&str, &str)], sid: Option<Vec<u8>>) -> SearchEntry {
         let mut map: HashMap<String, Vec<String>> = HashMap::new();
         for (name, value) in attrs {
-            map.entry(name.to_string()).or_default().push(value.to_string());
+            map.entry(name.to_string())
+                .or_default()
+                .push(value.to_string());
         }
         let mut bin_attrs = HashMap::new();
         if let Some(sid) = sid {
@@ -349,7 +351,9 @@ mod tests {
         assert_eq!(sid.to_string(), "S-1-5-21-1-2-3-1105");
         assert_eq!(Sid::from_bytes(&sid_bytes()[..9]), None);
         assert_eq!(
-            Sid(String::from("S-1-5-21-1-2-3")).with_rid(513).to_string(),
+            Sid(String::from("S-1-5-21-1-2-3"))
+                .with_rid(513)
+                .to_string(),
             "S-1-5-21-1-2-3-513"
         );
     }
@@ -371,7 +375,10 @@ mod tests {
         );
         let user = User::try_from(&raw).unwrap();
         assert_eq!(user.name, "Jane.Doe");
-        assert_eq!(user.dn, Dn::new("cn=jane doe,cn=users,dc=corp,dc=example,dc=com"));
+        assert_eq!(
+            user.dn,
+            Dn::new("cn=jane doe,cn=users,dc=corp,dc=example,dc=com")
+        );
         assert_eq!(user.primary_group_id, Some(513));
         assert_eq!(user.uid_number, Some(10001));
         assert_eq!(user.unix_home_directory.as_deref(), Some("/home/jane.doe"));
@@ -393,7 +400,10 @@ mod tests {
             &[("sAMAccountName", "x"), ("userAccountControl", "lots")],
             None,
         );
-        assert!(matches!(User::try_from(&raw), Err(EntryError::Malformed { .. })));
+        assert!(matches!(
+            User::try_from(&raw),
+            Err(EntryError::Malformed { .. })
+        ));
     }
 
     fn user(account_control: u32, lockout_time: i64, account_expires: i64) -> User {
@@ -412,39 +422,63 @@ mod tests {
 
     #[test]
     fn account_state_follows_control_lockout_and_expiry() {
-        let now = FileTime(1_000_000_000);
+        let at = |secs: u64| FileTime::from_system_time(UNIX_EPOCH + Duration::from_secs(secs));
+        let now_secs = 1_800_000_000;
+        let now = at(now_secs);
         let thirty_minutes = LockoutDuration::from_attribute(-18_000_000_000);
-        assert_eq!(user(512, 0, 0).state(now, thirty_minutes), AccountState::Active);
-        assert_eq!(user(514, 0, 0).state(now, thirty_minutes), AccountState::Disabled);
+        assert_eq!(
+            user(512, 0, 0).state(now, thirty_minutes),
+            AccountState::Active
+        );
+        assert_eq!(
+            user(514, 0, 0).state(now, thirty_minutes),
+            AccountState::Disabled
+        );
         // Locked a minute ago: still within thirty minutes.
-        let a_minute_ago = now.0 - 600_000_000;
+        let a_minute_ago = at(now_secs - 60).0;
         assert_eq!(
             user(512, a_minute_ago, 0).state(now, thirty_minutes),
             AccountState::Locked
         );
-        // Locked an hour ago: the lockout has lapsed on its own.
-        let an_hour_ago = now.0 - 36_000_000_000;
-        assert!(an_hour_ago > 0);
+        // Locked an hour ago: the lockout has lapsed on its own...
+        let an_hour_ago = at(now_secs - 3600).0;
         assert_eq!(
-            user(512, an_hour_ago.max(1), 0).state(FileTime(an_hour_ago + 36_000_000_000 + 18_000_000_001), thirty_minutes),
+            user(512, an_hour_ago, 0).state(now, thirty_minutes),
+            AccountState::Active
+        );
+        // ...unless the domain locks until an administrator unlocks.
+        let forever = LockoutDuration::UntilUnlocked;
+        assert_eq!(
+            user(512, an_hour_ago, 0).state(now, forever),
+            AccountState::Locked
+        );
+        assert_eq!(
+            user(512, 0, now.0 - 1).state(now, thirty_minutes),
+            AccountState::Expired
+        );
+        assert_eq!(
+            user(512, 0, now.0 + 1).state(now, thirty_minutes),
             AccountState::Active
         );
         assert_eq!(
-            user(512, 5, 0).state(now, LockoutDuration::UntilUnlocked),
-            AccountState::Locked
+            user(512, 0, i64::MAX).state(now, thirty_minutes),
+            AccountState::Active
         );
-        assert_eq!(user(512, 0, now.0 - 1).state(now, thirty_minutes), AccountState::Expired);
-        assert_eq!(user(512, 0, now.0 + 1).state(now, thirty_minutes), AccountState::Active);
-        assert_eq!(user(512, 0, i64::MAX).state(now, thirty_minutes), AccountState::Active);
     }
 
     #[test]
     fn filetime_counts_from_1601() {
-        assert_eq!(FileTime::from_system_time(UNIX_EPOCH), FileTime(116_444_736_000_000_000));
+        assert_eq!(
+            FileTime::from_system_time(UNIX_EPOCH),
+            FileTime(116_444_736_000_000_000)
+        );
         assert_eq!(
             LockoutDuration::from_attribute(-18_000_000_000).as_duration(),
             Some(Duration::from_secs(1800))
         );
-        assert_eq!(LockoutDuration::from_attribute(i64::MIN), LockoutDuration::UntilUnlocked);
+        assert_eq!(
+            LockoutDuration::from_attribute(i64::MIN),
+            LockoutDuration::UntilUnlocked
+        );
     }
 }
