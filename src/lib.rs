@@ -10,6 +10,7 @@ pub mod cmd;
 pub mod diagnostic;
 pub mod directory;
 pub mod exit;
+pub mod homes;
 pub mod logging;
 pub mod policy;
 pub mod resolve;
