@@ -81,7 +81,7 @@ pub fn render(
             }
         }
     }
-    let shared: BTreeMap<&str, &BTreeSet<&str>> = owners
+    let shared: BTreeMap<&str, BTreeSet<&str>> = owners
         .into_iter()
         .filter(|(_, users)| users.len() > 1)
         .collect();

@@ -25,7 +25,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args, global: &super::GlobalArgs) -> anyhow::Result<Exit> {
-    let path = policy_path(args.policy, global);
+    let path = policy_path(args.policy, global)?;
     let bytes =
         std::fs::read(&path).with_context(|| format!("reading policy {}", path.display()))?;
     let (diagnostics, valid) = match policy::parse_bytes(&path, &bytes) {
@@ -46,12 +46,18 @@ pub fn run(args: Args, global: &super::GlobalArgs) -> anyhow::Result<Exit> {
     })
 }
 
-/// Which policy file to check: the argument if given, else `access-groups.toml` here.
-///
-/// Fallback slot: once `settings` exists, a missing argument should resolve to the settings file's
-/// `policy` key (found via `global.config`) before falling back to the current directory.
-fn policy_path(argument: Option<PathBuf>, _global: &super::GlobalArgs) -> PathBuf {
-    argument.unwrap_or_else(|| PathBuf::from("access-groups.toml"))
+/// Which policy file to check: the argument if given; else the settings' `policy` when settings
+/// were named (`--config` or `KEYHOLE_CONFIG`); else `access-groups.toml` here, which is what a
+/// policy repository's CI job wants.
+fn policy_path(argument: Option<PathBuf>, global: &super::GlobalArgs) -> anyhow::Result<PathBuf> {
+    if let Some(path) = argument {
+        return Ok(path);
+    }
+    let named = global.config.is_some() || std::env::var_os(crate::settings::CONFIG_ENV).is_some();
+    if named {
+        return Ok(crate::settings::Settings::load(global.config.as_deref())?.policy);
+    }
+    Ok(PathBuf::from("access-groups.toml"))
 }
 
 /// `access-groups.toml: OK, 4 access groups, 1 warning` or `access-groups.toml: 2 errors`.

@@ -1,0 +1,105 @@
+//! Driving the built `keyhole` binary the way an operator would: a deployment directory with a
+//! `keyhole.toml` and an `access-groups.toml`, and commands run against it with their exit code,
+//! stdout and stderr captured.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::samba::SambaDc;
+
+/// What one run of the binary did.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// The stdout parsed as JSON; panics with the whole run when it is not.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|error| panic!("stdout is not JSON ({error}): {self:#?}"))
+    }
+}
+
+/// A directory holding one deployment's settings and policy.
+pub struct Deployment {
+    pub dir: tempfile::TempDir,
+    /// Environment variables given to every run.
+    pub env: Vec<(String, String)>,
+}
+
+impl Deployment {
+    /// Settings that reach `dc` over LDAPS with its CA, and `policy` as the policy.
+    pub fn new(dc: &SambaDc, policy: &str) -> Deployment {
+        let deployment = Deployment {
+            dir: tempfile::tempdir().expect("temp dir"),
+            env: Vec::new(),
+        };
+        deployment.write_settings(&ldap_section(dc, &dc.ldaps_url(), &dc.ca_file()));
+        deployment.write_policy(policy);
+        deployment
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("keyhole.toml")
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn write_settings(&self, settings: &str) {
+        std::fs::write(self.config(), settings).expect("writing keyhole.toml");
+    }
+
+    pub fn write_policy(&self, policy: &str) {
+        std::fs::write(self.path("access-groups.toml"), policy).expect("writing the policy");
+    }
+
+    /// Runs `keyhole --config <this deployment> ARGS…`.
+    pub fn run(&self, args: &[&str]) -> Run {
+        run_keyhole(&self.config(), args, &self.env)
+    }
+}
+
+/// The `[ldap]` section for `dc` at `url`, trusting `ca_file`.
+pub fn ldap_section(dc: &SambaDc, url: &str, ca_file: &Path) -> String {
+    format!(
+        r#"policy = "access-groups.toml"
+
+[ldap]
+url = "{url}"
+bind_dn = "{bind_dn}"
+password_file = "{password_file}"
+base_dn = "{base_dn}"
+ca_file = "{ca_file}"
+timeout = "10s"
+page_size = 200
+"#,
+        bind_dn = dc.service_bind_dn(),
+        password_file = dc.service_password_file().display(),
+        base_dn = dc.base_dn(),
+        ca_file = ca_file.display(),
+    )
+}
+
+/// Runs the built binary with a clean keyhole environment (no inherited KEYHOLE_* variables, no
+/// backtraces) plus `env`.
+pub fn run_keyhole(config: &Path, args: &[&str], env: &[(String, String)]) -> Run {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_keyhole"));
+    command.arg("--config").arg(config).args(args);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("KEYHOLE_") || name.starts_with("AWS_") || name == "RUST_BACKTRACE" {
+            command.env_remove(name);
+        }
+    }
+    command.envs(env.iter().map(|(k, v)| (k, v)));
+    let output = command.output().expect("running keyhole");
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
