@@ -1,0 +1,225 @@
+//! Smoke tests of the Samba AD test harness itself (`tests/support/samba.rs`,
+//! `scripts/samba-dc`): the directory the integration tests rely on really looks the way the
+//! fixture says, over both LDAPS and StartTLS, as the non-admin service account.
+
+mod support;
+
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::Duration;
+
+use support::samba::{Fixture, SambaDc, Transport, UserSpec};
+
+/// 2012-12-17, long past: an expired account.
+const PAST_FILETIME: i64 = 130_000_000_000_000_000;
+const UF_ACCOUNTDISABLE: u32 = 0x2;
+const DOMAIN_USERS_RID: u32 = 513;
+
+fn small_fixture() -> Fixture {
+    Fixture::new()
+        .user(UserSpec::unix("Jane.Doe", 10001, "/home/jane.doe"))
+        .user(UserSpec::unix("John.Smith", 10002, "/home/john.smith").disabled())
+        .user(UserSpec::unix("Old.Timer", 10003, "/home/old.timer").expires(PAST_FILETIME))
+        .user(UserSpec::unix("Pat.Primary", 10004, "/home/pat.primary").primary_group("ops-primary"))
+        .user(UserSpec::unix("Lou.Locked", 10005, "/home/lou.locked"))
+        .contact("a-contact")
+        .computer("pc01")
+        .group("ssh-admins", &["Jane.Doe", "ops-nested"])
+        .group(
+            "ops-nested",
+            &["John.Smith", "Old.Timer", "Lou.Locked", "a-contact", "pc01", "cycle-a"],
+        )
+        .group("ops-primary", &[])
+        .group("cycle-a", &["cycle-b"])
+        .group("cycle-b", &["cycle-a"])
+}
+
+fn uac(dc: &SambaDc, user: &str) -> u32 {
+    dc.search_one(Transport::Ldaps, &dc.user_dn(user), &["userAccountControl"])
+        .value("userAccountControl")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{user} has no userAccountControl"))
+}
+
+#[test]
+fn fixture_entries_look_as_intended_over_ldaps_and_starttls() {
+    let mut dc = SambaDc::start(&small_fixture());
+
+    let jane = dc.search_one(
+        Transport::Ldaps,
+        &dc.user_dn("Jane.Doe"),
+        &["sAMAccountName", "uidNumber", "unixHomeDirectory", "userAccountControl", "accountExpires"],
+    );
+    assert_eq!(jane.value("sAMAccountName"), Some("Jane.Doe"));
+    assert_eq!(jane.value("uidNumber"), Some("10001"));
+    assert_eq!(jane.value("unixHomeDirectory"), Some("/home/jane.doe"));
+    assert_eq!(uac(&dc, "Jane.Doe") & UF_ACCOUNTDISABLE, 0);
+    assert_eq!(jane.value("accountExpires"), Some("9223372036854775807"));
+
+    assert_ne!(uac(&dc, "John.Smith") & UF_ACCOUNTDISABLE, 0, "John.Smith is disabled");
+
+    let old = dc.search_one(Transport::Ldaps, &dc.user_dn("Old.Timer"), &["accountExpires"]);
+    assert_eq!(old.value("accountExpires"), Some(PAST_FILETIME.to_string().as_str()));
+
+    // Primary-group-only membership: primaryGroupID points at the group, and AD dropped the
+    // explicit member link (moving one to Domain Users instead).
+    let pat = dc.search_one(
+        Transport::Ldaps,
+        &dc.user_dn("Pat.Primary"),
+        &["primaryGroupID", "memberOf"],
+    );
+    let ops_primary_rid = dc.rid("ops-primary");
+    assert_ne!(ops_primary_rid, DOMAIN_USERS_RID);
+    assert_eq!(pat.value("primaryGroupID"), Some(ops_primary_rid.to_string().as_str()));
+    let ops_primary = dc.search_one(Transport::Ldaps, &dc.group_dn("ops-primary"), &["member"]);
+    assert!(ops_primary.values("member").is_empty(), "{ops_primary:?}");
+    assert!(!pat.values("memberOf").contains(&dc.group_dn("ops-primary")));
+
+    // Nesting, a contact, a computer and a cycle, the same over LDAPS and StartTLS.
+    for transport in [Transport::Ldaps, Transport::StartTls] {
+        let admins = dc.search_one(transport, &dc.group_dn("ssh-admins"), &["member"]);
+        let mut members = admins.values("member").to_vec();
+        members.sort();
+        assert_eq!(members, [dc.user_dn("Jane.Doe"), dc.group_dn("ops-nested")]);
+
+        let nested = dc.search_one(transport, &dc.group_dn("ops-nested"), &["member"]);
+        for member in [
+            dc.user_dn("John.Smith"),
+            dc.user_dn("Old.Timer"),
+            dc.user_dn("a-contact"),
+            dc.computer_dn("pc01"),
+            dc.group_dn("cycle-a"),
+        ] {
+            assert!(nested.values("member").contains(&member), "{member} in {nested:?}");
+        }
+        let cycle_b = dc.search_one(transport, &dc.group_dn("cycle-b"), &["member"]);
+        assert_eq!(cycle_b.values("member"), [dc.group_dn("cycle-a")]);
+    }
+    let contact = dc.search_one(Transport::StartTls, &dc.user_dn("a-contact"), &["objectClass"]);
+    assert!(contact.values("objectClass").iter().any(|c| c == "contact"));
+    let computer = dc.search_one(Transport::StartTls, &dc.computer_dn("pc01"), &["objectClass"]);
+    assert!(computer.values("objectClass").iter().any(|c| c == "computer"));
+
+    // Plain LDAP without StartTLS refuses a simple bind (strongAuthRequired, 8).
+    let plain = Command::new("ldapsearch")
+        .args(["-x", "-H", &dc.ldap_url(), "-D", &dc.service_bind_dn()])
+        .args(["-y", dc.service_password_file().to_str().unwrap()])
+        .args(["-b", "", "-s", "base", "dn"])
+        .output()
+        .unwrap();
+    assert_eq!(plain.status.code(), Some(8), "{plain:?}");
+
+    // The service account is an ordinary user: only Domain Users, and it cannot write.
+    let svc = dc.search_one(
+        Transport::Ldaps,
+        &dc.service_bind_dn(),
+        &["memberOf", "primaryGroupID", "adminCount"],
+    );
+    assert!(svc.values("memberOf").is_empty(), "{svc:?}");
+    assert_eq!(svc.value("primaryGroupID"), Some("513"));
+    assert!(svc.values("adminCount").is_empty(), "{svc:?}");
+    let disable_jane = format!(
+        "dn: {}\nchangetype: modify\nreplace: userAccountControl\nuserAccountControl: 514\n",
+        dc.user_dn("Jane.Doe")
+    );
+    let refused = dc.ldapmodify(&dc.service_bind_dn(), &dc.service_password_file(), &disable_jane);
+    // 50 is insufficientAccessRights.
+    assert_eq!(refused.status.code(), Some(50), "{refused:?}");
+    assert_eq!(uac(&dc, "Jane.Doe") & UF_ACCOUNTDISABLE, 0);
+
+    // The Administrator can.
+    dc.modify(&disable_jane);
+    assert_ne!(uac(&dc, "Jane.Doe") & UF_ACCOUNTDISABLE, 0);
+
+    // A real lockout through bad binds, and back.
+    let lockout_time = |dc: &SambaDc| -> i64 {
+        dc.search_one(Transport::Ldaps, &dc.user_dn("Lou.Locked"), &["lockoutTime"])
+            .value("lockoutTime")
+            .map_or(0, |v| v.parse().unwrap())
+    };
+    assert_eq!(lockout_time(&dc), 0);
+    dc.lock_out("Lou.Locked");
+    assert!(lockout_time(&dc) > 0);
+    dc.unlock("Lou.Locked");
+    assert_eq!(lockout_time(&dc), 0);
+
+    // Stopped: nothing answers any more.
+    dc.stop();
+    assert!(dc.pid().is_none());
+    let ldaps: SocketAddr = ([127, 0, 0, 1], 636).into();
+    assert!(TcpStream::connect_timeout(&ldaps, Duration::from_secs(1)).is_err());
+    dc.stop(); // idempotent
+}
+
+#[test]
+fn each_dc_runs_from_its_own_copy_and_leaves_nothing_behind() {
+    let fixture = Fixture::new().user(UserSpec::unix("Jane.Doe", 10001, "/home/jane.doe"));
+
+    let first = SambaDc::start(&fixture);
+    let first_dir = first.dir().to_path_buf();
+    let pid = first.pid().unwrap();
+    // Samba was started on this DC's own smb.conf, and that smb.conf points only into this DC's
+    // directory, not at the template it was copied from.
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    let smb_conf = first_dir.join("etc/smb.conf");
+    assert!(cmdline.contains(smb_conf.to_str().unwrap()), "{cmdline}");
+    let conf = std::fs::read_to_string(&smb_conf).unwrap();
+    for line in conf.lines().filter(|l| l.contains(" = /")) {
+        let path = line.split(" = ").nth(1).unwrap();
+        assert!(
+            path.starts_with(first_dir.to_str().unwrap())
+                || path.starts_with("/usr/")
+                || path.starts_with("/var/lib/samba/printers")
+                || path.starts_with("/var/tmp"),
+            "{line}"
+        );
+    }
+    first.modify(&format!(
+        "dn: {}\nchangetype: modify\nreplace: userAccountControl\nuserAccountControl: 514\n",
+        first.user_dn("Jane.Doe")
+    ));
+    assert_ne!(uac(&first, "Jane.Doe") & UF_ACCOUNTDISABLE, 0);
+    drop(first);
+    assert!(!first_dir.exists(), "{} was not removed", first_dir.display());
+    // kill(pid, 0) fails once the process is gone (and reaped).
+    assert_ne!(unsafe { libc::kill(pid as libc::pid_t, 0) }, 0, "samba {pid} survived");
+
+    let second = SambaDc::start(&fixture);
+    assert_ne!(second.dir(), first_dir);
+    assert_eq!(uac(&second, "Jane.Doe") & UF_ACCOUNTDISABLE, 0, "a change leaked between DCs");
+}
+
+#[test]
+fn a_group_with_1600_members_is_served_whole_and_in_explicit_ranges() {
+    let mut fixture = Fixture::new();
+    let names: Vec<String> = (0..1600).map(|i| format!("bulk.user{i:04}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        fixture = fixture.user(UserSpec::unix(name, 20000 + i as u32, &format!("/home/{name}")));
+    }
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let fixture = fixture.group("everyone", &name_refs);
+
+    let dc = SambaDc::start(&fixture);
+    let group = dc.group_dn("everyone");
+
+    // Samba hands out all values at once (Windows AD would stop at 1,500).
+    let whole = dc.search_one(Transport::Ldaps, &group, &["member"]);
+    assert_eq!(whole.values("member").len(), 1600);
+    let all = dc.search_one(Transport::Ldaps, &group, &["member;range=0-*"]);
+    assert_eq!(all.values("member;range=0-*").len(), 1600, "{:?}", all.attrs[0].0);
+
+    // Explicit ranges, as keyhole requests them from Windows AD.
+    let first = dc.search_one(Transport::StartTls, &group, &["member;range=0-1499"]);
+    assert_eq!(first.values("member;range=0-1499").len(), 1500);
+    let rest = dc.search_one(Transport::StartTls, &group, &["member;range=1500-*"]);
+    assert_eq!(rest.values("member;range=1500-*").len(), 100);
+
+    let users = dc.search(
+        Transport::Ldaps,
+        dc.base_dn(),
+        "(&(objectClass=user)(sAMAccountName=bulk.user*))",
+        &["uidNumber"],
+    );
+    assert_eq!(users.len(), 1600);
+}

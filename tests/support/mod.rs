@@ -1,0 +1,11 @@
+//! Shared support for keyhole's integration tests: throwaway servers that the tests start
+//! themselves on 127.0.0.1 and kill on `Drop`. Nothing here is compiled into keyhole itself, and
+//! nothing here may talk to any address other than loopback.
+//!
+//! Each test binary includes this with `mod support;` and uses only part of it.
+
+// Every test binary compiles this module but uses only some of it; without this, each binary
+// would warn about the parts it leaves alone.
+#![allow(dead_code)]
+
+pub mod samba;
