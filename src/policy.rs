@@ -1360,8 +1360,8 @@ bogus = 1
 
         std::fs::write(&path, "[access_groups.web]\n").unwrap();
         let invalid = load(&path).unwrap_err();
-        // Asked of anyhow directly rather than through `Exit::for_error`, which (in the skeleton)
-        // walks `chain()` and so cannot see a code attached as context.
+        // The mark `Exit::for_error` reads; asked of anyhow directly so this test does not depend
+        // on how `exit` walks the chain.
         let code = invalid
             .downcast_ref::<crate::exit::Coded>()
             .map(|coded| coded.0);
