@@ -9,3 +9,5 @@
 #![allow(dead_code)]
 
 pub mod samba;
+pub mod keyhole;
+pub mod s3;

@@ -1,0 +1,150 @@
+//! A throwaway S3 server for tests: `s3s-fs` on 127.0.0.1 at a free port, storing objects as
+//! files under a temp dir, killed on `Drop`. It checks SigV4 signatures and SHA-256 checksums and
+//! honours conditional writes, like S3 itself.
+//!
+//! Assertions read the bucket straight from disk (s3s-fs keeps each object as a plain file at
+//! `<root>/<bucket>/<key>`), so a test sees what was stored, not what keyhole says it stored.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+pub const BUCKET: &str = "keyhole-test";
+pub const ACCESS_KEY: &str = "keyhole-test-access";
+pub const SECRET_KEY: &str = "keyhole-test-secret-key";
+
+pub struct S3Server {
+    child: Option<Child>,
+    root: tempfile::TempDir,
+    port: u16,
+}
+
+impl S3Server {
+    /// Starts s3s-fs with an empty bucket [`BUCKET`]; panics if it does not listen within 10 s.
+    pub fn start() -> S3Server {
+        let root = tempfile::tempdir().expect("temp dir for S3");
+        std::fs::create_dir(root.path().join(BUCKET)).expect("creating the bucket");
+        let port = free_port();
+        let mut server = S3Server { child: None, root, port };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("s3s-fs")
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .arg(self.root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting s3s-fs (scripts/test installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let address = SocketAddr::from(([127, 0, 0, 1], self.port));
+        while TcpStream::connect_timeout(&address, Duration::from_millis(100)).is_err() {
+            assert!(Instant::now() < deadline, "s3s-fs did not start listening on {address}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server (to test "S3 down"); `restart` brings it back with the same data.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// The `[s3]` settings section for this server with `prefix`.
+    pub fn settings(&self, prefix: &str) -> String {
+        format!(
+            "\n[s3]\nbucket = \"{BUCKET}\"\nprefix = \"{prefix}\"\nendpoint = \"{}\"\nforce_path_style = true\nregion = \"us-east-1\"\n",
+            self.endpoint()
+        )
+    }
+
+    /// The credentials keyhole finds through the standard AWS chain.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), SECRET_KEY.into()),
+            // Never let a developer's own AWS profile or an instance role leak into a test.
+            ("AWS_CONFIG_FILE".into(), "/nonexistent".into()),
+            ("AWS_SHARED_CREDENTIALS_FILE".into(), "/nonexistent".into()),
+            ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+        ]
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.root.path().join(BUCKET).join(key)
+    }
+
+    /// An object's bytes as stored, or `None`.
+    pub fn object(&self, key: &str) -> Option<String> {
+        std::fs::read_to_string(self.path(key)).ok()
+    }
+
+    pub fn put_object(&self, key: &str, body: &str) {
+        let path = self.path(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, body).unwrap();
+    }
+
+    pub fn delete_object(&self, key: &str) {
+        std::fs::remove_file(self.path(key)).unwrap();
+    }
+
+    /// Every object key in the bucket with its modification time, sorted: compared before and
+    /// after a run, it shows whether anything was written.
+    pub fn objects(&self) -> Vec<(String, SystemTime)> {
+        let bucket = self.root.path().join(BUCKET);
+        let mut found = Vec::new();
+        let mut pending = vec![bucket.clone()];
+        while let Some(dir) = pending.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let entry = entry.unwrap();
+                let path = entry.path();
+                if path.is_dir() {
+                    pending.push(path);
+                    continue;
+                }
+                let key = path.strip_prefix(&bucket).unwrap().to_string_lossy().into_owned();
+                // s3s-fs keeps metadata beside objects; only objects count.
+                if key.contains(".s3s") || key.ends_with(".metadata.json") {
+                    continue;
+                }
+                found.push((key, entry.metadata().unwrap().modified().unwrap()));
+            }
+        }
+        found.sort();
+        found
+    }
+
+    pub fn keys(&self) -> Vec<String> {
+        self.objects().into_iter().map(|(key, _)| key).collect()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("finding a free port on 127.0.0.1")
+}
