@@ -310,3 +310,71 @@ fn a_group_with_1600_members_is_served_whole_and_in_explicit_ranges() {
     );
     assert_eq!(users.len(), 1600);
 }
+
+/// keyhole's own TLS stack (ldap3 + rustls/webpki, stricter than OpenSSL) trusts the DC's
+/// certificate through the harness CA, over LDAPS and StartTLS, and only through that CA.
+#[test]
+fn rustls_accepts_the_dc_certificate_only_with_the_harness_ca() {
+    use std::sync::Arc;
+
+    use ldap3::{LdapConnAsync, LdapConnSettings, Scope};
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+
+    fn client_config(roots: rustls::RootCertStore) -> Arc<rustls::ClientConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Arc::new(config)
+    }
+
+    let dc = SambaDc::start(&small_fixture());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(dc.ca_file()).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let trusted = client_config(roots);
+    let untrusted = client_config(rustls::RootCertStore::empty());
+    let password = std::fs::read_to_string(dc.service_password_file()).unwrap();
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        for (url, starttls) in [(dc.ldaps_url(), false), (dc.ldap_url(), true)] {
+            let settings = LdapConnSettings::new()
+                .set_config(trusted.clone())
+                .set_starttls(starttls);
+            let (conn, mut ldap) = LdapConnAsync::with_settings(settings, &url).await.unwrap();
+            ldap3::drive!(conn);
+            ldap.simple_bind(&dc.service_bind_dn(), &password)
+                .await
+                .unwrap()
+                .success()
+                .unwrap();
+            let (entries, _) = ldap
+                .search(
+                    dc.base_dn(),
+                    Scope::Subtree,
+                    "(sAMAccountName=Jane.Doe)",
+                    vec!["uidNumber"],
+                )
+                .await
+                .unwrap()
+                .success()
+                .unwrap();
+            assert_eq!(entries.len(), 1, "{url}");
+            ldap.unbind().await.unwrap();
+
+            let settings = LdapConnSettings::new()
+                .set_config(untrusted.clone())
+                .set_starttls(starttls);
+            let refused = LdapConnAsync::with_settings(settings, &url).await;
+            let error = refused.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(error.contains("UnknownIssuer"), "{url}: {error:?}");
+        }
+    });
+}
