@@ -20,14 +20,23 @@ fn small_fixture() -> Fixture {
         .user(UserSpec::unix("Jane.Doe", 10001, "/home/jane.doe"))
         .user(UserSpec::unix("John.Smith", 10002, "/home/john.smith").disabled())
         .user(UserSpec::unix("Old.Timer", 10003, "/home/old.timer").expires(PAST_FILETIME))
-        .user(UserSpec::unix("Pat.Primary", 10004, "/home/pat.primary").primary_group("ops-primary"))
+        .user(
+            UserSpec::unix("Pat.Primary", 10004, "/home/pat.primary").primary_group("ops-primary"),
+        )
         .user(UserSpec::unix("Lou.Locked", 10005, "/home/lou.locked"))
         .contact("a-contact")
         .computer("pc01")
         .group("ssh-admins", &["Jane.Doe", "ops-nested"])
         .group(
             "ops-nested",
-            &["John.Smith", "Old.Timer", "Lou.Locked", "a-contact", "pc01", "cycle-a"],
+            &[
+                "John.Smith",
+                "Old.Timer",
+                "Lou.Locked",
+                "a-contact",
+                "pc01",
+                "cycle-a",
+            ],
         )
         .group("ops-primary", &[])
         .group("cycle-a", &["cycle-b"])
@@ -48,7 +57,13 @@ fn fixture_entries_look_as_intended_over_ldaps_and_starttls() {
     let jane = dc.search_one(
         Transport::Ldaps,
         &dc.user_dn("Jane.Doe"),
-        &["sAMAccountName", "uidNumber", "unixHomeDirectory", "userAccountControl", "accountExpires"],
+        &[
+            "sAMAccountName",
+            "uidNumber",
+            "unixHomeDirectory",
+            "userAccountControl",
+            "accountExpires",
+        ],
     );
     assert_eq!(jane.value("sAMAccountName"), Some("Jane.Doe"));
     assert_eq!(jane.value("uidNumber"), Some("10001"));
@@ -56,10 +71,21 @@ fn fixture_entries_look_as_intended_over_ldaps_and_starttls() {
     assert_eq!(uac(&dc, "Jane.Doe") & UF_ACCOUNTDISABLE, 0);
     assert_eq!(jane.value("accountExpires"), Some("9223372036854775807"));
 
-    assert_ne!(uac(&dc, "John.Smith") & UF_ACCOUNTDISABLE, 0, "John.Smith is disabled");
+    assert_ne!(
+        uac(&dc, "John.Smith") & UF_ACCOUNTDISABLE,
+        0,
+        "John.Smith is disabled"
+    );
 
-    let old = dc.search_one(Transport::Ldaps, &dc.user_dn("Old.Timer"), &["accountExpires"]);
-    assert_eq!(old.value("accountExpires"), Some(PAST_FILETIME.to_string().as_str()));
+    let old = dc.search_one(
+        Transport::Ldaps,
+        &dc.user_dn("Old.Timer"),
+        &["accountExpires"],
+    );
+    assert_eq!(
+        old.value("accountExpires"),
+        Some(PAST_FILETIME.to_string().as_str())
+    );
 
     // Primary-group-only membership: primaryGroupID points at the group, and AD dropped the
     // explicit member link (moving one to Domain Users instead).
@@ -70,7 +96,10 @@ fn fixture_entries_look_as_intended_over_ldaps_and_starttls() {
     );
     let ops_primary_rid = dc.rid("ops-primary");
     assert_ne!(ops_primary_rid, DOMAIN_USERS_RID);
-    assert_eq!(pat.value("primaryGroupID"), Some(ops_primary_rid.to_string().as_str()));
+    assert_eq!(
+        pat.value("primaryGroupID"),
+        Some(ops_primary_rid.to_string().as_str())
+    );
     let ops_primary = dc.search_one(Transport::Ldaps, &dc.group_dn("ops-primary"), &["member"]);
     assert!(ops_primary.values("member").is_empty(), "{ops_primary:?}");
     assert!(!pat.values("memberOf").contains(&dc.group_dn("ops-primary")));
@@ -90,15 +119,31 @@ fn fixture_entries_look_as_intended_over_ldaps_and_starttls() {
             dc.computer_dn("pc01"),
             dc.group_dn("cycle-a"),
         ] {
-            assert!(nested.values("member").contains(&member), "{member} in {nested:?}");
+            assert!(
+                nested.values("member").contains(&member),
+                "{member} in {nested:?}"
+            );
         }
         let cycle_b = dc.search_one(transport, &dc.group_dn("cycle-b"), &["member"]);
         assert_eq!(cycle_b.values("member"), [dc.group_dn("cycle-a")]);
     }
-    let contact = dc.search_one(Transport::StartTls, &dc.user_dn("a-contact"), &["objectClass"]);
+    let contact = dc.search_one(
+        Transport::StartTls,
+        &dc.user_dn("a-contact"),
+        &["objectClass"],
+    );
     assert!(contact.values("objectClass").iter().any(|c| c == "contact"));
-    let computer = dc.search_one(Transport::StartTls, &dc.computer_dn("pc01"), &["objectClass"]);
-    assert!(computer.values("objectClass").iter().any(|c| c == "computer"));
+    let computer = dc.search_one(
+        Transport::StartTls,
+        &dc.computer_dn("pc01"),
+        &["objectClass"],
+    );
+    assert!(
+        computer
+            .values("objectClass")
+            .iter()
+            .any(|c| c == "computer")
+    );
 
     // Plain LDAP without StartTLS refuses a simple bind (strongAuthRequired, 8).
     let plain = Command::new("ldapsearch")
@@ -122,7 +167,11 @@ fn fixture_entries_look_as_intended_over_ldaps_and_starttls() {
         "dn: {}\nchangetype: modify\nreplace: userAccountControl\nuserAccountControl: 514\n",
         dc.user_dn("Jane.Doe")
     );
-    let refused = dc.ldapmodify(&dc.service_bind_dn(), &dc.service_password_file(), &disable_jane);
+    let refused = dc.ldapmodify(
+        &dc.service_bind_dn(),
+        &dc.service_password_file(),
+        &disable_jane,
+    );
     // 50 is insufficientAccessRights.
     assert_eq!(refused.status.code(), Some(50), "{refused:?}");
     assert_eq!(uac(&dc, "Jane.Doe") & UF_ACCOUNTDISABLE, 0);
@@ -133,9 +182,13 @@ fn fixture_entries_look_as_intended_over_ldaps_and_starttls() {
 
     // A real lockout through bad binds, and back.
     let lockout_time = |dc: &SambaDc| -> i64 {
-        dc.search_one(Transport::Ldaps, &dc.user_dn("Lou.Locked"), &["lockoutTime"])
-            .value("lockoutTime")
-            .map_or(0, |v| v.parse().unwrap())
+        dc.search_one(
+            Transport::Ldaps,
+            &dc.user_dn("Lou.Locked"),
+            &["lockoutTime"],
+        )
+        .value("lockoutTime")
+        .map_or(0, |v| v.parse().unwrap())
     };
     assert_eq!(lockout_time(&dc), 0);
     dc.lock_out("Lou.Locked");
@@ -158,13 +211,25 @@ fn each_dc_runs_from_its_own_copy_and_leaves_nothing_behind() {
     let first = SambaDc::start(&fixture);
     let first_dir = first.dir().to_path_buf();
     let pid = first.pid().unwrap();
-    // Samba was started on this DC's own smb.conf, and that smb.conf points only into this DC's
-    // directory, not at the template it was copied from.
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-    let smb_conf = first_dir.join("etc/smb.conf");
-    assert!(cmdline.contains(smb_conf.to_str().unwrap()), "{cmdline}");
-    let conf = std::fs::read_to_string(&smb_conf).unwrap();
+    // Samba has this DC's own databases open, none of the template's, and its smb.conf points
+    // only into this DC's directory.
+    let open_files: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.unwrap().path()).ok())
+        .map(|target| target.to_string_lossy().into_owned())
+        .collect();
+    let own_sam_ldb = first_dir.join("private/sam.ldb");
+    assert!(
+        open_files
+            .iter()
+            .any(|f| f == own_sam_ldb.to_str().unwrap()),
+        "{open_files:#?}"
+    );
+    assert!(
+        !open_files.iter().any(|f| f.contains("samba-templates")),
+        "{open_files:#?}"
+    );
+    let conf = std::fs::read_to_string(first_dir.join("etc/smb.conf")).unwrap();
     for line in conf.lines().filter(|l| l.contains(" = /")) {
         let path = line.split(" = ").nth(1).unwrap();
         assert!(
@@ -181,13 +246,26 @@ fn each_dc_runs_from_its_own_copy_and_leaves_nothing_behind() {
     ));
     assert_ne!(uac(&first, "Jane.Doe") & UF_ACCOUNTDISABLE, 0);
     drop(first);
-    assert!(!first_dir.exists(), "{} was not removed", first_dir.display());
+    assert!(
+        !first_dir.exists(),
+        "{} was not removed",
+        first_dir.display()
+    );
     // kill(pid, 0) fails once the process is gone (and reaped).
-    assert_ne!(unsafe { libc::kill(pid as libc::pid_t, 0) }, 0, "samba {pid} survived");
+    // SAFETY: kill(2) with signal 0 only checks whether the process exists.
+    assert_ne!(
+        unsafe { libc::kill(pid as libc::pid_t, 0) },
+        0,
+        "samba {pid} survived"
+    );
 
     let second = SambaDc::start(&fixture);
     assert_ne!(second.dir(), first_dir);
-    assert_eq!(uac(&second, "Jane.Doe") & UF_ACCOUNTDISABLE, 0, "a change leaked between DCs");
+    assert_eq!(
+        uac(&second, "Jane.Doe") & UF_ACCOUNTDISABLE,
+        0,
+        "a change leaked between DCs"
+    );
 }
 
 #[test]
@@ -195,7 +273,11 @@ fn a_group_with_1600_members_is_served_whole_and_in_explicit_ranges() {
     let mut fixture = Fixture::new();
     let names: Vec<String> = (0..1600).map(|i| format!("bulk.user{i:04}")).collect();
     for (i, name) in names.iter().enumerate() {
-        fixture = fixture.user(UserSpec::unix(name, 20000 + i as u32, &format!("/home/{name}")));
+        fixture = fixture.user(UserSpec::unix(
+            name,
+            20000 + i as u32,
+            &format!("/home/{name}"),
+        ));
     }
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let fixture = fixture.group("everyone", &name_refs);
@@ -207,7 +289,12 @@ fn a_group_with_1600_members_is_served_whole_and_in_explicit_ranges() {
     let whole = dc.search_one(Transport::Ldaps, &group, &["member"]);
     assert_eq!(whole.values("member").len(), 1600);
     let all = dc.search_one(Transport::Ldaps, &group, &["member;range=0-*"]);
-    assert_eq!(all.values("member;range=0-*").len(), 1600, "{:?}", all.attrs[0].0);
+    assert_eq!(
+        all.values("member;range=0-*").len(),
+        1600,
+        "{:?}",
+        all.attrs[0].0
+    );
 
     // Explicit ranges, as keyhole requests them from Windows AD.
     let first = dc.search_one(Transport::StartTls, &group, &["member;range=0-1499"]);
@@ -222,4 +309,72 @@ fn a_group_with_1600_members_is_served_whole_and_in_explicit_ranges() {
         &["uidNumber"],
     );
     assert_eq!(users.len(), 1600);
+}
+
+/// keyhole's own TLS stack (ldap3 + rustls/webpki, stricter than OpenSSL) trusts the DC's
+/// certificate through the harness CA, over LDAPS and StartTLS, and only through that CA.
+#[test]
+fn rustls_accepts_the_dc_certificate_only_with_the_harness_ca() {
+    use std::sync::Arc;
+
+    use ldap3::{LdapConnAsync, LdapConnSettings, Scope};
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+
+    fn client_config(roots: rustls::RootCertStore) -> Arc<rustls::ClientConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Arc::new(config)
+    }
+
+    let dc = SambaDc::start(&small_fixture());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(dc.ca_file()).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let trusted = client_config(roots);
+    let untrusted = client_config(rustls::RootCertStore::empty());
+    let password = std::fs::read_to_string(dc.service_password_file()).unwrap();
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        for (url, starttls) in [(dc.ldaps_url(), false), (dc.ldap_url(), true)] {
+            let settings = LdapConnSettings::new()
+                .set_config(trusted.clone())
+                .set_starttls(starttls);
+            let (conn, mut ldap) = LdapConnAsync::with_settings(settings, &url).await.unwrap();
+            ldap3::drive!(conn);
+            ldap.simple_bind(&dc.service_bind_dn(), &password)
+                .await
+                .unwrap()
+                .success()
+                .unwrap();
+            let (entries, _) = ldap
+                .search(
+                    dc.base_dn(),
+                    Scope::Subtree,
+                    "(sAMAccountName=Jane.Doe)",
+                    vec!["uidNumber"],
+                )
+                .await
+                .unwrap()
+                .success()
+                .unwrap();
+            assert_eq!(entries.len(), 1, "{url}");
+            ldap.unbind().await.unwrap();
+
+            let settings = LdapConnSettings::new()
+                .set_config(untrusted.clone())
+                .set_starttls(starttls);
+            let refused = LdapConnAsync::with_settings(settings, &url).await;
+            let error = refused.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(error.contains("UnknownIssuer"), "{url}: {error:?}");
+        }
+    });
 }

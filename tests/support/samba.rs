@@ -8,14 +8,14 @@
 //! `scripts/samba-dc` does the Samba work (provision, populate, clone, start); this module
 //! decides when to do it and keeps it fast and safe:
 //!
-//! - **Template cache.** Provisioning a domain takes ~8 s and loading 1,600 users another ~7-12 s,
+//! - **Template cache.** Provisioning a domain takes ~8 s and loading 1,600 users another ~6-13 s,
 //!   so neither happens per test. Under `$CARGO_TARGET_TMPDIR/samba-templates/` live a provisioned
-//!   *base* directory (keyed by a hash of the script) and one *fixture* directory per fixture
-//!   (keyed by a hash of the script and the fixture's JSON), each a clone of the base plus
+//!   *base* directory (`base-<script hash>`) and one directory per fixture
+//!   (`fixture-<script hash>-<fixture JSON hash>`), each a clone of the base plus
 //!   `samba-dc populate`. A template is built under a per-template lock file into a `.partial`
 //!   directory and renamed into place, so concurrent tests and test binaries build it once and
-//!   never see half a template. Editing the script or the fixture changes the key; stale
-//!   templates are left for `cargo clean`.
+//!   never see half a template. Editing the script or the fixture changes the key; building a
+//!   new base removes the templates of older script versions.
 //! - **A fresh copy per DC.** Each [`SambaDc`] runs from its own `samba-dc clone` of the fixture
 //!   template in a temp dir (`cp` + rewriting the absolute paths in smb.conf, the only file that
 //!   holds them), so what one test changes (a lockout, a disabled user) never leaks into another.
@@ -36,13 +36,13 @@
 //!
 //! | step | time |
 //! |---|---|
-//! | provision base template (once per script version) | ~8 s |
-//! | populate a small fixture (a dozen entries) | ~0.5 s |
-//! | populate 1,600 users + a 1,600-member group | ~7-12 s |
-//! | clone a template for one DC | ~0.1-0.2 s |
-//! | start until LDAPS answers a bind | ~1.3 s |
+//! | provision the base template (once per script version) | 7-12 s |
+//! | populate a small fixture (a dozen entries) | 0.3-0.8 s |
+//! | populate 1,600 users + a 1,600-member group | 6-13 s |
+//! | clone a template for one DC | 0.03-0.13 s |
+//! | start until LDAPS answers a bind | 0.4-1.4 s (up to 3 s while other tests load the CPU) |
 //!
-//! So a test with a cached template pays about 1.5 s for its own DC. The measured timings of each
+//! So a test with a cached template pays 0.5-1.5 s for its own DC. The measured timings of each
 //! start are in [`SambaDc::timings`] and printed to stderr.
 //!
 //! # The directory
@@ -51,7 +51,8 @@
 //! lockout after 3 bad passwords for 30 minutes. Fixture users, groups and contacts live in
 //! `CN=Users`, computers in `CN=Computers`. Fixture users have no password (`PASSWD_NOTREQD`), as
 //! hashing one costs Samba ~45 ms; bad binds still lock them. `svc-keyhole` is an ordinary domain
-//! user (only in Domain Users) with a password, the account keyhole binds as.
+//! user (only in Domain Users) with a password, the account keyhole binds as. Samba needs root to
+//! bind ports 389 and 636, so these tests run as root.
 
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
@@ -172,7 +173,9 @@ impl UserSpec {
 
     /// A user with `uidNumber` and `unixHomeDirectory` set, as keyhole's users normally have.
     pub fn unix(name: &str, uid_number: u32, unix_home: &str) -> UserSpec {
-        UserSpec::new(name).uid_number(uid_number).unix_home(unix_home)
+        UserSpec::new(name)
+            .uid_number(uid_number)
+            .unix_home(unix_home)
     }
 
     pub fn uid_number(mut self, uid_number: u32) -> UserSpec {
@@ -619,8 +622,12 @@ fn fixture_template(fixture: &Fixture, timings: &mut Timings) -> PathBuf {
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("samba-templates");
     fs::create_dir_all(&cache).expect("creating the samba template cache");
 
-    let base = cache.join(format!("base-{}", short_hash(&[&script_bytes])));
+    let script_hash = short_hash(&[&script_bytes]);
+    let base = cache.join(format!("base-{script_hash}"));
     ensure_template(&base, |partial| {
+        // A new script version makes every older template unreachable; drop them so the cache
+        // does not grow by ~50 MB per edit of the script.
+        prune_templates_except(&cache, &script_hash);
         let provisioned = Instant::now();
         run_script(&["provision", path_str(partial)]);
         timings.provision = Some(provisioned.elapsed());
@@ -628,8 +635,8 @@ fn fixture_template(fixture: &Fixture, timings: &mut Timings) -> PathBuf {
 
     let json = fixture.to_json();
     let template = cache.join(format!(
-        "fixture-{}",
-        short_hash(&[&script_bytes, json.as_bytes()])
+        "fixture-{script_hash}-{}",
+        short_hash(&[json.as_bytes()])
     ));
     ensure_template(&template, |partial| {
         let populated = Instant::now();
@@ -640,6 +647,25 @@ fn fixture_template(fixture: &Fixture, timings: &mut Timings) -> PathBuf {
         timings.populate = Some(populated.elapsed());
     });
     template
+}
+
+/// Removes the templates (and their lock files) built by other versions of the script.
+fn prune_templates_except(cache: &Path, script_hash: &str) {
+    let entries = fs::read_dir(cache).expect("listing the samba template cache");
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let current = name.starts_with(&format!("base-{script_hash}"))
+            || name.starts_with(&format!("fixture-{script_hash}-"));
+        if current {
+            continue;
+        }
+        let path = entry.path();
+        let _ = if path.is_dir() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+    }
 }
 
 /// Makes sure `dir` exists, building it with `build` exactly once across threads and processes:
