@@ -9,4 +9,5 @@
 pub mod cmd;
 pub mod diagnostic;
 pub mod exit;
+pub mod keys;
 pub mod logging;
