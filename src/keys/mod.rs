@@ -232,6 +232,12 @@ pub struct DroppedLine {
     pub reason: DropReason,
 }
 
+impl fmt::Display for DroppedLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.reason)
+    }
+}
+
 /// The outcome of reading one authorized_keys file.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct ParsedKeys {

@@ -618,8 +618,16 @@ fn reasons_read_well_and_serialize_with_a_kind() {
         "RSA key of 1024 bits is shorter than the minimum of 2048 bits"
     );
     assert_eq!(
-        DropReason::Duplicate { first_line: 3 }.to_string(),
-        "duplicate of the key on line 3"
+        DroppedLine {
+            line: 7,
+            reason: DropReason::Duplicate { first_line: 3 }
+        }
+        .to_string(),
+        "line 7: duplicate of the key on line 3"
+    );
+    assert_eq!(
+        DropReason::Invalid("key data is not valid base64".into()).to_string(),
+        "invalid: key data is not valid base64"
     );
     assert_eq!(
         DropReason::ForbiddenOption("environment".into()).to_string(),
