@@ -27,6 +27,8 @@ struct Cli {
 enum Command {
     Check(cmd::check::Args),
     Members(cmd::members::Args),
+    Plan(cmd::plan::Args),
+    Publish(cmd::publish::Args),
 }
 
 fn main() -> ExitCode {
@@ -63,5 +65,7 @@ async fn dispatch(command: Command, global: &cmd::GlobalArgs) -> anyhow::Result<
     match command {
         Command::Check(args) => cmd::check::run(args, global),
         Command::Members(args) => cmd::members::run(args, global).await,
+        Command::Plan(args) => cmd::plan::run(args, global).await,
+        Command::Publish(args) => cmd::publish::run(args, global).await,
     }
 }

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 pub mod check;
 pub mod members;
+pub mod plan;
+pub mod publish;
 
 /// Options every command accepts.
 #[derive(Debug, Clone, clap::Args)]
