@@ -36,7 +36,9 @@ pub struct Gathered {
 impl Gathered {
     /// True when some member's keys could not be read: the run must end with exit 1.
     pub fn has_unknown(&self) -> bool {
-        self.keys.values().any(|keys| matches!(keys, UserKeys::Unknown(_)))
+        self.keys
+            .values()
+            .any(|keys| matches!(keys, UserKeys::Unknown(_)))
     }
 }
 
@@ -55,7 +57,11 @@ pub async fn gather(settings: &Settings, now: SystemTime) -> anyhow::Result<Gath
         .values()
         .flat_map(|membership| membership.users.iter().map(|m| m.name.as_str()))
         .collect();
-    let users: HashMap<&str, &User> = snapshot.users.iter().map(|u| (u.name.as_str(), u)).collect();
+    let users: HashMap<&str, &User> = snapshot
+        .users
+        .iter()
+        .map(|u| (u.name.as_str(), u))
+        .collect();
     let layout = HomeLayout {
         root: settings.homes.root.clone(),
         home_prefix: settings.homes.home_prefix.clone(),
@@ -98,7 +104,12 @@ pub async fn gather(settings: &Settings, now: SystemTime) -> anyhow::Result<Gath
                         .dropped
                         .iter()
                         .filter(|dropped| dropped.reason.is_problem())
-                        .map(|dropped| problem(format!("authorized_keys line {}: {}", dropped.line, dropped.reason))),
+                        .map(|dropped| {
+                            problem(format!(
+                                "authorized_keys line {}: {}",
+                                dropped.line, dropped.reason
+                            ))
+                        }),
                 );
                 UserKeys::Known(parsed.keys)
             }
@@ -133,14 +144,32 @@ pub async fn gather(settings: &Settings, now: SystemTime) -> anyhow::Result<Gath
 /// The commit the policy file is at, when it is in a git repository; `-dirty` is appended when
 /// the file differs from that commit, so a manifest never claims a commit it was not built from.
 fn policy_commit(policy: &Path) -> Option<String> {
-    let directory = policy.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let directory = policy
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let repository = git2::Repository::discover(directory).ok()?;
-    let commit = repository.head().ok()?.peel_to_commit().ok()?.id().to_string();
+    let commit = repository
+        .head()
+        .ok()?
+        .peel_to_commit()
+        .ok()?
+        .id()
+        .to_string();
     let workdir = repository.workdir()?.canonicalize().ok()?;
-    let relative = policy.canonicalize().ok()?.strip_prefix(&workdir).ok()?.to_path_buf();
+    let relative = policy
+        .canonicalize()
+        .ok()?
+        .strip_prefix(&workdir)
+        .ok()?
+        .to_path_buf();
     let clean = repository
         .status_file(&relative)
         .map(|status| status.is_empty())
         .unwrap_or(false);
-    Some(if clean { commit } else { format!("{commit}-dirty") })
+    Some(if clean {
+        commit
+    } else {
+        format!("{commit}-dirty")
+    })
 }

@@ -21,7 +21,8 @@ impl PublishLock {
     pub fn acquire(path: &Path) -> anyhow::Result<PublishLock> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|error| {
-                anyhow::Error::new(error).context(format!("creating the lock directory {}", parent.display()))
+                anyhow::Error::new(error)
+                    .context(format!("creating the lock directory {}", parent.display()))
             })?;
         }
         let file = OpenOptions::new()
@@ -29,15 +30,19 @@ impl PublishLock {
             .truncate(false)
             .write(true)
             .open(path)
-            .map_err(|error| anyhow::Error::new(error).context(format!("opening the lock file {}", path.display())))?;
+            .map_err(|error| {
+                anyhow::Error::new(error)
+                    .context(format!("opening the lock file {}", path.display()))
+            })?;
         match file.try_lock() {
             Ok(()) => Ok(PublishLock { _file: file }),
             Err(TryLockError::WouldBlock) => Err(coded(
                 Exit::Busy,
                 anyhow::anyhow!("another keyhole publish holds the lock {}", path.display()),
             )),
-            Err(TryLockError::Error(error)) => Err(anyhow::Error::new(error)
-                .context(format!("locking {}", path.display()))),
+            Err(TryLockError::Error(error)) => {
+                Err(anyhow::Error::new(error).context(format!("locking {}", path.display())))
+            }
         }
     }
 }

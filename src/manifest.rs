@@ -120,8 +120,18 @@ mod tests {
         );
         let parsed = Manifest::parse(&manifest.to_json()).unwrap();
         assert_eq!(parsed, manifest);
-        assert_eq!(parsed.fingerprints_of("web").collect::<Vec<_>>(), ["SHA256:x"]);
-        let future = String::from_utf8(manifest.to_json()).unwrap().replace("\"format\": 1", "\"format\": 2");
-        assert!(Manifest::parse(future.as_bytes()).unwrap_err().to_string().contains("format 2"));
+        assert_eq!(
+            parsed.fingerprints_of("web").collect::<Vec<_>>(),
+            ["SHA256:x"]
+        );
+        let future = String::from_utf8(manifest.to_json())
+            .unwrap()
+            .replace("\"format\": 1", "\"format\": 2");
+        assert!(
+            Manifest::parse(future.as_bytes())
+                .unwrap_err()
+                .to_string()
+                .contains("format 2")
+        );
     }
 }

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::manifest::{FingerprintEntry, GroupEntry, Manifest};
 use crate::policy::Policy;
-use crate::render::{GroupFile, Problem, RenderedGroup, Rendered};
+use crate::render::{GroupFile, Problem, Rendered, RenderedGroup};
 use crate::resolve::{EVERYWHERE, Exclusion, Resolution};
 use crate::settings::SafetySettings;
 
@@ -140,8 +140,14 @@ pub fn plan(
                     reason: removal_reason(user, name, previous, resolution, policy, rendered),
                 })
                 .collect(),
-            added_fingerprints: after_keys.difference(&before_keys).map(|fp| fp.to_string()).collect(),
-            removed_fingerprints: before_keys.difference(&after_keys).map(|fp| fp.to_string()).collect(),
+            added_fingerprints: after_keys
+                .difference(&before_keys)
+                .map(|fp| fp.to_string())
+                .collect(),
+            removed_fingerprints: before_keys
+                .difference(&after_keys)
+                .map(|fp| fp.to_string())
+                .collect(),
             file: (action != Action::Unchanged).then(|| file.clone()),
         };
         record(&mut next, name, file);
@@ -280,7 +286,12 @@ fn removal_reason(
         },
     };
     match chain.first() {
-        Some(ad_group) if principals.groups.iter().any(|g| g.eq_ignore_ascii_case(ad_group)) => {
+        Some(ad_group)
+            if principals
+                .groups
+                .iter()
+                .any(|g| g.eq_ignore_ascii_case(ad_group)) =>
+        {
             format!("left group {ad_group}")
         }
         _ => "no longer in policy".into(),
@@ -300,7 +311,10 @@ fn judge(plan: &Plan, published: &Manifest, safety: &SafetySettings) -> Guard {
             .filter(|change| change.reason != Exclusion::Denied.as_str())
             .collect();
         everyone_removed.extend(removed.iter().map(|change| change.name.as_str()));
-        let before = published.groups.get(name).map_or(0, |entry| entry.users.len());
+        let before = published
+            .groups
+            .get(name)
+            .map_or(0, |entry| entry.users.len());
         if before >= GUARD_MIN_GROUP_SIZE && !removed.is_empty() {
             let fraction = removed.len() as f64 / before as f64;
             if fraction > safety.max_removed_fraction {
@@ -344,13 +358,22 @@ mod tests {
     }
 
     fn file(users: &[&str]) -> GroupFile {
-        let body = users.iter().map(|u| format!("# {u}\nkey-of-{u}\n")).collect::<String>();
+        let body = users
+            .iter()
+            .map(|u| format!("# {u}\nkey-of-{u}\n"))
+            .collect::<String>();
         GroupFile {
             sha256: sha256_hex(body.as_bytes()),
             body,
             users: users.iter().map(|u| u.to_string()).collect(),
-            via: users.iter().map(|u| (u.to_string(), vec!["Team".to_string()])).collect(),
-            keys: users.iter().map(|u| (u.to_string(), format!("SHA256:{u}"))).collect(),
+            via: users
+                .iter()
+                .map(|u| (u.to_string(), vec!["Team".to_string()]))
+                .collect(),
+            keys: users
+                .iter()
+                .map(|u| (u.to_string(), format!("SHA256:{u}")))
+                .collect(),
         }
     }
 
@@ -376,7 +399,10 @@ mod tests {
 
     fn policy(groups: &[&str]) -> Policy {
         Policy {
-            everywhere: Principals { users: vec![], groups: vec![] },
+            everywhere: Principals {
+                users: vec![],
+                groups: vec![],
+            },
             access_groups: groups
                 .iter()
                 .map(|name| {
@@ -393,11 +419,17 @@ mod tests {
                     )
                 })
                 .collect(),
-            deny: Deny { users: vec![], fingerprints: vec![] },
+            deny: Deny {
+                users: vec![],
+                fingerprints: vec![],
+            },
         }
     }
 
-    fn resolution(groups: &[(&str, &[&str], &[(&str, Exclusion)])]) -> Resolution {
+    /// (access group, members, excluded with their reason)
+    type GroupSpec<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, Exclusion)]);
+
+    fn resolution(groups: &[GroupSpec<'_>]) -> Resolution {
         Resolution {
             access_groups: groups
                 .iter()
@@ -407,11 +439,17 @@ mod tests {
                         Membership {
                             users: users
                                 .iter()
-                                .map(|u| Member { name: u.to_string(), via: vec!["Team".into()] })
+                                .map(|u| Member {
+                                    name: u.to_string(),
+                                    via: vec!["Team".into()],
+                                })
                                 .collect(),
                             excluded: excluded
                                 .iter()
-                                .map(|(u, reason)| Excluded { name: u.to_string(), reason: *reason })
+                                .map(|(u, reason)| Excluded {
+                                    name: u.to_string(),
+                                    reason: *reason,
+                                })
                                 .collect(),
                         },
                     )
@@ -443,19 +481,34 @@ mod tests {
         let plan = plan(
             &before,
             &rendered(&[("web", &["a", "d"]), ("new", &["a"])]),
-            &resolution(&[("web", &["a", "d"], &[("b", Exclusion::Disabled)]), ("new", &["a"], &[])]),
+            &resolution(&[
+                ("web", &["a", "d"], &[("b", Exclusion::Disabled)]),
+                ("new", &["a"], &[]),
+            ]),
             &policy(&["web", "new"]),
             &safety(),
             None,
         );
         let web = &plan.groups["web"];
         assert_eq!(web.action, Action::Update);
-        assert_eq!(web.added_users, [UserChange { name: "d".into(), reason: "new member".into() }]);
+        assert_eq!(
+            web.added_users,
+            [UserChange {
+                name: "d".into(),
+                reason: "new member".into()
+            }]
+        );
         assert_eq!(
             web.removed_users,
             [
-                UserChange { name: "b".into(), reason: "disabled".into() },
-                UserChange { name: "c".into(), reason: "left group Team".into() },
+                UserChange {
+                    name: "b".into(),
+                    reason: "disabled".into()
+                },
+                UserChange {
+                    name: "c".into(),
+                    reason: "left group Team".into()
+                },
             ]
         );
         assert_eq!(web.added_fingerprints, ["SHA256:d"]);
@@ -464,20 +517,34 @@ mod tests {
         assert_eq!(plan.groups["old"].action, Action::Delete);
         assert_eq!(plan.manifest.generation, 4);
         assert!(!plan.manifest.groups.contains_key("old"));
-        assert_eq!(plan.manifest.fingerprints["SHA256:a"].groups, ["new", "web"]);
+        assert_eq!(
+            plan.manifest.fingerprints["SHA256:a"].groups,
+            ["new", "web"]
+        );
     }
 
     #[test]
     fn the_guard_refuses_large_removals_but_never_denials() {
         let before = published(&[("web", &["a", "b", "c", "d", "e"])]);
         let after = rendered(&[("web", &["a", "b", "c"])]);
-        let lost_two = plan(&before, &after, &resolution(&[("web", &["a", "b", "c"], &[])]), &policy(&["web"]), &safety(), None);
+        let lost_two = plan(
+            &before,
+            &after,
+            &resolution(&[("web", &["a", "b", "c"], &[])]),
+            &policy(&["web"]),
+            &safety(),
+            None,
+        );
         assert!(lost_two.guard.refused);
         assert_eq!(
             lost_two.guard.reasons,
             ["access group web would lose 2 of its 5 users (40% > max_removed_fraction 25%)"]
         );
-        let denied = resolution(&[("web", &["a", "b", "c"], &[("d", Exclusion::Denied), ("e", Exclusion::Denied)])]);
+        let denied = resolution(&[(
+            "web",
+            &["a", "b", "c"],
+            &[("d", Exclusion::Denied), ("e", Exclusion::Denied)],
+        )]);
         let lost_to_deny = plan(&before, &after, &denied, &policy(&["web"]), &safety(), None);
         assert!(!lost_to_deny.guard.refused, "{:?}", lost_to_deny.guard);
     }
@@ -486,7 +553,12 @@ mod tests {
     fn held_and_unselected_groups_keep_what_is_published() {
         let before = published(&[("web", &["a"]), ("db", &["b"])]);
         let mut after = rendered(&[("db", &["c"])]);
-        after.groups.insert("web".into(), RenderedGroup::Held { unknown: vec!["a".into()] });
+        after.groups.insert(
+            "web".into(),
+            RenderedGroup::Held {
+                unknown: vec!["a".into()],
+            },
+        );
         let only_web = BTreeSet::from(["web".to_string()]);
         let plan = plan(
             &before,
@@ -498,6 +570,10 @@ mod tests {
         );
         assert!(!plan.has_changes());
         assert_eq!(plan.manifest, before);
-        assert!(plan.problems[0].reason.contains("access group web left as published"));
+        assert!(
+            plan.problems[0]
+                .reason
+                .contains("access group web left as published")
+        );
     }
 }

@@ -51,7 +51,9 @@ pub struct GroupFile {
 pub enum RenderedGroup {
     Ready(GroupFile),
     /// Not rendered because these members' keys are unknown; what is published stays.
-    Held { unknown: Vec<String> },
+    Held {
+        unknown: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,7 +79,10 @@ pub fn render(
     for (user, user_keys) in keys {
         if let UserKeys::Known(list) = user_keys {
             for key in list {
-                owners.entry(key.fingerprint.as_str()).or_default().insert(user);
+                owners
+                    .entry(key.fingerprint.as_str())
+                    .or_default()
+                    .insert(user);
             }
         }
     }
@@ -170,8 +175,10 @@ mod tests {
     use crate::keys::{KeyPolicy, parse_authorized_keys};
     use crate::resolve::{Member, Membership};
 
-    const ED_A: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOPAo/RxVnDzNjGvP41+SlwXlH4IbNrQebofz9HvuaWq a@host";
-    const ED_B: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ+IR8TskynvftW3EfRyCVskOiAVP6iaiVeXwIV7bhM8 b@host";
+    const ED_A: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOPAo/RxVnDzNjGvP41+SlwXlH4IbNrQebofz9HvuaWq a@host";
+    const ED_B: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ+IR8TskynvftW3EfRyCVskOiAVP6iaiVeXwIV7bhM8 b@host";
 
     fn keys_of(text: &str) -> UserKeys {
         UserKeys::Known(parse_authorized_keys(text, &KeyPolicy::default()).keys)
@@ -216,16 +223,29 @@ mod tests {
             ("bob".to_string(), keys_of(ED_B)),
             ("carol".to_string(), keys_of("")),
         ]);
-        let rendered = render(&resolution(&[("web", &["alice", "bob", "carol"])]), &keys, &BTreeSet::new());
+        let rendered = render(
+            &resolution(&[("web", &["alice", "bob", "carol"])]),
+            &keys,
+            &BTreeSet::new(),
+        );
         let file = ready(&rendered, "web");
         assert_eq!(
             file.body,
-            format!("# keyhole access group web: generated, do not edit\n# alice\n{ED_A}\n# bob\n{ED_B}\n")
+            format!(
+                "# keyhole access group web: generated, do not edit\n# alice\n{ED_A}\n# bob\n{ED_B}\n"
+            )
         );
         assert_eq!(file.users, ["alice", "bob"]);
         assert_eq!(file.sha256, sha256_hex(file.body.as_bytes()));
         // Same input, same bytes.
-        assert_eq!(render(&resolution(&[("web", &["alice", "bob", "carol"])]), &keys, &BTreeSet::new()), rendered);
+        assert_eq!(
+            render(
+                &resolution(&[("web", &["alice", "bob", "carol"])]),
+                &keys,
+                &BTreeSet::new()
+            ),
+            rendered
+        );
     }
 
     #[test]
@@ -234,26 +254,45 @@ mod tests {
             ("alice".to_string(), keys_of(ED_A)),
             ("bob".to_string(), UserKeys::Unknown("timed out".into())),
         ]);
-        let rendered = render(&resolution(&[("web", &["alice", "bob"]), ("db", &["alice"])]), &keys, &BTreeSet::new());
-        assert_eq!(rendered.groups["web"], RenderedGroup::Held { unknown: vec!["bob".into()] });
+        let rendered = render(
+            &resolution(&[("web", &["alice", "bob"]), ("db", &["alice"])]),
+            &keys,
+            &BTreeSet::new(),
+        );
+        assert_eq!(
+            rendered.groups["web"],
+            RenderedGroup::Held {
+                unknown: vec!["bob".into()]
+            }
+        );
         assert_eq!(ready(&rendered, "db").users, ["alice"]);
     }
 
     #[test]
     fn denied_and_shared_keys_are_dropped_and_reported() {
         let alice = keys_of(ED_A);
-        let UserKeys::Known(list) = &alice else { unreachable!() };
+        let UserKeys::Known(list) = &alice else {
+            unreachable!()
+        };
         let denied = BTreeSet::from([list[0].fingerprint.as_str().to_owned()]);
         let keys = BTreeMap::from([
             ("alice".to_string(), alice.clone()),
             ("bob".to_string(), keys_of(ED_B)),
             ("eve".to_string(), keys_of(ED_B)),
         ]);
-        let rendered = render(&resolution(&[("web", &["alice", "bob", "eve"])]), &keys, &denied);
+        let rendered = render(
+            &resolution(&[("web", &["alice", "bob", "eve"])]),
+            &keys,
+            &denied,
+        );
         let file = ready(&rendered, "web");
         assert!(file.users.is_empty(), "{file:?}");
         assert_eq!(rendered.denied_keys["alice"].len(), 1);
         assert_eq!(rendered.problems.len(), 3, "{:?}", rendered.problems);
-        assert!(rendered.problems[1].reason.contains("also in the files of bob, eve"));
+        assert!(
+            rendered.problems[1]
+                .reason
+                .contains("also in the files of bob, eve")
+        );
     }
 }

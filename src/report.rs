@@ -26,12 +26,18 @@ pub fn summary(plan: &Plan) -> String {
         count(Action::Delete),
         count(Action::Unchanged),
         plan.problems.len(),
-        if plan.guard.refused { "; REFUSED by the safety guard" } else { "" }
+        if plan.guard.refused {
+            "; REFUSED by the safety guard"
+        } else {
+            ""
+        }
     )
 }
 
 fn changed(plan: &Plan) -> impl Iterator<Item = (&String, &GroupPlan)> {
-    plan.groups.iter().filter(|(_, g)| g.action != Action::Unchanged)
+    plan.groups
+        .iter()
+        .filter(|(_, g)| g.action != Action::Unchanged)
 }
 
 pub fn text(plan: &Plan) -> String {
@@ -88,10 +94,20 @@ pub fn markdown(plan: &Plan) -> String {
         let _ = writeln!(out, "\n### `{name}`: {}\n", action_word(group.action));
         out.push_str("| change | who / key | why |\n|---|---|---|\n");
         for user in &group.removed_users {
-            let _ = writeln!(out, "| ➖ removed | {} | {} |", escape(&user.name), escape(&user.reason));
+            let _ = writeln!(
+                out,
+                "| ➖ removed | {} | {} |",
+                escape(&user.name),
+                escape(&user.reason)
+            );
         }
         for user in &group.added_users {
-            let _ = writeln!(out, "| ➕ added | {} | {} |", escape(&user.name), escape(&user.reason));
+            let _ = writeln!(
+                out,
+                "| ➕ added | {} | {} |",
+                escape(&user.name),
+                escape(&user.reason)
+            );
         }
         for fingerprint in &group.removed_fingerprints {
             let _ = writeln!(out, "| ➖ key | `{fingerprint}` | |");
@@ -103,7 +119,12 @@ pub fn markdown(plan: &Plan) -> String {
     if !plan.problems.is_empty() {
         out.push_str("\n<details><summary>Problems</summary>\n\n");
         for problem in &plan.problems {
-            let _ = writeln!(out, "- **{}**: {}", escape(&problem.user), escape(&problem.reason));
+            let _ = writeln!(
+                out,
+                "- **{}**: {}",
+                escape(&problem.user),
+                escape(&problem.reason)
+            );
         }
         out.push_str("\n</details>\n");
     }

@@ -84,7 +84,12 @@ pub trait ObjectStore {
     /// Reads `key`; with `etag`, only when it no longer has that ETag.
     async fn get(&self, key: &str, etag: Option<&str>) -> Result<Fetched, StoreError>;
     /// Writes `body` to `key` under `precondition`; returns the new ETag.
-    async fn put(&self, key: &str, body: Vec<u8>, precondition: Precondition) -> Result<String, StoreError>;
+    async fn put(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        precondition: Precondition,
+    ) -> Result<String, StoreError>;
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
     /// Every key under `prefix`.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
@@ -127,7 +132,9 @@ impl S3Store {
         use aws_smithy_http_client::tls;
 
         let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::Ring,
+            ))
             .build_https();
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .http_client(http)
@@ -142,8 +149,8 @@ impl S3Store {
             loader = loader.region(aws_config::Region::new(region.clone()));
         }
         let shared = loader.load().await;
-        let mut config = aws_sdk_s3::config::Builder::from(&shared)
-            .force_path_style(settings.force_path_style);
+        let mut config =
+            aws_sdk_s3::config::Builder::from(&shared).force_path_style(settings.force_path_style);
         if shared.region().is_none() {
             // S3-compatible servers do not care, but the SDK refuses to sign without a region.
             config = config.region(aws_config::Region::from_static("us-east-1"));
@@ -179,7 +186,9 @@ impl S3Store {
 }
 
 fn status<E>(error: &SdkError<E>) -> Option<u16> {
-    error.raw_response().map(|response| response.status().as_u16())
+    error
+        .raw_response()
+        .map(|response| response.status().as_u16())
 }
 
 /// The base64 SHA-256 S3 expects in `x-amz-checksum-sha256`.
@@ -206,19 +215,28 @@ impl ObjectStore for S3Store {
             Err(error) => return Err(self.failure("GET", key, error)),
         };
         let etag = output.e_tag().unwrap_or_default().to_owned();
-        let body = output.body.collect().await.map_err(|error| StoreError::Request {
-            operation: "GET",
-            bucket: self.bucket.clone(),
-            key: key.to_owned(),
-            detail: error.to_string(),
-        })?;
+        let body = output
+            .body
+            .collect()
+            .await
+            .map_err(|error| StoreError::Request {
+                operation: "GET",
+                bucket: self.bucket.clone(),
+                key: key.to_owned(),
+                detail: error.to_string(),
+            })?;
         Ok(Fetched::Object(StoredObject {
             body: body.into_bytes().to_vec(),
             etag,
         }))
     }
 
-    async fn put(&self, key: &str, body: Vec<u8>, precondition: Precondition) -> Result<String, StoreError> {
+    async fn put(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        precondition: Precondition,
+    ) -> Result<String, StoreError> {
         self.counts.puts.fetch_add(1, Ordering::Relaxed);
         let mut request = self
             .client
@@ -226,7 +244,11 @@ impl ObjectStore for S3Store {
             .bucket(&self.bucket)
             .key(key)
             .checksum_sha256(checksum_sha256(&body))
-            .content_type(if key.ends_with(".json") { "application/json" } else { "text/plain; charset=utf-8" })
+            .content_type(if key.ends_with(".json") {
+                "application/json"
+            } else {
+                "text/plain; charset=utf-8"
+            })
             .body(ByteStream::from(body));
         request = match precondition {
             Precondition::None => request,
@@ -273,7 +295,11 @@ impl ObjectStore for S3Store {
         while let Some(page) = pages.next().await {
             self.counts.lists.fetch_add(1, Ordering::Relaxed);
             let page = page.map_err(|error| self.failure("LIST", prefix, error))?;
-            keys.extend(page.contents().iter().filter_map(|object| object.key().map(str::to_owned)));
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|object| object.key().map(str::to_owned)),
+            );
         }
         Ok(keys)
     }
@@ -286,6 +312,9 @@ mod tests {
     #[test]
     fn the_checksum_is_base64_of_the_sha256() {
         // printf 'abc' | openssl dgst -sha256 -binary | base64
-        assert_eq!(checksum_sha256(b"abc"), "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=");
+        assert_eq!(
+            checksum_sha256(b"abc"),
+            "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0="
+        );
     }
 }

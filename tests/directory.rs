@@ -33,7 +33,15 @@ fn company() -> Fixture {
         .group("Web Contractors", &["Web Interns", "carl-ops"])
         .group(
             "Web Team",
-            &["Jane.Doe", "Web Contractors", "dis.user", "exp.user", "lock.user", "Some Contact", "WS01"],
+            &[
+                "Jane.Doe",
+                "Web Contractors",
+                "dis.user",
+                "exp.user",
+                "lock.user",
+                "Some Contact",
+                "WS01",
+            ],
         )
         .group("Cycle A", &["cy.a", "Cycle B"])
         .group("Cycle B", &["cy.b", "Cycle A"])
@@ -73,7 +81,12 @@ fn users(report: &Value, group: &str) -> Vec<(String, Vec<String>)> {
         .unwrap_or_else(|| panic!("no users for {group} in {report}"))
         .iter()
         .map(|user| {
-            let via = user["via"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
+            let via = user["via"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_owned())
+                .collect();
             (user["name"].as_str().unwrap().to_owned(), via)
         })
         .collect()
@@ -86,7 +99,10 @@ fn everywhere(name: &str, chain: &[&str]) -> (String, Vec<String>) {
 }
 
 fn member(name: &str, chain: &[&str]) -> (String, Vec<String>) {
-    (name.to_owned(), chain.iter().map(|s| s.to_string()).collect())
+    (
+        name.to_owned(),
+        chain.iter().map(|s| s.to_string()).collect(),
+    )
 }
 
 #[test]
@@ -105,7 +121,10 @@ fn members_expands_every_hard_case_over_ldaps() {
             everywhere("alice.admin", &[]),
             member("bob", &[]),
             member("carl-ops", &["Web Team", "Web Contractors"]),
-            member("intern.ivy", &["Web Team", "Web Contractors", "Web Interns"]),
+            member(
+                "intern.ivy",
+                &["Web Team", "Web Contractors", "Web Interns"]
+            ),
             member("Jane.Doe", &["Web Team"]),
             everywhere("root.rita", &["Linux Admins"]),
         ]
@@ -121,9 +140,16 @@ fn members_expands_every_hard_case_over_ldaps() {
     );
     let cycle: Vec<String> = users(&report, "cycle").into_iter().map(|u| u.0).collect();
     assert_eq!(cycle, ["alice.admin", "cy.a", "cy.b", "root.rita"]);
-    assert!(users(&report, "ops").contains(&member("pri.user", &["Ops Primary"])), "{report}");
+    assert!(
+        users(&report, "ops").contains(&member("pri.user", &["Ops Primary"])),
+        "{report}"
+    );
     let big = users(&report, "big");
-    assert_eq!(big.len(), BIG_GROUP_SIZE + 2, "every member of the large group, plus the admins");
+    assert_eq!(
+        big.len(),
+        BIG_GROUP_SIZE + 2,
+        "every member of the large group, plus the admins"
+    );
     let warnings = report["warnings"].to_string();
     assert!(warnings.contains("No Such Group"), "{warnings}");
 }
@@ -137,19 +163,39 @@ fn ranged_member_reads_give_the_same_answer_and_the_text_report_reads_well() {
 
     // Ask for member;range= slices of 500 values: the same follow-up path AD's 1,500-value limit
     // takes, driven against Samba (which would otherwise hand out all values at once).
-    deployment.env.push(("KEYHOLE_LDAP_MEMBER_RANGE".into(), "500".into()));
+    deployment
+        .env
+        .push(("KEYHOLE_LDAP_MEMBER_RANGE".into(), "500".into()));
     deployment.env.push(("RUST_LOG".into(), "info".into()));
     let ranged = deployment.run(&["members", "big", "--format", "json"]);
     assert_eq!(ranged.code, 0, "{ranged:#?}");
     assert_eq!(ranged.json(), whole.json());
     assert_eq!(users(&ranged.json(), "big").len(), BIG_GROUP_SIZE + 2);
-    assert!(ranged.stderr.contains("ranged_reads=3"), "1,600 values in slices of 500: {}", ranged.stderr);
+    assert!(
+        ranged.stderr.contains("ranged_reads=3"),
+        "1,600 values in slices of 500: {}",
+        ranged.stderr
+    );
 
     let text = deployment.run(&["members", "web-prod"]);
     assert_eq!(text.code, 0, "{text:#?}");
-    assert!(text.stdout.starts_with("web-prod: 6 users with access, 4 excluded\n"), "{}", text.stdout);
-    assert!(text.stdout.contains("intern.ivy  via Web Team > Web Contractors > Web Interns"), "{}", text.stdout);
-    assert!(text.stdout.contains("  - dis.user  (disabled)"), "{}", text.stdout);
+    assert!(
+        text.stdout
+            .starts_with("web-prod: 6 users with access, 4 excluded\n"),
+        "{}",
+        text.stdout
+    );
+    assert!(
+        text.stdout
+            .contains("intern.ivy  via Web Team > Web Contractors > Web Interns"),
+        "{}",
+        text.stdout
+    );
+    assert!(
+        text.stdout.contains("  - dis.user  (disabled)"),
+        "{}",
+        text.stdout
+    );
 }
 
 #[test]
@@ -165,8 +211,24 @@ fn starttls_works_and_connection_failures_name_their_cause() {
     // A CA that did not sign the DC's certificate.
     let other_ca = deployment.path("other-ca.pem");
     let made = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
-        .args(["-keyout", "/dev/null", "-subj", "/CN=Not The Corp CA", "-days", "1", "-out"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ])
+        .args([
+            "-keyout",
+            "/dev/null",
+            "-subj",
+            "/CN=Not The Corp CA",
+            "-days",
+            "1",
+            "-out",
+        ])
         .arg(&other_ca)
         .output()
         .unwrap();
@@ -174,8 +236,18 @@ fn starttls_works_and_connection_failures_name_their_cause() {
     deployment.write_settings(&ldap_section(&dc, &dc.ldaps_url(), &other_ca));
     let wrong_ca = deployment.run(&["members"]);
     assert_eq!(wrong_ca.code, 1, "{wrong_ca:#?}");
-    assert!(wrong_ca.stderr.contains("cannot connect to ldaps://127.0.0.1:636"), "{}", wrong_ca.stderr);
-    assert!(wrong_ca.stderr.contains("UnknownIssuer"), "{}", wrong_ca.stderr);
+    assert!(
+        wrong_ca
+            .stderr
+            .contains("cannot connect to ldaps://127.0.0.1:636"),
+        "{}",
+        wrong_ca.stderr
+    );
+    assert!(
+        wrong_ca.stderr.contains("UnknownIssuer"),
+        "{}",
+        wrong_ca.stderr
+    );
     assert!(wrong_ca.stdout.is_empty());
 
     // A wrong password (one bad bind stays under the lockout threshold).
@@ -186,14 +258,27 @@ fn starttls_works_and_connection_failures_name_their_cause() {
         &[("KEYHOLE_LDAP_PASSWORD".into(), "not-the-password".into())],
     );
     assert_eq!(wrong_password.code, 1, "{wrong_password:#?}");
-    assert!(wrong_password.stderr.contains("invalid credentials"), "{}", wrong_password.stderr);
-    assert!(!wrong_password.stderr.contains("not-the-password"), "the password leaked: {}", wrong_password.stderr);
+    assert!(
+        wrong_password.stderr.contains("invalid credentials"),
+        "{}",
+        wrong_password.stderr
+    );
+    assert!(
+        !wrong_password.stderr.contains("not-the-password"),
+        "the password leaked: {}",
+        wrong_password.stderr
+    );
 
     // The server is not running.
     dc.stop();
     let down = deployment.run(&["members"]);
     assert_eq!(down.code, 1, "{down:#?}");
-    assert!(down.stderr.contains("cannot connect to ldaps://127.0.0.1:636"), "{}", down.stderr);
+    assert!(
+        down.stderr
+            .contains("cannot connect to ldaps://127.0.0.1:636"),
+        "{}",
+        down.stderr
+    );
     assert!(down.stderr.contains("onnection refused"), "{}", down.stderr);
 }
 
@@ -203,10 +288,18 @@ fn an_unknown_access_group_is_a_usage_error_and_a_bad_policy_is_invalid() {
     let deployment = Deployment::new(&dc, POLICY);
     let unknown = deployment.run(&["members", "nope"]);
     assert_eq!(unknown.code, 64, "{unknown:#?}");
-    assert!(unknown.stderr.contains("\"nope\" is not an access group"), "{}", unknown.stderr);
+    assert!(
+        unknown.stderr.contains("\"nope\" is not an access group"),
+        "{}",
+        unknown.stderr
+    );
 
     deployment.write_policy("[access_groups.Web]\nusers = [\"bob\"]\n");
     let invalid = deployment.run(&["members"]);
     assert_eq!(invalid.code, 78, "{invalid:#?}");
-    assert!(invalid.stderr.contains("access-groups.toml:1:"), "{}", invalid.stderr);
+    assert!(
+        invalid.stderr.contains("access-groups.toml:1:"),
+        "{}",
+        invalid.stderr
+    );
 }

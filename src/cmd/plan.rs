@@ -37,7 +37,9 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
     let prepared = prepare(&settings, None).await?;
     print!("{}", format_plan(&prepared.plan, args.format));
     if prepared.gathered.has_unknown() {
-        tracing::error!("some members' keys could not be read; their access groups would be left as published");
+        tracing::error!(
+            "some members' keys could not be read; their access groups would be left as published"
+        );
         return Ok(Exit::Failure);
     }
     Ok(if args.detailed_exitcode && prepared.plan.has_changes() {
@@ -65,7 +67,10 @@ pub(crate) struct Prepared {
     pub manifest_etag: Option<String>,
 }
 
-pub(crate) async fn prepare(settings: &Settings, selection: Selection<'_>) -> anyhow::Result<Prepared> {
+pub(crate) async fn prepare(
+    settings: &Settings,
+    selection: Selection<'_>,
+) -> anyhow::Result<Prepared> {
     let s3 = settings.s3()?;
     let gathered = gather(settings, SystemTime::now()).await?;
     let store = S3Store::connect(s3, Timeouts::PUBLISHER).await;
@@ -82,7 +87,14 @@ pub(crate) async fn prepare(settings: &Settings, selection: Selection<'_>) -> an
         ),
         Fetched::Missing | Fetched::NotModified => (Manifest::empty(), None),
     };
-    let denied: BTreeSet<String> = gathered.checked.policy.deny.fingerprints.iter().cloned().collect();
+    let denied: BTreeSet<String> = gathered
+        .checked
+        .policy
+        .deny
+        .fingerprints
+        .iter()
+        .cloned()
+        .collect();
     let rendered = render(&gathered.resolution, &gathered.keys, &denied);
     let mut plan = plan(
         &published,

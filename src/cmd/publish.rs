@@ -48,10 +48,14 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
     let settings = Settings::load(global.config.as_deref())?;
     let _lock = PublishLock::acquire(&settings.safety.lock_file)?;
     let selection: BTreeSet<String> = args.groups.iter().cloned().collect();
-    let prepared = super::plan::prepare(&settings, (!selection.is_empty()).then_some(&selection)).await?;
+    let prepared =
+        super::plan::prepare(&settings, (!selection.is_empty()).then_some(&selection)).await?;
     for name in &selection {
         if !prepared.plan.groups.contains_key(name) {
-            return Err(coded(Exit::Usage, anyhow::anyhow!("--group {name}: no such access group in the policy or the bucket")));
+            return Err(coded(
+                Exit::Usage,
+                anyhow::anyhow!("--group {name}: no such access group in the policy or the bucket"),
+            ));
         }
     }
     let plan = &prepared.plan;
@@ -95,14 +99,19 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
         None => Precondition::Absent,
     };
     match store
-        .put(&prepared.manifest_key, plan.manifest.to_json(), precondition)
+        .put(
+            &prepared.manifest_key,
+            plan.manifest.to_json(),
+            precondition,
+        )
         .await
     {
         Ok(_) => {}
         Err(error @ StoreError::Conflict { .. }) => {
             return Err(coded(
                 Exit::Busy,
-                anyhow::Error::new(error).context("another publisher wrote the manifest during this run; run again"),
+                anyhow::Error::new(error)
+                    .context("another publisher wrote the manifest during this run; run again"),
             ));
         }
         Err(error) => return Err(anyhow::Error::new(error).context("writing the manifest")),
@@ -111,10 +120,9 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
     for (name, group) in &plan.groups {
         if group.action == Action::Delete {
             let key = format!("{}{name}/authorized_keys", s3.prefix);
-            store
-                .delete(&key)
-                .await
-                .with_context(|| format!("pruning access group {name} (the manifest no longer lists it)"))?;
+            store.delete(&key).await.with_context(|| {
+                format!("pruning access group {name} (the manifest no longer lists it)")
+            })?;
         }
     }
     tracing::info!(
@@ -128,7 +136,9 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
 /// Exit 1 when some members' keys were unknown (their groups were held), else success.
 fn unknown_exit(prepared: &super::plan::Prepared) -> Exit {
     if prepared.gathered.has_unknown() {
-        tracing::error!("some members' keys could not be read; their access groups were left as published");
+        tracing::error!(
+            "some members' keys could not be read; their access groups were left as published"
+        );
         Exit::Failure
     } else {
         Exit::Success

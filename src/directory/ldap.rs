@@ -44,7 +44,7 @@ pub enum DirectoryError {
     Connect {
         url: String,
         #[source]
-        source: LdapError,
+        source: Box<LdapError>,
     },
     #[error("{url} did not answer within {timeout:?} while {doing}")]
     Timeout {
@@ -64,7 +64,7 @@ pub enum DirectoryError {
     Protocol {
         doing: String,
         #[source]
-        source: LdapError,
+        source: Box<LdapError>,
     },
     #[error("search for {what} under {base} failed: {reason}")]
     Search {
@@ -116,7 +116,7 @@ impl<'s> Session<'s> {
                 },
                 source => DirectoryError::Connect {
                     url: url.to_owned(),
-                    source,
+                    source: Box::new(source),
                 },
             })?;
         ldap3::drive!(driver);
@@ -336,7 +336,7 @@ fn operation_error(settings: &LdapSettings, doing: &str, source: LdapError) -> D
         },
         source => DirectoryError::Protocol {
             doing: doing.to_owned(),
-            source,
+            source: Box::new(source),
         },
     }
 }

@@ -8,6 +8,6 @@
 // would warn about the parts it leaves alone.
 #![allow(dead_code)]
 
-pub mod samba;
 pub mod keyhole;
 pub mod s3;
+pub mod samba;

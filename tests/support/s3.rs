@@ -26,7 +26,11 @@ impl S3Server {
         let root = tempfile::tempdir().expect("temp dir for S3");
         std::fs::create_dir(root.path().join(BUCKET)).expect("creating the bucket");
         let port = free_port();
-        let mut server = S3Server { child: None, root, port };
+        let mut server = S3Server {
+            child: None,
+            root,
+            port,
+        };
         server.spawn();
         server
     }
@@ -44,7 +48,10 @@ impl S3Server {
         let deadline = Instant::now() + Duration::from_secs(10);
         let address = SocketAddr::from(([127, 0, 0, 1], self.port));
         while TcpStream::connect_timeout(&address, Duration::from_millis(100)).is_err() {
-            assert!(Instant::now() < deadline, "s3s-fs did not start listening on {address}");
+            assert!(
+                Instant::now() < deadline,
+                "s3s-fs did not start listening on {address}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -119,7 +126,11 @@ impl S3Server {
                     pending.push(path);
                     continue;
                 }
-                let key = path.strip_prefix(&bucket).unwrap().to_string_lossy().into_owned();
+                let key = path
+                    .strip_prefix(&bucket)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
                 // s3s-fs keeps metadata beside objects; only objects count.
                 if key.contains(".s3s") || key.ends_with(".metadata.json") {
                     continue;
