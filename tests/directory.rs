@@ -181,7 +181,7 @@ fn ranged_member_reads_give_the_same_answer_and_the_text_report_reads_well() {
     assert_eq!(text.code, 0, "{text:#?}");
     assert!(
         text.stdout
-            .starts_with("web-prod: 6 users with access, 4 excluded\n"),
+            .starts_with("web-prod: 7 users with access, 3 excluded\n"),
         "{}",
         text.stdout
     );
