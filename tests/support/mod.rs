@@ -8,6 +8,7 @@
 // would warn about the parts it leaves alone.
 #![allow(dead_code)]
 
+pub mod homes;
 pub mod keyhole;
 pub mod s3;
 pub mod samba;

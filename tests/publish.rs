@@ -1,0 +1,338 @@
+//! `plan` and `publish` end to end against a real Samba AD DC, a real local S3 (s3s-fs) and homes
+//! on disk: exact group files, a second run that writes nothing, the safety guard and `--force`,
+//! the deny list, pruning, the lock, and upstream failures (S3 down, AD down) that must leave the
+//! bucket exactly as it was.
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+use support::homes::{Homes, Key};
+use support::keyhole::{Deployment, Run};
+use support::s3::S3Server;
+use support::samba::{Fixture, SambaDc, UserSpec};
+
+const PEOPLE: &[(&str, u32)] = &[
+    ("alice.admin", 20001),
+    ("bob", 20002),
+    ("carol", 20003),
+    ("dave", 20004),
+    ("erin", 20005),
+    ("frank", 20006),
+];
+
+fn company() -> Fixture {
+    let mut fixture = Fixture::new();
+    for (name, uid) in PEOPLE {
+        fixture = fixture.user(UserSpec::unix(name, *uid, &format!("/home/{name}")));
+    }
+    fixture
+        .group("Linux Admins", &["alice.admin"])
+        .group("Web Team", &["bob", "carol", "dave", "erin", "frank"])
+}
+
+const POLICY: &str = r#"
+[everywhere]
+groups = ["Linux Admins"]
+
+[access_groups.web-prod]
+groups = ["Web Team"]
+
+[access_groups.db-prod]
+users = ["bob"]
+"#;
+
+/// A DC, an S3 server, homes with one fresh key per person, and a deployment wired to them.
+struct World {
+    dc: SambaDc,
+    s3: S3Server,
+    homes: Homes,
+    keys: BTreeMap<&'static str, Key>,
+    deployment: Deployment,
+}
+
+impl World {
+    fn new(policy: &str) -> World {
+        let dc = SambaDc::start(&company());
+        let s3 = S3Server::start();
+        let homes = Homes::new();
+        let mut keys = BTreeMap::new();
+        for (name, uid) in PEOPLE {
+            let key = homes.key(name, "ed25519");
+            homes.write(name, *uid, &format!("{}\n", key.line));
+            keys.insert(*name, key);
+        }
+        let mut deployment = Deployment::new(&dc, policy);
+        deployment.env.extend(s3.env());
+        let world = World {
+            dc,
+            s3,
+            homes,
+            keys,
+            deployment,
+        };
+        world.write_settings();
+        world
+    }
+
+    fn write_settings(&self) {
+        let ldap =
+            support::keyhole::ldap_section(&self.dc, &self.dc.ldaps_url(), &self.dc.ca_file());
+        let lock = format!(
+            "\n[safety]\nlock_file = \"{}\"\n",
+            self.deployment.path("publish.lock").display()
+        );
+        self.deployment.write_settings(&format!(
+            "{ldap}{}{}{lock}",
+            self.s3.settings("ssh/"),
+            self.homes.settings()
+        ));
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        self.deployment.run(args)
+    }
+
+    fn manifest(&self) -> Value {
+        serde_json::from_str(&self.s3.object("ssh/manifest.json").expect("a manifest")).unwrap()
+    }
+
+    /// The group file as a person would write it: header, then `# user` and their key.
+    fn expected_file(&self, group: &str, users: &[&str]) -> String {
+        let mut file = format!("# keyhole access group {group}: generated, do not edit\n");
+        for user in users {
+            file.push_str(&format!("# {user}\n{}\n", self.keys[user].line));
+        }
+        file
+    }
+
+    fn disable(&self, user: &str) {
+        self.dc.modify(&format!(
+            "dn: {}\nchangetype: modify\nreplace: userAccountControl\nuserAccountControl: 514\n",
+            self.dc.user_dn(user)
+        ));
+    }
+}
+
+fn group_plan<'a>(plan: &'a Value, group: &str) -> &'a Value {
+    &plan["groups"][group]
+}
+
+#[test]
+fn publish_writes_exact_group_files_and_a_second_run_writes_nothing() {
+    let world = World::new(POLICY);
+
+    let plan = world.run(&["plan", "--format", "json", "--detailed-exitcode"]);
+    assert_eq!(plan.code, 2, "changes pending: {plan:#?}");
+    let plan = plan.json();
+    assert_eq!(group_plan(&plan, "web-prod")["action"], "create");
+    assert_eq!(
+        group_plan(&plan, "db-prod")["added_users"],
+        json!([{"name": "alice.admin", "reason": "new member"}, {"name": "bob", "reason": "new member"}])
+    );
+    assert_eq!(plan["guard"], json!({"refused": false, "reasons": []}));
+    assert!(
+        world.s3.keys().is_empty(),
+        "plan wrote something: {:?}",
+        world.s3.keys()
+    );
+
+    let publish = world.run(&["publish"]);
+    assert_eq!(publish.code, 0, "{publish:#?}");
+    assert_eq!(
+        world.s3.keys(),
+        [
+            "ssh/db-prod/authorized_keys",
+            "ssh/manifest.json",
+            "ssh/web-prod/authorized_keys"
+        ]
+    );
+    assert_eq!(
+        world.s3.object("ssh/web-prod/authorized_keys").unwrap(),
+        world.expected_file(
+            "web-prod",
+            &["alice.admin", "bob", "carol", "dave", "erin", "frank"]
+        )
+    );
+    assert_eq!(
+        world.s3.object("ssh/db-prod/authorized_keys").unwrap(),
+        world.expected_file("db-prod", &["alice.admin", "bob"])
+    );
+    let manifest = world.manifest();
+    assert_eq!(manifest["format"], 1);
+    assert_eq!(manifest["generation"], 1);
+    assert_eq!(
+        manifest["groups"]["db-prod"]["users"],
+        json!(["alice.admin", "bob"])
+    );
+    assert_eq!(manifest["groups"]["db-prod"]["keys"], 2);
+    assert_eq!(
+        manifest["groups"]["web-prod"]["via"]["alice.admin"],
+        json!(["everywhere", "Linux Admins"])
+    );
+    assert_eq!(
+        manifest["fingerprints"][&world.keys["bob"].fingerprint],
+        json!({"user": "bob", "groups": ["db-prod", "web-prod"]})
+    );
+
+    let before = world.s3.objects();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let again = world.run(&["publish"]);
+    assert_eq!(again.code, 0, "{again:#?}");
+    assert!(
+        again.stderr.contains("nothing changed; nothing written"),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(
+        world.s3.objects(),
+        before,
+        "a no-change publish rewrote objects"
+    );
+    let plan = world.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.code, 0, "{plan:#?}");
+    assert!(
+        plan.stdout
+            .contains("0 to create, 0 to update, 0 to delete, 2 unchanged"),
+        "{}",
+        plan.stdout
+    );
+}
+
+#[test]
+fn the_guard_refuses_mass_removal_until_forced_and_deny_always_goes_through() {
+    let world = World::new(POLICY);
+    assert_eq!(world.run(&["publish"]).code, 0);
+    let published = world.s3.objects();
+
+    // Two of web-prod's six people disabled: a third of the group, past the 25% limit.
+    world.disable("carol");
+    world.disable("dave");
+    let refused = world.run(&["publish", "--format", "json"]);
+    assert_eq!(refused.code, 3, "{refused:#?}");
+    let report = refused.json();
+    assert_eq!(report["guard"]["refused"], true);
+    assert_eq!(
+        report["guard"]["reasons"],
+        json!([
+            "access group web-prod would lose 2 of its 6 users (33% > max_removed_fraction 25%)"
+        ])
+    );
+    assert_eq!(
+        group_plan(&report, "web-prod")["removed_users"],
+        json!([{"name": "carol", "reason": "disabled"}, {"name": "dave", "reason": "disabled"}])
+    );
+    assert_eq!(
+        world.s3.objects(),
+        published,
+        "a refused publish wrote something"
+    );
+
+    let forced = world.run(&["publish", "--force"]);
+    assert_eq!(forced.code, 0, "{forced:#?}");
+    assert_eq!(
+        world.s3.object("ssh/web-prod/authorized_keys").unwrap(),
+        world.expected_file("web-prod", &["alice.admin", "bob", "erin", "frank"])
+    );
+    assert_eq!(world.manifest()["generation"], 2);
+
+    // Incident response: deny a person and a key. Two more of four people go at once (50%), yet
+    // the guard must not hold it back.
+    world.deployment.write_policy(&format!(
+        "{POLICY}\n[deny]\nusers = [\"erin\"]\nfingerprints = [\"{}\"]\n",
+        world.keys["frank"].fingerprint
+    ));
+    let denied = world.run(&["publish", "--format", "json"]);
+    assert_eq!(denied.code, 0, "{denied:#?}");
+    assert_eq!(
+        group_plan(&denied.json(), "web-prod")["removed_users"],
+        json!([{"name": "erin", "reason": "denied"}, {"name": "frank", "reason": "denied"}])
+    );
+    assert_eq!(
+        world.s3.object("ssh/web-prod/authorized_keys").unwrap(),
+        world.expected_file("web-prod", &["alice.admin", "bob"])
+    );
+    let manifest = world.manifest();
+    assert!(
+        manifest["fingerprints"]
+            .get(&world.keys["frank"].fingerprint)
+            .is_none()
+    );
+}
+
+#[test]
+fn groups_removed_from_the_policy_are_pruned() {
+    let world = World::new(POLICY);
+    assert_eq!(world.run(&["publish"]).code, 0);
+    world.deployment.write_policy("[everywhere]\ngroups = [\"Linux Admins\"]\n\n[access_groups.web-prod]\ngroups = [\"Web Team\"]\n");
+    let plan = world.run(&["plan", "--format", "json"]).json();
+    assert_eq!(group_plan(&plan, "db-prod")["action"], "delete");
+    assert_eq!(
+        group_plan(&plan, "db-prod")["removed_users"],
+        json!([
+            {"name": "alice.admin", "reason": "access group no longer in policy"},
+            {"name": "bob", "reason": "access group no longer in policy"}
+        ])
+    );
+    let pruned = world.run(&["publish"]);
+    assert_eq!(pruned.code, 0, "{pruned:#?}");
+    assert_eq!(
+        world.s3.keys(),
+        ["ssh/manifest.json", "ssh/web-prod/authorized_keys"]
+    );
+    assert!(world.manifest()["groups"].get("db-prod").is_none());
+}
+
+#[test]
+fn upstream_failures_leave_the_bucket_as_it_was() {
+    let mut world = World::new(POLICY);
+    assert_eq!(world.run(&["publish"]).code, 0);
+    let published = world.s3.objects();
+    world.disable("bob");
+
+    world.s3.stop();
+    let s3_down = world.run(&["publish"]);
+    assert_eq!(s3_down.code, 1, "{s3_down:#?}");
+    assert!(
+        s3_down.stderr.contains("reading the published manifest"),
+        "{}",
+        s3_down.stderr
+    );
+    world.s3.restart();
+    assert_eq!(world.s3.objects(), published);
+
+    world.dc.stop();
+    let ad_down = world.run(&["publish"]);
+    assert_eq!(ad_down.code, 1, "{ad_down:#?}");
+    assert!(
+        ad_down
+            .stderr
+            .contains("reading Active Directory: cannot connect to ldaps://127.0.0.1:636"),
+        "{}",
+        ad_down.stderr
+    );
+    assert_eq!(
+        world.s3.objects(),
+        published,
+        "an AD outage changed the bucket"
+    );
+}
+
+#[test]
+fn a_second_publisher_on_the_same_host_is_turned_away() {
+    let world = World::new(POLICY);
+    let lock = std::fs::File::create(world.deployment.path("publish.lock")).unwrap();
+    lock.lock().unwrap();
+    let busy = world.run(&["publish"]);
+    assert_eq!(busy.code, 75, "{busy:#?}");
+    assert!(
+        busy.stderr
+            .contains("another keyhole publish holds the lock"),
+        "{}",
+        busy.stderr
+    );
+    assert!(world.s3.keys().is_empty());
+    drop(lock);
+    assert_eq!(world.run(&["publish"]).code, 0);
+}
