@@ -199,6 +199,7 @@ pub fn checksum_sha256(body: &[u8]) -> String {
 impl ObjectStore for S3Store {
     async fn get(&self, key: &str, etag: Option<&str>) -> Result<Fetched, StoreError> {
         self.counts.gets.fetch_add(1, Ordering::Relaxed);
+        let etag_given = etag;
         let mut request = self.client.get_object().bucket(&self.bucket).key(key);
         if let Some(etag) = etag {
             request = request.if_none_match(etag);
@@ -215,6 +216,11 @@ impl ObjectStore for S3Store {
             Err(error) => return Err(self.failure("GET", key, error)),
         };
         let etag = output.e_tag().unwrap_or_default().to_owned();
+        // Some S3-compatible servers ignore If-None-Match on GET and answer 200: the same ETag
+        // still means the same object, so the caller sees the same answer either way.
+        if etag_given.is_some_and(|given| given == etag) {
+            return Ok(Fetched::NotModified);
+        }
         let body = output
             .body
             .collect()
