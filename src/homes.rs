@@ -1204,13 +1204,17 @@ mod tests {
         };
         let names: Vec<String> = (0..15).map(|n| format!("user{n}")).collect();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        let outcomes = harvest_with(users(&names), &settings, move |home: &Path, _uid| {
-            let now = current.fetch_add(1, Ordering::SeqCst) + 1;
-            peak.fetch_max(now, Ordering::SeqCst);
-            std::thread::sleep(Duration::from_millis(40));
-            current.fetch_sub(1, Ordering::SeqCst);
-            keys_of(home)
-        })
+        let outcomes = within_5s(harvest_with(
+            users(&names),
+            &settings,
+            move |home: &Path, _uid| {
+                let now = current.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(40));
+                current.fetch_sub(1, Ordering::SeqCst);
+                keys_of(home)
+            },
+        ))
         .await;
 
         assert_eq!(outcomes.len(), 15);
@@ -1249,10 +1253,14 @@ mod tests {
                 home: Ok(PathBuf::from("/nfs/home/nouid")),
             },
         ];
-        let outcomes = harvest_with(harvestees, &settings, move |home: &Path, _uid| {
-            counted.fetch_add(1, Ordering::SeqCst);
-            keys_of(home)
-        })
+        let outcomes = within_5s(harvest_with(
+            harvestees,
+            &settings,
+            move |home: &Path, _uid| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                keys_of(home)
+            },
+        ))
         .await;
 
         assert_eq!(outcomes["mallory"], HarvestOutcome::Rejected(rejected_home));
@@ -1269,12 +1277,16 @@ mod tests {
             concurrency: 2,
             read_timeout: Duration::from_secs(5),
         };
-        let outcomes = harvest_with(users(&["bob", "carol"]), &settings, |home: &Path, _uid| {
-            if home.ends_with("bob") {
-                panic!("reader bug");
-            }
-            keys_of(home)
-        })
+        let outcomes = within_5s(harvest_with(
+            users(&["bob", "carol"]),
+            &settings,
+            |home: &Path, _uid| {
+                if home.ends_with("bob") {
+                    panic!("reader bug");
+                }
+                keys_of(home)
+            },
+        ))
         .await;
         assert!(
             matches!(&outcomes["bob"], HarvestOutcome::Unknown(message) if message.contains("panicked"))
@@ -1306,7 +1318,7 @@ mod tests {
                 home: Ok(fixture.home.clone()),
             },
         ];
-        let outcomes = harvest(harvestees, &settings).await;
+        let outcomes = within_5s(harvest(harvestees, &settings)).await;
         assert_eq!(outcomes["bob"], HarvestOutcome::Keys(KEY.to_owned()));
         assert_eq!(outcomes["carol"], HarvestOutcome::NoKeys);
         assert!(matches!(
