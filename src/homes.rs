@@ -29,7 +29,6 @@ use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -456,7 +455,7 @@ fn read_checked(home: &Path, uid: u32) -> Result<String, HarvestOutcome> {
             }
             _ => missing_or_unknown(&error, home),
         })?;
-    check_directory(&home_dir, uid, Place::Home)?;
+    check_directory(&home_dir, home, uid, Place::Home)?;
 
     let ssh_path = home.join(".ssh");
     let ssh_dir = open_at(
@@ -480,7 +479,7 @@ fn read_checked(home: &Path, uid: u32) -> Result<String, HarvestOutcome> {
         },
         _ => missing_or_unknown(&error, &ssh_path),
     })?;
-    check_directory(&ssh_dir, uid, Place::SshDir)?;
+    check_directory(&ssh_dir, &ssh_path, uid, Place::SshDir)?;
 
     let keys_path = ssh_path.join("authorized_keys");
     match open_at(
@@ -572,10 +571,8 @@ fn too_large(place: Place, size: u64) -> HarvestOutcome {
     })
 }
 
-fn check_directory(dir: &File, uid: u32, place: Place) -> Result<(), HarvestOutcome> {
-    let meta = dir
-        .metadata()
-        .map_err(|error| HarvestOutcome::Unknown(format!("checking {place}: {error}")))?;
+fn check_directory(dir: &File, path: &Path, uid: u32, place: Place) -> Result<(), HarvestOutcome> {
+    let meta = dir.metadata().map_err(|error| unknown(&error, path))?;
     check_ownership_and_mode(&meta, uid, place)
 }
 
@@ -617,8 +614,8 @@ fn unknown(error: &io::Error, path: &Path) -> HarvestOutcome {
 /// `openat(2)` relative to an open directory, so the directory that was checked is the one the
 /// name is looked up in. Always `O_CLOEXEC`.
 fn open_at(dir: &File, name: &str, flags: libc::c_int) -> io::Result<File> {
-    let name = CString::new(Path::new(name).as_os_str().as_bytes())
-        .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
+    let name =
+        CString::new(name).map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
     // SAFETY: `dir` is an open descriptor that outlives the call and `name` is NUL-terminated;
     // openat has no other preconditions.
     let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_CLOEXEC) };
@@ -634,6 +631,7 @@ fn open_at(dir: &File, name: &str, flags: libc::c_int) -> io::Result<File> {
 mod tests {
     use super::*;
 
+    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::{PermissionsExt, chown, symlink};
     use std::sync::Mutex;
     use std::sync::mpsc;
