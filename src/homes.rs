@@ -257,7 +257,7 @@ pub async fn harvest(
 /// permit is released so the rest of the homes keep moving. Abandoned threads that are still stuck
 /// are counted; once there are twice `concurrency` of them, the homes are evidently hung and the
 /// remaining users are reported `Unknown` without being read. So a run never holds more than three
-/// times `concurrency` reader threads, and a fully hung NFS costs about two `read_timeout`s, not
+/// times `concurrency` reader threads, and a fully hung NFS costs two or three `read_timeout`s, not
 /// one per user. Abandoned threads that finish later stop counting, so a brief stall recovers.
 pub async fn harvest_with<R>(
     users: Vec<Harvestee>,
