@@ -29,7 +29,6 @@ use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -258,7 +257,7 @@ pub async fn harvest(
 /// permit is released so the rest of the homes keep moving. Abandoned threads that are still stuck
 /// are counted; once there are twice `concurrency` of them, the homes are evidently hung and the
 /// remaining users are reported `Unknown` without being read. So a run never holds more than three
-/// times `concurrency` reader threads, and a fully hung NFS costs about two `read_timeout`s, not
+/// times `concurrency` reader threads, and a fully hung NFS costs two or three `read_timeout`s, not
 /// one per user. Abandoned threads that finish later stop counting, so a brief stall recovers.
 pub async fn harvest_with<R>(
     users: Vec<Harvestee>,
@@ -456,7 +455,7 @@ fn read_checked(home: &Path, uid: u32) -> Result<String, HarvestOutcome> {
             }
             _ => missing_or_unknown(&error, home),
         })?;
-    check_directory(&home_dir, uid, Place::Home)?;
+    check_directory(&home_dir, home, uid, Place::Home)?;
 
     let ssh_path = home.join(".ssh");
     let ssh_dir = open_at(
@@ -480,7 +479,7 @@ fn read_checked(home: &Path, uid: u32) -> Result<String, HarvestOutcome> {
         },
         _ => missing_or_unknown(&error, &ssh_path),
     })?;
-    check_directory(&ssh_dir, uid, Place::SshDir)?;
+    check_directory(&ssh_dir, &ssh_path, uid, Place::SshDir)?;
 
     let keys_path = ssh_path.join("authorized_keys");
     match open_at(
@@ -572,10 +571,8 @@ fn too_large(place: Place, size: u64) -> HarvestOutcome {
     })
 }
 
-fn check_directory(dir: &File, uid: u32, place: Place) -> Result<(), HarvestOutcome> {
-    let meta = dir
-        .metadata()
-        .map_err(|error| HarvestOutcome::Unknown(format!("checking {place}: {error}")))?;
+fn check_directory(dir: &File, path: &Path, uid: u32, place: Place) -> Result<(), HarvestOutcome> {
+    let meta = dir.metadata().map_err(|error| unknown(&error, path))?;
     check_ownership_and_mode(&meta, uid, place)
 }
 
@@ -617,8 +614,8 @@ fn unknown(error: &io::Error, path: &Path) -> HarvestOutcome {
 /// `openat(2)` relative to an open directory, so the directory that was checked is the one the
 /// name is looked up in. Always `O_CLOEXEC`.
 fn open_at(dir: &File, name: &str, flags: libc::c_int) -> io::Result<File> {
-    let name = CString::new(Path::new(name).as_os_str().as_bytes())
-        .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
+    let name =
+        CString::new(name).map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
     // SAFETY: `dir` is an open descriptor that outlives the call and `name` is NUL-terminated;
     // openat has no other preconditions.
     let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_CLOEXEC) };
@@ -634,6 +631,7 @@ fn open_at(dir: &File, name: &str, flags: libc::c_int) -> io::Result<File> {
 mod tests {
     use super::*;
 
+    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::{PermissionsExt, chown, symlink};
     use std::sync::Mutex;
     use std::sync::mpsc;
@@ -1204,13 +1202,17 @@ mod tests {
         };
         let names: Vec<String> = (0..15).map(|n| format!("user{n}")).collect();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        let outcomes = harvest_with(users(&names), &settings, move |home: &Path, _uid| {
-            let now = current.fetch_add(1, Ordering::SeqCst) + 1;
-            peak.fetch_max(now, Ordering::SeqCst);
-            std::thread::sleep(Duration::from_millis(40));
-            current.fetch_sub(1, Ordering::SeqCst);
-            keys_of(home)
-        })
+        let outcomes = within_5s(harvest_with(
+            users(&names),
+            &settings,
+            move |home: &Path, _uid| {
+                let now = current.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(40));
+                current.fetch_sub(1, Ordering::SeqCst);
+                keys_of(home)
+            },
+        ))
         .await;
 
         assert_eq!(outcomes.len(), 15);
@@ -1249,10 +1251,14 @@ mod tests {
                 home: Ok(PathBuf::from("/nfs/home/nouid")),
             },
         ];
-        let outcomes = harvest_with(harvestees, &settings, move |home: &Path, _uid| {
-            counted.fetch_add(1, Ordering::SeqCst);
-            keys_of(home)
-        })
+        let outcomes = within_5s(harvest_with(
+            harvestees,
+            &settings,
+            move |home: &Path, _uid| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                keys_of(home)
+            },
+        ))
         .await;
 
         assert_eq!(outcomes["mallory"], HarvestOutcome::Rejected(rejected_home));
@@ -1269,12 +1275,16 @@ mod tests {
             concurrency: 2,
             read_timeout: Duration::from_secs(5),
         };
-        let outcomes = harvest_with(users(&["bob", "carol"]), &settings, |home: &Path, _uid| {
-            if home.ends_with("bob") {
-                panic!("reader bug");
-            }
-            keys_of(home)
-        })
+        let outcomes = within_5s(harvest_with(
+            users(&["bob", "carol"]),
+            &settings,
+            |home: &Path, _uid| {
+                if home.ends_with("bob") {
+                    panic!("reader bug");
+                }
+                keys_of(home)
+            },
+        ))
         .await;
         assert!(
             matches!(&outcomes["bob"], HarvestOutcome::Unknown(message) if message.contains("panicked"))
@@ -1306,7 +1316,7 @@ mod tests {
                 home: Ok(fixture.home.clone()),
             },
         ];
-        let outcomes = harvest(harvestees, &settings).await;
+        let outcomes = within_5s(harvest(harvestees, &settings)).await;
         assert_eq!(outcomes["bob"], HarvestOutcome::Keys(KEY.to_owned()));
         assert_eq!(outcomes["carol"], HarvestOutcome::NoKeys);
         assert!(matches!(
