@@ -11,7 +11,6 @@ keyhole_install_prereqs() {
   local packages=() missing=()
   command -v samba >/dev/null 2>&1 || missing+=(samba)
   command -v samba-tool >/dev/null 2>&1 || missing+=(samba)
-  command -v ldbadd >/dev/null 2>&1 || missing+=(ldb-tools)
   command -v ldapsearch >/dev/null 2>&1 || missing+=(ldap-utils)
   command -v openssl >/dev/null 2>&1 || missing+=(openssl)
   command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
@@ -29,7 +28,7 @@ keyhole_install_prereqs() {
       trap '$sudo rm -f /usr/sbin/policy-rc.d' RETURN
     fi
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq \
       "${packages[@]}" >/dev/null
   fi
   if ! command -v s3s-fs >/dev/null 2>&1; then
