@@ -12,6 +12,7 @@ pub mod directory;
 pub mod exit;
 pub mod gather;
 pub mod homes;
+pub mod instance;
 pub mod keys;
 pub mod lock;
 pub mod logging;

@@ -29,6 +29,9 @@ enum Command {
     Members(cmd::members::Args),
     Plan(cmd::plan::Args),
     Publish(cmd::publish::Args),
+    Whois(cmd::whois::Args),
+    AuthorizedKeys(cmd::authorized_keys::Args),
+    Refresh(cmd::refresh::Args),
 }
 
 fn main() -> ExitCode {
@@ -67,5 +70,8 @@ async fn dispatch(command: Command, global: &cmd::GlobalArgs) -> anyhow::Result<
         Command::Members(args) => cmd::members::run(args, global).await,
         Command::Plan(args) => cmd::plan::run(args, global).await,
         Command::Publish(args) => cmd::publish::run(args, global).await,
+        Command::Whois(args) => cmd::whois::run(args, global).await,
+        Command::AuthorizedKeys(args) => cmd::authorized_keys::run(args, global).await,
+        Command::Refresh(args) => cmd::refresh::run(args, global).await,
     }
 }

@@ -4,10 +4,13 @@
 
 use std::path::PathBuf;
 
+pub mod authorized_keys;
 pub mod check;
 pub mod members;
 pub mod plan;
 pub mod publish;
+pub mod refresh;
+pub mod whois;
 
 /// Options every command accepts.
 #[derive(Debug, Clone, clap::Args)]
