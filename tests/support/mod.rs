@@ -12,3 +12,4 @@ pub mod homes;
 pub mod keyhole;
 pub mod s3;
 pub mod samba;
+pub mod sshd;

@@ -1,0 +1,140 @@
+//! A real OpenSSH server for end-to-end tests: `sshd -D -e` on 127.0.0.1 at a free port, with a
+//! test configuration whose `AuthorizedKeysCommand` is the built keyhole, run as `nobody` as in
+//! production. Logins are made with the real `ssh` client. Killed on `Drop`.
+//!
+//! sshd only runs an AuthorizedKeysCommand whose path, and every directory above it, is owned by
+//! root and writable by nobody else, so the command (a small wrapper that points keyhole at its
+//! settings and the test S3 credentials) lives in a fresh 0755 directory under the target dir,
+//! never under the world-writable /tmp.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Sshd {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Sshd {
+    /// Starts sshd, letting `login_user` in with the keys `keyhole authorized-keys` prints when run
+    /// with `config` and the environment `env` (e.g. AWS credentials for the test S3).
+    pub fn start(config: &Path, env: &[(String, String)]) -> Sshd {
+        let dir = tempfile::Builder::new()
+            .prefix("sshd-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .expect("a directory for sshd");
+        let root = dir.path();
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::create_dir_all("/run/sshd").expect("sshd's privilege separation directory");
+
+        let host_key = root.join("host_ed25519");
+        let made = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&host_key)
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{made:?}");
+
+        // The wrapper: sshd gives the command an empty environment, and secrets never go in argv.
+        let mut exports = String::new();
+        for (name, value) in env {
+            exports.push_str(&format!("export {name}='{value}'\n"));
+        }
+        let wrapper = root.join("keyhole-authorized-keys");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\n{exports}exec {} --config {} authorized-keys \"$@\"\n",
+                env!("CARGO_BIN_EXE_keyhole"),
+                config.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+        let port = free_port();
+        let sshd_config = root.join("sshd_config");
+        std::fs::write(
+            &sshd_config,
+            format!(
+                "ListenAddress 127.0.0.1:{port}\n\
+                 HostKey {host_key}\n\
+                 PidFile none\n\
+                 UsePAM no\n\
+                 PermitRootLogin prohibit-password\n\
+                 PasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\n\
+                 PubkeyAuthentication yes\n\
+                 StrictModes yes\n\
+                 AuthorizedKeysFile none\n\
+                 AuthorizedKeysCommand {wrapper} %u %f\n\
+                 AuthorizedKeysCommandUser nobody\n\
+                 LogLevel VERBOSE\n",
+                host_key = host_key.display(),
+                wrapper = wrapper.display(),
+            ),
+        )
+        .unwrap();
+
+        let log = std::fs::File::create(root.join("sshd.log")).unwrap();
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(&sshd_config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting sshd (scripts/test installs openssh-server)");
+        let address = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect_timeout(&address, Duration::from_millis(100)).is_err() {
+            assert!(Instant::now() < deadline, "sshd did not listen on {address}: {}", std::fs::read_to_string(root.join("sshd.log")).unwrap_or_default());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Sshd { child, port, dir }
+    }
+
+    /// `ssh -i KEY -p PORT USER@127.0.0.1 true`: true when the login succeeded.
+    pub fn login(&self, user: &str, private_key: &Path) -> bool {
+        let output = Command::new("ssh")
+            .arg("-i")
+            .arg(private_key)
+            .args(["-p", &self.port.to_string()])
+            .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none"])
+            .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
+            .args(["-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR"])
+            .arg(format!("{user}@127.0.0.1"))
+            .arg("true")
+            .stdin(Stdio::null())
+            .output()
+            .expect("running ssh");
+        output.status.success()
+    }
+
+    /// Everything sshd logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("finding a free port on 127.0.0.1")
+}
