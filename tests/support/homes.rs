@@ -2,7 +2,7 @@
 //! and moded as sshd expects (the tests run as root, so any uid can own a file), and fresh keys
 //! made with `ssh-keygen` so fingerprints are real.
 
-use std::os::unix::fs::{PermissionsExt, chown};
+use std::os::unix::fs::{PermissionsExt, chown, lchown};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -91,6 +91,52 @@ impl Homes {
         set(&ssh, uid, 0o700);
         set(&file, uid, 0o600);
         file
+    }
+}
+
+impl Homes {
+    /// `<dir>/.ssh/authorized_keys`, whatever is there (or nothing).
+    pub fn authorized_keys(&self, dir: &str) -> PathBuf {
+        self.home(dir).join(".ssh/authorized_keys")
+    }
+
+    /// Replaces `<dir>/.ssh/authorized_keys` with a symlink to `target` (relative or absolute),
+    /// owned by `uid` as the user's own `ln -s` would leave it.
+    pub fn link_authorized_keys(&self, dir: &str, uid: u32, target: &Path) -> PathBuf {
+        let link = self.authorized_keys(dir);
+        remove_any(&link);
+        std::os::unix::fs::symlink(target, &link).unwrap();
+        lchown(&link, Some(uid), Some(uid)).unwrap();
+        link
+    }
+
+    /// Replaces `<dir>/.ssh/authorized_keys` with a FIFO owned by `uid`, mode 0600: sound in
+    /// every respect but its type. Nobody ever writes to it, so opening it blocking would hang.
+    pub fn fifo_authorized_keys(&self, dir: &str, uid: u32) -> PathBuf {
+        let fifo = self.authorized_keys(dir);
+        remove_any(&fifo);
+        let made = Command::new("mkfifo").arg(&fifo).output().unwrap();
+        assert!(made.status.success(), "mkfifo: {made:?}");
+        set(&fifo, uid, 0o600);
+        fifo
+    }
+
+    /// Replaces `<dir>/.ssh/authorized_keys` with a directory owned by `uid`, mode 0700.
+    pub fn dir_authorized_keys(&self, dir: &str, uid: u32) -> PathBuf {
+        let path = self.authorized_keys(dir);
+        remove_any(&path);
+        std::fs::create_dir(&path).unwrap();
+        set(&path, uid, 0o700);
+        path
+    }
+}
+
+/// Removes whatever is at `path` (file, symlink, FIFO or directory tree); nothing there is fine.
+pub fn remove_any(path: &Path) {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path).unwrap(),
+        Ok(_) => std::fs::remove_file(path).unwrap(),
+        Err(_) => {}
     }
 }
 
