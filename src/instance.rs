@@ -88,7 +88,8 @@ impl Cache {
             Ok(bytes) => bytes,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(error) => {
-                return Err(anyhow::Error::new(error).context(format!("reading the cache file {}", path.display())));
+                return Err(anyhow::Error::new(error)
+                    .context(format!("reading the cache file {}", path.display())));
             }
         };
         let split = bytes.iter().position(|&b| b == b'\n');
@@ -184,20 +185,32 @@ pub async fn refresh(
 ) -> anyhow::Result<Manifest> {
     let cached_manifest = cache.read(MANIFEST)?;
     let fetched = store
-        .get(&layout.manifest(), cached_manifest.as_ref().map(|c| c.meta.etag.as_str()))
+        .get(
+            &layout.manifest(),
+            cached_manifest.as_ref().map(|c| c.meta.etag.as_str()),
+        )
         .await
         .context("fetching the manifest")?;
     let (bytes, etag) = match (fetched, &cached_manifest) {
         (Fetched::Object(object), _) => (object.body, object.etag),
         (Fetched::NotModified, Some(cached)) => (cached.body.clone(), cached.meta.etag.clone()),
-        (Fetched::NotModified, None) => bail!("the store answered 'not modified' for a manifest this host does not have"),
+        (Fetched::NotModified, None) => {
+            bail!("the store answered 'not modified' for a manifest this host does not have")
+        }
         (Fetched::Missing, _) => bail!("no manifest is published at {}", layout.manifest()),
     };
     let manifest = Manifest::parse(&bytes)?;
     if let Some(verifier) = verifier {
-        let signature = match store.get(&layout.signature(), None).await.context("fetching the manifest signature")? {
+        let signature = match store
+            .get(&layout.signature(), None)
+            .await
+            .context("fetching the manifest signature")?
+        {
             Fetched::Object(object) => object.body,
-            _ => bail!("the manifest is not signed ({} is missing), and instance.verify_key requires it", layout.signature()),
+            _ => bail!(
+                "the manifest is not signed ({} is missing), and instance.verify_key requires it",
+                layout.signature()
+            ),
         };
         verifier
             .verify(&bytes, &String::from_utf8_lossy(&signature))
@@ -222,8 +235,16 @@ pub async fn refresh(
 
     for group in &instance.access_groups {
         let Some(entry) = manifest.groups.get(group) else {
-            tracing::warn!(group, "this host's access group is not published: it grants no keys");
-            let empty = Meta { etag: String::new(), confirmed_at: unix_seconds(now), generation: manifest.generation, sha256: sha256_hex(b"") };
+            tracing::warn!(
+                group,
+                "this host's access group is not published: it grants no keys"
+            );
+            let empty = Meta {
+                etag: String::new(),
+                confirmed_at: unix_seconds(now),
+                generation: manifest.generation,
+                sha256: sha256_hex(b""),
+            };
             cache.write(&format!("group-{group}"), &empty, b"")?;
             continue;
         };
@@ -233,30 +254,60 @@ pub async fn refresh(
             Some(cached) if cached.meta.sha256 == entry.sha256 => cached.body.clone(),
             _ => {
                 let key = layout.group(group);
-                match store.get(&key, None).await.with_context(|| format!("fetching {key}"))? {
+                match store
+                    .get(&key, None)
+                    .await
+                    .with_context(|| format!("fetching {key}"))?
+                {
                     Fetched::Object(object) => {
                         let sha256 = sha256_hex(&object.body);
                         if sha256 != entry.sha256 {
-                            bail!("refusing {key}: its SHA-256 {sha256} is not the {} the manifest records (tampered, or a publish in progress)", entry.sha256);
+                            bail!(
+                                "refusing {key}: its SHA-256 {sha256} is not the {} the manifest records (tampered, or a publish in progress)",
+                                entry.sha256
+                            );
                         }
-                        cache.write(&name, &Meta { etag: object.etag, confirmed_at: unix_seconds(now), generation: manifest.generation, sha256 }, &object.body)?;
+                        cache.write(
+                            &name,
+                            &Meta {
+                                etag: object.etag,
+                                confirmed_at: unix_seconds(now),
+                                generation: manifest.generation,
+                                sha256,
+                            },
+                            &object.body,
+                        )?;
                         continue;
                     }
                     _ => bail!("{key} is listed in the manifest but missing from the bucket"),
                 }
             }
         };
-        let mut meta = cached.map(|c| c.meta).unwrap_or_else(|| Meta { etag: String::new(), confirmed_at: 0, generation: 0, sha256: entry.sha256.clone() });
+        let mut meta = cached.map(|c| c.meta).unwrap_or_else(|| Meta {
+            etag: String::new(),
+            confirmed_at: 0,
+            generation: 0,
+            sha256: entry.sha256.clone(),
+        });
         meta.confirmed_at = unix_seconds(now);
         meta.generation = manifest.generation;
         cache.write(&name, &meta, &body)?;
     }
 
     let index = index_body(&manifest, &instance.access_groups);
-    cache.write(ATTRIBUTION, &attribution_meta(&manifest, now, &index), index.as_bytes())?;
+    cache.write(
+        ATTRIBUTION,
+        &attribution_meta(&manifest, now, &index),
+        index.as_bytes(),
+    )?;
     cache.write(
         MANIFEST,
-        &Meta { etag, confirmed_at: unix_seconds(now), generation: manifest.generation, sha256: sha256_hex(&bytes) },
+        &Meta {
+            etag,
+            confirmed_at: unix_seconds(now),
+            generation: manifest.generation,
+            sha256: sha256_hex(&bytes),
+        },
         &bytes,
     )?;
     Ok(manifest)
@@ -283,7 +334,11 @@ fn index_body(manifest: &Manifest, groups: &[String]) -> String {
             .map(|group| describe_grant(manifest, group, &owner.user))
             .collect();
         if !reasons.is_empty() {
-            body.push_str(&format!("{fingerprint} {} ({})\n", owner.user, reasons.join("; ")));
+            body.push_str(&format!(
+                "{fingerprint} {} ({})\n",
+                owner.user,
+                reasons.join("; ")
+            ));
         }
     }
     body
@@ -304,7 +359,11 @@ pub fn describe_grant(manifest: &Manifest, group: &str, user: &str) -> String {
 
 /// What to give sshd: for each of this host's access groups, its cached body if it was confirmed
 /// within `max_stale`. Groups past that are left out (fail closed), and named in the second list.
-pub fn servable(cache: &Cache, instance: &InstanceSettings, now: SystemTime) -> anyhow::Result<(Vec<Cached>, Vec<String>)> {
+pub fn servable(
+    cache: &Cache,
+    instance: &InstanceSettings,
+    now: SystemTime,
+) -> anyhow::Result<(Vec<Cached>, Vec<String>)> {
     let mut served = Vec::new();
     let mut refused = Vec::new();
     for group in &instance.access_groups {
@@ -318,7 +377,11 @@ pub fn servable(cache: &Cache, instance: &InstanceSettings, now: SystemTime) -> 
 
 /// True when every access group of this host is cached and younger than `cache_ttl`: such a
 /// login needs no network at all.
-pub fn all_fresh(cache: &Cache, instance: &InstanceSettings, now: SystemTime) -> anyhow::Result<bool> {
+pub fn all_fresh(
+    cache: &Cache,
+    instance: &InstanceSettings,
+    now: SystemTime,
+) -> anyhow::Result<bool> {
     for group in &instance.access_groups {
         match cache.group(group)? {
             Some(cached) if cached.meta.age(now) < instance.cache_ttl => {}
@@ -329,7 +392,10 @@ pub fn all_fresh(cache: &Cache, instance: &InstanceSettings, now: SystemTime) ->
 }
 
 /// Groups of one manifest entry by person, for `whois` from any manifest.
-pub fn owner_of<'m>(manifest: &'m Manifest, fingerprint: &str) -> Option<(&'m str, BTreeMap<&'m str, Vec<String>>)> {
+pub fn owner_of<'m>(
+    manifest: &'m Manifest,
+    fingerprint: &str,
+) -> Option<(&'m str, BTreeMap<&'m str, Vec<String>>)> {
     let owner = manifest.fingerprints.get(fingerprint)?;
     let groups = owner
         .groups

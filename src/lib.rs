@@ -23,4 +23,5 @@ pub mod render;
 pub mod report;
 pub mod resolve;
 pub mod settings;
+pub mod signing;
 pub mod store;

@@ -101,12 +101,12 @@ pub fn plan(
                 continue;
             }
             RenderedGroup::Held { unknown } => {
-                problems.push(Problem {
-                    user: unknown.join(", "),
+                problems.extend(unknown.iter().map(|user| Problem {
+                    user: user.clone(),
                     reason: format!(
                         "keys unknown (home unreadable); access group {name} left as published"
                     ),
-                });
+                }));
                 keep(&mut next, published, name);
                 groups.insert(name.clone(), unchanged());
                 continue;

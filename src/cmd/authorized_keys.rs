@@ -38,10 +38,10 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
         return Ok(Exit::Success);
     }
     let cache = Cache::new(&instance.cache_dir);
-    if !instance::all_fresh(&cache, instance, SystemTime::now())? {
-        if let Err(error) = fetch(&settings, &cache, instance.fetch_timeout).await {
-            tracing::warn!("could not refresh the key cache, serving what is cached: {error:#}");
-        }
+    if !instance::all_fresh(&cache, instance, SystemTime::now())?
+        && let Err(error) = fetch(&settings, &cache, instance.fetch_timeout).await
+    {
+        tracing::warn!("could not refresh the key cache, serving what is cached: {error:#}");
     }
 
     let (served, refused) = instance::servable(&cache, instance, SystemTime::now())?;
@@ -60,16 +60,27 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
         let who = cache
             .attribution(fingerprint)?
             .unwrap_or_else(|| "a key keyhole does not serve".to_owned());
-        announce(&format!("keyhole: login as {} with {fingerprint} = {who}", args.user));
+        announce(&format!(
+            "keyhole: login as {} with {fingerprint} = {who}",
+            args.user
+        ));
     }
     if !refused.is_empty() {
         tracing::error!(groups = ?refused, max_stale = ?instance.max_stale, "no current copy of these access groups: serving no keys for them");
     }
-    Ok(if served.is_empty() { Exit::Failure } else { Exit::Success })
+    Ok(if served.is_empty() {
+        Exit::Failure
+    } else {
+        Exit::Success
+    })
 }
 
 /// Refreshes the cache from S3, all of it bounded by `timeout`.
-pub(crate) async fn fetch(settings: &Settings, cache: &Cache, timeout: std::time::Duration) -> anyhow::Result<()> {
+pub(crate) async fn fetch(
+    settings: &Settings,
+    cache: &Cache,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
     let instance = settings.instance()?;
     let s3 = settings.s3()?;
     let verifier = instance
@@ -90,7 +101,15 @@ pub(crate) async fn fetch(settings: &Settings, cache: &Cache, timeout: std::time
         let layout = Layout {
             prefix: s3.prefix.clone(),
         };
-        instance::refresh(&store, &layout, cache, instance, verifier.as_ref(), SystemTime::now()).await
+        instance::refresh(
+            &store,
+            &layout,
+            cache,
+            instance,
+            verifier.as_ref(),
+            SystemTime::now(),
+        )
+        .await
     };
     match tokio::time::timeout(timeout, work).await {
         Ok(result) => result.map(|_| ()),

@@ -41,7 +41,8 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
                 .iter()
                 .map(|(name, via)| json!({"name": name, "via": via}))
                 .collect();
-            let report = json!({"fingerprint": args.fingerprint, "user": user, "access_groups": groups});
+            let report =
+                json!({"fingerprint": args.fingerprint, "user": user, "access_groups": groups});
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Format::Text | Format::Markdown => {
@@ -64,7 +65,11 @@ async fn manifest(settings: &Settings) -> anyhow::Result<Manifest> {
     let s3 = settings.s3()?;
     let store = S3Store::connect(s3, Timeouts::PUBLISHER).await;
     let key = format!("{}manifest.json", s3.prefix);
-    match store.get(&key, None).await.context("reading the published manifest")? {
+    match store
+        .get(&key, None)
+        .await
+        .context("reading the published manifest")?
+    {
         Fetched::Object(object) => Ok(Manifest::parse(&object.body)?),
         _ => anyhow::bail!("no manifest is published at s3://{}/{key}", s3.bucket),
     }

@@ -102,14 +102,30 @@ impl S3Server {
         std::fs::read_to_string(self.path(key)).ok()
     }
 
+    /// Overwrites an object behind keyhole's back, as another client (or an attacker) would.
     pub fn put_object(&self, key: &str, body: &str) {
         let path = self.path(key);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, body).unwrap();
+        self.forget_recorded_etag(key);
     }
 
     pub fn delete_object(&self, key: &str) {
         std::fs::remove_file(self.path(key)).unwrap();
+        self.forget_recorded_etag(key);
+    }
+
+    /// s3s-fs records each object's ETag and checksums in a side file when it stores it; without
+    /// it, it derives them from the bytes (the MD5, as S3 does), so the object reads as new.
+    fn forget_recorded_etag(&self, key: &str) {
+        use base64::Engine as _;
+        let encode = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let side = self.root.path().join(format!(
+            ".bucket-{}.object-{}.internal.json",
+            encode(BUCKET),
+            encode(key)
+        ));
+        let _ = std::fs::remove_file(side);
     }
 
     /// Every object key in the bucket with its modification time, sorted: compared before and

@@ -92,7 +92,11 @@ impl Sshd {
         let address = SocketAddr::from(([127, 0, 0, 1], port));
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect_timeout(&address, Duration::from_millis(100)).is_err() {
-            assert!(Instant::now() < deadline, "sshd did not listen on {address}: {}", std::fs::read_to_string(root.join("sshd.log")).unwrap_or_default());
+            assert!(
+                Instant::now() < deadline,
+                "sshd did not listen on {address}: {}",
+                std::fs::read_to_string(root.join("sshd.log")).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Sshd { child, port, dir }
@@ -104,8 +108,20 @@ impl Sshd {
             .arg("-i")
             .arg(private_key)
             .args(["-p", &self.port.to_string()])
-            .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none"])
-            .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
+            .args([
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "IdentityAgent=none",
+            ])
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+            ])
             .args(["-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR"])
             .arg(format!("{user}@127.0.0.1"))
             .arg("true")

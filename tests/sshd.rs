@@ -1,0 +1,261 @@
+//! End to end with real OpenSSH: sshd on 127.0.0.1 whose AuthorizedKeysCommand is the built
+//! keyhole (as `nobody`), after a publish to the local S3 from the real Samba AD. Members log in,
+//! others do not; a disabled member is locked out after publish + refresh; during an S3 outage
+//! the cache keeps members logging in; a tampered object or a rolled-back manifest is refused;
+//! and sshd's log names the person behind each login.
+
+mod support;
+
+use std::os::unix::fs::{PermissionsExt, chown};
+use std::path::Path;
+
+use support::homes::{Homes, Key};
+use support::keyhole::{Deployment, Run, ldap_section, run_keyhole};
+use support::s3::S3Server;
+use support::samba::{Fixture, SambaDc, UserSpec};
+use support::sshd::Sshd;
+
+const NOBODY: u32 = 65534;
+/// The shared login user; root, so that the test needs no local account of its own.
+const LOGIN_USER: &str = "root";
+
+fn fixture() -> Fixture {
+    Fixture::new()
+        .user(UserSpec::unix("bob", 21001, "/home/bob"))
+        .user(UserSpec::unix("carol", 21002, "/home/carol"))
+        .user(UserSpec::unix("eve", 21003, "/home/eve"))
+        .group("Web Team", &["bob", "carol"])
+}
+
+const POLICY: &str = "[access_groups.web-prod]\ngroups = [\"Web Team\"]\n";
+
+struct Fleet {
+    dc: SambaDc,
+    s3: S3Server,
+    _homes: Homes,
+    keys: std::collections::BTreeMap<&'static str, Key>,
+    publisher: Deployment,
+    /// The instance's directory: settings and cache, readable and writable by `nobody`.
+    instance: tempfile::TempDir,
+}
+
+impl Fleet {
+    fn new() -> Fleet {
+        let dc = SambaDc::start(&fixture());
+        let s3 = S3Server::start();
+        let homes = Homes::new();
+        let mut keys = std::collections::BTreeMap::new();
+        for (name, uid) in [("bob", 21001), ("carol", 21002), ("eve", 21003)] {
+            let key = homes.key(name, "ed25519");
+            homes.write(name, uid, &format!("{}\n", key.line));
+            keys.insert(name, key);
+        }
+        let mut publisher = Deployment::new(&dc, POLICY);
+        publisher.env.extend(s3.env());
+        let lock = format!(
+            "\n[safety]\nlock_file = \"{}\"\n",
+            publisher.path("publish.lock").display()
+        );
+        publisher.write_settings(&format!(
+            "{}{}{}{lock}",
+            ldap_section(&dc, &dc.ldaps_url(), &dc.ca_file()),
+            s3.settings("ssh/"),
+            homes.settings()
+        ));
+        let instance = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(instance.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let fleet = Fleet {
+            dc,
+            s3,
+            _homes: homes,
+            keys,
+            publisher,
+            instance,
+        };
+        fleet.write_instance_settings("5m", "cache");
+        fleet
+    }
+
+    /// The instance's keyhole.toml with `cache_ttl` and a cache directory owned by nobody.
+    fn write_instance_settings(&self, cache_ttl: &str, cache: &str) {
+        let cache_dir = self.instance.path().join(cache);
+        std::fs::create_dir_all(&cache_dir).unwrap();
+        chown(&cache_dir, Some(NOBODY), Some(NOBODY)).unwrap();
+        let settings = format!(
+            "{}\n[instance]\nlogin_user = \"{LOGIN_USER}\"\naccess_groups = [\"web-prod\"]\ncache_dir = \"{}\"\ncache_ttl = \"{cache_ttl}\"\nmax_stale = \"1h\"\nfetch_timeout = \"2s\"\n",
+            self.s3.settings("ssh/"),
+            cache_dir.display()
+        );
+        std::fs::write(self.instance_config(), settings).unwrap();
+    }
+
+    fn instance_config(&self) -> std::path::PathBuf {
+        self.instance.path().join("keyhole.toml")
+    }
+
+    /// The AWS credentials the instance finds, as files (sshd passes no environment).
+    fn instance_env(&self) -> Vec<(String, String)> {
+        let credentials = self.instance.path().join("aws-credentials");
+        let env = self.s3.env();
+        let value = |name: &str| env.iter().find(|(k, _)| k == name).unwrap().1.clone();
+        std::fs::write(
+            &credentials,
+            format!(
+                "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+                value("AWS_ACCESS_KEY_ID"),
+                value("AWS_SECRET_ACCESS_KEY")
+            ),
+        )
+        .unwrap();
+        chown(&credentials, Some(NOBODY), Some(NOBODY)).unwrap();
+        std::fs::set_permissions(&credentials, std::fs::Permissions::from_mode(0o600)).unwrap();
+        vec![
+            (
+                "AWS_SHARED_CREDENTIALS_FILE".into(),
+                credentials.display().to_string(),
+            ),
+            ("AWS_CONFIG_FILE".into(), "/nonexistent".into()),
+            ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+        ]
+    }
+
+    fn publish(&self, args: &[&str]) -> Run {
+        let mut all = vec!["publish"];
+        all.extend_from_slice(args);
+        self.publisher.run(&all)
+    }
+
+    /// `keyhole refresh` on the instance, as nobody (the cache's owner).
+    fn refresh(&self) -> std::process::Output {
+        let mut command = std::process::Command::new("setpriv");
+        command.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"]);
+        command
+            .arg(env!("CARGO_BIN_EXE_keyhole"))
+            .arg("--config")
+            .arg(self.instance_config())
+            .arg("refresh");
+        command.env_clear().envs(self.instance_env());
+        command.output().unwrap()
+    }
+
+    fn disable(&self, user: &str) {
+        self.dc.modify(&format!(
+            "dn: {}\nchangetype: modify\nreplace: userAccountControl\nuserAccountControl: 514\n",
+            self.dc.user_dn(user)
+        ));
+    }
+
+    fn key(&self, user: &str) -> &Path {
+        &self.keys[user].private
+    }
+}
+
+#[test]
+fn real_sshd_lets_members_in_and_keeps_everyone_else_out() {
+    let mut fleet = Fleet::new();
+    let published = fleet.publish(&[]);
+    assert_eq!(published.code, 0, "{published:#?}");
+    let sshd = Sshd::start(&fleet.instance_config(), &fleet.instance_env());
+
+    assert!(
+        sshd.login(LOGIN_USER, fleet.key("bob")),
+        "bob is in Web Team: {}",
+        sshd.log()
+    );
+    assert!(
+        !sshd.login(LOGIN_USER, fleet.key("eve")),
+        "eve is in no access group"
+    );
+    let log = sshd.log();
+    let attribution = format!(
+        "keyhole: login as {LOGIN_USER} with {} = bob (web-prod via Web Team)",
+        fleet.keys["bob"].fingerprint
+    );
+    assert!(
+        log.contains(&attribution),
+        "sshd's log does not attribute the login:\n{log}"
+    );
+    assert!(
+        log.contains(&format!("Accepted publickey for {LOGIN_USER}")),
+        "{log}"
+    );
+
+    // Revocation: bob is disabled in AD; publish, refresh, and he is out.
+    fleet.disable("bob");
+    assert_eq!(fleet.publish(&[]).code, 0);
+    let refreshed = fleet.refresh();
+    assert!(refreshed.status.success(), "{refreshed:?}");
+    assert!(
+        !sshd.login(LOGIN_USER, fleet.key("bob")),
+        "a disabled member still logs in"
+    );
+    assert!(sshd.login(LOGIN_USER, fleet.key("carol")), "{}", sshd.log());
+
+    // An S3 outage: the cache is stale (ttl 1s) but within max_stale, so members still log in.
+    fleet.write_instance_settings("1s", "cache");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    fleet.s3.stop();
+    assert!(
+        sshd.login(LOGIN_USER, fleet.key("carol")),
+        "an S3 outage locked members out: {}",
+        sshd.log()
+    );
+    fleet.s3.restart();
+}
+
+#[test]
+fn tampered_objects_and_rolled_back_manifests_are_refused() {
+    let fleet = Fleet::new();
+    assert_eq!(fleet.publish(&[]).code, 0);
+    let sshd = Sshd::start(&fleet.instance_config(), &fleet.instance_env());
+
+    // Rollback: keep generation 1 (bob and carol), publish generation 2 without bob, let the
+    // instance see it, then put generation 1 back in the bucket.
+    let gen1_manifest = fleet.s3.object("ssh/manifest.json").unwrap();
+    let gen1_group = fleet.s3.object("ssh/web-prod/authorized_keys").unwrap();
+    fleet.disable("bob");
+    assert_eq!(fleet.publish(&[]).code, 0);
+    assert!(fleet.refresh().status.success());
+    fleet.s3.put_object("ssh/manifest.json", &gen1_manifest);
+    fleet
+        .s3
+        .put_object("ssh/web-prod/authorized_keys", &gen1_group);
+    let refused = fleet.refresh();
+    assert!(
+        !refused.status.success(),
+        "a rolled-back manifest was accepted"
+    );
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("rollback"),
+        "{refused:?}"
+    );
+    assert!(
+        !sshd.login(LOGIN_USER, fleet.key("bob")),
+        "the rollback let a revoked person back in"
+    );
+
+    // Tampering: a fresh instance (empty cache) and a group file with an extra key. The file no
+    // longer matches the manifest, so nothing is served: not even carol's real key.
+    fleet.s3.put_object("ssh/manifest.json", &gen1_manifest);
+    let tampered = format!("{gen1_group}{}\n", fleet.keys["eve"].line);
+    fleet
+        .s3
+        .put_object("ssh/web-prod/authorized_keys", &tampered);
+    fleet.write_instance_settings("5m", "fresh-cache");
+    assert!(
+        !sshd.login(LOGIN_USER, fleet.key("eve")),
+        "a key added to the bucket by hand was served"
+    );
+    assert!(
+        !sshd.login(LOGIN_USER, fleet.key("carol")),
+        "tampered content was served"
+    );
+    let direct = run_keyhole(
+        &fleet.instance_config(),
+        &["authorized-keys", LOGIN_USER],
+        &fleet.instance_env(),
+    );
+    assert_eq!(direct.code, 1, "{direct:#?}");
+    assert!(direct.stdout.is_empty(), "{direct:#?}");
+    assert!(direct.stderr.contains("is not the"), "{}", direct.stderr);
+}
