@@ -61,11 +61,20 @@ pub struct Plan {
     /// The manifest to write when anything changes.
     #[serde(skip)]
     pub manifest: Manifest,
+    /// Nothing changed, but the signed manifest is past half its validity: write it again with a
+    /// new `not_after` (SPEC.md "Signing").
+    #[serde(skip)]
+    pub resign: bool,
 }
 
 impl Plan {
     pub fn has_changes(&self) -> bool {
         self.groups.values().any(|g| g.action != Action::Unchanged)
+    }
+
+    /// Whether a publish of this plan writes anything at all.
+    pub fn writes(&self) -> bool {
+        self.has_changes() || self.resign
     }
 }
 
@@ -188,6 +197,7 @@ pub fn plan(
         groups,
         problems,
         manifest: next,
+        resign: false,
     };
     if plan.has_changes() {
         plan.manifest.generation = published.generation + 1;

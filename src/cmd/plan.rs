@@ -57,6 +57,26 @@ pub(crate) fn format_plan(plan: &Plan, format: Format) -> String {
     }
 }
 
+/// With signing, every manifest written carries `not_after = now + validity`; when nothing else
+/// changed, the manifest is still re-signed once half of the published validity has passed, so
+/// instances never see a signed manifest expire while the publisher runs.
+fn sign_by_schedule(plan: &mut Plan, published: &Manifest, signing: &crate::settings::SigningSettings, now: SystemTime) {
+    let due = match published.not_after.as_deref().map(crate::signing::parse_time) {
+        Some(Ok(not_after)) => crate::signing::needs_resign(not_after, signing.validity, now),
+        // Never signed (or unreadable): sign now.
+        _ => true,
+    };
+    if !plan.has_changes() && !due {
+        plan.manifest.not_after = published.not_after.clone();
+        return;
+    }
+    plan.manifest.not_after = Some(crate::signing::format_time(now + signing.validity));
+    if !plan.has_changes() {
+        plan.resign = true;
+        plan.manifest.generation = published.generation + 1;
+    }
+}
+
 /// The first half of a publish: everything read, the plan computed, nothing written.
 pub(crate) struct Prepared {
     pub gathered: Gathered,
@@ -104,8 +124,13 @@ pub(crate) async fn prepare(
         &settings.safety,
         selection,
     );
-    if plan.has_changes() {
-        plan.manifest.policy_commit = gathered.policy_commit.clone();
+    plan.manifest.policy_commit = if plan.has_changes() {
+        gathered.policy_commit.clone()
+    } else {
+        published.policy_commit.clone()
+    };
+    if let Some(signing) = &settings.signing {
+        sign_by_schedule(&mut plan, &published, signing, SystemTime::now());
     }
     let mut problems = gathered.problems.clone();
     problems.append(&mut plan.problems);

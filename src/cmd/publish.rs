@@ -18,6 +18,7 @@ use crate::exit::{EXIT_CODES_HELP, Exit, coded};
 use crate::lock::PublishLock;
 use crate::plan::Action;
 use crate::settings::Settings;
+use crate::signing::Signer;
 use crate::store::{ObjectStore, Precondition, StoreError};
 
 /// Group files written at the same time.
@@ -68,10 +69,17 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
     if plan.guard.refused {
         tracing::warn!(reasons = ?plan.guard.reasons, "publishing past the safety guard (--force)");
     }
-    if !plan.has_changes() {
+    if !plan.writes() {
         tracing::info!("nothing changed; nothing written");
         return Ok(unknown_exit(&prepared));
     }
+    // Load the signing key before writing anything: a missing key must not leave a half publish.
+    let signer = settings
+        .signing
+        .as_ref()
+        .map(|signing| Signer::load(&signing.key_file))
+        .transpose()
+        .context("loading the signing key")?;
 
     let s3 = settings.s3()?;
     let store = &prepared.store;
@@ -98,12 +106,14 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
         Some(etag) => Precondition::Matches(etag.clone()),
         None => Precondition::Absent,
     };
+    let manifest = plan.manifest.to_json();
+    let signature = signer
+        .as_ref()
+        .map(|signer| signer.sign(&manifest))
+        .transpose()
+        .context("signing the manifest")?;
     match store
-        .put(
-            &prepared.manifest_key,
-            plan.manifest.to_json(),
-            precondition,
-        )
+        .put(&prepared.manifest_key, manifest, precondition)
         .await
     {
         Ok(_) => {}
@@ -115,6 +125,14 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
             ));
         }
         Err(error) => return Err(anyhow::Error::new(error).context("writing the manifest")),
+    }
+
+    if let Some(signature) = signature {
+        let key = format!("{}.sig", prepared.manifest_key);
+        store
+            .put(&key, signature.into_bytes(), Precondition::None)
+            .await
+            .context("writing the manifest signature")?;
     }
 
     for (name, group) in &plan.groups {
