@@ -22,4 +22,5 @@ pub mod render;
 pub mod report;
 pub mod resolve;
 pub mod settings;
+pub mod signing;
 pub mod store;
