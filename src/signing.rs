@@ -570,9 +570,19 @@ E0HL4urUipcKLfKD6rPEky021sQSe4XZxdGxqvvMSU+K/nynqNPtXeEncB4MKCu1N7hPhC
 
     #[test]
     fn re_signing_arithmetic_does_not_overflow_at_the_ends_of_time() {
-        assert!(needs_resign(UNIX_EPOCH, 7 * DAY, UNIX_EPOCH));
-        let far = UNIX_EPOCH + Duration::from_secs(1 << 40);
-        assert!(!needs_resign(far, Duration::from_secs(1 << 41), UNIX_EPOCH));
+        // Signed before time began: re-sign.
+        assert!(needs_resign(UNIX_EPOCH, Duration::MAX, UNIX_EPOCH));
+        // `now + validity` does not fit in a SystemTime: not "past a shortened validity".
+        let validity = Duration::from_secs(20_000_000_000);
+        let now = UNIX_EPOCH + Duration::from_secs(i64::MAX as u64 - 15_000_000_000);
+        let not_after = now + validity / 2 + Duration::from_secs(1);
+        assert!(now.checked_add(validity).is_none());
+        assert!(!needs_resign(not_after, validity, now));
+        assert!(needs_resign(
+            not_after,
+            validity,
+            now + Duration::from_secs(1)
+        ));
     }
 
     #[test]
