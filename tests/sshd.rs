@@ -37,6 +37,8 @@ struct Fleet {
     publisher: Deployment,
     /// The instance's directory: settings and cache, readable and writable by `nobody`.
     instance: tempfile::TempDir,
+    /// The publisher's signing public key, as `instance.verify_key`.
+    verify_key: String,
 }
 
 impl Fleet {
@@ -56,12 +58,34 @@ impl Fleet {
             "\n[safety]\nlock_file = \"{}\"\n",
             publisher.path("publish.lock").display()
         );
+        // The publisher signs; instances verify with the public half.
+        let signing_key = publisher.path("signing-key");
+        let made = std::process::Command::new("ssh-keygen")
+            .args([
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "keyhole-signing",
+                "-f",
+            ])
+            .arg(&signing_key)
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{made:?}");
+        let signing = format!(
+            "\n[signing]\nkey_file = \"{}\"\nvalidity = \"7d\"\n",
+            signing_key.display()
+        );
         publisher.write_settings(&format!(
-            "{}{}{}{lock}",
+            "{}{}{}{lock}{signing}",
             ldap_section(&dc, &dc.ldaps_url(), &dc.ca_file()),
             s3.settings("ssh/"),
             homes.settings()
         ));
+        let verify_key = std::fs::read_to_string(publisher.path("signing-key.pub")).unwrap();
         let instance = tempfile::tempdir().unwrap();
         std::fs::set_permissions(instance.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let fleet = Fleet {
@@ -71,6 +95,7 @@ impl Fleet {
             keys,
             publisher,
             instance,
+            verify_key,
         };
         fleet.write_instance_settings("5m", "cache");
         fleet
@@ -82,9 +107,10 @@ impl Fleet {
         std::fs::create_dir_all(&cache_dir).unwrap();
         chown(&cache_dir, Some(NOBODY), Some(NOBODY)).unwrap();
         let settings = format!(
-            "{}\n[instance]\nlogin_user = \"{LOGIN_USER}\"\naccess_groups = [\"web-prod\"]\ncache_dir = \"{}\"\ncache_ttl = \"{cache_ttl}\"\nmax_stale = \"1h\"\nfetch_timeout = \"2s\"\n",
+            "{}\n[instance]\nlogin_user = \"{LOGIN_USER}\"\naccess_groups = [\"web-prod\"]\ncache_dir = \"{}\"\ncache_ttl = \"{cache_ttl}\"\nmax_stale = \"1h\"\nfetch_timeout = \"2s\"\nverify_key = \"{}\"\n",
             self.s3.settings("ssh/"),
-            cache_dir.display()
+            cache_dir.display(),
+            self.verify_key.trim()
         );
         std::fs::write(self.instance_config(), settings).unwrap();
     }
@@ -212,11 +238,16 @@ fn tampered_objects_and_rolled_back_manifests_are_refused() {
     // Rollback: keep generation 1 (bob and carol), publish generation 2 without bob, let the
     // instance see it, then put generation 1 back in the bucket.
     let gen1_manifest = fleet.s3.object("ssh/manifest.json").unwrap();
+    let gen1_signature = fleet.s3.object("ssh/manifest.json.sig").unwrap();
     let gen1_group = fleet.s3.object("ssh/web-prod/authorized_keys").unwrap();
     fleet.disable("bob");
     assert_eq!(fleet.publish(&[]).code, 0);
     assert!(fleet.refresh().status.success());
+    // A validly signed, older manifest: the signature checks out, the generation does not.
     fleet.s3.put_object("ssh/manifest.json", &gen1_manifest);
+    fleet
+        .s3
+        .put_object("ssh/manifest.json.sig", &gen1_signature);
     fleet
         .s3
         .put_object("ssh/web-prod/authorized_keys", &gen1_group);
@@ -232,6 +263,34 @@ fn tampered_objects_and_rolled_back_manifests_are_refused() {
     assert!(
         !sshd.login(LOGIN_USER, fleet.key("bob")),
         "the rollback let a revoked person back in"
+    );
+
+    // A forged manifest: generation 1's content edited to look newest, with its old signature.
+    let forged = gen1_manifest.replace("\"generation\": 1", "\"generation\": 99");
+    assert_ne!(forged, gen1_manifest);
+    fleet.s3.put_object("ssh/manifest.json", &forged);
+    let forged_refresh = fleet.refresh();
+    assert!(!forged_refresh.status.success());
+    assert!(
+        String::from_utf8_lossy(&forged_refresh.stderr).contains("signature does not verify"),
+        "{forged_refresh:?}"
+    );
+    assert!(
+        !sshd.login(LOGIN_USER, fleet.key("bob")),
+        "a forged manifest let a revoked person back in"
+    );
+
+    // A forged manifest: generation 1's content edited to look newest, under its old signature.
+    let forged = gen1_manifest.replace("\"generation\": 1", "\"generation\": 99");
+    assert_ne!(forged, gen1_manifest);
+    fleet.s3.put_object("ssh/manifest.json", &forged);
+    let forged_refresh = fleet.refresh();
+    assert!(!forged_refresh.status.success());
+    let stderr = String::from_utf8_lossy(&forged_refresh.stderr);
+    assert!(stderr.contains("signature does not verify"), "{stderr}");
+    assert!(
+        !sshd.login(LOGIN_USER, fleet.key("bob")),
+        "a forged manifest let bob back in"
     );
 
     // Tampering: a fresh instance (empty cache) and a group file with an extra key. The file no

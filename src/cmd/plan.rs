@@ -60,8 +60,17 @@ pub(crate) fn format_plan(plan: &Plan, format: Format) -> String {
 /// With signing, every manifest written carries `not_after = now + validity`; when nothing else
 /// changed, the manifest is still re-signed once half of the published validity has passed, so
 /// instances never see a signed manifest expire while the publisher runs.
-fn sign_by_schedule(plan: &mut Plan, published: &Manifest, signing: &crate::settings::SigningSettings, now: SystemTime) {
-    let due = match published.not_after.as_deref().map(crate::signing::parse_time) {
+fn sign_by_schedule(
+    plan: &mut Plan,
+    published: &Manifest,
+    signing: &crate::settings::SigningSettings,
+    now: SystemTime,
+) {
+    let due = match published
+        .not_after
+        .as_deref()
+        .map(crate::signing::parse_time)
+    {
         Some(Ok(not_after)) => crate::signing::needs_resign(not_after, signing.validity, now),
         // Never signed (or unreadable): sign now.
         _ => true,
