@@ -17,6 +17,7 @@ pub mod keys;
 pub mod lock;
 pub mod logging;
 pub mod manifest;
+pub mod metrics;
 pub mod plan;
 pub mod policy;
 pub mod render;

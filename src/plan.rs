@@ -42,7 +42,8 @@ pub struct GroupPlan {
     pub removed_users: Vec<UserChange>,
     pub added_fingerprints: Vec<String>,
     pub removed_fingerprints: Vec<String>,
-    /// The file to write for `create` and `update`.
+    /// The rendered file (what `create` and `update` write); `None` for held, unselected and
+    /// deleted groups.
     #[serde(skip)]
     pub file: Option<GroupFile>,
 }
@@ -65,6 +66,10 @@ pub struct Plan {
     /// new `not_after` (SPEC.md "Signing").
     #[serde(skip)]
     pub resign: bool,
+    /// `publish --rewrite-all`: write every rendered group file and a new manifest generation,
+    /// changed or not (after tampering or a manual edit in the bucket).
+    #[serde(skip)]
+    pub rewrite: bool,
 }
 
 impl Plan {
@@ -74,7 +79,27 @@ impl Plan {
 
     /// Whether a publish of this plan writes anything at all.
     pub fn writes(&self) -> bool {
-        self.has_changes() || self.resign
+        self.has_changes() || self.resign || self.rewrite
+    }
+
+    /// Turns this plan into a rewrite of every rendered group under a new manifest generation.
+    pub fn rewrite_all(&mut self) {
+        if !self.writes() {
+            self.manifest.generation += 1;
+        }
+        self.rewrite = true;
+    }
+
+    /// The group files a publish of this plan writes.
+    pub fn files_to_write(&self) -> impl Iterator<Item = (&String, &GroupFile)> {
+        self.groups.iter().filter_map(|(name, group)| {
+            let write = self.rewrite || matches!(group.action, Action::Create | Action::Update);
+            group
+                .file
+                .as_ref()
+                .filter(|_| write)
+                .map(|file| (name, file))
+        })
     }
 }
 
@@ -157,7 +182,7 @@ pub fn plan(
                 .difference(&after_keys)
                 .map(|fp| fp.to_string())
                 .collect(),
-            file: (action != Action::Unchanged).then(|| file.clone()),
+            file: Some(file.clone()),
         };
         record(&mut next, name, file);
         groups.insert(name.clone(), group_plan);
@@ -198,6 +223,7 @@ pub fn plan(
         problems,
         manifest: next,
         resign: false,
+        rewrite: false,
     };
     if plan.has_changes() {
         plan.manifest.generation = published.generation + 1;

@@ -336,3 +336,104 @@ fn a_second_publisher_on_the_same_host_is_turned_away() {
     drop(lock);
     assert_eq!(world.run(&["publish"]).code, 0);
 }
+
+#[test]
+fn incident_response_and_unattended_operation() {
+    let world = World::new(POLICY);
+    let metrics = world.deployment.path("keyhole.prom");
+    let metrics_arg = metrics.display().to_string();
+
+    let first = world.run(&["publish", "--metrics-file", &metrics_arg]);
+    assert_eq!(first.code, 0, "{first:#?}");
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    for line in [
+        "keyhole_publish_exit_code 0",
+        "keyhole_publish_users 6",
+        "keyhole_publish_keys 6",
+        "keyhole_publish_groups_changed 2",
+        "keyhole_publish_problems 0",
+        "keyhole_publish_guard_refused 0",
+        "keyhole_publish_ldap_searches 3",
+        "keyhole_publish_s3_writes 3",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line} missing from:\n{text}"
+        );
+    }
+    let last_success = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("keyhole_publish_last_success_timestamp_seconds "))
+            .map(str::to_owned)
+    };
+    let succeeded_at = last_success(&text).expect("a last-success line");
+
+    // whois: the person and the access groups behind a fingerprint seen in sshd's log.
+    let whois = world.run(&["whois", &world.keys["bob"].fingerprint, "--format", "json"]);
+    assert_eq!(whois.code, 0, "{whois:#?}");
+    assert_eq!(
+        whois.json(),
+        json!({
+            "fingerprint": world.keys["bob"].fingerprint,
+            "user": "bob",
+            "access_groups": [{"name": "db-prod", "via": []}, {"name": "web-prod", "via": ["Web Team"]}]
+        })
+    );
+    let unknown = world.run(&[
+        "whois",
+        "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    ]);
+    assert_eq!(unknown.code, 1);
+    assert!(
+        unknown.stderr.contains("is not a key keyhole publishes"),
+        "{}",
+        unknown.stderr
+    );
+
+    // A bad manual edit in the bucket: a normal publish does not look at the objects, a
+    // --rewrite-all puts every file back and bumps the generation.
+    world.s3.put_object(
+        "ssh/web-prod/authorized_keys",
+        "ssh-ed25519 AAAA intruder\n",
+    );
+    assert_eq!(world.run(&["publish"]).code, 0);
+    assert_eq!(
+        world.s3.object("ssh/web-prod/authorized_keys").unwrap(),
+        "ssh-ed25519 AAAA intruder\n"
+    );
+    let rewrite = world.run(&["publish", "--rewrite-all"]);
+    assert_eq!(rewrite.code, 0, "{rewrite:#?}");
+    assert_eq!(
+        world.s3.object("ssh/web-prod/authorized_keys").unwrap(),
+        world.expected_file(
+            "web-prod",
+            &["alice.admin", "bob", "carol", "dave", "erin", "frank"]
+        )
+    );
+    assert_eq!(world.manifest()["generation"], 2);
+
+    // A run that cannot finish in time publishes nothing and says so; the metrics keep the time
+    // of the last success.
+    world.disable("bob");
+    let before = world.s3.objects();
+    let late = world.run(&[
+        "publish",
+        "--deadline",
+        "1ms",
+        "--metrics-file",
+        &metrics_arg,
+    ]);
+    assert_eq!(late.code, 1, "{late:#?}");
+    assert!(
+        late.stderr.contains("passed its --deadline of 1ms"),
+        "{}",
+        late.stderr
+    );
+    assert_eq!(world.s3.objects(), before);
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    assert!(
+        text.lines().any(|l| l == "keyhole_publish_exit_code 1"),
+        "{text}"
+    );
+    assert_eq!(last_success(&text), Some(succeeded_at));
+}

@@ -2,20 +2,27 @@
 //!
 //! Order matters for never losing access: group files first (in parallel, bounded), then the
 //! manifest with a conditional write (a concurrent publisher elsewhere makes it fail: exit 75),
-//! and only then the deletion of access groups pruned from the policy, so the manifest never
-//! names an object that is gone. Any failure before the manifest leaves the published manifest as
-//! it was; instances check each file against it and keep serving what they had.
+//! then its signature, and only then the deletion of access groups pruned from the policy, so the
+//! manifest never names an object that is gone. Any failure before the manifest leaves the
+//! published manifest as it was; instances check each file against it and keep serving what they
+//! had. The manifest write is the commit point: `--deadline` can stop a run before it, never in
+//! the middle of committing.
 
 use std::collections::BTreeSet;
+use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use super::plan::Prepared;
 use super::{Format, GlobalArgs};
 use crate::exit::{EXIT_CODES_HELP, Exit, coded};
 use crate::lock::PublishLock;
+use crate::metrics::{self, RunMetrics};
 use crate::plan::Action;
 use crate::settings::Settings;
 use crate::signing::Signer;
@@ -40,17 +47,60 @@ pub struct Args {
     #[arg(long = "group", value_name = "NAME")]
     groups: Vec<String>,
 
+    /// Rewrite every access group file from a fresh render and bump the manifest generation, even
+    /// if nothing changed (after tampering or a manual edit in the bucket).
+    #[arg(long)]
+    rewrite_all: bool,
+
+    /// Give up (exit 1, nothing published) if the run has not reached the manifest write within
+    /// this long, e.g. "4m".
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    deadline: Option<Duration>,
+
+    /// Write a Prometheus textfile with this run's figures here (atomically).
+    #[arg(long, value_name = "PATH")]
+    metrics_file: Option<PathBuf>,
+
     /// Report format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
 }
 
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
+    let started = Instant::now();
+    let mut figures = RunMetrics::default();
+    let result = publish(&args, global, started, &mut figures).await;
+    if let Some(path) = &args.metrics_file {
+        figures.exit_code = match &result {
+            Ok(exit) => *exit as u8,
+            Err(error) => Exit::for_error(error) as u8,
+        };
+        figures.duration = started.elapsed();
+        figures.finished_at = Some(SystemTime::now());
+        if let Err(error) = metrics::write(path, &figures) {
+            tracing::error!("could not write the metrics file: {error:#}");
+        }
+    }
+    result
+}
+
+async fn publish(
+    args: &Args,
+    global: &GlobalArgs,
+    started: Instant,
+    figures: &mut RunMetrics,
+) -> anyhow::Result<Exit> {
+    let deadline = args.deadline.map(|d| (started + d, d));
     let settings = Settings::load(global.config.as_deref())?;
     let _lock = PublishLock::acquire(&settings.safety.lock_file)?;
     let selection: BTreeSet<String> = args.groups.iter().cloned().collect();
-    let prepared =
-        super::plan::prepare(&settings, (!selection.is_empty()).then_some(&selection)).await?;
+    let selected = (!selection.is_empty()).then_some(&selection);
+    let mut prepared = within(
+        deadline,
+        "reading AD, the homes and S3",
+        super::plan::prepare(&settings, selected),
+    )
+    .await??;
     for name in &selection {
         if !prepared.plan.groups.contains_key(name) {
             return Err(coded(
@@ -59,6 +109,10 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
             ));
         }
     }
+    if args.rewrite_all {
+        prepared.plan.rewrite_all();
+    }
+    count(figures, &prepared);
     let plan = &prepared.plan;
     print!("{}", super::plan::format_plan(plan, args.format));
 
@@ -80,16 +134,48 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
         .map(|signing| Signer::load(&signing.key_file))
         .transpose()
         .context("loading the signing key")?;
+    let prefix = &settings.s3()?.prefix;
+    within(
+        deadline,
+        "writing the access group files",
+        write_groups(&prepared, prefix),
+    )
+    .await??;
+    commit(&prepared, prefix, signer.as_ref()).await?;
+    figures.s3_writes = prepared.store.counts.writes();
+    tracing::info!(
+        generation = plan.manifest.generation,
+        writes = figures.s3_writes,
+        "published"
+    );
+    Ok(unknown_exit(&prepared))
+}
 
-    let s3 = settings.s3()?;
-    let store = &prepared.store;
+/// Runs `work` unless the run's deadline passes first.
+async fn within<F: Future>(
+    deadline: Option<(Instant, Duration)>,
+    doing: &str,
+    work: F,
+) -> anyhow::Result<F::Output> {
+    let Some((at, length)) = deadline else {
+        return Ok(work.await);
+    };
+    tokio::time::timeout_at(at.into(), work).await.map_err(|_| {
+        anyhow::anyhow!(
+            "the run passed its --deadline of {} while {doing}; nothing was published",
+            humantime::format_duration(length)
+        )
+    })
+}
+
+/// Writes the group files, `PARALLEL_WRITES` at a time.
+async fn write_groups(prepared: &Prepared, prefix: &str) -> anyhow::Result<()> {
     let semaphore = Arc::new(Semaphore::new(PARALLEL_WRITES));
     let mut writes = JoinSet::new();
-    for (name, group) in &plan.groups {
-        let Some(file) = &group.file else { continue };
-        let key = format!("{}{name}/authorized_keys", s3.prefix);
+    for (name, file) in prepared.plan.files_to_write() {
+        let key = format!("{prefix}{name}/authorized_keys");
         let body = file.body.clone().into_bytes();
-        let store = store.clone();
+        let store = prepared.store.clone();
         let semaphore = Arc::clone(&semaphore);
         writes.spawn(async move {
             let _permit = semaphore.acquire_owned().await;
@@ -101,17 +187,21 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
             .context("a write task failed")?
             .context("writing an access group file; the manifest was not updated")?;
     }
+    Ok(())
+}
 
+/// The commit: the manifest (conditionally), its signature, then the pruning of removed groups.
+async fn commit(prepared: &Prepared, prefix: &str, signer: Option<&Signer>) -> anyhow::Result<()> {
+    let store = &prepared.store;
+    let manifest = prepared.plan.manifest.to_json();
+    let signature = signer
+        .map(|signer| signer.sign(&manifest))
+        .transpose()
+        .context("signing the manifest")?;
     let precondition = match &prepared.manifest_etag {
         Some(etag) => Precondition::Matches(etag.clone()),
         None => Precondition::Absent,
     };
-    let manifest = plan.manifest.to_json();
-    let signature = signer
-        .as_ref()
-        .map(|signer| signer.sign(&manifest))
-        .transpose()
-        .context("signing the manifest")?;
     match store
         .put(&prepared.manifest_key, manifest, precondition)
         .await
@@ -126,7 +216,6 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
         }
         Err(error) => return Err(anyhow::Error::new(error).context("writing the manifest")),
     }
-
     if let Some(signature) = signature {
         let key = format!("{}.sig", prepared.manifest_key);
         store
@@ -134,25 +223,40 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
             .await
             .context("writing the manifest signature")?;
     }
-
-    for (name, group) in &plan.groups {
+    for (name, group) in &prepared.plan.groups {
         if group.action == Action::Delete {
-            let key = format!("{}{name}/authorized_keys", s3.prefix);
+            let key = format!("{prefix}{name}/authorized_keys");
             store.delete(&key).await.with_context(|| {
                 format!("pruning access group {name} (the manifest no longer lists it)")
             })?;
         }
     }
-    tracing::info!(
-        generation = plan.manifest.generation,
-        writes = store.counts.writes(),
-        "published"
-    );
-    Ok(unknown_exit(&prepared))
+    Ok(())
+}
+
+/// The run's figures for the metrics file, from the plan.
+fn count(figures: &mut RunMetrics, prepared: &Prepared) {
+    let plan = &prepared.plan;
+    let users: BTreeSet<&str> = plan
+        .manifest
+        .groups
+        .values()
+        .flat_map(|entry| entry.users.iter().map(String::as_str))
+        .collect();
+    figures.users = users.len();
+    figures.keys = plan.manifest.fingerprints.len();
+    figures.groups_changed = plan
+        .groups
+        .values()
+        .filter(|group| group.action != Action::Unchanged)
+        .count();
+    figures.problems = plan.problems.len();
+    figures.guard_refused = plan.guard.refused;
+    figures.ldap_searches = prepared.gathered.directory_stats.searches;
 }
 
 /// Exit 1 when some members' keys were unknown (their groups were held), else success.
-fn unknown_exit(prepared: &super::plan::Prepared) -> Exit {
+fn unknown_exit(prepared: &Prepared) -> Exit {
     if prepared.gathered.has_unknown() {
         tracing::error!(
             "some members' keys could not be read; their access groups were left as published"
