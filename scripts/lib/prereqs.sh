@@ -16,6 +16,8 @@ keyhole_install_prereqs() {
   command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
   command -v ssh >/dev/null 2>&1 || missing+=(openssh-client)
   command -v ssh-keygen >/dev/null 2>&1 || missing+=(openssh-client)
+  command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+  command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
   if [ ${#missing[@]} -gt 0 ]; then
     mapfile -t packages < <(printf '%s\n' "${missing[@]}" | sort -u)
     echo "installing: ${packages[*]}" >&2
