@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 pub mod check;
+pub mod diff;
 pub mod members;
 pub mod plan;
 pub mod publish;
