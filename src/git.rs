@@ -25,8 +25,9 @@ pub enum GitError {
         shallow: bool,
         /// A `git fetch` command that would bring the revision, when one can be guessed.
         fetch: Option<String>,
-        #[source]
-        source: git2::Error,
+        /// Not a `#[source]`: libgit2's "revspec not found" adds nothing to the message, and
+        /// the fetch hint should be the last thing the reader sees.
+        cause: git2::Error,
     },
     #[error("{role} revision {rev}: {message}")]
     Revision {
@@ -118,7 +119,7 @@ impl Repo {
                     rev: rev.to_owned(),
                     shallow: self.repo.is_shallow(),
                     fetch: self.fetch_command(rev),
-                    source,
+                    cause: source,
                 }
             } else {
                 GitError::Revision {
@@ -181,8 +182,10 @@ impl Repo {
     }
 
     /// The command that would bring `rev` into this clone: `origin/main` is branch `main` of the
-    /// remote `origin`; anything else is asked of `origin` by name. `--depth=1` keeps a shallow
-    /// clone shallow, which is all a two-revision diff needs.
+    /// remote `origin`, fetched with an explicit refspec because a single-branch clone's
+    /// configured refspec would leave `origin/main` unset; a commit id is fetched as it is;
+    /// anything else (a branch or tag name) is fetched to the same name here. `--depth=1` keeps a
+    /// shallow clone shallow, which is all a two-revision diff needs.
     fn fetch_command(&self, rev: &str) -> Option<String> {
         let names = self.repo.remotes().ok()?;
         let remotes: Vec<String> = (0..names.len())
@@ -194,14 +197,20 @@ impl Repo {
             if let Some(branch) = rev.strip_prefix(&format!("{remote}/"))
                 && !branch.is_empty()
             {
-                return Some(format!("git fetch --depth=1 {remote} {branch}"));
+                return Some(format!(
+                    "git fetch --depth=1 {remote} {branch}:refs/remotes/{remote}/{branch}"
+                ));
             }
         }
         let remote = remotes
             .iter()
             .find(|r| r.as_str() == "origin")
             .or(remotes.first())?;
-        Some(format!("git fetch --depth=1 {remote} {rev}"))
+        if rev.len() >= 7 && rev.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Some(format!("git fetch --depth=1 {remote} {rev}"))
+        } else {
+            Some(format!("git fetch --depth=1 {remote} {rev}:{rev}"))
+        }
     }
 
     /// Where `policy` (as given on the command line) is inside the repository, `/`-separated
@@ -361,7 +370,7 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "base revision upstream/main is not in this clone; fetch it with \
-             `git fetch --depth=1 upstream main`"
+             `git fetch --depth=1 upstream main:refs/remotes/upstream/main`"
         );
         let error = repo
             .file_at(

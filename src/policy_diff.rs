@@ -556,9 +556,9 @@ impl Report {
         if self.resolved {
             let (lose, gain) = self.people_counts();
             parts.push(format!(
-                "{} lose access, {} gain access",
-                people(lose),
-                people(gain)
+                "{}, {}",
+                people(lose, "lose", "loses"),
+                people(gain, "gain", "gains")
             ));
         }
         if parts.is_empty() || (!self.access_changed && !self.resolved) {
@@ -604,11 +604,12 @@ impl Report {
     }
 }
 
-fn people(count: usize) -> String {
+/// "1 person loses access", "3 people lose access".
+fn people(count: usize, plural_verb: &str, singular_verb: &str) -> String {
     if count == 1 {
-        "1 person".to_owned()
+        format!("1 person {singular_verb} access")
     } else {
-        format!("{count} people")
+        format!("{count} people {plural_verb} access")
     }
 }
 
@@ -776,10 +777,14 @@ fn to_diagnostics(entries: &[DiagnosticEntry]) -> Vec<Diagnostic> {
 /// people does not bury the rest of the pull-request comment.
 const FOLD_ROWS: usize = 25;
 
+/// The first line of every Markdown report, invisible once rendered.
+pub const MARKDOWN_MARKER: &str = "<!-- keyhole-diff -->";
+
 /// The Markdown report, to be posted as a pull-request comment.
 pub fn markdown(report: &Report) -> String {
+    // The marker lets a CI job find and update its earlier comment instead of adding another.
     let mut out = format!(
-        "### keyhole: access change\n\n`{}` → `{}` · `{}`: **{}**\n",
+        "{MARKDOWN_MARKER}\n### keyhole: access change\n\n`{}` → `{}` · `{}`: **{}**\n",
         report.base.label(),
         report.head.label(),
         report.head.path,
@@ -852,30 +857,26 @@ pub fn markdown(report: &Report) -> String {
     }
     for (name, group) in report.groups_in_order() {
         let mut rows = Vec::new();
-        let (principal_losses, principal_gains) = {
-            let mut losses = Vec::new();
-            let mut gains = Vec::new();
-            principal_rows(
-                &mut losses,
-                &group.users,
-                &Changes {
-                    added: Vec::new(),
-                    removed: group.groups.removed.clone(),
-                },
-            );
-            principal_rows(
-                &mut gains,
-                &Changes {
-                    added: group.users.added.clone(),
-                    removed: Vec::new(),
-                },
-                &Changes {
-                    added: group.groups.added.clone(),
-                    removed: Vec::new(),
-                },
-            );
-            (losses, gains)
+        let only = |names: &[String]| Changes {
+            added: names.to_vec(),
+            removed: Vec::new(),
         };
+        let removed = |names: &[String]| Changes {
+            added: Vec::new(),
+            removed: names.to_vec(),
+        };
+        let mut principal_losses = Vec::new();
+        principal_rows(
+            &mut principal_losses,
+            &removed(&group.users.removed),
+            &removed(&group.groups.removed),
+        );
+        let mut principal_gains = Vec::new();
+        principal_rows(
+            &mut principal_gains,
+            &only(&group.users.added),
+            &only(&group.groups.added),
+        );
         // Losses first: principals removed, people losing access, then the gains.
         rows.extend(principal_losses);
         if let Some(people) = &group.people {
@@ -945,9 +946,17 @@ fn table(out: &mut String, title: &str, rows: &[[String; 3]]) {
     if folded {
         let _ = writeln!(out, "<details><summary>{} changes</summary>\n", rows.len());
     }
-    out.push_str("| change | name | how |\n|---|---|---|\n");
-    for [change, name, how] in rows {
-        let _ = writeln!(out, "| {change} | {name} | {how} |");
+    // The "how" column only when some row has one: offline, it would always be empty.
+    if rows.iter().any(|[_, _, how]| !how.is_empty()) {
+        out.push_str("| change | name | how |\n|---|---|---|\n");
+        for [change, name, how] in rows {
+            let _ = writeln!(out, "| {change} | {name} | {how} |");
+        }
+    } else {
+        out.push_str("| change | name |\n|---|---|\n");
+        for [change, name, _] in rows {
+            let _ = writeln!(out, "| {change} | {name} |");
+        }
     }
     if folded {
         out.push_str("\n</details>\n");
@@ -1211,5 +1220,85 @@ users = ["mallory"]
         let valid = read(Path::new("p.toml"), Some(BASE.as_bytes()));
         assert_eq!(valid.status, Status::Valid);
         assert_eq!(valid.policy, Some(parse(BASE)));
+    }
+
+    fn report(diff: PolicyDiff, resolved: bool) -> Report {
+        let side = |revision: &str| Side {
+            revision: Some(revision.into()),
+            commit: Some("0123456789abcdef".into()),
+            path: "access-groups.toml".into(),
+            status: Status::Valid,
+            diagnostics: vec![],
+        };
+        Report {
+            base: side("main"),
+            head: side("pr"),
+            access_changed: diff.changes_access(),
+            resolved,
+            diff,
+            warnings: vec![],
+            notes: vec![],
+        }
+    }
+
+    #[test]
+    fn markdown_puts_losses_first_escapes_names_and_folds_long_tables() {
+        let base = parse(BASE);
+        let mut head = base.clone();
+        let web = head.access_groups.get_mut("web").unwrap();
+        web.principals.users = names(&["bob", "x|y"]);
+        let mut diff = diff_policies(&base, &head);
+        let gained: Vec<PersonChange> = (0..30)
+            .map(|i| PersonChange {
+                name: format!("user{i:02}"),
+                via: names(&["Big"]),
+                excluded: None,
+            })
+            .collect();
+        let lost = vec![PersonChange {
+            name: "carol".into(),
+            via: vec![],
+            excluded: None,
+        }];
+        diff.add_people(BTreeMap::from([(
+            "web".to_owned(),
+            PeopleDiff { lost, gained },
+        )]));
+        let markdown = markdown(&report(diff, true));
+        assert!(markdown.starts_with(MARKDOWN_MARKER), "{markdown}");
+        assert!(
+            markdown.contains("`main (0123456)` → `pr (0123456)`"),
+            "{markdown}"
+        );
+        assert!(
+            markdown.contains("1 person loses access, 30 people gain access"),
+            "{markdown}"
+        );
+        let removed = markdown.find("| ➖ user removed | `carol` |").unwrap();
+        let loses = markdown
+            .find("| 🔻 loses access | `carol` | named directly |")
+            .unwrap();
+        let added = markdown.find("| ➕ user added | `x\\|y` |").unwrap();
+        let gains = markdown
+            .find("| 🔺 gains access | `user00` | via Big |")
+            .unwrap();
+        assert!(
+            removed < loses && loses < added && added < gains,
+            "{markdown}"
+        );
+        assert!(
+            markdown.contains("<details><summary>33 changes</summary>"),
+            "{markdown}"
+        );
+    }
+
+    #[test]
+    fn text_says_when_nothing_changes() {
+        let base = parse(BASE);
+        let text = text(&report(diff_policies(&base, &base), false));
+        assert_eq!(
+            text,
+            "keyhole diff main (0123456) -> pr (0123456), access-groups.toml\nno access change\n"
+        );
     }
 }
