@@ -26,6 +26,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Check(cmd::check::Args),
+    Diff(cmd::diff::Args),
     Members(cmd::members::Args),
     Plan(cmd::plan::Args),
     Publish(cmd::publish::Args),
@@ -67,6 +68,7 @@ fn main() -> ExitCode {
 async fn dispatch(command: Command, global: &cmd::GlobalArgs) -> anyhow::Result<Exit> {
     match command {
         Command::Check(args) => cmd::check::run(args, global),
+        Command::Diff(args) => cmd::diff::run(args, global).await,
         Command::Members(args) => cmd::members::run(args, global).await,
         Command::Plan(args) => cmd::plan::run(args, global).await,
         Command::Publish(args) => cmd::publish::run(args, global).await,
