@@ -13,7 +13,7 @@ use anyhow::Context;
 
 use crate::directory::{self, ReadStats, Snapshot, User};
 use crate::homes::{self, HarvestOutcome, HarvestSettings, Harvestee, HomeLayout};
-use crate::keys::{self, KeyPolicy};
+use crate::keys;
 use crate::policy::{self, Checked};
 use crate::render::{Problem, UserKeys};
 use crate::resolve::{Resolution, resolve};
@@ -84,11 +84,6 @@ pub async fn gather(settings: &Settings, now: SystemTime) -> anyhow::Result<Gath
     )
     .await;
 
-    let key_policy = KeyPolicy {
-        allowed_types: settings.keys.allowed_types.clone(),
-        min_rsa_bits: settings.keys.min_rsa_bits,
-        forbidden_options: settings.keys.forbidden_options.clone(),
-    };
     let mut keys = BTreeMap::new();
     let mut problems = Vec::new();
     for (user, outcome) in outcomes {
@@ -98,7 +93,7 @@ pub async fn gather(settings: &Settings, now: SystemTime) -> anyhow::Result<Gath
         };
         let user_keys = match outcome {
             HarvestOutcome::Keys(text) => {
-                let parsed = keys::parse_authorized_keys(&text, &key_policy);
+                let parsed = keys::parse_authorized_keys(&text, &settings.keys);
                 problems.extend(
                     parsed
                         .dropped

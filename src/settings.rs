@@ -19,6 +19,7 @@ use serde::Deserialize;
 
 use crate::diagnostic::{Diagnostic, Severity};
 use crate::exit::{Exit, coded};
+use crate::keys::{self, KeyPolicy};
 
 /// Where the settings are looked for when neither `--config` nor `KEYHOLE_CONFIG` says.
 pub const DEFAULT_PATH: &str = "/etc/keyhole/keyhole.toml";
@@ -37,7 +38,8 @@ pub struct Settings {
     ldap: Option<LdapSettings>,
     pub homes: HomesSettings,
     s3: Option<S3Settings>,
-    pub keys: KeysSettings,
+    /// `[keys]`: what the keys stage accepts.
+    pub keys: KeyPolicy,
     pub safety: SafetySettings,
     pub signing: Option<SigningSettings>,
     instance: Option<InstanceSettings>,
@@ -135,13 +137,6 @@ pub enum ServerSideEncryption {
 }
 
 #[derive(Debug, Clone)]
-pub struct KeysSettings {
-    pub allowed_types: BTreeSet<String>,
-    pub min_rsa_bits: u32,
-    pub forbidden_options: BTreeSet<String>,
-}
-
-#[derive(Debug, Clone)]
 pub struct SafetySettings {
     pub max_removed_fraction: f64,
     pub max_removed_users: usize,
@@ -164,17 +159,6 @@ pub struct InstanceSettings {
     pub fetch_timeout: Duration,
     pub verify_key: Option<String>,
 }
-
-/// The key types sshd accepts that keyhole allows by default (SPEC.md `[keys]`).
-pub const DEFAULT_ALLOWED_KEY_TYPES: &[&str] = &[
-    "ssh-ed25519",
-    "sk-ssh-ed25519@openssh.com",
-    "ecdsa-sha2-nistp256",
-    "ecdsa-sha2-nistp384",
-    "ecdsa-sha2-nistp521",
-    "sk-ecdsa-sha2-nistp256@openssh.com",
-    "ssh-rsa",
-];
 
 impl Settings {
     /// Finds the settings file (`--config`, else `KEYHOLE_CONFIG`, else [`DEFAULT_PATH`]), reads it,
@@ -768,18 +752,13 @@ fn validate_s3(raw: RawS3, check: &mut Checker) -> Option<S3Settings> {
     })
 }
 
-fn validate_keys(raw: RawKeys, check: &mut Checker) -> KeysSettings {
+fn validate_keys(raw: RawKeys, check: &mut Checker) -> KeyPolicy {
     const S: &str = "keys";
-    let allowed_types: BTreeSet<String> = raw
-        .allowed_types
-        .unwrap_or_else(|| {
-            DEFAULT_ALLOWED_KEY_TYPES
-                .iter()
-                .map(|t| t.to_string())
-                .collect()
-        })
-        .into_iter()
-        .collect();
+    let defaults = KeyPolicy::default();
+    let allowed_types: BTreeSet<String> = match raw.allowed_types {
+        Some(types) => types.into_iter().collect(),
+        None => defaults.allowed_types,
+    };
     if allowed_types.contains("ssh-dss") {
         check.error(
             S,
@@ -787,26 +766,57 @@ fn validate_keys(raw: RawKeys, check: &mut Checker) -> KeysSettings {
             "ssh-dss is never allowed (DSA keys are broken)",
         );
     }
+    for unknown in allowed_types
+        .iter()
+        .filter(|t| *t != "ssh-dss" && !keys::SUPPORTED_KEY_TYPES.contains(&t.as_str()))
+    {
+        check.error(
+            S,
+            "allowed_types",
+            format!(
+                "{unknown:?} is not a key type keyhole can check (one of {})",
+                keys::SUPPORTED_KEY_TYPES.join(", ")
+            ),
+        );
+    }
     if allowed_types.is_empty() {
         check.error(S, "allowed_types", "must allow at least one key type");
     }
-    let min_rsa_bits = check.positive(S, "min_rsa_bits", raw.min_rsa_bits, 2048);
-    if min_rsa_bits < 2048 {
+    let min_rsa_bits = check.positive(
+        S,
+        "min_rsa_bits",
+        raw.min_rsa_bits,
+        i64::from(keys::DEFAULT_MIN_RSA_BITS),
+    );
+    if min_rsa_bits < keys::DEFAULT_MIN_RSA_BITS {
         check.error(
             S,
             "min_rsa_bits",
             format!("{min_rsa_bits} is below the safe minimum of 2048"),
         );
     }
-    KeysSettings {
-        allowed_types,
-        min_rsa_bits,
-        forbidden_options: raw
-            .forbidden_options
-            .unwrap_or_else(|| vec!["environment".to_owned()])
+    let forbidden_options: BTreeSet<String> = match raw.forbidden_options {
+        Some(options) => options
             .into_iter()
             .map(|option| option.to_lowercase())
             .collect(),
+        None => defaults.forbidden_options,
+    };
+    // A misspelt option would silently forbid nothing.
+    for unknown in forbidden_options
+        .iter()
+        .filter(|o| !keys::is_sshd_option_name(o))
+    {
+        check.error(
+            S,
+            "forbidden_options",
+            format!("{unknown:?} is not an authorized_keys option sshd knows"),
+        );
+    }
+    KeyPolicy {
+        allowed_types,
+        min_rsa_bits,
+        forbidden_options,
     }
 }
 

@@ -13,7 +13,12 @@ const UNITS: &[&str] = &[
 ];
 
 fn unit(name: &str) -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd").join(name)).unwrap()
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("systemd")
+            .join(name),
+    )
+    .unwrap()
 }
 
 /// Runs `systemd-analyze verify` on copies of the units; returns (success, messages).
@@ -29,8 +34,15 @@ fn verify(rewrite: impl Fn(&str) -> String) -> (bool, String) {
         .env("SYSTEMD_LOG_LEVEL", "notice")
         .output()
         .expect("systemd-analyze (scripts/test installs systemd)");
-    let messages = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    (output.status.success() && messages.trim().is_empty(), messages)
+    let messages = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (
+        output.status.success() && messages.trim().is_empty(),
+        messages,
+    )
 }
 
 #[test]
@@ -38,7 +50,8 @@ fn the_units_verify_cleanly() {
     let (clean, messages) = verify(|text| text.to_owned());
     assert!(clean, "systemd-analyze verify complained:\n{messages}");
     // The check is not vacuous: a unit whose command does not exist fails it.
-    let (clean, messages) = verify(|text| text.replace(env!("CARGO_BIN_EXE_keyhole"), "/nonexistent/keyhole"));
+    let (clean, messages) =
+        verify(|text| text.replace(env!("CARGO_BIN_EXE_keyhole"), "/nonexistent/keyhole"));
     assert!(!clean, "a broken unit passed: {messages}");
 }
 
@@ -63,8 +76,15 @@ fn the_units_are_hardened_and_scheduled_as_documented() {
     assert!(publish.lines().any(|l| l == "ProtectHome=read-only"));
     let timer = unit("keyhole-publish.timer");
     for line in ["OnCalendar=*:0/5", "Persistent=true"] {
-        assert!(timer.lines().any(|l| l == line), "publish timer lacks {line}");
+        assert!(
+            timer.lines().any(|l| l == line),
+            "publish timer lacks {line}"
+        );
     }
     assert!(timer.contains("RandomizedDelaySec="));
-    assert!(unit("keyhole-refresh.timer").lines().any(|l| l == "OnUnitActiveSec=60s"));
+    assert!(
+        unit("keyhole-refresh.timer")
+            .lines()
+            .any(|l| l == "OnUnitActiveSec=60s")
+    );
 }
