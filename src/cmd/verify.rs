@@ -31,21 +31,31 @@ use crate::store::{Fetched, ObjectStore, S3Store, Timeouts};
 /// Group objects read at once: enough to hide S3's latency, few enough to stay polite.
 const PARALLEL_READS: usize = 8;
 
-/// Check that the bucket matches the published manifest (and its signature): drift or tampering.
+/// Check that the bucket matches the published manifest and its signature (drift, tampering).
 ///
-/// Lists every object under the prefix and compares it with manifest.json. Each finding has a
-/// kind: manifest_missing, manifest_invalid (no or unreadable manifest: nothing else can be
-/// checked); missing (an access group's file the manifest lists is not there), modified (its
-/// SHA-256 is not the one the manifest records), extra (an object that is neither a listed
-/// group's authorized_keys, manifest.json nor manifest.json.sig). With a signature key
-/// (instance.verify_key, else the public half of [signing] key_file: key_file.pub beside it, or
-/// derived from the private key) also: signature_missing, signature_invalid, expired (not_after
-/// has passed) and not_after_invalid (a signed manifest without a readable not_after).
+/// Lists every object under the prefix, reads manifest.json and every access group's file, and
+/// reports every finding, not just the first:
 ///
-/// Every finding is reported; the exit code is 1 when there is any, 0 when the bucket is clean.
-/// Findings seen during a publish (between its writes) can be transient: alert on repeats.
+///   manifest_missing    no manifest.json (then nothing else can be checked)
+///   manifest_invalid    manifest.json is not a manifest this keyhole reads
+///   missing             an access group's file that the manifest lists is not in the bucket
+///   modified            an access group's file whose SHA-256 is not the one the manifest records
+///   extra               any other object under the prefix (neither a listed group's
+///                       authorized_keys, manifest.json nor manifest.json.sig)
+///
+/// With a signature key (instance.verify_key, else the public half of [signing] key_file: the
+/// KEY_FILE.pub beside it, or derived from the private key), also:
+///
+///   signature_missing   no manifest.json.sig
+///   signature_invalid   the signature does not verify with that key
+///   expired             the manifest's not_after has passed (instances refuse it)
+///   not_after_invalid   a signed manifest without a readable not_after
+///
+/// Exits 1 when there is any finding, 0 when the bucket is clean. When S3 cannot be read it also
+/// exits 1, with the error on stderr and no report. A verify that overlaps a publish may see its
+/// writes half done: alert on findings that persist.
 #[derive(Debug, clap::Args)]
-#[command(after_help = EXIT_CODES_HELP)]
+#[command(after_help = EXIT_CODES_HELP, verbatim_doc_comment)]
 pub struct Args {
     /// text: one line per finding; json: {"bucket", "prefix", "generation", "signature_checked",
     /// "findings": [{"kind", "key", "detail"}], "ok"}; markdown: a table.
@@ -153,7 +163,10 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
     };
     print!("{}", format_report(&report, args.format));
     if report.ok {
-        tracing::info!(generation = report.generation, "the bucket matches the manifest");
+        tracing::info!(
+            generation = report.generation,
+            "the bucket matches the manifest"
+        );
         Ok(Exit::Success)
     } else {
         tracing::error!(
@@ -313,7 +326,11 @@ pub fn judge(
             ),
             Some(signature) => {
                 if let Err(error) = verifier.verify(bytes, &String::from_utf8_lossy(signature)) {
-                    found(FindingKind::SignatureInvalid, &signature_key, error.to_string());
+                    found(
+                        FindingKind::SignatureInvalid,
+                        &signature_key,
+                        error.to_string(),
+                    );
                 }
             }
         }
@@ -363,7 +380,9 @@ pub fn judge(
             None => found(
                 FindingKind::Missing,
                 &key,
-                format!("access group {group} is in the manifest but its file is not in the bucket"),
+                format!(
+                    "access group {group} is in the manifest but its file is not in the bucket"
+                ),
             ),
             Some(sha256) if *sha256 != entry.sha256 => found(
                 FindingKind::Modified,
@@ -410,9 +429,10 @@ fn format_report(report: &Report, format: Format) -> String {
 
 fn summary(report: &Report) -> String {
     let location = format!("s3://{}/{}", report.bucket, report.prefix);
-    let generation = report
-        .generation
-        .map_or_else(|| "no readable manifest".to_owned(), |g| format!("manifest generation {g}"));
+    let generation = report.generation.map_or_else(
+        || "no readable manifest".to_owned(),
+        |g| format!("manifest generation {g}"),
+    );
     let signature = if report.signature_checked {
         "signature checked"
     } else {
@@ -558,7 +578,9 @@ mod tests {
         observed.group_hashes.remove("ssh/db-prod/authorized_keys");
         observed.listed.remove("ssh/db-prod/authorized_keys");
         observed.listed.insert("ssh/notes.txt".into());
-        observed.listed.insert("ssh/old-group/authorized_keys".into());
+        observed
+            .listed
+            .insert("ssh/old-group/authorized_keys".into());
         let findings = judge(&layout(), &observed, Some(&verifier(&signer)), now());
         assert_eq!(
             kinds(&findings),
@@ -578,7 +600,10 @@ mod tests {
         let signer = key(1);
         let expired = clean(&signer, now() - Duration::from_secs(1));
         let findings = judge(&layout(), &expired, Some(&verifier(&signer)), now());
-        assert_eq!(kinds(&findings), [(FindingKind::Expired, "ssh/manifest.json")]);
+        assert_eq!(
+            kinds(&findings),
+            [(FindingKind::Expired, "ssh/manifest.json")]
+        );
         assert_eq!(judge(&layout(), &expired, None, now()), []);
 
         let mut unsigned = clean(&signer, now() + Duration::from_secs(60));
@@ -625,13 +650,23 @@ mod tests {
         let mut observed = clean(&signer, now() + Duration::from_secs(60));
         observed.manifest = None;
         assert_eq!(
-            kinds(&judge(&layout(), &observed, Some(&verifier(&signer)), now())),
+            kinds(&judge(
+                &layout(),
+                &observed,
+                Some(&verifier(&signer)),
+                now()
+            )),
             [(FindingKind::ManifestMissing, "ssh/manifest.json")]
         );
         // Garbage with its old signature: both the signature and the manifest are reported.
         observed.manifest = Some(b"{not json".to_vec());
         assert_eq!(
-            kinds(&judge(&layout(), &observed, Some(&verifier(&signer)), now())),
+            kinds(&judge(
+                &layout(),
+                &observed,
+                Some(&verifier(&signer)),
+                now()
+            )),
             [
                 (FindingKind::ManifestInvalid, "ssh/manifest.json"),
                 (FindingKind::SignatureInvalid, "ssh/manifest.json.sig"),
