@@ -11,6 +11,7 @@ pub mod members;
 pub mod plan;
 pub mod publish;
 pub mod refresh;
+pub mod verify;
 pub mod whois;
 
 /// Options every command accepts.

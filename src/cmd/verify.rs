@@ -1,0 +1,727 @@
+//! `keyhole verify`: checks that what is in the bucket is what the manifest says, for monitoring.
+//!
+//! It reads everything under `{prefix}` and reports every difference from `{prefix}manifest.json`
+//! (a group object missing, modified or unexpected; with a signature key, a missing or bad
+//! signature and an expired manifest), not just the first, so one alert shows the whole extent
+//! of a drift or a tampering. Reading the bucket ([`observe`]) is kept apart from judging it
+//! ([`judge`], pure, time passed in), which is where the unit tests live.
+//!
+//! It must never write to the bucket: it only lists and reads, so it runs with the instance's
+//! read-only credentials (plus `s3:ListBucket`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use anyhow::Context;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::{Format, GlobalArgs};
+use crate::exit::{EXIT_CODES_HELP, Exit, coded};
+use crate::instance::Layout;
+use crate::manifest::Manifest;
+use crate::render::sha256_hex;
+use crate::settings::Settings;
+use crate::signing::{self, Signer, Verifier};
+use crate::store::{Fetched, ObjectStore, S3Store, Timeouts};
+
+/// Group objects read at once: enough to hide S3's latency, few enough to stay polite.
+const PARALLEL_READS: usize = 8;
+
+/// Check that the bucket matches the published manifest and its signature (drift, tampering).
+///
+/// Lists every object under the prefix, reads manifest.json and every access group's file, and
+/// reports every finding, not just the first:
+///
+///   manifest_missing    no manifest.json (then nothing else can be checked)
+///   manifest_invalid    manifest.json is not a manifest this keyhole reads
+///   missing             an access group's file that the manifest lists is not in the bucket
+///   modified            an access group's file whose SHA-256 is not the one the manifest records
+///   extra               any other object under the prefix (neither a listed group's
+///                       authorized_keys, manifest.json nor manifest.json.sig)
+///
+/// With a signature key (instance.verify_key, else the public half of [signing] key_file: the
+/// KEY_FILE.pub beside it, or derived from the private key), also:
+///
+///   signature_missing   no manifest.json.sig
+///   signature_invalid   the signature does not verify with that key
+///   expired             the manifest's not_after has passed (instances refuse it)
+///   not_after_invalid   a signed manifest without a readable not_after
+///
+/// Exits 1 when there is any finding, 0 when the bucket is clean. When S3 cannot be read it also
+/// exits 1, with the error on stderr and no report. A verify that overlaps a publish may see its
+/// writes half done: alert on findings that persist.
+#[derive(Debug, clap::Args)]
+#[command(after_help = EXIT_CODES_HELP, verbatim_doc_comment)]
+pub struct Args {
+    /// text: one line per finding; json: {"bucket", "prefix", "generation", "signature_checked",
+    /// "findings": [{"kind", "key", "detail"}], "ok"}; markdown: a table.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+/// What is wrong with one object. The names are a contract (JSON `kind`): monitoring matches on
+/// them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingKind {
+    /// No `manifest.json`: nothing is published, or it was deleted.
+    ManifestMissing,
+    /// `manifest.json` is not a manifest this keyhole reads.
+    ManifestInvalid,
+    /// A signature key is configured but `manifest.json.sig` is not there.
+    SignatureMissing,
+    /// `manifest.json.sig` does not verify against `manifest.json` with the configured key.
+    SignatureInvalid,
+    /// The signed manifest is past its `not_after`: instances refuse it.
+    Expired,
+    /// A signed manifest without a `not_after`, or one that is not an RFC 3339 time.
+    NotAfterInvalid,
+    /// An access group's file that the manifest lists is not in the bucket.
+    Missing,
+    /// An access group's file whose SHA-256 is not the one the manifest records.
+    Modified,
+    /// An object under the prefix that the manifest does not account for.
+    Extra,
+}
+
+impl FindingKind {
+    fn name(self) -> &'static str {
+        match self {
+            FindingKind::ManifestMissing => "manifest_missing",
+            FindingKind::ManifestInvalid => "manifest_invalid",
+            FindingKind::SignatureMissing => "signature_missing",
+            FindingKind::SignatureInvalid => "signature_invalid",
+            FindingKind::Expired => "expired",
+            FindingKind::NotAfterInvalid => "not_after_invalid",
+            FindingKind::Missing => "missing",
+            FindingKind::Modified => "modified",
+            FindingKind::Extra => "extra",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub kind: FindingKind,
+    /// The full object key the finding is about.
+    pub key: String,
+    pub detail: String,
+}
+
+/// The outcome of one verification; its JSON form is the `--format json` report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Report {
+    pub bucket: String,
+    pub prefix: String,
+    /// The manifest's generation; `null` when there is no readable manifest.
+    pub generation: Option<u64>,
+    /// True when a signature key was configured, so the signature and expiry were checked.
+    pub signature_checked: bool,
+    /// Sorted by key, then kind.
+    pub findings: Vec<Finding>,
+    pub ok: bool,
+}
+
+/// What was read from the bucket.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// Every key under the prefix.
+    pub listed: BTreeSet<String>,
+    /// The bytes of `manifest.json`, if it exists.
+    pub manifest: Option<Vec<u8>>,
+    /// The bytes of `manifest.json.sig`, if it exists (read only when a signature is checked).
+    pub signature: Option<Vec<u8>>,
+    /// Hex SHA-256 of every group object the manifest lists that could be read, by key.
+    pub group_hashes: BTreeMap<String, String>,
+}
+
+pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
+    let settings = Settings::load(global.config.as_deref())?;
+    let s3 = settings.s3()?;
+    let verifier = verifier(&settings)?;
+    let store = S3Store::connect(s3, Timeouts::PUBLISHER).await;
+    let layout = Layout {
+        prefix: s3.prefix.clone(),
+    };
+    let observed = observe(&store, &layout, verifier.is_some()).await?;
+    let findings = judge(&layout, &observed, verifier.as_ref(), SystemTime::now());
+    let report = Report {
+        bucket: s3.bucket.clone(),
+        prefix: s3.prefix.clone(),
+        generation: observed
+            .manifest
+            .as_deref()
+            .and_then(|bytes| Manifest::parse(bytes).ok())
+            .map(|manifest| manifest.generation),
+        signature_checked: verifier.is_some(),
+        ok: findings.is_empty(),
+        findings,
+    };
+    print!("{}", format_report(&report, args.format));
+    if report.ok {
+        tracing::info!(
+            generation = report.generation,
+            "the bucket matches the manifest"
+        );
+        Ok(Exit::Success)
+    } else {
+        tracing::error!(
+            findings = report.findings.len(),
+            "the bucket does not match the manifest"
+        );
+        Ok(Exit::Failure)
+    }
+}
+
+/// The key signatures are checked with: `instance.verify_key` (what the instances trust), else
+/// the public half of `[signing] key_file`; `None` when neither is configured.
+fn verifier(settings: &Settings) -> anyhow::Result<Option<Verifier>> {
+    let invalid = |error: anyhow::Error| coded(Exit::Invalid, error);
+    if let Some(verify_key) = settings
+        .instance()
+        .ok()
+        .and_then(|instance| instance.verify_key.as_deref())
+    {
+        return Verifier::parse(verify_key)
+            .context("instance.verify_key")
+            .map(Some)
+            .map_err(invalid);
+    }
+    let Some(signing) = &settings.signing else {
+        return Ok(None);
+    };
+    public_key_of(&signing.key_file)
+        .and_then(|line| Verifier::parse(&line).map_err(anyhow::Error::from))
+        .with_context(|| {
+            format!(
+                "the public half of the signing key {}",
+                signing.key_file.display()
+            )
+        })
+        .map(Some)
+        .map_err(invalid)
+}
+
+/// `KEY.pub` beside the key (as `ssh-keygen` writes it), so a monitoring host needs no access
+/// to the private key; derived from the private key when there is no `.pub`.
+fn public_key_of(key_file: &Path) -> anyhow::Result<String> {
+    let mut public = PathBuf::from(key_file.as_os_str().to_owned());
+    public.as_mut_os_string().push(".pub");
+    match std::fs::read_to_string(&public) {
+        Ok(line) => Ok(line.trim().to_owned()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            Ok(Signer::load(key_file)?.public_key())
+        }
+        Err(error) => {
+            Err(anyhow::Error::new(error).context(format!("reading {}", public.display())))
+        }
+    }
+}
+
+/// Lists the prefix and reads the manifest, its signature (when `with_signature`) and every group
+/// object the manifest lists. Any S3 error aborts: a verification that could not read something
+/// must not pass, nor report findings it did not see.
+pub async fn observe(
+    store: &S3Store,
+    layout: &Layout,
+    with_signature: bool,
+) -> anyhow::Result<Observed> {
+    let listed = store
+        .list(&layout.prefix)
+        .await
+        .context("listing the bucket")?
+        .into_iter()
+        .collect();
+    let manifest = read(store, &layout.manifest()).await?;
+    let signature = match (with_signature, &manifest) {
+        (true, Some(_)) => read(store, &layout.signature()).await?,
+        _ => None,
+    };
+    let groups: Vec<String> = manifest
+        .as_deref()
+        .and_then(|bytes| Manifest::parse(bytes).ok())
+        .map(|manifest| manifest.groups.into_keys().collect())
+        .unwrap_or_default();
+
+    let semaphore = Arc::new(Semaphore::new(PARALLEL_READS));
+    let mut reads = JoinSet::new();
+    for group in groups {
+        let key = layout.group(&group);
+        let store = store.clone();
+        let semaphore = Arc::clone(&semaphore);
+        reads.spawn(async move {
+            let _permit = semaphore.acquire_owned().await;
+            let body = read(&store, &key).await;
+            (key, body)
+        });
+    }
+    let mut group_hashes = BTreeMap::new();
+    while let Some(joined) = reads.join_next().await {
+        let (key, body) = joined.context("a read task failed")?;
+        if let Some(body) = body? {
+            group_hashes.insert(key, sha256_hex(&body));
+        }
+    }
+    Ok(Observed {
+        listed,
+        manifest,
+        signature,
+        group_hashes,
+    })
+}
+
+async fn read(store: &S3Store, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    match store
+        .get(key, None)
+        .await
+        .with_context(|| format!("reading {key}"))?
+    {
+        Fetched::Object(object) => Ok(Some(object.body)),
+        Fetched::Missing => Ok(None),
+        // Cannot happen without an ETag in the request; treated as unreadable, not as absent.
+        Fetched::NotModified => anyhow::bail!("reading {key}: the store answered 'not modified'"),
+    }
+}
+
+/// Every finding about `observed`, sorted by key then kind. With `verifier`, the signature and
+/// the expiry (against `now`) are checked too.
+pub fn judge(
+    layout: &Layout,
+    observed: &Observed,
+    verifier: Option<&Verifier>,
+    now: SystemTime,
+) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let mut found = |kind, key: &str, detail: String| {
+        findings.push(Finding {
+            kind,
+            key: key.to_owned(),
+            detail,
+        });
+    };
+    let manifest_key = layout.manifest();
+    let signature_key = layout.signature();
+
+    let Some(bytes) = &observed.manifest else {
+        found(
+            FindingKind::ManifestMissing,
+            &manifest_key,
+            "no manifest is published: nothing under the prefix can be checked".to_owned(),
+        );
+        return findings;
+    };
+
+    // The signature covers the bytes, so it is checked even when they do not parse: a valid
+    // signature on an unreadable manifest points at a newer keyhole, an invalid one at damage.
+    if let Some(verifier) = verifier {
+        match &observed.signature {
+            None => found(
+                FindingKind::SignatureMissing,
+                &signature_key,
+                "the manifest is not signed, and instances with verify_key refuse it".to_owned(),
+            ),
+            Some(signature) => {
+                if let Err(error) = verifier.verify(bytes, &String::from_utf8_lossy(signature)) {
+                    found(
+                        FindingKind::SignatureInvalid,
+                        &signature_key,
+                        error.to_string(),
+                    );
+                }
+            }
+        }
+    }
+
+    let manifest = match Manifest::parse(bytes) {
+        Ok(manifest) => manifest,
+        Err(error) => {
+            found(
+                FindingKind::ManifestInvalid,
+                &manifest_key,
+                format!("{error}: the objects under the prefix cannot be checked"),
+            );
+            findings.sort_by(|a, b| (&a.key, a.kind).cmp(&(&b.key, b.kind)));
+            return findings;
+        }
+    };
+
+    if verifier.is_some() {
+        match manifest.not_after.as_deref().map(signing::parse_time) {
+            None => found(
+                FindingKind::NotAfterInvalid,
+                &manifest_key,
+                "the manifest has no not_after; instances with verify_key refuse it".to_owned(),
+            ),
+            Some(Err(error)) => found(
+                FindingKind::NotAfterInvalid,
+                &manifest_key,
+                format!("not_after: {error}"),
+            ),
+            Some(Ok(not_after)) if not_after <= now => found(
+                FindingKind::Expired,
+                &manifest_key,
+                format!(
+                    "the manifest expired at {} and instances refuse it (is the publisher running?)",
+                    signing::format_time(not_after)
+                ),
+            ),
+            Some(Ok(_)) => {}
+        }
+    }
+
+    let mut expected: BTreeSet<String> = BTreeSet::from([manifest_key, signature_key]);
+    for (group, entry) in &manifest.groups {
+        let key = layout.group(group);
+        match observed.group_hashes.get(&key) {
+            None => found(
+                FindingKind::Missing,
+                &key,
+                format!(
+                    "access group {group} is in the manifest but its file is not in the bucket"
+                ),
+            ),
+            Some(sha256) if *sha256 != entry.sha256 => found(
+                FindingKind::Modified,
+                &key,
+                format!(
+                    "SHA-256 is {sha256}, the manifest records {} for access group {group}",
+                    entry.sha256
+                ),
+            ),
+            Some(_) => {}
+        }
+        expected.insert(key);
+    }
+
+    for key in observed.listed.difference(&expected) {
+        let detail = match stray_group(layout, key) {
+            Some(group) => format!(
+                "access group {group} is not in the manifest (left over from an interrupted prune, or planted)"
+            ),
+            None => "not an object keyhole publishes".to_owned(),
+        };
+        found(FindingKind::Extra, key, detail);
+    }
+
+    findings.sort_by(|a, b| (&a.key, a.kind).cmp(&(&b.key, b.kind)));
+    findings
+}
+
+/// The access group `key` would be the file of, if it has that shape.
+fn stray_group<'k>(layout: &Layout, key: &'k str) -> Option<&'k str> {
+    let group = key
+        .strip_prefix(&layout.prefix)?
+        .strip_suffix("/authorized_keys")?;
+    (!group.is_empty() && !group.contains('/')).then_some(group)
+}
+
+fn format_report(report: &Report, format: Format) -> String {
+    match format {
+        Format::Json => serde_json::to_string_pretty(report).unwrap_or_default() + "\n",
+        Format::Text => text(report),
+        Format::Markdown => markdown(report),
+    }
+}
+
+fn summary(report: &Report) -> String {
+    let location = format!("s3://{}/{}", report.bucket, report.prefix);
+    let generation = report.generation.map_or_else(
+        || "no readable manifest".to_owned(),
+        |g| format!("manifest generation {g}"),
+    );
+    let signature = if report.signature_checked {
+        "signature checked"
+    } else {
+        "signature not checked (no verify key configured)"
+    };
+    match report.findings.len() {
+        0 => format!("{location} matches {generation}; {signature}"),
+        1 => format!("{location}, {generation}: 1 problem; {signature}"),
+        n => format!("{location}, {generation}: {n} problems; {signature}"),
+    }
+}
+
+fn text(report: &Report) -> String {
+    let mut out = summary(report) + "\n";
+    let width = report
+        .findings
+        .iter()
+        .map(|finding| finding.kind.name().len())
+        .max()
+        .unwrap_or(0);
+    for finding in &report.findings {
+        out.push_str(&format!(
+            "  {:width$}  {}: {}\n",
+            finding.kind.name(),
+            finding.key,
+            finding.detail
+        ));
+    }
+    out
+}
+
+fn markdown(report: &Report) -> String {
+    let mut out = format!("**{}**\n", summary(report));
+    if !report.findings.is_empty() {
+        out.push_str("\n| finding | object | detail |\n|---|---|---|\n");
+        for finding in &report.findings {
+            out.push_str(&format!(
+                "| {} | `{}` | {} |\n",
+                finding.kind.name(),
+                finding.key,
+                finding.detail.replace('|', "\\|")
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::GroupEntry;
+    use ssh_key::private::{Ed25519Keypair, KeypairData};
+    use ssh_key::{HashAlg, LineEnding, PrivateKey};
+    use std::time::{Duration, UNIX_EPOCH};
+
+    const NOW: Duration = Duration::from_secs(1_750_000_000);
+
+    fn layout() -> Layout {
+        Layout {
+            prefix: "ssh/".into(),
+        }
+    }
+
+    fn now() -> SystemTime {
+        UNIX_EPOCH + NOW
+    }
+
+    fn key(seed: u8) -> PrivateKey {
+        PrivateKey::new(
+            KeypairData::from(Ed25519Keypair::from_seed(&[seed; 32])),
+            "test",
+        )
+        .unwrap()
+    }
+
+    fn verifier(key: &PrivateKey) -> Verifier {
+        Verifier::parse(&key.public_key().to_openssh().unwrap()).unwrap()
+    }
+
+    fn sign(key: &PrivateKey, message: &[u8]) -> Vec<u8> {
+        key.sign(signing::NAMESPACE, HashAlg::Sha512, message)
+            .unwrap()
+            .to_pem(LineEnding::LF)
+            .unwrap()
+            .into_bytes()
+    }
+
+    /// A bucket holding exactly what a signed publish of web-prod and db-prod writes.
+    fn clean(signer: &PrivateKey, not_after: SystemTime) -> Observed {
+        let mut manifest = Manifest::empty();
+        manifest.generation = 3;
+        manifest.not_after = Some(signing::format_time(not_after));
+        let mut observed = Observed::default();
+        for (group, body) in [("web-prod", "# web\n"), ("db-prod", "# db\n")] {
+            let key = layout().group(group);
+            manifest.groups.insert(
+                group.into(),
+                GroupEntry {
+                    sha256: sha256_hex(body.as_bytes()),
+                    users: vec![],
+                    keys: 0,
+                    via: BTreeMap::new(),
+                },
+            );
+            observed
+                .group_hashes
+                .insert(key.clone(), sha256_hex(body.as_bytes()));
+            observed.listed.insert(key);
+        }
+        let bytes = manifest.to_json();
+        observed.signature = Some(sign(signer, &bytes));
+        observed.manifest = Some(bytes);
+        observed.listed.insert(layout().manifest());
+        observed.listed.insert(layout().signature());
+        observed
+    }
+
+    fn kinds(findings: &[Finding]) -> Vec<(FindingKind, &str)> {
+        findings
+            .iter()
+            .map(|finding| (finding.kind, finding.key.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn a_clean_signed_bucket_has_no_findings() {
+        let signer = key(1);
+        let observed = clean(&signer, now() + Duration::from_secs(60));
+        assert_eq!(
+            judge(&layout(), &observed, Some(&verifier(&signer)), now()),
+            []
+        );
+        assert_eq!(judge(&layout(), &observed, None, now()), []);
+    }
+
+    #[test]
+    fn every_drift_is_reported_not_just_the_first() {
+        let signer = key(1);
+        let mut observed = clean(&signer, now() + Duration::from_secs(60));
+        observed
+            .group_hashes
+            .insert("ssh/web-prod/authorized_keys".into(), sha256_hex(b"evil"));
+        observed.group_hashes.remove("ssh/db-prod/authorized_keys");
+        observed.listed.remove("ssh/db-prod/authorized_keys");
+        observed.listed.insert("ssh/notes.txt".into());
+        observed
+            .listed
+            .insert("ssh/old-group/authorized_keys".into());
+        let findings = judge(&layout(), &observed, Some(&verifier(&signer)), now());
+        assert_eq!(
+            kinds(&findings),
+            [
+                (FindingKind::Missing, "ssh/db-prod/authorized_keys"),
+                (FindingKind::Extra, "ssh/notes.txt"),
+                (FindingKind::Extra, "ssh/old-group/authorized_keys"),
+                (FindingKind::Modified, "ssh/web-prod/authorized_keys"),
+            ]
+        );
+        assert!(findings[2].detail.contains("access group old-group"));
+        assert!(findings[3].detail.contains(&sha256_hex(b"evil")));
+    }
+
+    #[test]
+    fn signature_problems_and_expiry_are_findings_only_with_a_verifier() {
+        let signer = key(1);
+        let expired = clean(&signer, now() - Duration::from_secs(1));
+        let findings = judge(&layout(), &expired, Some(&verifier(&signer)), now());
+        assert_eq!(
+            kinds(&findings),
+            [(FindingKind::Expired, "ssh/manifest.json")]
+        );
+        assert_eq!(judge(&layout(), &expired, None, now()), []);
+
+        let mut unsigned = clean(&signer, now() + Duration::from_secs(60));
+        unsigned.signature = None;
+        let findings = judge(&layout(), &unsigned, Some(&verifier(&signer)), now());
+        assert_eq!(
+            kinds(&findings),
+            [(FindingKind::SignatureMissing, "ssh/manifest.json.sig")]
+        );
+
+        let other = key(2);
+        let findings = judge(
+            &layout(),
+            &clean(&signer, now() + Duration::from_secs(60)),
+            Some(&verifier(&other)),
+            now(),
+        );
+        assert_eq!(
+            kinds(&findings),
+            [(FindingKind::SignatureInvalid, "ssh/manifest.json.sig")]
+        );
+        assert!(findings[0].detail.contains("not the expected key"));
+    }
+
+    #[test]
+    fn a_signed_manifest_without_not_after_is_a_finding() {
+        let signer = key(1);
+        let mut observed = clean(&signer, now());
+        let mut manifest = Manifest::parse(observed.manifest.as_deref().unwrap()).unwrap();
+        manifest.not_after = None;
+        let bytes = manifest.to_json();
+        observed.signature = Some(sign(&signer, &bytes));
+        observed.manifest = Some(bytes);
+        let findings = judge(&layout(), &observed, Some(&verifier(&signer)), now());
+        assert_eq!(
+            kinds(&findings),
+            [(FindingKind::NotAfterInvalid, "ssh/manifest.json")]
+        );
+    }
+
+    #[test]
+    fn without_a_readable_manifest_nothing_else_is_judged() {
+        let signer = key(1);
+        let mut observed = clean(&signer, now() + Duration::from_secs(60));
+        observed.manifest = None;
+        assert_eq!(
+            kinds(&judge(
+                &layout(),
+                &observed,
+                Some(&verifier(&signer)),
+                now()
+            )),
+            [(FindingKind::ManifestMissing, "ssh/manifest.json")]
+        );
+        // Garbage with its old signature: both the signature and the manifest are reported.
+        observed.manifest = Some(b"{not json".to_vec());
+        assert_eq!(
+            kinds(&judge(
+                &layout(),
+                &observed,
+                Some(&verifier(&signer)),
+                now()
+            )),
+            [
+                (FindingKind::ManifestInvalid, "ssh/manifest.json"),
+                (FindingKind::SignatureInvalid, "ssh/manifest.json.sig"),
+            ]
+        );
+    }
+
+    #[test]
+    fn reports_have_a_stable_json_shape_and_a_readable_text_form() {
+        let report = Report {
+            bucket: "corp-ssh-keys".into(),
+            prefix: "ssh/".into(),
+            generation: Some(3),
+            signature_checked: true,
+            findings: vec![Finding {
+                kind: FindingKind::Extra,
+                key: "ssh/notes.txt".into(),
+                detail: "not an object keyhole publishes".into(),
+            }],
+            ok: false,
+        };
+        let json: serde_json::Value =
+            serde_json::from_str(&format_report(&report, Format::Json)).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "bucket": "corp-ssh-keys",
+                "prefix": "ssh/",
+                "generation": 3,
+                "signature_checked": true,
+                "findings": [{"kind": "extra", "key": "ssh/notes.txt", "detail": "not an object keyhole publishes"}],
+                "ok": false
+            })
+        );
+        assert_eq!(
+            format_report(&report, Format::Text),
+            "s3://corp-ssh-keys/ssh/, manifest generation 3: 1 problem; signature checked\n  \
+             extra  ssh/notes.txt: not an object keyhole publishes\n"
+        );
+        // Every kind's text name is its JSON name.
+        for kind in [
+            FindingKind::ManifestMissing,
+            FindingKind::ManifestInvalid,
+            FindingKind::SignatureMissing,
+            FindingKind::SignatureInvalid,
+            FindingKind::Expired,
+            FindingKind::NotAfterInvalid,
+            FindingKind::Missing,
+            FindingKind::Modified,
+            FindingKind::Extra,
+        ] {
+            assert_eq!(
+                serde_json::to_value(kind).unwrap(),
+                serde_json::json!(kind.name())
+            );
+        }
+    }
+}

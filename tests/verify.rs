@@ -1,0 +1,363 @@
+//! `keyhole verify` end to end: a signed publish from a real Samba AD DC to a real local S3
+//! (s3s-fs), then the bucket changed behind keyhole's back (objects tampered with, deleted,
+//! planted; the manifest edited, re-signed with an expired `not_after`, left unsigned or gone)
+//! and every change reported with exit 1, while a clean bucket exits 0. The signature key comes
+//! from `[signing]` (its `.pub`, or derived from the private key) or from `[instance] verify_key`.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use keyhole::render::sha256_hex;
+use serde_json::{Value, json};
+use support::homes::Homes;
+use support::keyhole::{Deployment, Run, ldap_section, run_keyhole};
+use support::s3::S3Server;
+use support::samba::{Fixture, SambaDc, UserSpec};
+
+const POLICY: &str = r#"
+[access_groups.web-prod]
+groups = ["Web Team"]
+
+[access_groups.db-prod]
+users = ["bob"]
+"#;
+
+const WEB: &str = "ssh/web-prod/authorized_keys";
+const DB: &str = "ssh/db-prod/authorized_keys";
+const MANIFEST: &str = "ssh/manifest.json";
+const SIGNATURE: &str = "ssh/manifest.json.sig";
+
+/// A publisher that signs, wired to a DC, an S3 server and homes with one key per person.
+struct World {
+    _dc: SambaDc,
+    s3: S3Server,
+    _homes: Homes,
+    publisher: Deployment,
+    signing_key: PathBuf,
+}
+
+impl World {
+    fn new() -> World {
+        let fixture = Fixture::new()
+            .user(UserSpec::unix("bob", 22001, "/home/bob"))
+            .user(UserSpec::unix("carol", 22002, "/home/carol"))
+            .group("Web Team", &["bob", "carol"]);
+        let dc = SambaDc::start(&fixture);
+        let s3 = S3Server::start();
+        let homes = Homes::new();
+        for (name, uid) in [("bob", 22001), ("carol", 22002)] {
+            let key = homes.key(name, "ed25519");
+            homes.write(name, uid, &format!("{}\n", key.line));
+        }
+        let mut publisher = Deployment::new(&dc, POLICY);
+        publisher.env.extend(s3.env());
+        let signing_key = publisher.path("signing-key");
+        ssh_keygen(
+            &[
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "keyhole-signing",
+                "-f",
+            ],
+            &signing_key,
+        );
+        publisher.write_settings(&format!(
+            "{}{}{}\n[safety]\nlock_file = \"{}\"\n\n[signing]\nkey_file = \"{}\"\nvalidity = \"7d\"\n",
+            ldap_section(&dc, &dc.ldaps_url(), &dc.ca_file()),
+            s3.settings("ssh/"),
+            homes.settings(),
+            publisher.path("publish.lock").display(),
+            signing_key.display(),
+        ));
+        World {
+            _dc: dc,
+            s3,
+            _homes: homes,
+            publisher,
+            signing_key,
+        }
+    }
+
+    fn verify(&self) -> Run {
+        self.publisher.run(&["verify", "--format", "json"])
+    }
+
+    /// `verify` with settings holding only `[s3]` and `extra` (e.g. an `[instance]` section).
+    fn verify_with(&self, extra: &str) -> Run {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("keyhole.toml");
+        std::fs::write(&config, format!("{}{extra}", self.s3.settings("ssh/"))).unwrap();
+        run_keyhole(&config, &["verify", "--format", "json"], &self.s3.env())
+    }
+
+    /// Signs `manifest` as `ssh-keygen -Y sign -n keyhole` with the publisher's key.
+    fn openssh_sign(&self, manifest: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let message = dir.path().join("manifest.json");
+        std::fs::write(&message, manifest).unwrap();
+        let mut command = Command::new("ssh-keygen");
+        command.args(["-Y", "sign", "-n", "keyhole", "-f"]);
+        command.arg(&self.signing_key).arg(&message);
+        let signed = command.output().unwrap();
+        assert!(signed.status.success(), "{signed:?}");
+        std::fs::read_to_string(message.with_extension("json.sig")).unwrap()
+    }
+
+    fn object(&self, key: &str) -> String {
+        self.s3
+            .object(key)
+            .unwrap_or_else(|| panic!("{key} is not in the bucket"))
+    }
+}
+
+fn ssh_keygen(args: &[&str], file: &std::path::Path) {
+    let made = Command::new("ssh-keygen")
+        .args(args)
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+}
+
+/// Exit 1 and exactly these findings (kind, key), in order.
+fn assert_findings(run: &Run, expected: &[(&str, &str)]) -> Value {
+    assert_eq!(run.code, 1, "{run:#?}");
+    let report = run.json();
+    assert_eq!(report["ok"], false, "{report:#}");
+    let found: Vec<(&str, &str)> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["kind"].as_str().unwrap(), f["key"].as_str().unwrap()))
+        .collect();
+    assert_eq!(found, expected, "{report:#}");
+    report
+}
+
+fn assert_clean(run: &Run, generation: u64) {
+    assert_eq!(run.code, 0, "{run:#?}");
+    assert_eq!(
+        run.json(),
+        json!({
+            "bucket": support::s3::BUCKET,
+            "prefix": "ssh/",
+            "generation": generation,
+            "signature_checked": true,
+            "findings": [],
+            "ok": true
+        })
+    );
+}
+
+#[test]
+fn verify_reports_every_drift_and_every_signature_problem() {
+    let world = World::new();
+    let published = world.publisher.run(&["publish"]);
+    assert_eq!(published.code, 0, "{published:#?}");
+    assert!(
+        world.s3.object(SIGNATURE).is_some(),
+        "the publish did not sign"
+    );
+
+    // Clean, in both forms.
+    assert_clean(&world.verify(), 1);
+    let text = world.publisher.run(&["verify"]);
+    assert_eq!(text.code, 0, "{text:#?}");
+    assert!(
+        text.stdout.contains(&format!(
+            "s3://{}/ssh/ matches manifest generation 1; signature checked",
+            support::s3::BUCKET
+        )),
+        "{}",
+        text.stdout
+    );
+
+    // Tampered, deleted and planted at once: all three are reported.
+    let web = world.object(WEB);
+    let db = world.object(DB);
+    let tampered = format!(
+        "{web}ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDmjOu4mOBUr0DJ8tH2fjkUdlzlxEA9sEap8ddvWULxf mallory\n"
+    );
+    world.s3.put_object(WEB, &tampered);
+    world.s3.delete_object(DB);
+    world
+        .s3
+        .put_object("ssh/backdoor/authorized_keys", "ssh-ed25519 AAAA x\n");
+    let report = assert_findings(
+        &world.verify(),
+        &[
+            ("extra", "ssh/backdoor/authorized_keys"),
+            ("missing", DB),
+            ("modified", WEB),
+        ],
+    );
+    assert_eq!(report["generation"], 1);
+    let modified = report["findings"][2]["detail"].as_str().unwrap();
+    assert!(
+        modified.contains(&sha256_hex(tampered.as_bytes()))
+            && modified.contains(&sha256_hex(web.as_bytes())),
+        "{modified}"
+    );
+    let text = world.publisher.run(&["verify"]);
+    assert_eq!(text.code, 1, "{text:#?}");
+    assert!(text.stdout.contains("3 problems"), "{}", text.stdout);
+    for line in [
+        "extra     ssh/backdoor/authorized_keys: access group backdoor is not in the manifest",
+        "missing   ssh/db-prod/authorized_keys: access group db-prod is in the manifest",
+        "modified  ssh/web-prod/authorized_keys: SHA-256 is",
+    ] {
+        assert!(text.stdout.contains(line), "{line:?} in {}", text.stdout);
+    }
+
+    // Put back as published: clean again.
+    world.s3.put_object(WEB, &web);
+    world.s3.put_object(DB, &db);
+    world.s3.delete_object("ssh/backdoor/authorized_keys");
+    assert_clean(&world.verify(), 1);
+
+    // The manifest edited, its old signature kept.
+    let manifest = world.object(MANIFEST);
+    let signature = world.object(SIGNATURE);
+    let edited = manifest.replacen("\"generation\": 1", "\"generation\": 9", 1);
+    assert_ne!(edited, manifest);
+    world.s3.put_object(MANIFEST, &edited);
+    let report = assert_findings(&world.verify(), &[("signature_invalid", SIGNATURE)]);
+    assert_eq!(report["generation"], 9);
+    assert!(
+        report["findings"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("does not match the signed content"),
+        "{report:#}"
+    );
+
+    // Validly signed (by ssh-keygen, with the publisher's key), but expired.
+    let not_after = json_field(&manifest, "not_after");
+    let expired = manifest.replacen(&not_after, "2020-01-01T00:00:00Z", 1);
+    world.s3.put_object(MANIFEST, &expired);
+    world
+        .s3
+        .put_object(SIGNATURE, &world.openssh_sign(&expired));
+    let report = assert_findings(&world.verify(), &[("expired", MANIFEST)]);
+    assert!(
+        report["findings"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("expired at 2020-01-01T00:00:00Z"),
+        "{report:#}"
+    );
+
+    // Unsigned, while signing is configured.
+    world.s3.put_object(MANIFEST, &manifest);
+    world.s3.delete_object(SIGNATURE);
+    assert_findings(&world.verify(), &[("signature_missing", SIGNATURE)]);
+    // Without any signature key configured the same bucket passes, and says it checked less.
+    let unchecked = world.verify_with("");
+    assert_eq!(unchecked.code, 0, "{unchecked:#?}");
+    assert_eq!(unchecked.json()["signature_checked"], false);
+
+    // An instance's verify_key: the right key passes, another key is a finding.
+    world.s3.put_object(SIGNATURE, &signature);
+    let public = std::fs::read_to_string(world.signing_key.with_extension("pub")).unwrap();
+    let instance = |verify_key: &str| {
+        format!(
+            "\n[instance]\nlogin_user = \"ec2-user\"\naccess_groups = [\"web-prod\"]\nverify_key = \"{}\"\n",
+            verify_key.trim()
+        )
+    };
+    let good = world.verify_with(&instance(&public));
+    assert_eq!(good.code, 0, "{good:#?}");
+    assert_eq!(good.json()["signature_checked"], true);
+    let other_key = world.publisher.path("other-key");
+    ssh_keygen(&["-q", "-t", "ed25519", "-N", "", "-f"], &other_key);
+    let other = std::fs::read_to_string(other_key.with_extension("pub")).unwrap();
+    let report = assert_findings(
+        &world.verify_with(&instance(&other)),
+        &[("signature_invalid", SIGNATURE)],
+    );
+    assert!(
+        report["findings"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not the expected key"),
+        "{report:#}"
+    );
+
+    // Without signing-key.pub beside it, the public half is derived from the private key.
+    std::fs::rename(
+        world.signing_key.with_extension("pub"),
+        world.publisher.path("moved.pub"),
+    )
+    .unwrap();
+    assert_clean(&world.verify(), 1);
+
+    // No manifest at all.
+    world.s3.delete_object(MANIFEST);
+    let report = assert_findings(&world.verify(), &[("manifest_missing", MANIFEST)]);
+    assert_eq!(report["generation"], Value::Null);
+}
+
+/// The string value of a top-level field of a pretty-printed manifest.
+fn json_field(manifest: &str, field: &str) -> String {
+    let value: Value = serde_json::from_str(manifest).unwrap();
+    value[field].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn verify_without_a_bucket_to_read_is_an_error_not_a_report() {
+    let mut s3 = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("keyhole.toml");
+    std::fs::write(&config, s3.settings("ssh/")).unwrap();
+
+    // An empty bucket: nothing is published.
+    let empty = run_keyhole(&config, &["verify", "--format", "json"], &s3.env());
+    assert_findings(&empty, &[("manifest_missing", MANIFEST)]);
+
+    // S3 down: exit 1 with the error on stderr and no report that could read as "checked".
+    s3.stop();
+    let down = run_keyhole(&config, &["verify", "--format", "json"], &s3.env());
+    assert_eq!(down.code, 1, "{down:#?}");
+    assert_eq!(down.stdout, "", "{down:#?}");
+    assert!(
+        down.stderr.contains("listing the bucket"),
+        "{}",
+        down.stderr
+    );
+
+    // A signature key that is not one is a configuration error (78), before any request.
+    std::fs::write(
+        &config,
+        format!(
+            "{}\n[instance]\nlogin_user = \"ec2-user\"\naccess_groups = [\"web-prod\"]\nverify_key = \"ssh-ed25519 notakey\"\n",
+            s3.settings("ssh/")
+        ),
+    )
+    .unwrap();
+    let invalid = run_keyhole(&config, &["verify"], &s3.env());
+    assert_eq!(invalid.code, 78, "{invalid:#?}");
+    assert!(invalid.stderr.contains("verify_key"), "{}", invalid.stderr);
+
+    let help = run_keyhole(&config, &["verify", "--help"], &[]);
+    assert_eq!(help.code, 0, "{help:#?}");
+    for needle in [
+        "manifest_missing",
+        "signature_invalid",
+        "expired",
+        "\"findings\": [{\"kind\", \"key\", \"detail\"}]",
+        "Exit codes:",
+        "78  configuration or policy invalid",
+    ] {
+        assert!(
+            help.stdout.contains(needle),
+            "{needle:?} in {}",
+            help.stdout
+        );
+    }
+}
