@@ -8,6 +8,7 @@ use anyhow::Context;
 
 use super::{Format, GlobalArgs};
 use crate::exit::{EXIT_CODES_HELP, Exit, coded};
+use crate::policy::plural;
 use crate::resolve::{Resolution, resolve};
 use crate::settings::Settings;
 use crate::{directory, policy};
@@ -96,12 +97,4 @@ fn text(resolution: &Resolution) -> String {
         }
     }
     out
-}
-
-fn plural(count: usize, noun: &str) -> String {
-    if count == 1 {
-        format!("1 {noun}")
-    } else {
-        format!("{count} {noun}s")
-    }
 }
