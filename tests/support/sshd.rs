@@ -4,8 +4,8 @@
 //!
 //! sshd only runs an AuthorizedKeysCommand whose path, and every directory above it, is owned by
 //! root and writable by nobody else, so the command (a small wrapper that points keyhole at its
-//! settings and the test S3 credentials) lives in a fresh 0755 directory under the target dir,
-//! never under the world-writable /tmp.
+//! settings and the test S3 credentials) lives in a fresh 0755 directory under /run, never under
+//! the world-writable /tmp.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
@@ -23,10 +23,12 @@ impl Sshd {
     /// Starts sshd, letting `login_user` in with the keys `keyhole authorized-keys` prints when run
     /// with `config` and the environment `env` (e.g. AWS credentials for the test S3).
     pub fn start(config: &Path, env: &[(String, String)]) -> Sshd {
+        // /run, not the target dir: a checkout under /tmp (world-writable) would fail sshd's
+        // check of the command's parent directories.
         let dir = tempfile::Builder::new()
-            .prefix("sshd-")
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-            .expect("a directory for sshd");
+            .prefix("keyhole-sshd-")
+            .tempdir_in("/run")
+            .expect("a directory for sshd under /run (the tests run as root)");
         let root = dir.path();
         std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::create_dir_all("/run/sshd").expect("sshd's privilege separation directory");
