@@ -346,13 +346,25 @@ fn env_name(section: &str, key: &str) -> String {
 }
 
 /// Lays one `KEYHOLE_*` variable over the parsed file. Variables that are not keyhole's are left
-/// alone; a `KEYHOLE_` variable that names no setting is an error (a typo would otherwise be
-/// silently ignored in production).
+/// alone; a `KEYHOLE_<SECTION>_…` variable that names no setting of that section is an error (a
+/// typo would otherwise be silently ignored in production).
 fn overlay_env(table: &mut toml::Table, name: &str, value: &str) -> Result<(), String> {
     if !name.starts_with("KEYHOLE_") || NOT_OVERRIDES.contains(&name) {
         return Ok(());
     }
     let Some(&(section, key, kind)) = KEYS.iter().find(|(s, k, _)| env_name(s, k) == name) else {
+        // Only a name inside one of keyhole's sections is surely a typo of a setting; other
+        // KEYHOLE_* variables (a deployment's own, a script's) are none of our business.
+        let in_a_section = KEYS
+            .iter()
+            .any(|(s, _, _)| !s.is_empty() && name.starts_with(&env_name(s, "")));
+        if !in_a_section {
+            tracing::debug!(
+                variable = name,
+                "ignoring a KEYHOLE_ variable that names no setting"
+            );
+            return Ok(());
+        }
         let known: Vec<String> = KEYS.iter().map(|(s, k, _)| env_name(s, k)).collect();
         let known: Vec<&str> = known.iter().map(String::as_str).collect();
         let hint = crate::diagnostic::did_you_mean(name, &known)
@@ -969,6 +981,8 @@ prefix = "ssh"
                 "environment variable KEYHOLE_S3_BUKET:0:0: error: not a keyhole setting; did you mean KEYHOLE_S3_BUCKET?"
             ]
         );
+        // A variable outside keyhole's sections belongs to someone else.
+        parse(MINIMAL, &[("KEYHOLE_DEMO_DIR", "/tmp/demo")]).unwrap();
         let errors = parse(MINIMAL, &[("KEYHOLE_LDAP_PAGE_SIZE", "many")]).unwrap_err();
         assert!(
             errors[0].contains("\"many\" is not a valid integer"),
