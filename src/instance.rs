@@ -38,8 +38,8 @@ const ATTRIBUTION: &str = "attribution";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Meta {
     pub etag: String,
-    /// Unix seconds when this copy was last confirmed to be what S3 publishes.
-    pub confirmed_at: u64,
+    /// Unix time in milliseconds when this copy was last confirmed to be what S3 publishes.
+    pub confirmed_at_ms: u64,
     pub generation: u64,
     /// Hex SHA-256 of the body.
     pub sha256: String,
@@ -47,7 +47,7 @@ pub struct Meta {
 
 impl Meta {
     pub fn age(&self, now: SystemTime) -> Duration {
-        Duration::from_secs(unix_seconds(now).saturating_sub(self.confirmed_at))
+        Duration::from_millis(unix_millis(now).saturating_sub(self.confirmed_at_ms))
     }
 }
 
@@ -151,8 +151,9 @@ impl Cache {
     }
 }
 
-pub fn unix_seconds(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+pub fn unix_millis(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Where the objects are in the bucket.
@@ -247,7 +248,7 @@ pub async fn refresh(
             );
             let empty = Meta {
                 etag: String::new(),
-                confirmed_at: unix_seconds(now),
+                confirmed_at_ms: unix_millis(now),
                 generation: manifest.generation,
                 sha256: sha256_hex(b""),
             };
@@ -277,7 +278,7 @@ pub async fn refresh(
                             &name,
                             &Meta {
                                 etag: object.etag,
-                                confirmed_at: unix_seconds(now),
+                                confirmed_at_ms: unix_millis(now),
                                 generation: manifest.generation,
                                 sha256,
                             },
@@ -291,11 +292,11 @@ pub async fn refresh(
         };
         let mut meta = cached.map(|c| c.meta).unwrap_or_else(|| Meta {
             etag: String::new(),
-            confirmed_at: 0,
+            confirmed_at_ms: 0,
             generation: 0,
             sha256: entry.sha256.clone(),
         });
-        meta.confirmed_at = unix_seconds(now);
+        meta.confirmed_at_ms = unix_millis(now);
         meta.generation = manifest.generation;
         cache.write(&name, &meta, &body)?;
     }
@@ -310,7 +311,7 @@ pub async fn refresh(
         MANIFEST,
         &Meta {
             etag,
-            confirmed_at: unix_seconds(now),
+            confirmed_at_ms: unix_millis(now),
             generation: manifest.generation,
             sha256: sha256_hex(&bytes),
         },
@@ -322,7 +323,7 @@ pub async fn refresh(
 fn attribution_meta(manifest: &Manifest, now: SystemTime, body: &str) -> Meta {
     Meta {
         etag: String::new(),
-        confirmed_at: unix_seconds(now),
+        confirmed_at_ms: unix_millis(now),
         generation: manifest.generation,
         sha256: sha256_hex(body.as_bytes()),
     }
@@ -363,38 +364,48 @@ pub fn describe_grant(manifest: &Manifest, group: &str, user: &str) -> String {
     }
 }
 
-/// What to give sshd: for each of this host's access groups, its cached body if it was confirmed
-/// within `max_stale`. Groups past that are left out (fail closed), and named in the second list.
-pub fn servable(
+/// This host's access groups with their cached copies (`None`: not cached), read once per login.
+pub fn cached_groups(
     cache: &Cache,
     instance: &InstanceSettings,
-    now: SystemTime,
-) -> anyhow::Result<(Vec<Cached>, Vec<String>)> {
-    let mut served = Vec::new();
-    let mut refused = Vec::new();
-    for group in &instance.access_groups {
-        match cache.group(group)? {
-            Some(cached) if cached.meta.age(now) <= instance.max_stale => served.push(cached),
-            _ => refused.push(group.clone()),
-        }
-    }
-    Ok((served, refused))
+) -> anyhow::Result<Vec<(String, Option<Cached>)>> {
+    instance
+        .access_groups
+        .iter()
+        .map(|group| Ok((group.clone(), cache.group(group)?)))
+        .collect()
 }
 
-/// True when every access group of this host is cached and younger than `cache_ttl`: such a
-/// login needs no network at all.
+/// True when every access group is cached and younger than `cache_ttl`: such a login needs no
+/// network at all.
 pub fn all_fresh(
-    cache: &Cache,
+    groups: &[(String, Option<Cached>)],
     instance: &InstanceSettings,
     now: SystemTime,
-) -> anyhow::Result<bool> {
-    for group in &instance.access_groups {
-        match cache.group(group)? {
-            Some(cached) if cached.meta.age(now) < instance.cache_ttl => {}
-            _ => return Ok(false),
+) -> bool {
+    groups.iter().all(|(_, cached)| {
+        cached
+            .as_ref()
+            .is_some_and(|c| c.meta.age(now) < instance.cache_ttl)
+    })
+}
+
+/// What to give sshd: each group's cached body if it was confirmed within `max_stale`. Groups past
+/// that are left out (fail closed), and named in the second list.
+pub fn servable(
+    groups: Vec<(String, Option<Cached>)>,
+    instance: &InstanceSettings,
+    now: SystemTime,
+) -> (Vec<Cached>, Vec<String>) {
+    let mut served = Vec::new();
+    let mut refused = Vec::new();
+    for (group, cached) in groups {
+        match cached {
+            Some(cached) if cached.meta.age(now) <= instance.max_stale => served.push(cached),
+            _ => refused.push(group),
         }
     }
-    Ok(true)
+    (served, refused)
 }
 
 /// Groups of one manifest entry by person, for `whois` from any manifest.
@@ -417,4 +428,89 @@ pub fn owner_of<'m>(
         })
         .collect();
     Some((owner.user.as_str(), groups))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(dir: &Path) -> InstanceSettings {
+        InstanceSettings {
+            login_user: "ec2-user".into(),
+            access_groups: vec!["web".into(), "db".into()],
+            cache_dir: dir.to_path_buf(),
+            cache_ttl: Duration::from_secs(300),
+            max_stale: Duration::from_secs(3600),
+            fetch_timeout: Duration::from_secs(3),
+            verify_key: None,
+        }
+    }
+
+    fn meta(body: &[u8], confirmed: SystemTime) -> Meta {
+        Meta {
+            etag: "\"e\"".into(),
+            confirmed_at_ms: unix_millis(confirmed),
+            generation: 7,
+            sha256: sha256_hex(body),
+        }
+    }
+
+    #[test]
+    fn cached_files_round_trip_and_damaged_ones_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path());
+        let now = SystemTime::now();
+        cache
+            .write(
+                "group-web",
+                &meta(b"ssh-ed25519 AAAA bob\n", now),
+                b"ssh-ed25519 AAAA bob\n",
+            )
+            .unwrap();
+        let cached = cache.group("web").unwrap().unwrap();
+        assert_eq!(cached.body, b"ssh-ed25519 AAAA bob\n");
+        assert_eq!(cached.meta.generation, 7);
+        assert_eq!(cache.group("db").unwrap(), None);
+
+        // A body that no longer matches its header is not served.
+        let path = dir.path().join("group-web");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(b"ssh-ed25519 BBBB mallory\n");
+        std::fs::write(&path, bytes).unwrap();
+        assert_eq!(cache.group("web").unwrap(), None);
+    }
+
+    #[test]
+    fn freshness_and_staleness_are_judged_per_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path());
+        let settings = instance(dir.path());
+        let now = SystemTime::now();
+        cache
+            .write("group-web", &meta(b"", now - Duration::from_secs(10)), b"")
+            .unwrap();
+        let groups = || cached_groups(&cache, &settings).unwrap();
+        // db is missing: not fresh, and only web can be served.
+        assert!(!all_fresh(&groups(), &settings, now));
+        let (served, refused) = servable(groups(), &settings, now);
+        assert_eq!((served.len(), refused), (1, vec!["db".to_string()]));
+        cache
+            .write("group-db", &meta(b"", now - Duration::from_secs(1800)), b"")
+            .unwrap();
+        // db is past cache_ttl but within max_stale: refresh wanted, both still servable.
+        assert!(!all_fresh(&groups(), &settings, now));
+        let (served, refused) = servable(groups(), &settings, now);
+        assert_eq!((served.len(), refused.len()), (2, 0));
+        // Ninety minutes later both are past max_stale: fail closed.
+        let (served, refused) = servable(groups(), &settings, now + Duration::from_secs(5400));
+        assert_eq!(served.len(), 0);
+        assert_eq!(refused, ["web", "db"]);
+        cache.write("group-web", &meta(b"", now), b"").unwrap();
+        cache.write("group-db", &meta(b"", now), b"").unwrap();
+        assert!(all_fresh(
+            &groups(),
+            &settings,
+            now + Duration::from_millis(1)
+        ));
+    }
 }

@@ -38,13 +38,17 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
         return Ok(Exit::Success);
     }
     let cache = Cache::new(&instance.cache_dir);
-    if !instance::all_fresh(&cache, instance, SystemTime::now())?
-        && let Err(error) = fetch(&settings, &cache, instance.fetch_timeout).await
-    {
-        tracing::warn!("could not refresh the key cache, serving what is cached: {error:#}");
+    let mut groups = instance::cached_groups(&cache, instance)?;
+    if !instance::all_fresh(&groups, instance, SystemTime::now()) {
+        match fetch(&settings, &cache, instance.fetch_timeout).await {
+            Ok(()) => groups = instance::cached_groups(&cache, instance)?,
+            Err(error) => {
+                tracing::warn!("could not refresh the key cache, serving what is cached: {error:#}")
+            }
+        }
     }
 
-    let (served, refused) = instance::servable(&cache, instance, SystemTime::now())?;
+    let (served, refused) = instance::servable(groups, instance, SystemTime::now());
     let mut stdout = std::io::stdout().lock();
     for cached in &served {
         for line in cached.body.split(|&b| b == b'\n') {
