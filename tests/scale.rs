@@ -126,7 +126,9 @@ impl World {
     /// Publishes `policy`; returns (LDAP searches, S3 writes) from the metrics file.
     fn publish(&self, access_groups: usize) -> (usize, usize) {
         self.deployment.write_policy(&policy(access_groups));
-        let metrics = self.deployment.path(&format!("publish-{access_groups}.prom"));
+        let metrics = self
+            .deployment
+            .path(&format!("publish-{access_groups}.prom"));
         let metrics_arg = metrics.display().to_string();
         let run = self
             .deployment

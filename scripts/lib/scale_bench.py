@@ -159,12 +159,60 @@ case("plan", [keyhole, "plan", "--format", "json"])
 print("keyhole members", file=sys.stderr)
 case("members", [keyhole, "members", "--format", "json"])
 
+def diagnose():
+    """Where a no-change publish spends its time and memory (DIAGNOSE=1): the gaps between its
+    own log lines, peak RSS with glibc limited to 2 malloc arenas, and a perf profile."""
+    out = []
+    sample, _ = run(publish)
+    stamps = re.findall(r"^(\S+Z)\s+\w+ (.*?)(?:\s+\w+=.*)?$", sample["stderr_tail"], re.M)
+    sample_full = subprocess.run([keyhole, "publish", "--force"], env=env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE).stderr.decode()
+    from datetime import datetime
+    previous = None
+    start = time.time()
+    for line in sample_full.splitlines():
+        m = re.match(r"^(\S+Z)\s+\w+ (.*)$", line)
+        if not m:
+            continue
+        at = datetime.fromisoformat(m.group(1).replace("Z", "+00:00")[:26] + "+00:00")
+        if previous:
+            out.append(f"  +{(at - previous).total_seconds():6.2f} s  {m.group(2)[:110]}")
+        else:
+            out.append(f"   {'start':>7}  {m.group(2)[:110]}")
+        previous = at
+    arenas, _ = run(["env", "MALLOC_ARENA_MAX=2"] + publish)
+    out.append(f"peak RSS of a no-change publish: {sample['rss_mb']:.0f} MB; with MALLOC_ARENA_MAX=2: "
+               f"{arenas['rss_mb']:.0f} MB")
+    members, _ = run([keyhole, "members", "--format", "json"])
+    out.append(f"peak RSS of members (directory read + resolution only): {members['rss_mb']:.0f} MB")
+    if shutil.which("perf"):
+        data = f"{work}/perf.data"
+        subprocess.run(["perf", "record", "-F", "499", "-g", "-o", data, keyhole, "publish",
+                        "--force"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        report = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children",
+                                 "--sort", "dso,symbol", "--percent-limit", "1.5"],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL).stdout.decode()
+        top = [l for l in report.splitlines() if re.match(r"^\s+\d+\.\d+%", l)]
+        out.append("perf (no-change publish, self time by symbol, >= 1.5%):")
+        out += ["  " + l.strip()[:150] for l in top[:25]]
+    return "\n".join(out)
+
+
+if os.environ.get("DIAGNOSE"):
+    print("diagnosing a no-change publish", file=sys.stderr)
+    diagnosis = diagnose()
+    print(diagnosis)
+    with open(f"{work}/diagnosis.txt", "w") as f:
+        f.write(diagnosis + "\n")
+    if naive_groups == 0:
+        sys.exit(0)
+
 # The naive publisher on the first NAIVE_GROUPS access groups, into its own prefix.
 total_groups = facts["access_groups"]
 naive_env_groups = min(naive_groups, total_groups)
 print(f"naive shell publisher on {naive_env_groups} of {total_groups} access groups", file=sys.stderr)
 naive_samples = []
-for _ in range(1 if naive_env_groups < total_groups else reps):
+for _ in range(1):  # minutes per run: once is enough to show the order of magnitude
     sample, out = run([f"{here}/naive-publish", f"{company}/naive-policy.tsv", f"{company}/homes",
                        str(naive_env_groups)])
     sample["summary"] = out.decode().strip()
