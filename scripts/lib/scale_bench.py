@@ -181,6 +181,8 @@ def diagnose():
             out.append(f"   {'start':>7}  {m.group(2)[:110]}")
         previous = at
     arenas, _ = run(["env", "MALLOC_ARENA_MAX=2"] + publish)
+    out.append(f"no-change publish: {sample['wall']:.2f} s, LDAP searches {sample['ldap_searches']} "
+               f"({sample['ranged_reads']} ranged) / DC {sample['ldap_server']}, S3 {sample['s3_server']}")
     out.append(f"peak RSS of a no-change publish: {sample['rss_mb']:.0f} MB; with MALLOC_ARENA_MAX=2: "
                f"{arenas['rss_mb']:.0f} MB")
     members, _ = run([keyhole, "members", "--format", "json"])
@@ -202,7 +204,7 @@ if os.environ.get("DIAGNOSE"):
     print("diagnosing a no-change publish", file=sys.stderr)
     diagnosis = diagnose()
     print(diagnosis)
-    with open(f"{work}/diagnosis.txt", "w") as f:
+    with open(f"{os.path.dirname(work)}/diagnosis-{facts['users']}.txt", "w") as f:
         f.write(diagnosis + "\n")
     if naive_groups == 0:
         sys.exit(0)
@@ -302,8 +304,10 @@ out.append(f"`authorized-keys` (2 access groups, signed manifest, process start 
            f"{statistics.median(misses):.2f} ms ({len(misses)} runs).\n")
 text = "\n".join(out)
 print(text)
-with open(f"{work}/result.md", "w") as f:
+# Next to the work directory, which the next run of the same size replaces.
+kept = f"{os.path.dirname(work)}/result-{facts['users']}"
+with open(f"{kept}.md", "w") as f:
     f.write(text + "\n")
-with open(f"{work}/result.json", "w") as f:
+with open(f"{kept}.json", "w") as f:
     json.dump({"facts": facts, "results": results, "hits_ms": hits, "misses_ms": misses,
                "naive_total": naive_total, "naive_groups": naive_env_groups}, f, indent=1)
