@@ -236,13 +236,17 @@ def ak_once(cold):
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     elapsed = (time.perf_counter() - start) * 1000
     if done.returncode != 0 or not done.stdout:
-        sys.exit(f"authorized-keys failed: {done.stderr.decode()[-2000:]}")
+        # A miss past fetch_timeout (3 s) serves nothing: counted, not fatal to the bench.
+        print(f"  authorized-keys failed: {done.stderr.decode()[-300:]}", file=sys.stderr)
+        return None
     return elapsed
 
 
-ak_once(False)
-hits = sorted(ak_once(False) for _ in range(200))
-misses = sorted(ak_once(True) for _ in range(max(20, reps * 5)))
+ak_once(True)
+hits = sorted(x for x in (ak_once(False) for _ in range(200)) if x is not None)
+miss_runs = [ak_once(True) for _ in range(max(20, reps * 5))]
+misses = sorted(x for x in miss_runs if x is not None) or [float("nan")]
+miss_failures = sum(1 for x in miss_runs if x is None)
 
 
 def median(name, key="wall"):
@@ -301,7 +305,8 @@ out.append(f"Ratios: cold publish / floor = {keyhole_cold / floor_s:.2f}; no-cha
 out.append(f"`authorized-keys` (2 access groups, signed manifest, process start included): "
            f"cache hit median {statistics.median(hits):.2f} ms (p99 "
            f"{hits[int(len(hits) * 0.99) - 1]:.2f} ms, {len(hits)} runs); cold miss median "
-           f"{statistics.median(misses):.2f} ms ({len(misses)} runs).\n")
+           f"{statistics.median(misses):.2f} ms ({len(miss_runs)} runs, {miss_failures} past the 3 s "
+           f"fetch_timeout).\n")
 text = "\n".join(out)
 print(text)
 # Next to the work directory, which the next run of the same size replaces.
