@@ -6,7 +6,7 @@
 //! person can act on (disabled, left group X, no longer in policy, denied, …), and removals caused
 //! by `[deny]` are the only ones the guard never holds back.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 
@@ -116,6 +116,7 @@ pub fn plan(
     selection: Selection<'_>,
 ) -> Plan {
     let selected = |group: &str| selection.is_none_or(|set| set.contains(group));
+    let published_keys = fingerprints_by_group(published);
     let mut groups = BTreeMap::new();
     let mut problems = rendered.problems.clone();
     let mut next = Manifest {
@@ -130,7 +131,7 @@ pub fn plan(
         let file = match outcome {
             RenderedGroup::Ready(file) if selected(name) => file,
             RenderedGroup::Ready(_) => {
-                keep(&mut next, published, name);
+                keep(&mut next, published, &published_keys, name);
                 groups.insert(name.clone(), unchanged());
                 continue;
             }
@@ -141,7 +142,7 @@ pub fn plan(
                         "keys unknown (home unreadable); access group {name} left as published"
                     ),
                 }));
-                keep(&mut next, published, name);
+                keep(&mut next, published, &published_keys, name);
                 groups.insert(name.clone(), unchanged());
                 continue;
             }
@@ -155,7 +156,7 @@ pub fn plan(
             .map(|entry| entry.users.iter().map(String::as_str).collect())
             .unwrap_or_default();
         let after_users: BTreeSet<&str> = file.users.iter().map(String::as_str).collect();
-        let before_keys: BTreeSet<&str> = published.fingerprints_of(name).collect();
+        let before_keys: BTreeSet<&str> = keys_of(&published_keys, name).collect();
         let after_keys: BTreeSet<&str> = file.keys.iter().map(|(_, fp)| fp.as_str()).collect();
 
         let group_plan = GroupPlan {
@@ -194,7 +195,7 @@ pub fn plan(
             continue;
         }
         if !selected(name) {
-            keep(&mut next, published, name);
+            keep(&mut next, published, &published_keys, name);
             continue;
         }
         groups.insert(
@@ -211,7 +212,7 @@ pub fn plan(
                     })
                     .collect(),
                 added_fingerprints: vec![],
-                removed_fingerprints: published.fingerprints_of(name).map(str::to_owned).collect(),
+                removed_fingerprints: keys_of(&published_keys, name).map(str::to_owned).collect(),
                 file: None,
             },
         );
@@ -243,13 +244,41 @@ fn unchanged() -> GroupPlan {
     }
 }
 
+/// The published fingerprints of each access group, indexed in one pass over the manifest.
+/// Asking the manifest per group (`Manifest::fingerprints_of`) scans every fingerprint each
+/// time: 1,000 groups × 15,000 keys made that scan most of a 10k-user run (BENCHMARKS.md).
+fn fingerprints_by_group(published: &Manifest) -> HashMap<&str, Vec<&str>> {
+    let mut index: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (fingerprint, entry) in &published.fingerprints {
+        for group in &entry.groups {
+            index
+                .entry(group.as_str())
+                .or_default()
+                .push(fingerprint.as_str());
+        }
+    }
+    index
+}
+
+fn keys_of<'m>(
+    index: &HashMap<&'m str, Vec<&'m str>>,
+    group: &str,
+) -> impl Iterator<Item = &'m str> {
+    index.get(group).into_iter().flatten().copied()
+}
+
 /// Carries a group's published entry (and its fingerprints) over to the next manifest unchanged.
-fn keep(next: &mut Manifest, published: &Manifest, group: &str) {
+fn keep(
+    next: &mut Manifest,
+    published: &Manifest,
+    published_keys: &HashMap<&str, Vec<&str>>,
+    group: &str,
+) {
     let Some(entry) = published.groups.get(group) else {
         return;
     };
     next.groups.insert(group.to_owned(), entry.clone());
-    for fingerprint in published.fingerprints_of(group) {
+    for fingerprint in keys_of(published_keys, group) {
         if let Some(owner) = published.fingerprints.get(fingerprint) {
             add_fingerprint(next, fingerprint, &owner.user, group);
         }
@@ -279,9 +308,10 @@ fn add_fingerprint(next: &mut Manifest, fingerprint: &str, user: &str, group: &s
             user: user.to_owned(),
             groups: Vec::new(),
         });
-    if !entry.groups.iter().any(|g| g == group) {
-        entry.groups.push(group.to_owned());
-        entry.groups.sort();
+    // Kept sorted by inserting in place: a key of someone in every access group (the
+    // [everywhere] admins) is added once per group, and re-sorting each time was quadratic.
+    if let Err(at) = entry.groups.binary_search_by(|g| g.as_str().cmp(group)) {
+        entry.groups.insert(at, group.to_owned());
     }
 }
 

@@ -1,0 +1,318 @@
+#!/usr/bin/env python3
+"""The measuring half of `scripts/bench scale`: runs every case with repetitions against the
+servers scripts/bench started, prints a markdown table and writes it (and the raw samples as
+JSON) next to the work directory. Timings are printed, never asserted.
+
+    scale_bench.py WORK KEYHOLE REPS NAIVE_GROUPS
+
+WORK holds keyhole.toml, instance.toml, company/ (from company.py), s3/ (the bucket root of
+s3s-fs), s3.log (s3s-fs with RUST_LOG=s3s::service=debug: one "req:" line per request), ldap.env
+(what the floor and the naive script need) and, if the DC logs its LDAP requests, samba.log.
+"""
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+work, keyhole, reps, naive_groups = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+company = f"{work}/company"
+facts = json.load(open(f"{company}/facts.json"))
+bucket_dir = f"{work}/s3/keyhole-bench"
+env = dict(os.environ, KEYHOLE_CONFIG=f"{work}/keyhole.toml", RUST_LOG="info")
+ldap_env = dict(line.rstrip("\n").split("=", 1) for line in open(f"{work}/ldap.env"))
+env.update(ldap_env)
+here = os.path.dirname(os.path.abspath(__file__))
+
+
+def log_size(path):
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def log_since(path, offset):
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def s3_requests(text):
+    """Requests s3s-fs saw, by method: its own count, independent of keyhole's."""
+    counts = {}
+    for method in re.findall(r"req: Request \{ method: ([A-Z]+)", text):
+        counts[method] = counts.get(method, 0) + 1
+    return counts
+
+
+def ldap_server_searches(text):
+    """Search requests the DC logged (only when it runs with a debug level that logs them)."""
+    return len(re.findall(r"ldapsrv_SearchRequest", text))
+
+
+def run(argv, before=None, metrics=None):
+    if before:
+        before()
+    s3_offset = log_size(f"{work}/s3.log")
+    dc_offset = log_size(f"{work}/samba.log")
+    with tempfile.NamedTemporaryFile() as timing:
+        start = time.perf_counter()
+        done = subprocess.run(["/usr/bin/time", "-v", "-o", timing.name] + argv, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        wall = time.perf_counter() - start
+        rss = int(re.search(rb"Maximum resident set size \(kbytes\): (\d+)",
+                            open(timing.name, "rb").read()).group(1))
+    time.sleep(0.05)  # let the servers' log lines land
+    stderr = done.stderr.decode(errors="replace")
+    if done.returncode not in (0, 1, 2):
+        sys.exit(f"{' '.join(argv)} exited {done.returncode}:\n{stderr[-3000:]}")
+    searches = re.findall(r"searches=(\d+)", stderr)
+    ranged = re.findall(r"ranged_reads=(\d+)", stderr)
+    sample = {
+        "wall": wall, "rss_mb": rss / 1024, "exit": done.returncode,
+        "ldap_searches": int(searches[-1]) if searches else None,
+        "ranged_reads": int(ranged[-1]) if ranged else None,
+        "s3_server": s3_requests(log_since(f"{work}/s3.log", s3_offset)),
+        "ldap_server": ldap_server_searches(log_since(f"{work}/samba.log", dc_offset)),
+        "stderr_tail": stderr[-600:],
+    }
+    if metrics and os.path.exists(metrics):
+        m = dict(re.findall(r"^(keyhole_publish_\w+) (\S+)$", open(metrics).read(), re.M))
+        sample["s3_writes"] = int(float(m["keyhole_publish_s3_writes"]))
+        sample["metrics_ldap_searches"] = int(float(m["keyhole_publish_ldap_searches"]))
+        sample["groups_changed"] = int(float(m["keyhole_publish_groups_changed"]))
+    return sample, done.stdout
+
+
+results = {}
+
+
+def case(name, argv, before=None, metrics=None, repetitions=reps):
+    samples = []
+    for _ in range(repetitions):
+        sample, _ = run(argv, before, metrics)
+        samples.append(sample)
+        print(f"  {name}: {sample['wall']:.2f} s, {sample['rss_mb']:.0f} MB, "
+              f"ldap {sample['ldap_searches']}, s3 {sample['s3_server']}", file=sys.stderr)
+    results[name] = samples
+    return samples
+
+
+def empty_bucket():
+    for entry in os.listdir(bucket_dir):
+        path = os.path.join(bucket_dir, entry)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
+metrics_file = f"{work}/publish.prom"
+publish = [keyhole, "publish", "--force", "--metrics-file", metrics_file]
+
+print(f"floor: one paged dump of users and groups + every authorized_keys read once", file=sys.stderr)
+floor = ("ldapsearch -LLL -x -H \"$LDAP_URI\" -D \"$BIND_DN\" -y \"$BIND_PW_FILE\" "
+         "-E pr=1000/noprompt -b \"$BASE_DN\" "
+         "'(|(&(objectCategory=person)(objectClass=user))(objectClass=group))' "
+         "sAMAccountName userAccountControl accountExpires lockoutTime uidNumber "
+         "unixHomeDirectory primaryGroupID objectSid member >/dev/null && "
+         f"find {company}/homes -name authorized_keys -print0 | xargs -0 cat >/dev/null")
+case("floor", ["bash", "-c", floor])
+
+print("keyhole publish, cold (empty bucket)", file=sys.stderr)
+case("publish cold", publish, before=empty_bucket, metrics=metrics_file)
+print("keyhole publish, nothing changed", file=sys.stderr)
+case("publish no-change", publish, metrics=metrics_file)
+
+# One person in a few access groups changes their authorized_keys between runs.
+manifest = json.load(open(f"{bucket_dir}/ssh/manifest.json"))
+groups_of = {}
+for group, entry in manifest["groups"].items():
+    for user in entry["users"]:
+        groups_of.setdefault(user, []).append(group)
+changer = min((u for u, g in groups_of.items() if len(g) >= 2 and u.startswith("emp")),
+              key=lambda u: (abs(len(groups_of[u]) - 3), u))
+changer_file = f"{company}/homes/{changer}/.ssh/authorized_keys"
+original = open(changer_file).read()
+fresh_keys = [line.split(" ", 1)[1].rstrip("\n") for line in
+              open(f"{os.path.dirname(work)}/../bench-cache/keypool.txt")
+              if line.startswith("ed25519 ")][-reps * 2:]
+turn = [0]
+
+
+def change_one_user():
+    turn[0] += 1
+    with open(changer_file, "w") as f:
+        f.write(original + f"{fresh_keys[turn[0] % len(fresh_keys)]} {changer}@new-laptop\n")
+
+
+print(f"keyhole publish, one user changed ({changer}, in {len(groups_of[changer])} access groups)",
+      file=sys.stderr)
+case("publish one-user-changed", publish, before=change_one_user, metrics=metrics_file)
+print("keyhole plan (nothing changed)", file=sys.stderr)
+case("plan", [keyhole, "plan", "--format", "json"])
+print("keyhole members", file=sys.stderr)
+case("members", [keyhole, "members", "--format", "json"])
+
+def diagnose():
+    """Where a no-change publish spends its time and memory (DIAGNOSE=1): the gaps between its
+    own log lines, peak RSS with glibc limited to 2 malloc arenas, and a perf profile."""
+    out = []
+    sample, _ = run(publish)
+    stamps = re.findall(r"^(\S+Z)\s+\w+ (.*?)(?:\s+\w+=.*)?$", sample["stderr_tail"], re.M)
+    sample_full = subprocess.run([keyhole, "publish", "--force"], env=env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE).stderr.decode()
+    from datetime import datetime
+    previous = None
+    start = time.time()
+    for line in sample_full.splitlines():
+        m = re.match(r"^(\S+Z)\s+\w+ (.*)$", line)
+        if not m:
+            continue
+        at = datetime.fromisoformat(m.group(1).replace("Z", "+00:00")[:26] + "+00:00")
+        if previous:
+            out.append(f"  +{(at - previous).total_seconds():6.2f} s  {m.group(2)[:110]}")
+        else:
+            out.append(f"   {'start':>7}  {m.group(2)[:110]}")
+        previous = at
+    arenas, _ = run(["env", "MALLOC_ARENA_MAX=2"] + publish)
+    out.append(f"no-change publish: {sample['wall']:.2f} s, LDAP searches {sample['ldap_searches']} "
+               f"({sample['ranged_reads']} ranged) / DC {sample['ldap_server']}, S3 {sample['s3_server']}")
+    out.append(f"peak RSS of a no-change publish: {sample['rss_mb']:.0f} MB; with MALLOC_ARENA_MAX=2: "
+               f"{arenas['rss_mb']:.0f} MB")
+    members, _ = run([keyhole, "members", "--format", "json"])
+    out.append(f"peak RSS of members (directory read + resolution only): {members['rss_mb']:.0f} MB")
+    if shutil.which("perf"):
+        data = f"{work}/perf.data"
+        subprocess.run(["perf", "record", "-F", "499", "-g", "-o", data, keyhole, "publish",
+                        "--force"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        report = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children",
+                                 "--sort", "dso,symbol", "--percent-limit", "1.5"],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL).stdout.decode()
+        top = [l for l in report.splitlines() if re.match(r"^\s+\d+\.\d+%", l)]
+        out.append("perf (no-change publish, self time by symbol, >= 1.5%):")
+        out += ["  " + l.strip()[:150] for l in top[:25]]
+    return "\n".join(out)
+
+
+if os.environ.get("DIAGNOSE"):
+    print("diagnosing a no-change publish", file=sys.stderr)
+    diagnosis = diagnose()
+    print(diagnosis)
+    with open(f"{os.path.dirname(work)}/diagnosis-{facts['users']}.txt", "w") as f:
+        f.write(diagnosis + "\n")
+    if naive_groups == 0:
+        sys.exit(0)
+
+# The naive publisher on the first NAIVE_GROUPS access groups, into its own prefix.
+total_groups = facts["access_groups"]
+naive_env_groups = min(naive_groups, total_groups)
+print(f"naive shell publisher on {naive_env_groups} of {total_groups} access groups", file=sys.stderr)
+naive_samples = []
+for _ in range(1):  # minutes per run: once is enough to show the order of magnitude
+    sample, out = run([f"{here}/naive-publish", f"{company}/naive-policy.tsv", f"{company}/homes",
+                       str(naive_env_groups)])
+    sample["summary"] = out.decode().strip()
+    naive_samples.append(sample)
+    print(f"  naive: {sample['wall']:.2f} s ({sample['summary']})", file=sys.stderr)
+results["naive (measured part)"] = naive_samples
+
+# authorized-keys on an instance of this company: two access groups, signed manifest.
+print("keyhole authorized-keys (instance side)", file=sys.stderr)
+instance_env = dict(env, KEYHOLE_CONFIG=f"{work}/instance.toml")
+cache_dir = f"{work}/instance-cache"
+
+
+def ak_once(cold):
+    if cold:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+    start = time.perf_counter()
+    done = subprocess.run([keyhole, "authorized-keys", "ec2-user"], env=instance_env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    elapsed = (time.perf_counter() - start) * 1000
+    if done.returncode != 0 or not done.stdout:
+        # A miss past fetch_timeout (3 s) serves nothing: counted, not fatal to the bench.
+        print(f"  authorized-keys failed: {done.stderr.decode()[-300:]}", file=sys.stderr)
+        return None
+    return elapsed
+
+
+ak_once(True)
+hits = sorted(x for x in (ak_once(False) for _ in range(200)) if x is not None)
+miss_runs = [ak_once(True) for _ in range(max(20, reps * 5))]
+misses = sorted(x for x in miss_runs if x is not None) or [float("nan")]
+miss_failures = sum(1 for x in miss_runs if x is None)
+
+
+def median(name, key="wall"):
+    return statistics.median(s[key] for s in results[name])
+
+
+floor_s = median("floor")
+naive_measured = statistics.median(s["wall"] for s in naive_samples)
+naive_total = naive_measured * total_groups / naive_env_groups
+extrapolated = naive_env_groups < total_groups
+keyhole_cold = median("publish cold")
+
+rows = []
+for name in ["floor", "publish cold", "publish no-change", "publish one-user-changed", "plan",
+             "members"]:
+    samples = results[name]
+    walls = [s["wall"] for s in samples]
+    ldap = samples[-1]["ldap_searches"]
+    ranged = samples[-1]["ranged_reads"]
+    s3 = samples[-1]["s3_server"]
+    s3_text = " ".join(f"{k} {v}" for k, v in sorted(s3.items())) or "0"
+    writes = samples[-1].get("s3_writes")
+    ldap_text = "-" if ldap is None else f"{ldap} ({ranged} ranged)"
+    if samples[-1]["ldap_server"]:
+        ldap_text += f" / DC {samples[-1]['ldap_server']}"
+    rows.append((name, statistics.median(walls), min(walls), max(walls),
+                 max(s["rss_mb"] for s in samples), ldap_text, s3_text,
+                 "-" if writes is None else str(writes), statistics.median(walls) / floor_s))
+
+out = []
+out.append(f"### {facts['users']:,} users, {facts['access_groups']:,} access groups "
+           f"({reps} repetitions; median, min-max)\n")
+out.append(f"Company: {facts['users']:,} users ({facts['disabled']} disabled, {facts['expired']} "
+           f"expired, {facts['locked']} locked), {facts['ad_groups']:,} AD groups (largest "
+           f"{facts['largest_group']:,} members), {facts['access_groups']:,} access groups, "
+           f"{facts['authorized_keys_files']:,} authorized_keys files, {facts['keys']:,} keys.\n")
+out.append("| case | median s | min-max s | peak RSS MB | LDAP searches (keyhole counter) | "
+           "S3 requests (s3s-fs log) | S3 writes (keyhole metric) | × floor |")
+out.append("|---|---:|---:|---:|---|---|---:|---:|")
+for name, med, lo, hi, rss, ldap, s3, writes, ratio in rows:
+    out.append(f"| {name} | {med:.2f} | {lo:.2f}-{hi:.2f} | {rss:.0f} | {ldap} | {s3} | {writes} "
+               f"| {ratio:.2f} |")
+naive_note = (f"measured on {naive_env_groups} of {total_groups} access groups in "
+              f"{naive_measured:.1f} s, extrapolated linearly" if extrapolated else
+              f"all {total_groups} access groups")
+out.append(f"| naive shell publisher | {naive_total:.1f} | ({naive_note}) | "
+           f"{max(s['rss_mb'] for s in naive_samples):.0f} (per process) | "
+           f"{naive_samples[-1]['summary']} | "
+           f"{' '.join(f'{k} {v}' for k, v in sorted(naive_samples[-1]['s3_server'].items()))} | - "
+           f"| {naive_total / floor_s:.1f} |")
+out.append("")
+out.append(f"Ratios: cold publish / floor = {keyhole_cold / floor_s:.2f}; no-change publish / floor "
+           f"= {median('publish no-change') / floor_s:.2f}; naive / cold publish = "
+           f"{naive_total / keyhole_cold:.1f}; naive / no-change publish = "
+           f"{naive_total / median('publish no-change'):.1f}.\n")
+out.append(f"`authorized-keys` (2 access groups, signed manifest, process start included): "
+           f"cache hit median {statistics.median(hits):.2f} ms (p99 "
+           f"{hits[int(len(hits) * 0.99) - 1]:.2f} ms, {len(hits)} runs); cold miss median "
+           f"{statistics.median(misses):.2f} ms ({len(miss_runs)} runs, {miss_failures} past the 3 s "
+           f"fetch_timeout).\n")
+text = "\n".join(out)
+print(text)
+# Next to the work directory, which the next run of the same size replaces.
+kept = f"{os.path.dirname(work)}/result-{facts['users']}"
+with open(f"{kept}.md", "w") as f:
+    f.write(text + "\n")
+with open(f"{kept}.json", "w") as f:
+    json.dump({"facts": facts, "results": results, "hits_ms": hits, "misses_ms": misses,
+               "naive_total": naive_total, "naive_groups": naive_env_groups}, f, indent=1)
