@@ -408,7 +408,8 @@ pub fn servable(
     (served, refused)
 }
 
-/// Groups of one manifest entry by person, for `whois` from any manifest.
+/// The owner of `fingerprint` and, per access group it is published in, the group chain that
+/// gives that person access: what `whois` shows.
 pub fn owner_of<'m>(
     manifest: &'m Manifest,
     fingerprint: &str,

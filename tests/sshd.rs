@@ -59,22 +59,7 @@ impl Fleet {
             publisher.path("publish.lock").display()
         );
         // The publisher signs; instances verify with the public half.
-        let signing_key = publisher.path("signing-key");
-        let made = std::process::Command::new("ssh-keygen")
-            .args([
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                "keyhole-signing",
-                "-f",
-            ])
-            .arg(&signing_key)
-            .output()
-            .unwrap();
-        assert!(made.status.success(), "{made:?}");
+        let (signing_key, verify_key) = publisher.signing_key();
         let signing = format!(
             "\n[signing]\nkey_file = \"{}\"\nvalidity = \"7d\"\n",
             signing_key.display()
@@ -85,7 +70,6 @@ impl Fleet {
             s3.settings("ssh/"),
             homes.settings()
         ));
-        let verify_key = std::fs::read_to_string(publisher.path("signing-key.pub")).unwrap();
         let instance = tempfile::tempdir().unwrap();
         std::fs::set_permissions(instance.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let fleet = Fleet {

@@ -12,7 +12,7 @@ use std::process::Command;
 use keyhole::render::sha256_hex;
 use serde_json::{Value, json};
 use support::homes::Homes;
-use support::keyhole::{Deployment, Run, ldap_section, run_keyhole};
+use support::keyhole::{Deployment, Run, ldap_section, run_keyhole, ssh_keygen};
 use support::s3::S3Server;
 use support::samba::{Fixture, SambaDc, UserSpec};
 
@@ -53,20 +53,7 @@ impl World {
         }
         let mut publisher = Deployment::new(&dc, POLICY);
         publisher.env.extend(s3.env());
-        let signing_key = publisher.path("signing-key");
-        ssh_keygen(
-            &[
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                "keyhole-signing",
-                "-f",
-            ],
-            &signing_key,
-        );
+        let (signing_key, _) = publisher.signing_key();
         publisher.write_settings(&format!(
             "{}{}{}\n[safety]\nlock_file = \"{}\"\n\n[signing]\nkey_file = \"{}\"\nvalidity = \"7d\"\n",
             ldap_section(&dc, &dc.ldaps_url(), &dc.ca_file()),
@@ -114,15 +101,6 @@ impl World {
             .object(key)
             .unwrap_or_else(|| panic!("{key} is not in the bucket"))
     }
-}
-
-fn ssh_keygen(args: &[&str], file: &std::path::Path) {
-    let made = Command::new("ssh-keygen")
-        .args(args)
-        .arg(file)
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{made:?}");
 }
 
 /// Exit 1 and exactly these findings (kind, key), in order.

@@ -58,10 +58,42 @@ impl Deployment {
         std::fs::write(self.path("access-groups.toml"), policy).expect("writing the policy");
     }
 
+    /// A fresh unencrypted Ed25519 key for `[signing]`, made by ssh-keygen in this deployment's
+    /// directory: the private key's path and the public key line (for `instance.verify_key`).
+    pub fn signing_key(&self) -> (PathBuf, String) {
+        let private = self.path("signing-key");
+        ssh_keygen(
+            &[
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "keyhole-signing",
+                "-f",
+            ],
+            &private,
+        );
+        let public =
+            std::fs::read_to_string(self.path("signing-key.pub")).expect("signing-key.pub");
+        (private, public.trim().to_owned())
+    }
+
     /// Runs `keyhole --config <this deployment> ARGS…`.
     pub fn run(&self, args: &[&str]) -> Run {
         run_keyhole(&self.config(), args, &self.env)
     }
+}
+
+/// Runs `ssh-keygen ARGS… FILE`, failing the test if it fails.
+pub fn ssh_keygen(args: &[&str], file: &Path) {
+    let made = Command::new("ssh-keygen")
+        .args(args)
+        .arg(file)
+        .output()
+        .expect("running ssh-keygen");
+    assert!(made.status.success(), "ssh-keygen {args:?}: {made:?}");
 }
 
 /// The `[ldap]` section for `dc` at `url`, trusting `ca_file`.
