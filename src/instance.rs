@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::manifest::Manifest;
 use crate::render::sha256_hex;
+use crate::resolve::VIA_SEPARATOR;
 use crate::settings::InstanceSettings;
 use crate::signing::{self, Verifier};
 use crate::store::{Fetched, ObjectStore};
@@ -359,7 +360,7 @@ pub fn describe_grant(manifest: &Manifest, group: &str, user: &str) -> String {
         .and_then(|entry| entry.via.get(user))
         .filter(|via| !via.is_empty());
     match via {
-        Some(via) => format!("{group} via {}", via.join(" > ")),
+        Some(via) => format!("{group} via {}", via.join(VIA_SEPARATOR)),
         None => group.to_owned(),
     }
 }

@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::diagnostic::{Diagnostic, Severity};
 use crate::policy::{self, AccessGroup, Deny, Policy, Principals, counts, plural};
-use crate::resolve::{Exclusion, Member, Resolution};
+use crate::resolve::{Exclusion, Member, Resolution, VIA_SEPARATOR};
 
 /// Names that appear in one version and not in the other. Sorted case-insensitively.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -618,7 +618,7 @@ fn why(via: &[String]) -> String {
     if via.is_empty() {
         "named directly".to_owned()
     } else {
-        format!("via {}", via.join(" > "))
+        format!("via {}", via.join(VIA_SEPARATOR))
     }
 }
 

@@ -3,7 +3,8 @@
 //! byte-identical output and an unchanged group is never rewritten.
 //!
 //! A group file is a short header, then for each user with keys (sorted as the resolution sorts
-//! them) a `# <user>` line followed by that user's keys in the order of their own file.
+//! them) a `# <user>` line (`# <user> via <group> > <group>` when a group chain gives the access)
+//! followed by that user's keys in the order of their own file.
 //!
 //! Two rules protect access here. A group with a member whose home could not be read (an
 //! `Unknown` harvest) is *held*: it is not rendered at all, so the caller keeps what is published.
@@ -16,7 +17,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::keys::AuthorizedKey;
-use crate::resolve::Resolution;
+use crate::resolve::{Resolution, VIA_SEPARATOR};
 
 /// What the homes and keys stages learnt about one person.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,7 +145,7 @@ pub fn render(
             if block.is_empty() {
                 continue;
             }
-            file.body.push_str(&format!("# {}\n", member.name));
+            file.body.push_str(&user_line(&member.name, &member.via));
             for key in block {
                 file.body.push_str(&key.line());
                 file.body.push('\n');
@@ -161,6 +162,17 @@ pub fn render(
         groups,
         problems: problems.into_iter().collect(),
         denied_keys,
+    }
+}
+
+/// The comment line that opens a person's block: `# bob`, or `# bob via Web Team > Contractors`
+/// when a group chain gives the access. Carrying the chain in the file makes each file say on its
+/// own why every key in it grants access, which is all an instance needs to attribute a login.
+fn user_line(user: &str, via: &[String]) -> String {
+    if via.is_empty() {
+        format!("# {user}\n")
+    } else {
+        format!("# {user} via {}\n", via.join(VIA_SEPARATOR))
     }
 }
 
@@ -232,7 +244,7 @@ mod tests {
         assert_eq!(
             file.body,
             format!(
-                "# keyhole access group web: generated, do not edit\n# alice\n{ED_A}\n# bob\n{ED_B}\n"
+                "# keyhole access group web: generated, do not edit\n# alice via Team\n{ED_A}\n# bob via Team\n{ED_B}\n"
             )
         );
         assert_eq!(file.users, ["alice", "bob"]);

@@ -147,11 +147,17 @@ impl World {
     }
 }
 
-/// A group file as a person would write it: the header, then each `(user, key lines)` block.
+/// A group file as a person would write it: the header, then each `(user, key lines)` block,
+/// opened by the user's name and the AD group that gives the access (none for named users).
 fn group_file(group: &str, blocks: &[(&str, Vec<String>)]) -> String {
+    let via = match group {
+        "crew" => " via Safety Crew",
+        "lines" => " via Line Crew",
+        _ => "",
+    };
     let mut file = format!("# keyhole access group {group}: generated, do not edit\n");
     for (user, lines) in blocks {
-        file.push_str(&format!("# {user}\n"));
+        file.push_str(&format!("# {user}{via}\n"));
         for line in lines {
             file.push_str(line);
             file.push('\n');

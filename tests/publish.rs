@@ -98,11 +98,17 @@ impl World {
         serde_json::from_str(&self.s3.object("ssh/manifest.json").expect("a manifest")).unwrap()
     }
 
-    /// The group file as a person would write it: header, then `# user` and their key.
+    /// The group file as a person would write it: header, then `# user via <chain>` (the chain
+    /// POLICY gives) and their key.
     fn expected_file(&self, group: &str, users: &[&str]) -> String {
         let mut file = format!("# keyhole access group {group}: generated, do not edit\n");
         for user in users {
-            file.push_str(&format!("# {user}\n{}\n", self.keys[user].line));
+            let via = match (*user, group) {
+                ("alice.admin", _) => " via everywhere > Linux Admins",
+                (_, "web-prod") => " via Web Team",
+                _ => "",
+            };
+            file.push_str(&format!("# {user}{via}\n{}\n", self.keys[user].line));
         }
         file
     }

@@ -9,7 +9,7 @@ use anyhow::Context;
 use super::{Format, GlobalArgs};
 use crate::exit::{EXIT_CODES_HELP, Exit, coded};
 use crate::policy::plural;
-use crate::resolve::{Resolution, resolve};
+use crate::resolve::{Resolution, VIA_SEPARATOR, resolve};
 use crate::settings::Settings;
 use crate::{directory, policy};
 
@@ -82,7 +82,7 @@ fn text(resolution: &Resolution) -> String {
             let why = if member.via.is_empty() {
                 "named directly".to_owned()
             } else {
-                format!("via {}", member.via.join(" > "))
+                format!("via {}", member.via.join(VIA_SEPARATOR))
             };
             let _ = writeln!(out, "  + {:width$}  {why}", member.name);
         }
