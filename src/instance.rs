@@ -1,18 +1,23 @@
 //! The instance side: a local cache of this host's access group files, kept fresh from S3 and
 //! served to sshd at every login.
 //!
+//! An instance reads `{prefix}index.json` (see [`crate::index`]: per access group the SHA-256 of
+//! its file, and nothing per person) and the files of the access groups it serves, never the
+//! manifest: what it fetches is proportional to what it serves, not to the company.
+//!
 //! The cache holds, per access group, the verified file body behind a one-line header recording
-//! the object's ETag, the manifest generation and when it was last confirmed current; the
-//! verified manifest; and a small attribution index (fingerprint → person and access groups) so
-//! that naming the person behind a login never parses the whole manifest. Every file is written
-//! to a temporary file and renamed into place, so a login running at the same moment reads either
-//! the old or the new copy, never a mix.
+//! the object's ETag, the index generation and when it was last confirmed current; the verified
+//! index; and an attribution file (fingerprint → person, and per access group the group chain
+//! that gives the access), built from the cached group files themselves, whose `# bob via Web
+//! Team` lines say who each key belongs to. Every file is written to a temporary file and renamed
+//! into place, so a login running at the same moment reads either the old or the new copy, never
+//! a mix.
 //!
 //! Trust: content enters the cache only after it checks out. A group file must hash to what the
-//! manifest says; with `verify_key` set, the manifest must carry a valid SSHSIG signature
-//! (namespace `keyhole`), must not be past its `not_after`, and must not be older (a lower
-//! generation) than the one cached. Anything else is refused and the cached copy stays: a tampered
-//! or rolled-back bucket can never change what sshd is given.
+//! index says; with `verify_key` set, the index must carry a valid SSHSIG signature (namespace
+//! `keyhole`) and must not be past its `not_after`; and it must never be older (a lower
+//! generation) than what is cached. Anything else is refused and the cached copy stays: a
+//! tampered or rolled-back bucket can never change what sshd is given.
 //!
 //! This module must never print to stdout: only `cmd::authorized_keys` writes key lines there.
 
@@ -25,19 +30,27 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::Manifest;
+use crate::index::Index;
+use crate::keys::{self, KeyPolicy};
 use crate::render::sha256_hex;
 use crate::resolve::VIA_SEPARATOR;
 use crate::settings::InstanceSettings;
 use crate::signing::{self, Verifier};
 use crate::store::{Fetched, ObjectStore};
 
-const MANIFEST: &str = "manifest";
+/// The index's object name under the prefix.
+pub const INDEX_OBJECT: &str = "index.json";
+
+const INDEX: &str = "index";
 const ATTRIBUTION: &str = "attribution";
+/// What keyhole before the index cached; removed by the first refresh that caches an index.
+const LEGACY_MANIFEST: &str = "manifest";
 
 /// What the cache knows about one cached object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Meta {
+    /// The object's ETag. For the attribution file, which is no object: a digest of the group
+    /// files it was built from, so it is rebuilt exactly when one of them changes.
     pub etag: String,
     /// Unix time in milliseconds when this copy was last confirmed to be what S3 publishes.
     pub confirmed_at_ms: u64,
@@ -57,6 +70,33 @@ impl Meta {
 pub struct Cached {
     pub meta: Meta,
     pub body: Vec<u8>,
+}
+
+/// Who a key belongs to on this host: the person, and for each of this host's access groups the
+/// key is in, the group chain that gives them access (empty: named directly).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attribution {
+    pub user: String,
+    pub groups: BTreeMap<String, Vec<String>>,
+}
+
+impl Attribution {
+    /// `bob (web-prod via Web Team; db-prod)`: what the login line and `whois` print.
+    pub fn describe(&self) -> String {
+        let grants: Vec<String> = self
+            .groups
+            .iter()
+            .map(|(group, via)| {
+                if via.is_empty() {
+                    group.clone()
+                } else {
+                    format!("{group} via {}", via.join(VIA_SEPARATOR))
+                }
+            })
+            .collect();
+        format!("{} ({})", self.user, grants.join("; "))
+    }
 }
 
 /// The cache directory.
@@ -80,7 +120,7 @@ impl Cache {
 
     /// The cached copy of an access group's file, if any.
     pub fn group(&self, group: &str) -> anyhow::Result<Option<Cached>> {
-        self.read(&format!("group-{group}"))
+        self.read(&group_file(group))
     }
 
     fn read(&self, name: &str) -> anyhow::Result<Option<Cached>> {
@@ -129,27 +169,34 @@ impl Cache {
         Ok(())
     }
 
-    /// Who owns `fingerprint` among this host's access groups, from the attribution index:
-    /// e.g. `bob (web-prod via Web Team)`.
-    pub fn attribution(&self, fingerprint: &str) -> anyhow::Result<Option<String>> {
-        let Some(index) = self.read(ATTRIBUTION)? else {
+    /// Who owns `fingerprint` among this host's access groups, from the attribution file.
+    pub fn attribution(&self, fingerprint: &str) -> anyhow::Result<Option<Attribution>> {
+        let Some(cached) = self.read(ATTRIBUTION)? else {
             return Ok(None);
         };
-        let text = String::from_utf8_lossy(&index.body);
-        Ok(text.lines().find_map(|line| {
-            let (key, who) = line.split_once(' ')?;
-            (key == fingerprint).then(|| who.to_owned())
-        }))
+        // One line per key: the fingerprint, a space, the attribution as JSON. Only the matching
+        // line is parsed.
+        let found = cached.body.split(|&b| b == b'\n').find_map(|line| {
+            let rest = line.strip_prefix(fingerprint.as_bytes())?;
+            rest.strip_prefix(b" ")
+        });
+        found
+            .map(|json| serde_json::from_slice(json).context("reading the cached attribution"))
+            .transpose()
     }
 
-    /// The cached, verified manifest.
-    pub fn manifest(&self) -> anyhow::Result<Option<(Meta, Manifest)>> {
-        let Some(cached) = self.read(MANIFEST)? else {
+    /// The cached, verified index (verified when it was cached).
+    pub fn index(&self) -> anyhow::Result<Option<(Meta, Index)>> {
+        let Some(cached) = self.read(INDEX)? else {
             return Ok(None);
         };
-        let manifest = Manifest::parse(&cached.body).context("reading the cached manifest")?;
-        Ok(Some((cached.meta, manifest)))
+        let index = Index::open(&cached.body, None).context("reading the cached index")?;
+        Ok(Some((cached.meta, index)))
     }
+}
+
+fn group_file(group: &str) -> String {
+    format!("group-{group}")
 }
 
 pub fn unix_millis(time: SystemTime) -> u64 {
@@ -170,13 +217,17 @@ impl Layout {
     pub fn signature(&self) -> String {
         format!("{}manifest.json.sig", self.prefix)
     }
+    pub fn index(&self) -> String {
+        format!("{}{INDEX_OBJECT}", self.prefix)
+    }
     pub fn group(&self, group: &str) -> String {
         format!("{}{group}/authorized_keys", self.prefix)
     }
 }
 
-/// Brings the cache up to date: one manifest read (conditional), and a group file read only for
-/// groups whose published SHA-256 differs from the cached one. Nothing unverified is cached.
+/// Brings the cache up to date: one conditional read of the index, and a group file read only
+/// for this host's groups whose SHA-256 in the index differs from the cached one. Nothing
+/// unverified is cached; the manifest is never read.
 pub async fn refresh(
     store: &impl ObjectStore,
     layout: &Layout,
@@ -184,185 +235,212 @@ pub async fn refresh(
     instance: &InstanceSettings,
     verifier: Option<&Verifier>,
     now: SystemTime,
-) -> anyhow::Result<Manifest> {
-    let cached_manifest = cache.read(MANIFEST)?;
+) -> anyhow::Result<Index> {
+    let cached_index = cache.read(INDEX)?;
     let fetched = store
         .get(
-            &layout.manifest(),
-            cached_manifest.as_ref().map(|c| c.meta.etag.as_str()),
+            &layout.index(),
+            cached_index.as_ref().map(|c| c.meta.etag.as_str()),
         )
         .await
-        .context("fetching the manifest")?;
-    let (bytes, etag, verified) = match (fetched, &cached_manifest) {
-        (Fetched::Object(object), _) => (object.body, object.etag, false),
-        // The cached copy was verified when it was cached.
-        (Fetched::NotModified, Some(cached)) => {
-            (cached.body.clone(), cached.meta.etag.clone(), true)
-        }
+        .context("fetching the index")?;
+    let (bytes, etag) = match (fetched, &cached_index) {
+        (Fetched::Object(object), _) => (object.body, object.etag),
+        (Fetched::NotModified, Some(cached)) => (cached.body.clone(), cached.meta.etag.clone()),
         (Fetched::NotModified, None) => {
-            bail!("the store answered 'not modified' for a manifest this host does not have")
+            bail!("the store answered 'not modified' for an index this host does not have")
         }
-        (Fetched::Missing, _) => bail!("no manifest is published at {}", layout.manifest()),
+        (Fetched::Missing, _) => bail!(
+            "no index is published at {} (a publisher older than this keyhole writes none: \
+             run `keyhole publish --rewrite-all` once)",
+            layout.index()
+        ),
     };
-    let manifest = Manifest::parse(&bytes)?;
-    if let Some(verifier) = verifier {
-        if !verified {
-            let signature = match store
-                .get(&layout.signature(), None)
-                .await
-                .context("fetching the manifest signature")?
-            {
-                Fetched::Object(object) => object.body,
-                _ => bail!(
-                    "the manifest is not signed ({} is missing), and instance.verify_key requires it",
-                    layout.signature()
-                ),
-            };
-            verifier
-                .verify(&bytes, &String::from_utf8_lossy(&signature))
-                .context("refusing the manifest: its signature does not verify")?;
-        }
-        // Checked every time: an unchanged manifest still expires.
-        let not_after = manifest
+    // Verified every time, the cached copy too: the index is small, and a verify_key set (or
+    // changed) since it was cached then applies at once.
+    let index = Index::open(&bytes, verifier).context("refusing the index")?;
+    if verifier.is_some() {
+        // Checked every time: an unchanged index still expires.
+        let not_after = index
             .not_after
             .as_deref()
-            .context("refusing the manifest: it is signed but has no not_after")?;
+            .context("refusing the index: it is signed but has no not_after")?;
         if signing::parse_time(not_after)? <= now {
-            bail!("refusing the manifest: it expired at {not_after} (is the publisher running?)");
+            bail!("refusing the index: it expired at {not_after} (is the publisher running?)");
         }
     }
-    if let Some(cached) = &cached_manifest
-        && manifest.generation < cached.meta.generation
+    let cached_groups = cached_groups(cache, instance)?;
+    // The newest generation this host has seen: the cached index's, or any cached group file's
+    // (they carry it too, so deleting the cached index does not open the door to a rollback).
+    let seen = cached_index
+        .iter()
+        .map(|c| c.meta.generation)
+        .chain(cached_groups.iter().flat_map(|(_, c)| c.as_ref().map(|c| c.meta.generation)))
+        .max();
+    if let Some(seen) = seen
+        && index.generation < seen
     {
         bail!(
-            "refusing the manifest: generation {} is older than the cached generation {} (rollback)",
-            manifest.generation,
-            cached.meta.generation
+            "refusing the index: generation {} is older than the cached generation {seen} (rollback)",
+            index.generation
         );
     }
 
-    for group in &instance.access_groups {
-        let Some(entry) = manifest.groups.get(group) else {
+    let mut bodies = Vec::new();
+    for (group, cached) in cached_groups {
+        let name = group_file(&group);
+        let confirmed = |etag: String, sha256: String| Meta {
+            etag,
+            confirmed_at_ms: unix_millis(now),
+            generation: index.generation,
+            sha256,
+        };
+        let Some(entry) = index.groups.get(&group) else {
             tracing::warn!(
                 group,
                 "this host's access group is not published: it grants no keys"
             );
-            let empty = Meta {
-                etag: String::new(),
-                confirmed_at_ms: unix_millis(now),
-                generation: manifest.generation,
-                sha256: sha256_hex(b""),
-            };
-            cache.write(&format!("group-{group}"), &empty, b"")?;
+            cache.write(&name, &confirmed(String::new(), sha256_hex(b"")), b"")?;
+            bodies.push((group, Vec::new()));
             continue;
         };
-        let name = format!("group-{group}");
-        let cached = cache.read(&name)?;
-        let body = match &cached {
-            Some(cached) if cached.meta.sha256 == entry.sha256 => cached.body.clone(),
+        let (meta, body) = match cached {
+            Some(cached) if cached.meta.sha256 == entry.sha256 => {
+                (confirmed(cached.meta.etag, cached.meta.sha256), cached.body)
+            }
             _ => {
-                let key = layout.group(group);
-                match store
+                let key = layout.group(&group);
+                let Fetched::Object(object) = store
                     .get(&key, None)
                     .await
                     .with_context(|| format!("fetching {key}"))?
-                {
-                    Fetched::Object(object) => {
-                        let sha256 = sha256_hex(&object.body);
-                        if sha256 != entry.sha256 {
-                            bail!(
-                                "refusing {key}: its SHA-256 {sha256} is not the {} the manifest records (tampered, or a publish in progress)",
-                                entry.sha256
-                            );
-                        }
-                        cache.write(
-                            &name,
-                            &Meta {
-                                etag: object.etag,
-                                confirmed_at_ms: unix_millis(now),
-                                generation: manifest.generation,
-                                sha256,
-                            },
-                            &object.body,
-                        )?;
-                        continue;
-                    }
-                    _ => bail!("{key} is listed in the manifest but missing from the bucket"),
+                else {
+                    bail!("{key} is listed in the index but missing from the bucket");
+                };
+                let sha256 = sha256_hex(&object.body);
+                if sha256 != entry.sha256 {
+                    bail!(
+                        "refusing {key}: its SHA-256 {sha256} is not the {} the index records (tampered, or a publish in progress)",
+                        entry.sha256
+                    );
                 }
+                (confirmed(object.etag, sha256), object.body)
             }
         };
-        let mut meta = cached.map(|c| c.meta).unwrap_or_else(|| Meta {
-            etag: String::new(),
-            confirmed_at_ms: 0,
-            generation: 0,
-            sha256: entry.sha256.clone(),
-        });
-        meta.confirmed_at_ms = unix_millis(now);
-        meta.generation = manifest.generation;
         cache.write(&name, &meta, &body)?;
+        bodies.push((group, body));
     }
 
-    let index = index_body(&manifest, &instance.access_groups);
+    write_attribution(cache, &bodies, index.generation, now)?;
     cache.write(
-        ATTRIBUTION,
-        &attribution_meta(&manifest, now, &index),
-        index.as_bytes(),
-    )?;
-    cache.write(
-        MANIFEST,
+        INDEX,
         &Meta {
             etag,
             confirmed_at_ms: unix_millis(now),
-            generation: manifest.generation,
+            generation: index.generation,
             sha256: sha256_hex(&bytes),
         },
         &bytes,
     )?;
-    Ok(manifest)
-}
-
-fn attribution_meta(manifest: &Manifest, now: SystemTime, body: &str) -> Meta {
-    Meta {
-        etag: String::new(),
-        confirmed_at_ms: unix_millis(now),
-        generation: manifest.generation,
-        sha256: sha256_hex(body.as_bytes()),
+    if let Err(error) = fs::remove_file(cache.path(LEGACY_MANIFEST))
+        && error.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::debug!("could not remove the old cached manifest: {error}");
     }
+    Ok(index)
 }
 
-/// One line per key this host serves: `SHA256:… bob (web-prod via Web Team; db-prod)`.
-fn index_body(manifest: &Manifest, groups: &[String]) -> String {
-    let mine: BTreeSet<&str> = groups.iter().map(String::as_str).collect();
+/// Rebuilds the attribution file from this host's verified group files, unless it was built
+/// from exactly these files already (parsing every key costs more than a refresh should when
+/// nothing changed).
+fn write_attribution(
+    cache: &Cache,
+    bodies: &[(String, Vec<u8>)],
+    generation: u64,
+    now: SystemTime,
+) -> anyhow::Result<()> {
+    let sources: String = bodies
+        .iter()
+        .map(|(group, body)| format!("{group} {}\n", sha256_hex(body)))
+        .collect();
+    let sources = sha256_hex(sources.as_bytes());
+    if cache
+        .read(ATTRIBUTION)?
+        .is_some_and(|cached| cached.meta.etag == sources)
+    {
+        return Ok(());
+    }
     let mut body = String::new();
-    for (fingerprint, owner) in &manifest.fingerprints {
-        let reasons: Vec<String> = owner
-            .groups
+    for (fingerprint, attribution) in attribute(bodies) {
+        body.push_str(&fingerprint);
+        body.push(' ');
+        body.push_str(&serde_json::to_string(&attribution)?);
+        body.push('\n');
+    }
+    cache.write(
+        ATTRIBUTION,
+        &Meta {
+            etag: sources,
+            confirmed_at_ms: unix_millis(now),
+            generation,
+            sha256: sha256_hex(body.as_bytes()),
+        },
+        body.as_bytes(),
+    )
+}
+
+/// Every key in these group files, by fingerprint, with the person whose block it is in (the
+/// nearest `# user` or `# user via A > B` line above it) and, per group, that block's chain.
+pub fn attribute(groups: &[(String, Vec<u8>)]) -> BTreeMap<String, Attribution> {
+    // The files were validated by the publisher under its own key policy, which this host does
+    // not know: here a key only needs to decode, to be named by its fingerprint.
+    let any_key = KeyPolicy {
+        allowed_types: keys::SUPPORTED_KEY_TYPES
             .iter()
-            .filter(|g| mine.contains(g.as_str()))
-            .map(|group| describe_grant(manifest, group, &owner.user))
-            .collect();
-        if !reasons.is_empty() {
-            body.push_str(&format!(
-                "{fingerprint} {} ({})\n",
-                owner.user,
-                reasons.join("; ")
-            ));
+            .map(|t| (*t).to_owned())
+            .collect(),
+        min_rsa_bits: 0,
+        forbidden_options: BTreeSet::new(),
+    };
+    let mut found: BTreeMap<String, Attribution> = BTreeMap::new();
+    for (group, body) in groups {
+        let mut owner: Option<(&str, Vec<String>)> = None;
+        for line in String::from_utf8_lossy(body).lines() {
+            if line.starts_with("# keyhole access group ") {
+                continue;
+            }
+            if let Some(header) = line.strip_prefix("# ") {
+                owner = Some(match header.split_once(" via ") {
+                    Some((user, chain)) => (
+                        user,
+                        chain.split(VIA_SEPARATOR).map(str::to_owned).collect(),
+                    ),
+                    None => (header, Vec::new()),
+                });
+                continue;
+            }
+            if line.trim().is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((user, via)) = &owner else {
+                tracing::debug!(group, "a key line before any person's block: not attributed");
+                continue;
+            };
+            let Some(key) = keys::parse_authorized_keys(line, &any_key).keys.pop() else {
+                tracing::debug!(group, "a key line that does not decode: not attributed");
+                continue;
+            };
+            found
+                .entry(key.fingerprint.as_str().to_owned())
+                .or_insert_with(|| Attribution {
+                    user: (*user).to_owned(),
+                    groups: BTreeMap::new(),
+                })
+                .groups
+                .insert(group.clone(), via.clone());
         }
     }
-    body
-}
-
-/// `web-prod via Web Team > Contractors`, or just `web-prod` for a person named directly.
-pub fn describe_grant(manifest: &Manifest, group: &str, user: &str) -> String {
-    let via = manifest
-        .groups
-        .get(group)
-        .and_then(|entry| entry.via.get(user))
-        .filter(|via| !via.is_empty());
-    match via {
-        Some(via) => format!("{group} via {}", via.join(VIA_SEPARATOR)),
-        None => group.to_owned(),
-    }
+    found
 }
 
 /// This host's access groups with their cached copies (`None`: not cached), read once per login.
@@ -407,29 +485,6 @@ pub fn servable(
         }
     }
     (served, refused)
-}
-
-/// The owner of `fingerprint` and, per access group it is published in, the group chain that
-/// gives that person access: what `whois` shows.
-pub fn owner_of<'m>(
-    manifest: &'m Manifest,
-    fingerprint: &str,
-) -> Option<(&'m str, BTreeMap<&'m str, Vec<String>>)> {
-    let owner = manifest.fingerprints.get(fingerprint)?;
-    let groups = owner
-        .groups
-        .iter()
-        .map(|group| {
-            let via = manifest
-                .groups
-                .get(group)
-                .and_then(|entry| entry.via.get(&owner.user))
-                .cloned()
-                .unwrap_or_default();
-            (group.as_str(), via)
-        })
-        .collect();
-    Some((owner.user.as_str(), groups))
 }
 
 #[cfg(test)]
@@ -480,6 +535,82 @@ mod tests {
         bytes.extend_from_slice(b"ssh-ed25519 BBBB mallory\n");
         std::fs::write(&path, bytes).unwrap();
         assert_eq!(cache.group("web").unwrap(), None);
+    }
+
+    const BOB: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOPAo/RxVnDzNjGvP41+SlwXlH4IbNrQebofz9HvuaWq bob@desk";
+    const CAROL: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ+IR8TskynvftW3EfRyCVskOiAVP6iaiVeXwIV7bhM8 carol@host";
+
+    fn fingerprint(line: &str) -> String {
+        keys::parse_authorized_keys(line, &KeyPolicy::default()).keys[0]
+            .fingerprint
+            .as_str()
+            .to_owned()
+    }
+
+    #[test]
+    fn keys_are_attributed_to_the_block_they_are_in_with_each_groups_chain() {
+        let web = format!(
+            "# keyhole access group web-prod: generated, do not edit\n# bob via Web Team > Contractors\n{BOB}\n# carol\nfrom=\"10.0.0.0/8\" {CAROL}\n"
+        );
+        let db = format!("# keyhole access group db-prod: generated, do not edit\n# bob\n{BOB}\n");
+        let found = attribute(&[
+            ("web-prod".into(), web.into_bytes()),
+            ("db-prod".into(), db.into_bytes()),
+            ("empty".into(), Vec::new()),
+        ]);
+        assert_eq!(found.len(), 2, "{found:?}");
+        let bob = &found[&fingerprint(BOB)];
+        assert_eq!(
+            bob,
+            &Attribution {
+                user: "bob".into(),
+                groups: BTreeMap::from([
+                    ("db-prod".into(), vec![]),
+                    (
+                        "web-prod".into(),
+                        vec!["Web Team".into(), "Contractors".into()]
+                    ),
+                ]),
+            }
+        );
+        assert_eq!(
+            bob.describe(),
+            "bob (db-prod; web-prod via Web Team > Contractors)"
+        );
+        assert_eq!(found[&fingerprint(CAROL)].describe(), "carol (web-prod)");
+    }
+
+    #[test]
+    fn the_attribution_file_answers_by_fingerprint_and_is_rebuilt_only_on_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path());
+        let now = SystemTime::now();
+        let web = format!("# bob via Web Team\n{BOB}\n").into_bytes();
+        let groups = vec![("web-prod".to_string(), web.clone())];
+        write_attribution(&cache, &groups, 3, now).unwrap();
+        let bob = cache.attribution(&fingerprint(BOB)).unwrap().unwrap();
+        assert_eq!(bob.describe(), "bob (web-prod via Web Team)");
+        assert_eq!(cache.attribution(&fingerprint(CAROL)).unwrap(), None);
+        // A fingerprint that is a prefix of a real one matches nothing.
+        let prefix = &fingerprint(BOB)[..20];
+        assert_eq!(cache.attribution(prefix).unwrap(), None);
+
+        // Same files: the file is left as it was (its generation stays 3).
+        write_attribution(&cache, &groups, 4, now).unwrap();
+        assert_eq!(cache.read(ATTRIBUTION).unwrap().unwrap().meta.generation, 3);
+        // A changed file: rebuilt.
+        let changed = vec![(
+            "web-prod".to_string(),
+            format!("# carol\n{CAROL}\n").into_bytes(),
+        )];
+        write_attribution(&cache, &changed, 5, now).unwrap();
+        assert_eq!(cache.attribution(&fingerprint(BOB)).unwrap(), None);
+        assert_eq!(
+            cache.attribution(&fingerprint(CAROL)).unwrap().unwrap().user,
+            "carol"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod exit;
 pub mod gather;
 pub mod git;
 pub mod homes;
+pub mod index;
 pub mod instance;
 pub mod keys;
 pub mod lock;

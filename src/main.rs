@@ -52,11 +52,19 @@ fn main() -> ExitCode {
     };
     logging::init(cli.log_format);
 
-    let result = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(anyhow::Error::from)
-        .and_then(|runtime| runtime.block_on(dispatch(cli.command, &cli.global)));
+    let global = &cli.global;
+    let result = match cli.command {
+        // At every SSH login: no runtime unless the cache must be refreshed, and then a
+        // single-threaded one (built by the command itself).
+        Command::AuthorizedKeys(args) => cmd::authorized_keys::run(args, global),
+        Command::Refresh(args) => cmd::refresh::run(args, global),
+        Command::Check(args) => cmd::check::run(args, global),
+        command => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|runtime| runtime.block_on(dispatch(command, global))),
+    };
     match result {
         Ok(exit) => exit.into(),
         Err(error) => {
@@ -66,16 +74,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// The commands that need the multi-threaded runtime (LDAP, NFS reads, S3 in parallel).
 async fn dispatch(command: Command, global: &cmd::GlobalArgs) -> anyhow::Result<Exit> {
     match command {
-        Command::Check(args) => cmd::check::run(args, global),
         Command::Diff(args) => cmd::diff::run(args, global).await,
         Command::Members(args) => cmd::members::run(args, global).await,
         Command::Plan(args) => cmd::plan::run(args, global).await,
         Command::Publish(args) => cmd::publish::run(args, global).await,
         Command::Verify(args) => cmd::verify::run(args, global).await,
         Command::Whois(args) => cmd::whois::run(args, global).await,
-        Command::AuthorizedKeys(args) => cmd::authorized_keys::run(args, global).await,
-        Command::Refresh(args) => cmd::refresh::run(args, global).await,
+        Command::Check(args) => cmd::check::run(args, global),
+        Command::AuthorizedKeys(args) => cmd::authorized_keys::run(args, global),
+        Command::Refresh(args) => cmd::refresh::run(args, global),
     }
 }

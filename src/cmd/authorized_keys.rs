@@ -1,8 +1,8 @@
 //! `keyhole authorized-keys USER [FINGERPRINT]`: sshd's `AuthorizedKeysCommand`.
 //!
 //! Runs at every login, so the common case must be cheap: when every access group of this host
-//! is cached and younger than `cache_ttl`, it reads the cache and prints, with no network and no
-//! AWS SDK start-up. Otherwise it refreshes the cache within `fetch_timeout` (connect, credentials
+//! is cached and younger than `cache_ttl`, it reads the settings once, reads the cache and
+//! prints, with no network, no AWS SDK start-up and no async runtime at all. Otherwise it refreshes the cache within `fetch_timeout` (connect, credentials
 //! and reads together) and, if that fails, serves copies confirmed within `max_stale`; past that
 //! it fails closed (no keys, exit 1), and sshd falls back to the emergency keys in
 //! `AuthorizedKeysFile`.
@@ -12,8 +12,11 @@
 use std::io::Write as _;
 use std::time::SystemTime;
 
+use anyhow::Context as _;
+
 use super::GlobalArgs;
 use crate::exit::{EXIT_CODES_HELP, Exit};
+use crate::index::Index;
 use crate::instance::{self, Cache, Layout};
 use crate::settings::Settings;
 use crate::signing::Verifier;
@@ -31,7 +34,7 @@ pub struct Args {
     fingerprint: Option<String>,
 }
 
-pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
+pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
     let settings = Settings::load(global.config.as_deref())?;
     let instance = settings.instance()?;
     if args.user != instance.login_user {
@@ -40,8 +43,8 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
     let cache = Cache::new(&instance.cache_dir);
     let mut groups = instance::cached_groups(&cache, instance)?;
     if !instance::all_fresh(&groups, instance, SystemTime::now()) {
-        match fetch(&settings, &cache, instance.fetch_timeout).await {
-            Ok(()) => groups = instance::cached_groups(&cache, instance)?,
+        match fetch(&settings, &cache, instance.fetch_timeout) {
+            Ok(_) => groups = instance::cached_groups(&cache, instance)?,
             Err(error) => {
                 tracing::warn!("could not refresh the key cache, serving what is cached: {error:#}")
             }
@@ -61,9 +64,10 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
     stdout.flush()?;
 
     if let Some(fingerprint) = &args.fingerprint {
-        let who = cache
-            .attribution(fingerprint)?
-            .unwrap_or_else(|| "a key keyhole does not serve".to_owned());
+        let who = cache.attribution(fingerprint)?.map_or_else(
+            || "a key keyhole does not serve".to_owned(),
+            |attribution| attribution.describe(),
+        );
         announce(&format!(
             "keyhole: login as {} with {fingerprint} = {who}",
             args.user
@@ -79,12 +83,15 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
     })
 }
 
-/// Refreshes the cache from S3, all of it bounded by `timeout`.
-pub(crate) async fn fetch(
+/// Refreshes the cache from S3, all of it bounded by `timeout`; returns the index now cached.
+///
+/// The only place an instance command starts an async runtime, and a single-threaded one: a
+/// login served from a fresh cache never gets here, and a refresh makes one request at a time.
+pub(crate) fn fetch(
     settings: &Settings,
     cache: &Cache,
     timeout: std::time::Duration,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Index> {
     let instance = settings.instance()?;
     let s3 = settings.s3()?;
     let verifier = instance
@@ -115,10 +122,16 @@ pub(crate) async fn fetch(
         )
         .await
     };
-    match tokio::time::timeout(timeout, work).await {
-        Ok(result) => result.map(|_| ()),
-        Err(_) => anyhow::bail!("S3 did not answer within {timeout:?}"),
-    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        match tokio::time::timeout(timeout, work).await {
+            Ok(result) => result,
+            Err(_) => anyhow::bail!("S3 did not answer within {timeout:?}"),
+        }
+    })
 }
 
 /// One line to stderr (sshd's log with `-e`) and to syslog (auth facility), where the shared

@@ -190,9 +190,16 @@ async fn write_groups(prepared: &Prepared, prefix: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The commit: the manifest (conditionally), its signature, then the pruning of removed groups.
+/// The commit: the instance index, the manifest (conditionally), its signature, then the pruning
+/// of removed groups.
+///
+/// The index goes before the manifest: the group files it describes are already written, and a
+/// failed index write stops the run before the manifest, so the next run still sees changes and
+/// writes everything again. Written after the manifest, a failed index write would stay stale,
+/// because the next run would find nothing changed and write nothing.
 async fn commit(prepared: &Prepared, prefix: &str, signer: Option<&Signer>) -> anyhow::Result<()> {
     let store = &prepared.store;
+    write_index(prepared, prefix, signer).await?;
     let manifest = prepared.plan.manifest.to_json();
     let signature = signer
         .map(|signer| signer.sign(&manifest))
@@ -231,6 +238,21 @@ async fn commit(prepared: &Prepared, prefix: &str, signer: Option<&Signer>) -> a
             })?;
         }
     }
+    Ok(())
+}
+
+/// Writes `{prefix}index.json`: what instances read instead of the manifest, sealed (and signed,
+/// with `signer`) in one object.
+async fn write_index(prepared: &Prepared, prefix: &str, signer: Option<&Signer>) -> anyhow::Result<()> {
+    let sealed = crate::index::Index::of(&prepared.plan.manifest)
+        .seal(signer)
+        .context("sealing the instance index")?;
+    let key = format!("{prefix}{}", crate::instance::INDEX_OBJECT);
+    prepared
+        .store
+        .put(&key, sealed, Precondition::None)
+        .await
+        .context("writing the instance index; the manifest was not updated")?;
     Ok(())
 }
 

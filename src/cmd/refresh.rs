@@ -16,13 +16,10 @@ const REFRESH_TIMEOUT: Duration = Duration::from_secs(60);
 #[command(after_help = EXIT_CODES_HELP)]
 pub struct Args {}
 
-pub async fn run(_args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
+pub fn run(_args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
     let settings = Settings::load(global.config.as_deref())?;
     let cache = Cache::new(&settings.instance()?.cache_dir);
-    super::authorized_keys::fetch(&settings, &cache, REFRESH_TIMEOUT).await?;
-    let (_, manifest) = cache
-        .manifest()?
-        .ok_or_else(|| anyhow::anyhow!("the refresh left no manifest in the cache"))?;
-    tracing::info!(generation = manifest.generation, "key cache is current");
+    let index = super::authorized_keys::fetch(&settings, &cache, REFRESH_TIMEOUT)?;
+    tracing::info!(generation = index.generation, "key cache is current");
     Ok(Exit::Success)
 }

@@ -1,8 +1,9 @@
 //! `keyhole verify`: checks that what is in the bucket is what the manifest says, for monitoring.
 //!
 //! It reads everything under `{prefix}` and reports every difference from `{prefix}manifest.json`
-//! (a group object missing, modified or unexpected; with a signature key, a missing or bad
-//! signature and an expired manifest), not just the first, so one alert shows the whole extent
+//! (a group object missing, modified or unexpected; an instance index that is missing, unreadable
+//! or says something else than the manifest; with a signature key, a missing or bad signature on
+//! either and an expired manifest), not just the first, so one alert shows the whole extent
 //! of a drift or a tampering. Reading the bucket ([`observe`]) is kept apart from judging it
 //! ([`judge`], pure, time passed in), which is where the unit tests live.
 //!
@@ -21,6 +22,7 @@ use tokio::task::JoinSet;
 
 use super::{Format, GlobalArgs};
 use crate::exit::{EXIT_CODES_HELP, Exit, coded};
+use crate::index::{Index, IndexError};
 use crate::instance::Layout;
 use crate::manifest::Manifest;
 use crate::render::sha256_hex;
@@ -41,7 +43,11 @@ const PARALLEL_READS: usize = 8;
 ///   missing             an access group's file that the manifest lists is not in the bucket
 ///   modified            an access group's file whose SHA-256 is not the one the manifest records
 ///   extra               any other object under the prefix (neither a listed group's
-///                       authorized_keys, manifest.json nor manifest.json.sig)
+///                       authorized_keys, manifest.json, manifest.json.sig nor index.json)
+///   index_missing       no index.json (instances read it instead of the manifest)
+///   index_invalid       index.json is not an index this keyhole reads
+///   index_mismatch      the index's generation, not_after or an access group's SHA-256
+///                       differs from the manifest's, or it lists a group more or less
 ///
 /// With a signature key (instance.verify_key, else the public half of [signing] key_file: the
 /// KEY_FILE.pub beside it, or derived from the private key), also:
@@ -50,6 +56,8 @@ const PARALLEL_READS: usize = 8;
 ///   signature_invalid   the signature does not verify with that key
 ///   expired             the manifest's not_after has passed (instances refuse it)
 ///   not_after_invalid   a signed manifest without a readable not_after
+///   index_signature_missing   index.json carries no signature
+///   index_signature_invalid   index.json's signature does not verify with that key
 ///
 /// Exits 1 when there is any finding, 0 when the bucket is clean. When S3 cannot be read it also
 /// exits 1, with the error on stderr and no report. A verify that overlaps a publish may see its
@@ -86,6 +94,17 @@ pub enum FindingKind {
     Modified,
     /// An object under the prefix that the manifest does not account for.
     Extra,
+    /// No `index.json`: instances cannot refresh.
+    IndexMissing,
+    /// `index.json` is not an index this keyhole reads.
+    IndexInvalid,
+    /// A signature key is configured but `index.json` carries no signature.
+    IndexSignatureMissing,
+    /// `index.json`'s signature does not verify with the configured key.
+    IndexSignatureInvalid,
+    /// The index says something else than the manifest (generation, expiry, a group's SHA-256,
+    /// a group more or less).
+    IndexMismatch,
 }
 
 impl FindingKind {
@@ -100,6 +119,11 @@ impl FindingKind {
             FindingKind::Missing => "missing",
             FindingKind::Modified => "modified",
             FindingKind::Extra => "extra",
+            FindingKind::IndexMissing => "index_missing",
+            FindingKind::IndexInvalid => "index_invalid",
+            FindingKind::IndexSignatureMissing => "index_signature_missing",
+            FindingKind::IndexSignatureInvalid => "index_signature_invalid",
+            FindingKind::IndexMismatch => "index_mismatch",
         }
     }
 }
@@ -135,6 +159,8 @@ pub struct Observed {
     pub manifest: Option<Vec<u8>>,
     /// The bytes of `manifest.json.sig`, if it exists (read only when a signature is checked).
     pub signature: Option<Vec<u8>>,
+    /// The bytes of `index.json`, if it exists.
+    pub index: Option<Vec<u8>>,
     /// Hex SHA-256 of every group object the manifest lists that could be read, by key.
     pub group_hashes: BTreeMap<String, String>,
 }
@@ -241,6 +267,7 @@ pub async fn observe(
         (true, Some(_)) => read(store, &layout.signature()).await?,
         _ => None,
     };
+    let index = read(store, &layout.index()).await?;
     let groups: Vec<String> = manifest
         .as_deref()
         .and_then(|bytes| Manifest::parse(bytes).ok())
@@ -270,6 +297,7 @@ pub async fn observe(
         listed,
         manifest,
         signature,
+        index,
         group_hashes,
     })
 }
@@ -373,7 +401,10 @@ pub fn judge(
         }
     }
 
-    let mut expected: BTreeSet<String> = BTreeSet::from([manifest_key, signature_key]);
+    judge_index(layout, observed, &manifest, verifier, &mut found);
+
+    let mut expected: BTreeSet<String> =
+        BTreeSet::from([manifest_key, signature_key, layout.index()]);
     for (group, entry) in &manifest.groups {
         let key = layout.group(group);
         match observed.group_hashes.get(&key) {
@@ -409,6 +440,79 @@ pub fn judge(
 
     findings.sort_by(|a, b| (&a.key, a.kind).cmp(&(&b.key, b.kind)));
     findings
+}
+
+/// The instance index: there, signed (with `verifier`), and saying what the manifest says.
+fn judge_index(
+    layout: &Layout,
+    observed: &Observed,
+    manifest: &Manifest,
+    verifier: Option<&Verifier>,
+    found: &mut impl FnMut(FindingKind, &str, String),
+) {
+    let key = layout.index();
+    let Some(bytes) = &observed.index else {
+        found(
+            FindingKind::IndexMissing,
+            &key,
+            "no instance index: instances cannot refresh (`keyhole publish --rewrite-all` writes it)"
+                .to_owned(),
+        );
+        return;
+    };
+    if let Some(verifier) = verifier {
+        match Index::open(bytes, Some(verifier)) {
+            Err(IndexError::Unsigned) => found(
+                FindingKind::IndexSignatureMissing,
+                &key,
+                "the index is not signed, and instances with verify_key refuse it".to_owned(),
+            ),
+            Err(IndexError::Signature(error)) => {
+                found(FindingKind::IndexSignatureInvalid, &key, error.to_string())
+            }
+            // Anything else is about the content, reported below once.
+            Err(_) | Ok(_) => {}
+        }
+    }
+    let index = match Index::open(bytes, None) {
+        Ok(index) => index,
+        Err(error) => {
+            found(FindingKind::IndexInvalid, &key, error.to_string());
+            return;
+        }
+    };
+    let mut mismatch = |detail: String| found(FindingKind::IndexMismatch, &key, detail);
+    if index.generation != manifest.generation {
+        mismatch(format!(
+            "generation {} in the index, {} in the manifest",
+            index.generation, manifest.generation
+        ));
+    }
+    if index.not_after != manifest.not_after {
+        mismatch(format!(
+            "not_after {:?} in the index, {:?} in the manifest",
+            index.not_after, manifest.not_after
+        ));
+    }
+    for (group, entry) in &manifest.groups {
+        match index.groups.get(group) {
+            None => mismatch(format!(
+                "access group {group} is in the manifest but not in the index"
+            )),
+            Some(indexed) if indexed.sha256 != entry.sha256 => mismatch(format!(
+                "access group {group}: the index records SHA-256 {}, the manifest {}",
+                indexed.sha256, entry.sha256
+            )),
+            Some(_) => {}
+        }
+    }
+    for group in index.groups.keys() {
+        if !manifest.groups.contains_key(group) {
+            mismatch(format!(
+                "access group {group} is in the index but not in the manifest"
+            ));
+        }
+    }
 }
 
 /// The access group `key` would be the file of, if it has that shape.
@@ -542,12 +646,21 @@ mod tests {
                 .insert(key.clone(), sha256_hex(body.as_bytes()));
             observed.listed.insert(key);
         }
+        observed.index = Some(sealed(signer, &Index::of(&manifest)));
+        observed.listed.insert(layout().index());
         let bytes = manifest.to_json();
         observed.signature = Some(sign(signer, &bytes));
         observed.manifest = Some(bytes);
         observed.listed.insert(layout().manifest());
         observed.listed.insert(layout().signature());
         observed
+    }
+
+    /// `index` in its envelope, signed by `signer`, as the publisher writes it.
+    fn sealed(signer: &PrivateKey, index: &Index) -> Vec<u8> {
+        let text = serde_json::to_string(index).unwrap();
+        let signature = String::from_utf8(sign(signer, text.as_bytes())).unwrap();
+        serde_json::to_vec(&serde_json::json!({"index": text, "signature": signature})).unwrap()
     }
 
     fn kinds(findings: &[Finding]) -> Vec<(FindingKind, &str)> {
@@ -621,11 +734,16 @@ mod tests {
             Some(&verifier(&other)),
             now(),
         );
+        // Another key: neither the manifest's nor the index's signature is its.
         assert_eq!(
             kinds(&findings),
-            [(FindingKind::SignatureInvalid, "ssh/manifest.json.sig")]
+            [
+                (FindingKind::IndexSignatureInvalid, "ssh/index.json"),
+                (FindingKind::SignatureInvalid, "ssh/manifest.json.sig")
+            ]
         );
         assert!(findings[0].detail.contains("not the expected key"));
+        assert!(findings[1].detail.contains("not the expected key"));
     }
 
     #[test]
@@ -634,6 +752,7 @@ mod tests {
         let mut observed = clean(&signer, now());
         let mut manifest = Manifest::parse(observed.manifest.as_deref().unwrap()).unwrap();
         manifest.not_after = None;
+        observed.index = Some(sealed(&signer, &Index::of(&manifest)));
         let bytes = manifest.to_json();
         observed.signature = Some(sign(&signer, &bytes));
         observed.manifest = Some(bytes);
@@ -641,6 +760,90 @@ mod tests {
         assert_eq!(
             kinds(&findings),
             [(FindingKind::NotAfterInvalid, "ssh/manifest.json")]
+        );
+    }
+
+    #[test]
+    fn an_index_that_differs_from_the_manifest_is_reported_group_by_group() {
+        let signer = key(1);
+        let clean = clean(&signer, now() + Duration::from_secs(60));
+        let manifest = Manifest::parse(clean.manifest.as_deref().unwrap()).unwrap();
+        let mut index = Index::of(&manifest);
+        index.groups.get_mut("web-prod").unwrap().sha256 = sha256_hex(b"other");
+        index.groups.remove("db-prod");
+        index.groups.insert(
+            "planted".into(),
+            crate::index::IndexGroup {
+                sha256: sha256_hex(b"x"),
+                users: 1,
+                keys: 1,
+            },
+        );
+        index.generation = 2;
+        let mut observed = clean.clone();
+        observed.index = Some(sealed(&signer, &index));
+        let findings = judge(&layout(), &observed, Some(&verifier(&signer)), now());
+        let details: Vec<&str> = findings
+            .iter()
+            .map(|finding| {
+                assert_eq!(
+                    (finding.kind, finding.key.as_str()),
+                    (FindingKind::IndexMismatch, "ssh/index.json")
+                );
+                finding.detail.as_str()
+            })
+            .collect();
+        assert_eq!(
+            details,
+            [
+                "generation 2 in the index, 3 in the manifest",
+                "access group db-prod is in the manifest but not in the index",
+                &format!(
+                    "access group web-prod: the index records SHA-256 {}, the manifest {}",
+                    sha256_hex(b"other"),
+                    sha256_hex(b"# web\n")
+                ),
+                "access group planted is in the index but not in the manifest",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_index_missing_unsigned_forged_or_unreadable_is_reported() {
+        let signer = key(1);
+        let clean = clean(&signer, now() + Duration::from_secs(60));
+        let only = |observed: &Observed, verifier: Option<&Verifier>| {
+            kinds(&judge(&layout(), observed, verifier, now()))
+                .into_iter()
+                .map(|(kind, _)| kind)
+                .collect::<Vec<_>>()
+        };
+        let mut missing = clean.clone();
+        missing.index = None;
+        missing.listed.remove("ssh/index.json");
+        assert_eq!(only(&missing, None), [FindingKind::IndexMissing]);
+
+        let manifest = Manifest::parse(clean.manifest.as_deref().unwrap()).unwrap();
+        let mut unsigned = clean.clone();
+        unsigned.index = Some(Index::of(&manifest).seal(None).unwrap());
+        assert_eq!(
+            only(&unsigned, Some(&verifier(&signer))),
+            [FindingKind::IndexSignatureMissing]
+        );
+        assert_eq!(only(&unsigned, None), []);
+
+        let mut by_other = clean.clone();
+        by_other.index = Some(sealed(&key(2), &Index::of(&manifest)));
+        assert_eq!(
+            only(&by_other, Some(&verifier(&signer))),
+            [FindingKind::IndexSignatureInvalid]
+        );
+
+        let mut garbage = clean.clone();
+        garbage.index = Some(manifest.to_json());
+        assert_eq!(
+            only(&garbage, Some(&verifier(&signer))),
+            [FindingKind::IndexInvalid]
         );
     }
 
@@ -717,6 +920,11 @@ mod tests {
             FindingKind::Missing,
             FindingKind::Modified,
             FindingKind::Extra,
+            FindingKind::IndexMissing,
+            FindingKind::IndexInvalid,
+            FindingKind::IndexSignatureMissing,
+            FindingKind::IndexSignatureInvalid,
+            FindingKind::IndexMismatch,
         ] {
             assert_eq!(
                 serde_json::to_value(kind).unwrap(),
