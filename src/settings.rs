@@ -193,29 +193,38 @@ impl Settings {
         };
         // First deserialize the file alone, so syntax errors, unknown keys and wrong types point
         // at its lines; then lay the environment over it.
-        toml::from_str::<RawSettings>(text).map_err(at_span)?;
-        let mut table: toml::Table = toml::from_str(text).map_err(at_span)?;
+        let from_file = toml::from_str::<RawSettings>(text).map_err(at_span)?;
 
         let mut diagnostics = Vec::new();
         let mut password_env = None;
+        let mut overrides = Vec::new();
         for (name, value) in environment {
             if name == PASSWORD_ENV {
                 password_env = Some(Secret(value));
-                continue;
-            }
-            match overlay_env(&mut table, &name, &value) {
-                Ok(()) => {}
-                Err(message) => diagnostics.push(env_diagnostic(&name, message)),
+            } else if name.starts_with("KEYHOLE_") && !NOT_OVERRIDES.contains(&name.as_str()) {
+                overrides.push((name, value));
             }
         }
-        let raw = RawSettings::deserialize(toml::Value::Table(table)).map_err(|error| {
-            let mut diagnostics = diagnostics.clone();
-            diagnostics.push(env_diagnostic(
-                "KEYHOLE_*",
-                error.message().trim().to_owned(),
-            ));
-            diagnostics
-        })?;
+        // Without KEYHOLE_* variables (every login on an instance) the file is parsed once.
+        let raw = if overrides.is_empty() {
+            from_file
+        } else {
+            let mut table: toml::Table = toml::from_str(text).map_err(at_span)?;
+            for (name, value) in &overrides {
+                match overlay_env(&mut table, name, value) {
+                    Ok(()) => {}
+                    Err(message) => diagnostics.push(env_diagnostic(name, message)),
+                }
+            }
+            RawSettings::deserialize(toml::Value::Table(table)).map_err(|error| {
+                let mut diagnostics = diagnostics.clone();
+                diagnostics.push(env_diagnostic(
+                    "KEYHOLE_*",
+                    error.message().trim().to_owned(),
+                ));
+                diagnostics
+            })?
+        };
         let base = path.parent().unwrap_or(Path::new("."));
         let settings = raw.validate(path, base, password_env, &source, &mut diagnostics);
         if crate::diagnostic::has_errors(&diagnostics) {
