@@ -150,6 +150,7 @@ fn publish_writes_exact_group_files_and_a_second_run_writes_nothing() {
         world.s3.keys(),
         [
             "ssh/db-prod/authorized_keys",
+            "ssh/index.json",
             "ssh/manifest.json",
             "ssh/web-prod/authorized_keys"
         ]
@@ -285,7 +286,11 @@ fn groups_removed_from_the_policy_are_pruned() {
     assert_eq!(pruned.code, 0, "{pruned:#?}");
     assert_eq!(
         world.s3.keys(),
-        ["ssh/manifest.json", "ssh/web-prod/authorized_keys"]
+        [
+            "ssh/index.json",
+            "ssh/manifest.json",
+            "ssh/web-prod/authorized_keys"
+        ]
     );
     assert!(world.manifest()["groups"].get("db-prod").is_none());
 }
@@ -360,7 +365,8 @@ fn incident_response_and_unattended_operation() {
         "keyhole_publish_problems 0",
         "keyhole_publish_guard_refused 0",
         "keyhole_publish_ldap_searches 3",
-        "keyhole_publish_s3_writes 3",
+        // Two group files, the index, the manifest.
+        "keyhole_publish_s3_writes 4",
     ] {
         assert!(
             text.lines().any(|l| l == line),

@@ -157,8 +157,8 @@ fn ldap_searches_grow_with_the_directory_not_with_the_access_groups() {
     );
     assert_eq!(
         (writes_10, writes_100),
-        (10 + 1, 90 + 1),
-        "group files written (the new ones only) plus the manifest"
+        (10 + 2, 90 + 2),
+        "group files written (the new ones only) plus the index and the manifest"
     );
 
     // The bound: ≤ 10 + entries / page_size + ranged reads. Entries: the people plus

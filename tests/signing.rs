@@ -1,11 +1,14 @@
-//! keyhole's manifest signatures against OpenSSH's own `ssh-keygen -Y`: what keyhole signs,
-//! `ssh-keygen -Y verify` accepts (so operators can check a published manifest with stock tools),
-//! and what `ssh-keygen -Y sign -n keyhole` signs, keyhole's instances accept.
+//! keyhole's manifest and index signatures against OpenSSH's own `ssh-keygen -Y`: what keyhole
+//! signs, `ssh-keygen -Y verify` accepts (so operators can check a published manifest or index
+//! with stock tools, following the README's recipe), and what `ssh-keygen -Y sign -n keyhole`
+//! signs, keyhole's instances accept.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use keyhole::index::Index;
+use keyhole::manifest::{GroupEntry, Manifest};
 use keyhole::signing::{NAMESPACE, Signer, SigningError, Verifier};
 
 const MANIFEST: &[u8] = b"{\n  \"format\": 1,\n  \"generation\": 42,\n  \"groups\": {}\n}\n";
@@ -146,6 +149,50 @@ fn openssh_accepts_what_keyhole_signs_and_rejects_it_for_other_content() {
         .replace("42", "43");
     pair.openssh_verify(tampered.as_bytes(), &signature)
         .failure();
+}
+
+#[test]
+fn openssh_accepts_the_index_signature_as_the_readme_says_to_check_it() {
+    let pair = KeyPair::ed25519();
+    let signer = Signer::load(&pair.key).unwrap();
+    let mut manifest = Manifest::empty();
+    manifest.generation = 42;
+    manifest.groups.insert(
+        "web-prod".into(),
+        GroupEntry {
+            sha256: "9b1d".into(),
+            users: vec!["bob".into()],
+            keys: 1,
+            via: Default::default(),
+        },
+    );
+    let sealed = Index::of(&manifest).seal(Some(&signer)).unwrap();
+    let index_json = pair.write("index.json", &sealed);
+
+    // `jq -j .index index.json > i; jq -r .signature index.json > i.sig`: the exact bytes of the
+    // inner string (no newline added) and the armored signature. serde_json does what jq does,
+    // so the test runs where jq is not installed; where it is, jq must agree byte for byte.
+    let envelope: serde_json::Value = serde_json::from_slice(&sealed).unwrap();
+    let index = envelope["index"].as_str().unwrap().as_bytes().to_vec();
+    let signature = envelope["signature"].as_str().unwrap().to_owned();
+    if let Ok(jq) = Command::new("jq")
+        .args(["-j", ".index"])
+        .arg(&index_json)
+        .output()
+    {
+        assert!(jq.status.success(), "{jq:?}");
+        assert_eq!(jq.stdout, index, "jq -j .index gives other bytes");
+    }
+
+    let accepted = pair.openssh_verify(&index, &signature).success();
+    let said = String::from_utf8_lossy(&accepted.stdout);
+    assert!(
+        said.contains("Good \"keyhole\" signature for keyhole"),
+        "{said}"
+    );
+    let mut tampered = index.clone();
+    tampered.push(b'\n');
+    pair.openssh_verify(&tampered, &signature).failure();
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! End to end with real OpenSSH: sshd on 127.0.0.1 whose AuthorizedKeysCommand is the built
 //! keyhole (as `nobody`), after a publish to the local S3 from the real Samba AD. Members log in,
 //! others do not; a disabled member is locked out after publish + refresh; during an S3 outage
-//! the cache keeps members logging in; a tampered object or a rolled-back manifest is refused;
-//! and sshd's log names the person behind each login.
+//! the cache keeps members logging in; a tampered object or a rolled-back or forged index is
+//! refused; and sshd's log names the person (and group chain) behind each login, attributed from
+//! the group files alone: the instance never reads the manifest.
 
 mod support;
 
@@ -165,6 +166,11 @@ fn real_sshd_lets_members_in_and_keeps_everyone_else_out() {
     let mut fleet = Fleet::new();
     let published = fleet.publish(&[]);
     assert_eq!(published.code, 0, "{published:#?}");
+    // The instance needs only the index and its group files: take the manifest away meanwhile.
+    let manifest = fleet.s3.object("ssh/manifest.json").unwrap();
+    let signature = fleet.s3.object("ssh/manifest.json.sig").unwrap();
+    fleet.s3.delete_object("ssh/manifest.json");
+    fleet.s3.delete_object("ssh/manifest.json.sig");
     let sshd = Sshd::start(&fleet.instance_config(), &fleet.instance_env());
 
     assert!(
@@ -190,6 +196,9 @@ fn real_sshd_lets_members_in_and_keeps_everyone_else_out() {
         "{log}"
     );
 
+    fleet.s3.put_object("ssh/manifest.json", &manifest);
+    fleet.s3.put_object("ssh/manifest.json.sig", &signature);
+
     // Revocation: bob is disabled in AD; publish, refresh, and he is out.
     fleet.disable("bob");
     assert_eq!(fleet.publish(&[]).code, 0);
@@ -214,32 +223,27 @@ fn real_sshd_lets_members_in_and_keeps_everyone_else_out() {
 }
 
 #[test]
-fn tampered_objects_and_rolled_back_manifests_are_refused() {
+fn tampered_objects_and_rolled_back_or_forged_indexes_are_refused() {
     let fleet = Fleet::new();
     assert_eq!(fleet.publish(&[]).code, 0);
     let sshd = Sshd::start(&fleet.instance_config(), &fleet.instance_env());
 
     // Rollback: keep generation 1 (bob and carol), publish generation 2 without bob, let the
     // instance see it, then put generation 1 back in the bucket.
-    let gen1_manifest = fleet.s3.object("ssh/manifest.json").unwrap();
-    let gen1_signature = fleet.s3.object("ssh/manifest.json.sig").unwrap();
+    let gen1_index = fleet.s3.object("ssh/index.json").unwrap();
     let gen1_group = fleet.s3.object("ssh/web-prod/authorized_keys").unwrap();
     fleet.disable("bob");
     assert_eq!(fleet.publish(&[]).code, 0);
     assert!(fleet.refresh().status.success());
-    // A validly signed, older manifest: the signature checks out, the generation does not.
-    fleet.s3.put_object("ssh/manifest.json", &gen1_manifest);
-    fleet
-        .s3
-        .put_object("ssh/manifest.json.sig", &gen1_signature);
+    let gen2_index = fleet.s3.object("ssh/index.json").unwrap();
+    let gen2_group = fleet.s3.object("ssh/web-prod/authorized_keys").unwrap();
+    // A validly signed, older index: the signature checks out, the generation does not.
+    fleet.s3.put_object("ssh/index.json", &gen1_index);
     fleet
         .s3
         .put_object("ssh/web-prod/authorized_keys", &gen1_group);
     let refused = fleet.refresh();
-    assert!(
-        !refused.status.success(),
-        "a rolled-back manifest was accepted"
-    );
+    assert!(!refused.status.success(), "a rolled-back index was accepted");
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("rollback"),
         "{refused:?}"
@@ -249,38 +253,29 @@ fn tampered_objects_and_rolled_back_manifests_are_refused() {
         "the rollback let a revoked person back in"
     );
 
-    // A forged manifest: generation 1's content edited to look newest, with its old signature.
-    let forged = gen1_manifest.replace("\"generation\": 1", "\"generation\": 99");
-    assert_ne!(forged, gen1_manifest);
-    fleet.s3.put_object("ssh/manifest.json", &forged);
-    let forged_refresh = fleet.refresh();
-    assert!(!forged_refresh.status.success());
-    assert!(
-        String::from_utf8_lossy(&forged_refresh.stderr).contains("signature does not verify"),
-        "{forged_refresh:?}"
-    );
-    assert!(
-        !sshd.login(LOGIN_USER, fleet.key("bob")),
-        "a forged manifest let a revoked person back in"
-    );
-
-    // A forged manifest: generation 1's content edited to look newest, under its old signature.
-    let forged = gen1_manifest.replace("\"generation\": 1", "\"generation\": 99");
-    assert_ne!(forged, gen1_manifest);
-    fleet.s3.put_object("ssh/manifest.json", &forged);
+    // A forged index: generation 1's content edited to look newest, under its old signature.
+    let mut envelope: serde_json::Value = serde_json::from_str(&gen1_index).unwrap();
+    let text = envelope["index"].as_str().unwrap().to_owned();
+    let forged = text.replace("\"generation\":1,", "\"generation\":99,");
+    assert_ne!(forged, text);
+    envelope["index"] = forged.into();
+    fleet
+        .s3
+        .put_object("ssh/index.json", &envelope.to_string());
     let forged_refresh = fleet.refresh();
     assert!(!forged_refresh.status.success());
     let stderr = String::from_utf8_lossy(&forged_refresh.stderr);
     assert!(stderr.contains("signature does not verify"), "{stderr}");
     assert!(
         !sshd.login(LOGIN_USER, fleet.key("bob")),
-        "a forged manifest let bob back in"
+        "a forged index let bob back in"
     );
 
-    // Tampering: a fresh instance (empty cache) and a group file with an extra key. The file no
-    // longer matches the manifest, so nothing is served: not even carol's real key.
-    fleet.s3.put_object("ssh/manifest.json", &gen1_manifest);
-    let tampered = format!("{gen1_group}{}\n", fleet.keys["eve"].line);
+    // Tampering: a fresh instance (empty cache), the current index, and a group file with an
+    // extra key. The file no longer matches the index, so nothing is served: not even carol's
+    // real key.
+    fleet.s3.put_object("ssh/index.json", &gen2_index);
+    let tampered = format!("{gen2_group}{}\n", fleet.keys["eve"].line);
     fleet
         .s3
         .put_object("ssh/web-prod/authorized_keys", &tampered);

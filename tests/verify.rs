@@ -1,8 +1,9 @@
 //! `keyhole verify` end to end: a signed publish from a real Samba AD DC to a real local S3
 //! (s3s-fs), then the bucket changed behind keyhole's back (objects tampered with, deleted,
-//! planted; the manifest edited, re-signed with an expired `not_after`, left unsigned or gone)
-//! and every change reported with exit 1, while a clean bucket exits 0. The signature key comes
-//! from `[signing]` (its `.pub`, or derived from the private key) or from `[instance] verify_key`.
+//! planted; the index out of step with the manifest or gone; the manifest edited, re-signed with
+//! an expired `not_after`, left unsigned or gone) and every change reported with exit 1, while a
+//! clean bucket exits 0. The signature key comes from `[signing]` (its `.pub`, or derived from
+//! the private key) or from `[instance] verify_key`.
 
 mod support;
 
@@ -28,6 +29,7 @@ const WEB: &str = "ssh/web-prod/authorized_keys";
 const DB: &str = "ssh/db-prod/authorized_keys";
 const MANIFEST: &str = "ssh/manifest.json";
 const SIGNATURE: &str = "ssh/manifest.json.sig";
+const INDEX: &str = "ssh/index.json";
 
 /// A publisher that signs, wired to a DC, an S3 server and homes with one key per person.
 struct World {
@@ -199,16 +201,42 @@ fn verify_reports_every_drift_and_every_signature_problem() {
     world.s3.delete_object("ssh/backdoor/authorized_keys");
     assert_clean(&world.verify(), 1);
 
-    // The manifest edited, its old signature kept.
+    // The index: an access group's SHA-256 changed (validly re-signed), and the index tells
+    // instances to accept a file the manifest does not record.
+    let index = world.object(INDEX);
+    let mut envelope: Value = serde_json::from_str(&index).unwrap();
+    let text = envelope["index"].as_str().unwrap().to_owned();
+    let web_sha = sha256_hex(web.as_bytes());
+    let forged = text.replace(&web_sha, &sha256_hex(tampered.as_bytes()));
+    assert_ne!(forged, text);
+    envelope["index"] = forged.clone().into();
+    envelope["signature"] = world.openssh_sign(&forged).into();
+    world.s3.put_object(INDEX, &envelope.to_string());
+    let report = assert_findings(&world.verify(), &[("index_mismatch", INDEX)]);
+    let detail = report["findings"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("access group web-prod") && detail.contains(&web_sha),
+        "{detail}"
+    );
+    // Gone: instances could not refresh.
+    world.s3.delete_object(INDEX);
+    assert_findings(&world.verify(), &[("index_missing", INDEX)]);
+    world.s3.put_object(INDEX, &index);
+    assert_clean(&world.verify(), 1);
+
+    // The manifest edited, its old signature kept (and no longer what the index says).
     let manifest = world.object(MANIFEST);
     let signature = world.object(SIGNATURE);
     let edited = manifest.replacen("\"generation\": 1", "\"generation\": 9", 1);
     assert_ne!(edited, manifest);
     world.s3.put_object(MANIFEST, &edited);
-    let report = assert_findings(&world.verify(), &[("signature_invalid", SIGNATURE)]);
+    let report = assert_findings(
+        &world.verify(),
+        &[("index_mismatch", INDEX), ("signature_invalid", SIGNATURE)],
+    );
     assert_eq!(report["generation"], 9);
     assert!(
-        report["findings"][0]["detail"]
+        report["findings"][1]["detail"]
             .as_str()
             .unwrap()
             .contains("does not match the signed content"),
@@ -222,9 +250,12 @@ fn verify_reports_every_drift_and_every_signature_problem() {
     world
         .s3
         .put_object(SIGNATURE, &world.openssh_sign(&expired));
-    let report = assert_findings(&world.verify(), &[("expired", MANIFEST)]);
+    let report = assert_findings(
+        &world.verify(),
+        &[("index_mismatch", INDEX), ("expired", MANIFEST)],
+    );
     assert!(
-        report["findings"][0]["detail"]
+        report["findings"][1]["detail"]
             .as_str()
             .unwrap()
             .contains("expired at 2020-01-01T00:00:00Z"),
@@ -257,7 +288,10 @@ fn verify_reports_every_drift_and_every_signature_problem() {
     let other = std::fs::read_to_string(other_key.with_extension("pub")).unwrap();
     let report = assert_findings(
         &world.verify_with(&instance(&other)),
-        &[("signature_invalid", SIGNATURE)],
+        &[
+            ("index_signature_invalid", INDEX),
+            ("signature_invalid", SIGNATURE),
+        ],
     );
     assert!(
         report["findings"][0]["detail"]
@@ -328,6 +362,7 @@ fn verify_without_a_bucket_to_read_is_an_error_not_a_report() {
         "manifest_missing",
         "signature_invalid",
         "expired",
+        "index_mismatch",
         "\"findings\": [{\"kind\", \"key\", \"detail\"}]",
         "Exit codes:",
         "78  configuration or policy invalid",
