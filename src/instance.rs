@@ -275,7 +275,11 @@ pub async fn refresh(
     let seen = cached_index
         .iter()
         .map(|c| c.meta.generation)
-        .chain(cached_groups.iter().flat_map(|(_, c)| c.as_ref().map(|c| c.meta.generation)))
+        .chain(
+            cached_groups
+                .iter()
+                .flat_map(|(_, c)| c.as_ref().map(|c| c.meta.generation)),
+        )
         .max();
     if let Some(seen) = seen
         && index.generation < seen
@@ -423,7 +427,10 @@ pub fn attribute(groups: &[(String, Vec<u8>)]) -> BTreeMap<String, Attribution> 
                 continue;
             }
             let Some((user, via)) = &owner else {
-                tracing::debug!(group, "a key line before any person's block: not attributed");
+                tracing::debug!(
+                    group,
+                    "a key line before any person's block: not attributed"
+                );
                 continue;
             };
             let Some(key) = keys::parse_authorized_keys(line, &any_key).keys.pop() else {
@@ -539,8 +546,7 @@ mod tests {
 
     const BOB: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOPAo/RxVnDzNjGvP41+SlwXlH4IbNrQebofz9HvuaWq bob@desk";
-    const CAROL: &str =
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ+IR8TskynvftW3EfRyCVskOiAVP6iaiVeXwIV7bhM8 carol@host";
+    const CAROL: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ+IR8TskynvftW3EfRyCVskOiAVP6iaiVeXwIV7bhM8 carol@host";
 
     fn fingerprint(line: &str) -> String {
         keys::parse_authorized_keys(line, &KeyPolicy::default()).keys[0]
@@ -608,7 +614,11 @@ mod tests {
         write_attribution(&cache, &changed, 5, now).unwrap();
         assert_eq!(cache.attribution(&fingerprint(BOB)).unwrap(), None);
         assert_eq!(
-            cache.attribution(&fingerprint(CAROL)).unwrap().unwrap().user,
+            cache
+                .attribution(&fingerprint(CAROL))
+                .unwrap()
+                .unwrap()
+                .user,
             "carol"
         );
     }

@@ -191,7 +191,10 @@ impl Host {
 }
 
 fn refused(result: anyhow::Result<Index>, because: &str) {
-    let error = format!("{:#}", result.expect_err("the refresh should have been refused"));
+    let error = format!(
+        "{:#}",
+        result.expect_err("the refresh should have been refused")
+    );
     assert!(error.contains(because), "{because:?} not in {error:?}");
 }
 
@@ -205,8 +208,7 @@ fn files(dir: &Path) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn an_instance_reads_the_index_and_its_own_groups_only_and_refuses_what_does_not_check_out()
-{
+async fn an_instance_reads_the_index_and_its_own_groups_only_and_refuses_what_does_not_check_out() {
     let bucket = Bucket::new();
     let week = SystemTime::now() + Duration::from_secs(7 * 86_400);
     let gen1 = bucket.publish(1, week, true);
@@ -216,13 +218,21 @@ async fn an_instance_reads_the_index_and_its_own_groups_only_and_refuses_what_do
     // not any of the other 200 groups.
     let (index, gets) = host.refresh().await;
     assert_eq!(index.unwrap().generation, 1);
-    assert_eq!(gets, 1 + 2, "a cold refresh must read the index and 2 group files");
+    assert_eq!(
+        gets,
+        1 + 2,
+        "a cold refresh must read the index and 2 group files"
+    );
     assert_eq!(
         files(host.cache_dir.path()),
         ["attribution", "group-db-prod", "group-web-prod", "index"]
     );
     assert!(host.served().contains(CAROL));
-    let bob = host.cache().attribution(&fingerprint(BOB)).unwrap().unwrap();
+    let bob = host
+        .cache()
+        .attribution(&fingerprint(BOB))
+        .unwrap()
+        .unwrap();
     assert_eq!(bob.describe(), "bob (db-prod; web-prod via Web Team)");
 
     // Stale, nothing changed: one conditional read of the index.
@@ -236,10 +246,7 @@ async fn an_instance_reads_the_index_and_its_own_groups_only_and_refuses_what_do
     assert_eq!(index.unwrap().generation, 2);
     assert_eq!(gets, 2, "the index and the one changed group file");
     assert!(!host.served().contains(CAROL));
-    assert_eq!(
-        host.cache().attribution(&fingerprint(CAROL)).unwrap(),
-        None
-    );
+    assert_eq!(host.cache().attribution(&fingerprint(CAROL)).unwrap(), None);
 
     // Rollback: generation 1, validly signed, put back with its files.
     bucket.publish(1, week, true);

@@ -243,7 +243,10 @@ fn tampered_objects_and_rolled_back_or_forged_indexes_are_refused() {
         .s3
         .put_object("ssh/web-prod/authorized_keys", &gen1_group);
     let refused = fleet.refresh();
-    assert!(!refused.status.success(), "a rolled-back index was accepted");
+    assert!(
+        !refused.status.success(),
+        "a rolled-back index was accepted"
+    );
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("rollback"),
         "{refused:?}"
@@ -259,9 +262,7 @@ fn tampered_objects_and_rolled_back_or_forged_indexes_are_refused() {
     let forged = text.replace("\"generation\":1,", "\"generation\":99,");
     assert_ne!(forged, text);
     envelope["index"] = forged.into();
-    fleet
-        .s3
-        .put_object("ssh/index.json", &envelope.to_string());
+    fleet.s3.put_object("ssh/index.json", &envelope.to_string());
     let forged_refresh = fleet.refresh();
     assert!(!forged_refresh.status.success());
     let stderr = String::from_utf8_lossy(&forged_refresh.stderr);

@@ -243,7 +243,11 @@ async fn commit(prepared: &Prepared, prefix: &str, signer: Option<&Signer>) -> a
 
 /// Writes `{prefix}index.json`: what instances read instead of the manifest, sealed (and signed,
 /// with `signer`) in one object.
-async fn write_index(prepared: &Prepared, prefix: &str, signer: Option<&Signer>) -> anyhow::Result<()> {
+async fn write_index(
+    prepared: &Prepared,
+    prefix: &str,
+    signer: Option<&Signer>,
+) -> anyhow::Result<()> {
     let sealed = crate::index::Index::of(&prepared.plan.manifest)
         .seal(signer)
         .context("sealing the instance index")?;
