@@ -5,6 +5,11 @@
 //! is `unchanged` and costs no request at all. Each user who would lose access gets a reason a
 //! person can act on (disabled, left group X, no longer in policy, denied, …), and removals caused
 //! by `[deny]` are the only ones the guard never holds back.
+//!
+//! Memory stays flat in the number of access groups: groups are rendered and compared one at a
+//! time, the plan keeps each file's hash (never its body), and the published manifest is consumed
+//! into the next one rather than copied. At 10,000 users and 1,000 access groups this took a
+//! publish's peak RSS from 217 MB to 82 MB (BENCHMARKS.md).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
