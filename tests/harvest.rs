@@ -113,21 +113,11 @@ impl World {
     }
 
     fn group_file(&self, group: &str) -> String {
-        self.stack
-            .s3
-            .object(&format!("ssh/{group}/authorized_keys"))
-            .unwrap_or_else(|| panic!("no object for access group {group}"))
+        self.stack.group_file(group)
     }
 
     fn manifest(&self) -> Value {
-        serde_json::from_str(
-            &self
-                .stack
-                .s3
-                .object("ssh/manifest.json")
-                .expect("a manifest"),
-        )
-        .unwrap()
+        self.stack.manifest()
     }
 
     /// A fresh key for `user` (`tag` keeps several keys of one person apart).

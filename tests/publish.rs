@@ -61,14 +61,7 @@ impl World {
     }
 
     fn manifest(&self) -> Value {
-        serde_json::from_str(
-            &self
-                .stack
-                .s3
-                .object("ssh/manifest.json")
-                .expect("a manifest"),
-        )
-        .unwrap()
+        self.stack.manifest()
     }
 
     /// The group file as a person would write it: header, then `# user via <chain>` (the chain
@@ -128,22 +121,14 @@ fn publish_writes_exact_group_files_and_a_second_run_writes_nothing() {
         ]
     );
     assert_eq!(
-        world
-            .stack
-            .s3
-            .object("ssh/web-prod/authorized_keys")
-            .unwrap(),
+        world.stack.group_file("web-prod"),
         world.expected_file(
             "web-prod",
             &["alice.admin", "bob", "carol", "dave", "erin", "frank"]
         )
     );
     assert_eq!(
-        world
-            .stack
-            .s3
-            .object("ssh/db-prod/authorized_keys")
-            .unwrap(),
+        world.stack.group_file("db-prod"),
         world.expected_file("db-prod", &["alice.admin", "bob"])
     );
     let manifest = world.manifest();
@@ -219,11 +204,7 @@ fn the_guard_refuses_mass_removal_until_forced_and_deny_always_goes_through() {
     let forced = world.run(&["publish", "--force"]);
     assert_eq!(forced.code, 0, "{forced:#?}");
     assert_eq!(
-        world
-            .stack
-            .s3
-            .object("ssh/web-prod/authorized_keys")
-            .unwrap(),
+        world.stack.group_file("web-prod"),
         world.expected_file("web-prod", &["alice.admin", "bob", "erin", "frank"])
     );
     assert_eq!(world.manifest()["generation"], 2);
@@ -241,11 +222,7 @@ fn the_guard_refuses_mass_removal_until_forced_and_deny_always_goes_through() {
         json!([{"name": "erin", "reason": "denied"}, {"name": "frank", "reason": "denied"}])
     );
     assert_eq!(
-        world
-            .stack
-            .s3
-            .object("ssh/web-prod/authorized_keys")
-            .unwrap(),
+        world.stack.group_file("web-prod"),
         world.expected_file("web-prod", &["alice.admin", "bob"])
     );
     let manifest = world.manifest();
@@ -393,21 +370,13 @@ fn incident_response_and_unattended_operation() {
     );
     assert_eq!(world.run(&["publish"]).code, 0);
     assert_eq!(
-        world
-            .stack
-            .s3
-            .object("ssh/web-prod/authorized_keys")
-            .unwrap(),
+        world.stack.group_file("web-prod"),
         "ssh-ed25519 AAAA intruder\n"
     );
     let rewrite = world.run(&["publish", "--rewrite-all"]);
     assert_eq!(rewrite.code, 0, "{rewrite:#?}");
     assert_eq!(
-        world
-            .stack
-            .s3
-            .object("ssh/web-prod/authorized_keys")
-            .unwrap(),
+        world.stack.group_file("web-prod"),
         world.expected_file(
             "web-prod",
             &["alice.admin", "bob", "carol", "dave", "erin", "frank"]

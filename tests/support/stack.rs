@@ -72,6 +72,22 @@ impl Stack {
             .collect()
     }
 
+    /// The published `manifest.json`, parsed.
+    pub fn manifest(&self) -> serde_json::Value {
+        let text = self
+            .s3
+            .object("ssh/manifest.json")
+            .expect("a published manifest");
+        serde_json::from_str(&text).expect("manifest.json is JSON")
+    }
+
+    /// The published file of access group `group`.
+    pub fn group_file(&self, group: &str) -> String {
+        self.s3
+            .object(&format!("ssh/{group}/authorized_keys"))
+            .unwrap_or_else(|| panic!("no object for access group {group}"))
+    }
+
     /// Runs the publisher's keyhole.
     pub fn run(&self, args: &[&str]) -> Run {
         self.publisher.run(args)
