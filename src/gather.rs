@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 use anyhow::Context;
 
-use crate::directory::{self, ReadStats, Snapshot, User};
+use crate::directory::{self, ReadStats, User};
 use crate::homes::{self, HarvestOutcome, HarvestSettings, Harvestee, HomeLayout};
 use crate::keys;
 use crate::policy::{self, Checked};
@@ -23,7 +23,6 @@ use crate::settings::Settings;
 #[derive(Debug)]
 pub struct Gathered {
     pub checked: Checked,
-    pub snapshot: Snapshot,
     pub directory_stats: ReadStats,
     pub resolution: Resolution,
     pub keys: BTreeMap<String, UserKeys>,
@@ -127,7 +126,6 @@ pub async fn gather(settings: &Settings, now: SystemTime) -> anyhow::Result<Gath
     );
     Ok(Gathered {
         checked,
-        snapshot,
         directory_stats,
         resolution,
         keys,

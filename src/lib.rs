@@ -19,6 +19,7 @@ pub mod keys;
 pub mod lock;
 pub mod logging;
 pub mod manifest;
+pub mod memory;
 pub mod metrics;
 pub mod plan;
 pub mod policy;

@@ -37,6 +37,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    keyhole::memory::use_one_malloc_arena();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => {

@@ -78,19 +78,13 @@ impl Manifest {
         Ok(manifest)
     }
 
-    /// Pretty, stable JSON: maps are sorted, so the same content gives the same bytes.
+    /// Stable, compact JSON (one line): maps are sorted, so the same content gives the same
+    /// bytes. Not pretty-printed: at 10,000 users indentation made the manifest 9.8 MB instead of
+    /// 5.4 MB, and every publish run reads it (`jq .` shows it to a person).
     pub fn to_json(&self) -> Vec<u8> {
-        let mut json = serde_json::to_vec_pretty(self).unwrap_or_default();
+        let mut json = serde_json::to_vec(self).unwrap_or_default();
         json.push(b'\n');
         json
-    }
-
-    /// The fingerprints published in `group`.
-    pub fn fingerprints_of(&self, group: &str) -> impl Iterator<Item = &str> {
-        self.fingerprints
-            .iter()
-            .filter(move |(_, entry)| entry.groups.iter().any(|g| g == group))
-            .map(|(fingerprint, _)| fingerprint.as_str())
     }
 }
 
@@ -120,13 +114,9 @@ mod tests {
         );
         let parsed = Manifest::parse(&manifest.to_json()).unwrap();
         assert_eq!(parsed, manifest);
-        assert_eq!(
-            parsed.fingerprints_of("web").collect::<Vec<_>>(),
-            ["SHA256:x"]
-        );
         let future = String::from_utf8(manifest.to_json())
             .unwrap()
-            .replace("\"format\": 1", "\"format\": 2");
+            .replace("\"format\":1", "\"format\":2");
         assert!(
             Manifest::parse(future.as_bytes())
                 .unwrap_err()

@@ -5,6 +5,11 @@
 //! is `unchanged` and costs no request at all. Each user who would lose access gets a reason a
 //! person can act on (disabled, left group X, no longer in policy, denied, …), and removals caused
 //! by `[deny]` are the only ones the guard never holds back.
+//!
+//! Memory stays flat in the number of access groups: groups are rendered and compared one at a
+//! time, the plan keeps each file's hash (never its body), and the published manifest is consumed
+//! into the next one rather than copied. At 10,000 users and 1,000 access groups this took a
+//! publish's peak RSS from 217 MB to 82 MB (BENCHMARKS.md).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -12,8 +17,8 @@ use serde::Serialize;
 
 use crate::manifest::{FingerprintEntry, GroupEntry, Manifest};
 use crate::policy::Policy;
-use crate::render::{GroupFile, Problem, Rendered, RenderedGroup};
-use crate::resolve::{EVERYWHERE, Exclusion, Resolution};
+use crate::render::{GroupFile, Problem, RenderedGroup, Renderer};
+use crate::resolve::{EVERYWHERE, Exclusion, Membership, Resolution};
 use crate::settings::SafetySettings;
 
 /// Groups of fewer users than this are not judged by `max_removed_fraction` (one of three is
@@ -42,10 +47,14 @@ pub struct GroupPlan {
     pub removed_users: Vec<UserChange>,
     pub added_fingerprints: Vec<String>,
     pub removed_fingerprints: Vec<String>,
-    /// The rendered file (what `create` and `update` write); `None` for held, unselected and
-    /// deleted groups.
+    /// The SHA-256 of the freshly rendered file; `None` for held, unselected and deleted groups,
+    /// which a publish never writes. The file itself is not kept: a publish renders again the
+    /// groups it writes and checks that they hash to this.
     #[serde(skip)]
-    pub file: Option<GroupFile>,
+    pub rendered_sha256: Option<String>,
+    /// How many users the published file had (what the guard judges a loss against).
+    #[serde(skip)]
+    pub users_before: usize,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -90,15 +99,15 @@ impl Plan {
         self.rewrite = true;
     }
 
-    /// The group files a publish of this plan writes.
-    pub fn files_to_write(&self) -> impl Iterator<Item = (&String, &GroupFile)> {
+    /// The access groups a publish of this plan writes, each with the SHA-256 its file must have.
+    pub fn groups_to_write(&self) -> impl Iterator<Item = (&String, &str)> {
         self.groups.iter().filter_map(|(name, group)| {
             let write = self.rewrite || matches!(group.action, Action::Create | Action::Update);
             group
-                .file
-                .as_ref()
+                .rendered_sha256
+                .as_deref()
                 .filter(|_| write)
-                .map(|file| (name, file))
+                .map(|sha256| (name, sha256))
         })
     }
 }
@@ -106,114 +115,115 @@ impl Plan {
 /// Which access groups a publish may touch (`publish --group`); `None` means all.
 pub type Selection<'a> = Option<&'a BTreeSet<String>>;
 
-/// Compares `rendered` with what `published` records and judges the result with the guard.
-pub fn plan(
-    published: &Manifest,
-    rendered: &Rendered,
-    resolution: &Resolution,
-    policy: &Policy,
-    safety: &SafetySettings,
-    selection: Selection<'_>,
-) -> Plan {
-    let selected = |group: &str| selection.is_none_or(|set| set.contains(group));
-    let published_keys = fingerprints_by_group(published);
+/// What a plan is computed from, besides the published manifest and the group files.
+#[derive(Debug, Clone, Copy)]
+pub struct Inputs<'a> {
+    pub resolution: &'a Resolution,
+    pub policy: &'a Policy,
+    pub safety: &'a SafetySettings,
+    pub selection: Selection<'a>,
+}
+
+/// The group files a plan compares: [`render::Renderer`](crate::render::Renderer) in a run, a
+/// stand-in in tests.
+pub trait GroupFiles {
+    fn group(&self, name: &str, membership: &Membership) -> RenderedGroup;
+    /// Keys dropped from every file, and why.
+    fn problems(&self) -> &[Problem];
+    /// Per person, the fingerprints `[deny]` dropped.
+    fn denied_keys(&self) -> &BTreeMap<String, BTreeSet<String>>;
+}
+
+impl GroupFiles for Renderer<'_> {
+    fn group(&self, name: &str, membership: &Membership) -> RenderedGroup {
+        Renderer::group(self, name, membership)
+    }
+    fn problems(&self) -> &[Problem] {
+        Renderer::problems(self)
+    }
+    fn denied_keys(&self) -> &BTreeMap<String, BTreeSet<String>> {
+        Renderer::denied_keys(self)
+    }
+}
+
+/// Compares each access group's freshly rendered file with what `published` records, and judges
+/// the result with the guard.
+///
+/// Groups are rendered and compared one at a time, and `published` is consumed as it is
+/// compared, so memory holds one group file, not all of them, whatever the number of access
+/// groups.
+pub fn plan(published: Manifest, files: &impl GroupFiles, inputs: &Inputs<'_>) -> Plan {
+    let selected = |group: &str| inputs.selection.is_none_or(|set| set.contains(group));
+    let Manifest {
+        generation,
+        groups: mut published_groups,
+        fingerprints: published_fingerprints,
+        ..
+    } = published;
+    let published = Published {
+        keys: fingerprints_by_group(&published_fingerprints),
+        fingerprints: &published_fingerprints,
+    };
     let mut groups = BTreeMap::new();
-    let mut problems = rendered.problems.clone();
+    let mut problems = files.problems().to_vec();
     let mut next = Manifest {
-        generation: published.generation,
-        groups: BTreeMap::new(),
-        fingerprints: BTreeMap::new(),
+        generation,
         ..Manifest::empty()
     };
 
-    for (name, outcome) in &rendered.groups {
-        let previous = published.groups.get(name);
-        let file = match outcome {
-            RenderedGroup::Ready(file) if selected(name) => file,
-            RenderedGroup::Ready(_) => {
-                keep(&mut next, published, &published_keys, name);
-                groups.insert(name.clone(), unchanged());
-                continue;
-            }
-            RenderedGroup::Held { unknown } => {
-                problems.extend(unknown.iter().map(|user| Problem {
-                    user: user.clone(),
+    for (name, membership) in &inputs.resolution.access_groups {
+        let previous = published_groups.remove(name);
+        let file = match selected(name).then(|| files.group(name, membership)) {
+            Some(RenderedGroup::Ready(file)) => file,
+            Some(RenderedGroup::Held { unknown }) => {
+                problems.extend(unknown.into_iter().map(|user| Problem {
+                    user,
                     reason: format!(
                         "keys unknown (home unreadable); access group {name} left as published"
                     ),
                 }));
-                keep(&mut next, published, &published_keys, name);
-                groups.insert(name.clone(), unchanged());
+                published.keep(&mut next, name, previous);
+                groups.insert(name.clone(), unchanged(None));
+                continue;
+            }
+            None => {
+                published.keep(&mut next, name, previous);
+                groups.insert(name.clone(), unchanged(None));
                 continue;
             }
         };
-        let action = match previous {
-            None => Action::Create,
-            Some(entry) if entry.sha256 == file.sha256 => Action::Unchanged,
-            Some(_) => Action::Update,
+        let group_plan = match &previous {
+            Some(entry) if entry.sha256 == file.sha256 => unchanged(Some(&file.sha256)),
+            _ => compare(name, &file, previous.as_ref(), &published, files, inputs),
         };
-        let before_users: BTreeSet<&str> = previous
-            .map(|entry| entry.users.iter().map(String::as_str).collect())
-            .unwrap_or_default();
-        let after_users: BTreeSet<&str> = file.users.iter().map(String::as_str).collect();
-        let before_keys: BTreeSet<&str> = keys_of(&published_keys, name).collect();
-        let after_keys: BTreeSet<&str> = file.keys.iter().map(|(_, fp)| fp.as_str()).collect();
-
-        let group_plan = GroupPlan {
-            action,
-            added_users: after_users
-                .difference(&before_users)
-                .map(|user| UserChange {
-                    name: (*user).to_owned(),
-                    reason: "new member".into(),
-                })
-                .collect(),
-            removed_users: before_users
-                .difference(&after_users)
-                .map(|user| UserChange {
-                    name: (*user).to_owned(),
-                    reason: removal_reason(user, name, previous, resolution, policy, rendered),
-                })
-                .collect(),
-            added_fingerprints: after_keys
-                .difference(&before_keys)
-                .map(|fp| fp.to_string())
-                .collect(),
-            removed_fingerprints: before_keys
-                .difference(&after_keys)
-                .map(|fp| fp.to_string())
-                .collect(),
-            file: Some(file.clone()),
-        };
-        record(&mut next, name, file);
         groups.insert(name.clone(), group_plan);
+        record(&mut next, name, file);
     }
 
-    // Access groups that are published but no longer in the policy are pruned.
-    for (name, entry) in &published.groups {
-        if rendered.groups.contains_key(name) {
+    // What remains was published but is no longer in the policy.
+    for (name, entry) in published_groups {
+        if !selected(&name) {
+            published.keep(&mut next, &name, Some(entry));
             continue;
         }
-        if !selected(name) {
-            keep(&mut next, published, &published_keys, name);
-            continue;
-        }
+        let removed_fingerprints = published.keys_of(&name).map(str::to_owned).collect();
         groups.insert(
-            name.clone(),
+            name,
             GroupPlan {
                 action: Action::Delete,
                 added_users: vec![],
+                users_before: entry.users.len(),
                 removed_users: entry
                     .users
-                    .iter()
+                    .into_iter()
                     .map(|user| UserChange {
-                        name: user.clone(),
+                        name: user,
                         reason: "access group no longer in policy".into(),
                     })
                     .collect(),
                 added_fingerprints: vec![],
-                removed_fingerprints: keys_of(&published_keys, name).map(str::to_owned).collect(),
-                file: None,
+                removed_fingerprints,
+                rendered_sha256: None,
             },
         );
     }
@@ -227,29 +237,102 @@ pub fn plan(
         rewrite: false,
     };
     if plan.has_changes() {
-        plan.manifest.generation = published.generation + 1;
+        plan.manifest.generation = generation + 1;
     }
-    plan.guard = judge(&plan, published, safety);
+    plan.guard = judge(&plan, inputs.safety);
     plan
 }
 
-fn unchanged() -> GroupPlan {
+/// A group whose file changes (or appears): who and which keys come and go, and why.
+fn compare(
+    name: &str,
+    file: &GroupFile,
+    previous: Option<&GroupEntry>,
+    published: &Published<'_>,
+    files: &impl GroupFiles,
+    inputs: &Inputs<'_>,
+) -> GroupPlan {
+    let before_users: BTreeSet<&str> = previous
+        .map(|entry| entry.users.iter().map(String::as_str).collect())
+        .unwrap_or_default();
+    let after_users: BTreeSet<&str> = file.users.iter().map(String::as_str).collect();
+    let before_keys: BTreeSet<&str> = published.keys_of(name).collect();
+    let after_keys: BTreeSet<&str> = file.keys.iter().map(|(_, fp)| fp.as_str()).collect();
+    GroupPlan {
+        action: if previous.is_some() {
+            Action::Update
+        } else {
+            Action::Create
+        },
+        added_users: after_users
+            .difference(&before_users)
+            .map(|user| UserChange {
+                name: (*user).to_owned(),
+                reason: "new member".into(),
+            })
+            .collect(),
+        removed_users: before_users
+            .difference(&after_users)
+            .map(|user| UserChange {
+                name: (*user).to_owned(),
+                reason: removal_reason(user, name, previous, files.denied_keys(), inputs),
+            })
+            .collect(),
+        added_fingerprints: after_keys
+            .difference(&before_keys)
+            .map(|fp| fp.to_string())
+            .collect(),
+        removed_fingerprints: before_keys
+            .difference(&after_keys)
+            .map(|fp| fp.to_string())
+            .collect(),
+        rendered_sha256: Some(file.sha256.clone()),
+        users_before: before_users.len(),
+    }
+}
+
+fn unchanged(rendered_sha256: Option<&str>) -> GroupPlan {
     GroupPlan {
         action: Action::Unchanged,
         added_users: vec![],
         removed_users: vec![],
         added_fingerprints: vec![],
         removed_fingerprints: vec![],
-        file: None,
+        rendered_sha256: rendered_sha256.map(str::to_owned),
+        users_before: 0,
     }
 }
 
-/// The published fingerprints of each access group, indexed in one pass over the manifest.
-/// Asking the manifest per group (`Manifest::fingerprints_of`) scans every fingerprint each
-/// time: 1,000 groups × 15,000 keys made that scan most of a 10k-user run (BENCHMARKS.md).
-fn fingerprints_by_group(published: &Manifest) -> HashMap<&str, Vec<&str>> {
+/// The published fingerprints, indexed by access group once per run.
+struct Published<'m> {
+    keys: HashMap<&'m str, Vec<&'m str>>,
+    fingerprints: &'m BTreeMap<String, FingerprintEntry>,
+}
+
+impl<'m> Published<'m> {
+    fn keys_of(&self, group: &str) -> impl Iterator<Item = &'m str> + use<'m, '_> {
+        self.keys.get(group).into_iter().flatten().copied()
+    }
+
+    /// Carries a group over into `next` exactly as published.
+    fn keep(&self, next: &mut Manifest, group: &str, entry: Option<GroupEntry>) {
+        let Some(entry) = entry else {
+            return;
+        };
+        next.groups.insert(group.to_owned(), entry);
+        for fingerprint in self.keys_of(group) {
+            if let Some(owner) = self.fingerprints.get(fingerprint) {
+                add_fingerprint(next, fingerprint, &owner.user, group);
+            }
+        }
+    }
+}
+
+fn fingerprints_by_group(
+    fingerprints: &BTreeMap<String, FingerprintEntry>,
+) -> HashMap<&str, Vec<&str>> {
     let mut index: HashMap<&str, Vec<&str>> = HashMap::new();
-    for (fingerprint, entry) in &published.fingerprints {
+    for (fingerprint, entry) in fingerprints {
         for group in &entry.groups {
             index
                 .entry(group.as_str())
@@ -260,44 +343,20 @@ fn fingerprints_by_group(published: &Manifest) -> HashMap<&str, Vec<&str>> {
     index
 }
 
-fn keys_of<'m>(
-    index: &HashMap<&'m str, Vec<&'m str>>,
-    group: &str,
-) -> impl Iterator<Item = &'m str> {
-    index.get(group).into_iter().flatten().copied()
-}
-
-/// Carries a group's published entry (and its fingerprints) over to the next manifest unchanged.
-fn keep(
-    next: &mut Manifest,
-    published: &Manifest,
-    published_keys: &HashMap<&str, Vec<&str>>,
-    group: &str,
-) {
-    let Some(entry) = published.groups.get(group) else {
-        return;
-    };
-    next.groups.insert(group.to_owned(), entry.clone());
-    for fingerprint in keys_of(published_keys, group) {
-        if let Some(owner) = published.fingerprints.get(fingerprint) {
-            add_fingerprint(next, fingerprint, &owner.user, group);
-        }
-    }
-}
-
-fn record(next: &mut Manifest, group: &str, file: &GroupFile) {
-    next.groups.insert(
-        group.to_owned(),
-        GroupEntry {
-            sha256: file.sha256.clone(),
-            users: file.users.clone(),
-            keys: file.keys.len(),
-            via: file.via.clone(),
-        },
-    );
+/// Records a rendered group in `next`, taking its lists rather than copying them.
+fn record(next: &mut Manifest, group: &str, file: GroupFile) {
     for (user, fingerprint) in &file.keys {
         add_fingerprint(next, fingerprint, user, group);
     }
+    next.groups.insert(
+        group.to_owned(),
+        GroupEntry {
+            sha256: file.sha256,
+            keys: file.keys.len(),
+            users: file.users,
+            via: file.via,
+        },
+    );
 }
 
 fn add_fingerprint(next: &mut Manifest, fingerprint: &str, user: &str, group: &str) {
@@ -308,22 +367,19 @@ fn add_fingerprint(next: &mut Manifest, fingerprint: &str, user: &str, group: &s
             user: user.to_owned(),
             groups: Vec::new(),
         });
-    // Kept sorted by inserting in place: a key of someone in every access group (the
-    // [everywhere] admins) is added once per group, and re-sorting each time was quadratic.
     if let Err(at) = entry.groups.binary_search_by(|g| g.as_str().cmp(group)) {
         entry.groups.insert(at, group.to_owned());
     }
 }
 
-/// Why `user` is no longer in `group`'s file, in words an operator can act on.
 fn removal_reason(
     user: &str,
     group: &str,
     previous: Option<&GroupEntry>,
-    resolution: &Resolution,
-    policy: &Policy,
-    rendered: &Rendered,
+    denied_keys: &BTreeMap<String, BTreeSet<String>>,
+    inputs: &Inputs<'_>,
 ) -> String {
+    let (resolution, policy) = (inputs.resolution, inputs.policy);
     let Some(membership) = resolution.access_groups.get(group) else {
         return "access group no longer in policy".into();
     };
@@ -335,7 +391,7 @@ fn removal_reason(
     }
     if membership.users.iter().any(|m| m.name == user) {
         // Still a member, but none of their keys made it into the file.
-        if rendered.denied_keys.contains_key(user) {
+        if denied_keys.contains_key(user) {
             return Exclusion::Denied.as_str().into();
         }
         return "no valid keys".into();
@@ -367,7 +423,7 @@ fn removal_reason(
 /// The safety guard (SPEC.md): refuse when any group of `GUARD_MIN_GROUP_SIZE`+ users would lose
 /// more than `max_removed_fraction` of them, or when more than `max_removed_users` people would
 /// lose access in total. Removals caused by `[deny]` never count.
-fn judge(plan: &Plan, published: &Manifest, safety: &SafetySettings) -> Guard {
+fn judge(plan: &Plan, safety: &SafetySettings) -> Guard {
     let mut reasons = Vec::new();
     let mut everyone_removed = BTreeSet::new();
     for (name, group) in &plan.groups {
@@ -377,10 +433,7 @@ fn judge(plan: &Plan, published: &Manifest, safety: &SafetySettings) -> Guard {
             .filter(|change| change.reason != Exclusion::Denied.as_str())
             .collect();
         everyone_removed.extend(removed.iter().map(|change| change.name.as_str()));
-        let before = published
-            .groups
-            .get(name)
-            .map_or(0, |entry| entry.users.len());
+        let before = group.users_before;
         if before >= GUARD_MIN_GROUP_SIZE && !removed.is_empty() {
             let fraction = removed.len() as f64 / before as f64;
             if fraction > safety.max_removed_fraction {
@@ -443,22 +496,55 @@ mod tests {
         }
     }
 
-    fn rendered(groups: &[(&str, &[&str])]) -> Rendered {
-        Rendered {
+    /// Group files given up front, as a renderer would render them.
+    struct Files {
+        groups: BTreeMap<String, RenderedGroup>,
+        denied_keys: BTreeMap<String, BTreeSet<String>>,
+    }
+
+    impl GroupFiles for Files {
+        fn group(&self, name: &str, _: &Membership) -> RenderedGroup {
+            self.groups[name].clone()
+        }
+        fn problems(&self) -> &[Problem] {
+            &[]
+        }
+        fn denied_keys(&self) -> &BTreeMap<String, BTreeSet<String>> {
+            &self.denied_keys
+        }
+    }
+
+    fn rendered(groups: &[(&str, &[&str])]) -> Files {
+        Files {
             groups: groups
                 .iter()
                 .map(|(name, users)| (name.to_string(), RenderedGroup::Ready(file(users))))
                 .collect(),
-            problems: vec![],
             denied_keys: BTreeMap::new(),
         }
+    }
+
+    fn plan_of(
+        published: &Manifest,
+        files: &Files,
+        resolution: &Resolution,
+        policy: &Policy,
+        selection: Selection<'_>,
+    ) -> Plan {
+        let inputs = Inputs {
+            resolution,
+            policy,
+            safety: &safety(),
+            selection,
+        };
+        plan(published.clone(), files, &inputs)
     }
 
     fn published(groups: &[(&str, &[&str])]) -> Manifest {
         let mut manifest = Manifest::empty();
         manifest.generation = 3;
         for (name, users) in groups {
-            record(&mut manifest, name, &file(users));
+            record(&mut manifest, name, file(users));
         }
         manifest
     }
@@ -528,12 +614,11 @@ mod tests {
     #[test]
     fn nothing_changed_means_every_group_unchanged_and_the_same_generation() {
         let before = published(&[("web", &["a", "b"])]);
-        let plan = plan(
+        let plan = plan_of(
             &before,
             &rendered(&[("web", &["a", "b"])]),
             &resolution(&[("web", &["a", "b"], &[])]),
             &policy(&["web"]),
-            &safety(),
             None,
         );
         assert!(!plan.has_changes());
@@ -544,7 +629,7 @@ mod tests {
     #[test]
     fn changes_name_each_user_and_key_with_a_reason() {
         let before = published(&[("web", &["a", "b", "c"]), ("old", &["a"])]);
-        let plan = plan(
+        let plan = plan_of(
             &before,
             &rendered(&[("web", &["a", "d"]), ("new", &["a"])]),
             &resolution(&[
@@ -552,7 +637,6 @@ mod tests {
                 ("new", &["a"], &[]),
             ]),
             &policy(&["web", "new"]),
-            &safety(),
             None,
         );
         let web = &plan.groups["web"];
@@ -593,12 +677,11 @@ mod tests {
     fn the_guard_refuses_large_removals_but_never_denials() {
         let before = published(&[("web", &["a", "b", "c", "d", "e"])]);
         let after = rendered(&[("web", &["a", "b", "c"])]);
-        let lost_two = plan(
+        let lost_two = plan_of(
             &before,
             &after,
             &resolution(&[("web", &["a", "b", "c"], &[])]),
             &policy(&["web"]),
-            &safety(),
             None,
         );
         assert!(lost_two.guard.refused);
@@ -611,7 +694,7 @@ mod tests {
             &["a", "b", "c"],
             &[("d", Exclusion::Denied), ("e", Exclusion::Denied)],
         )]);
-        let lost_to_deny = plan(&before, &after, &denied, &policy(&["web"]), &safety(), None);
+        let lost_to_deny = plan_of(&before, &after, &denied, &policy(&["web"]), None);
         assert!(!lost_to_deny.guard.refused, "{:?}", lost_to_deny.guard);
     }
 
@@ -626,12 +709,11 @@ mod tests {
             },
         );
         let only_web = BTreeSet::from(["web".to_string()]);
-        let plan = plan(
+        let plan = plan_of(
             &before,
             &after,
             &resolution(&[("web", &["a"], &[]), ("db", &["c"], &[])]),
             &policy(&["web", "db"]),
-            &safety(),
             Some(&only_web),
         );
         assert!(!plan.has_changes());

@@ -11,13 +11,13 @@
 //! And a key found in more than one person's file is dropped from all of them: it could not be
 //! attributed to a person, and a shared private key is an incident of its own.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::keys::AuthorizedKey;
-use crate::resolve::{Resolution, VIA_SEPARATOR};
+use crate::resolve::{Membership, VIA_SEPARATOR};
 
 /// What the homes and keys stages learnt about one person.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,52 +57,98 @@ pub enum RenderedGroup {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rendered {
-    pub groups: BTreeMap<String, RenderedGroup>,
-    pub problems: Vec<Problem>,
-    /// Per person, the fingerprints dropped because `[deny]` lists them.
-    pub denied_keys: BTreeMap<String, BTreeSet<String>>,
+/// Renders access group files one at a time, so that a run never needs every file in memory
+/// at once: the plan keeps only each file's SHA-256, and a publish renders again the few it
+/// writes (the output is deterministic, and the publisher checks the hash it planned).
+///
+/// Which keys are dropped (denied by the policy, or held by more than one person) is a fact about
+/// people, not about groups: it is decided once, here, with its problems.
+#[derive(Debug)]
+pub struct Renderer<'k> {
+    keys: &'k BTreeMap<String, UserKeys>,
+    dropped: HashSet<&'k str>,
+    problems: Vec<Problem>,
+    denied_keys: BTreeMap<String, BTreeSet<String>>,
 }
 
-/// Renders every access group in `resolution`. `keys` holds an entry for every member (a missing
-/// entry counts as unknown, never as "no keys"); `denied_fingerprints` come from `[deny]`.
-pub fn render(
-    resolution: &Resolution,
-    keys: &BTreeMap<String, UserKeys>,
-    denied_fingerprints: &BTreeSet<String>,
-) -> Rendered {
-    let mut problems = BTreeSet::new();
-    let mut denied_keys: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-
-    // Fingerprints that more than one person holds.
-    let mut owners: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for (user, user_keys) in keys {
-        if let UserKeys::Known(list) = user_keys {
-            for key in list {
-                owners
-                    .entry(key.fingerprint.as_str())
-                    .or_default()
-                    .insert(user);
+impl<'k> Renderer<'k> {
+    /// `keys` holds an entry for every member (a missing entry counts as unknown, never as "no
+    /// keys"); `denied_fingerprints` come from `[deny]`.
+    pub fn new(
+        keys: &'k BTreeMap<String, UserKeys>,
+        denied_fingerprints: &BTreeSet<String>,
+    ) -> Self {
+        // Who holds each fingerprint.
+        let mut owners: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (user, user_keys) in keys {
+            if let UserKeys::Known(list) = user_keys {
+                for key in list {
+                    let holders = owners.entry(key.fingerprint.as_str()).or_default();
+                    if holders.last() != Some(&user.as_str()) {
+                        holders.push(user);
+                    }
+                }
             }
         }
+        let mut problems = BTreeSet::new();
+        let mut denied_keys: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut dropped = HashSet::new();
+        for (user, user_keys) in keys {
+            let UserKeys::Known(list) = user_keys else {
+                continue;
+            };
+            for key in list {
+                let fingerprint = key.fingerprint.as_str();
+                let holders = &owners[fingerprint];
+                let reason = if denied_fingerprints.contains(fingerprint) {
+                    denied_keys
+                        .entry(user.clone())
+                        .or_default()
+                        .insert(fingerprint.to_owned());
+                    format!("key {fingerprint} is denied by the policy")
+                } else if holders.len() > 1 {
+                    format!(
+                        "key {fingerprint} is also in the files of {}; dropped from all of them",
+                        holders.join(", ")
+                    )
+                } else {
+                    continue;
+                };
+                dropped.insert(fingerprint);
+                problems.insert(Problem {
+                    user: user.clone(),
+                    reason,
+                });
+            }
+        }
+        Renderer {
+            keys,
+            dropped,
+            problems: problems.into_iter().collect(),
+            denied_keys,
+        }
     }
-    let shared: BTreeMap<&str, BTreeSet<&str>> = owners
-        .into_iter()
-        .filter(|(_, users)| users.len() > 1)
-        .collect();
 
-    let mut groups = BTreeMap::new();
-    for (name, membership) in &resolution.access_groups {
+    /// Keys dropped from every file and why, sorted.
+    pub fn problems(&self) -> &[Problem] {
+        &self.problems
+    }
+
+    /// Per person, the fingerprints dropped because `[deny]` lists them.
+    pub fn denied_keys(&self) -> &BTreeMap<String, BTreeSet<String>> {
+        &self.denied_keys
+    }
+
+    /// Renders the access group `name`, whose members are `membership`.
+    pub fn group(&self, name: &str, membership: &Membership) -> RenderedGroup {
         let unknown: Vec<String> = membership
             .users
             .iter()
-            .filter(|member| !matches!(keys.get(&member.name), Some(UserKeys::Known(_))))
+            .filter(|member| !matches!(self.keys.get(&member.name), Some(UserKeys::Known(_))))
             .map(|member| member.name.clone())
             .collect();
         if !unknown.is_empty() {
-            groups.insert(name.clone(), RenderedGroup::Held { unknown });
-            continue;
+            return RenderedGroup::Held { unknown };
         }
         let mut file = GroupFile {
             body: format!("# keyhole access group {name}: generated, do not edit\n"),
@@ -112,37 +158,14 @@ pub fn render(
             keys: Vec::new(),
         };
         for member in &membership.users {
-            let Some(UserKeys::Known(list)) = keys.get(&member.name) else {
+            let Some(UserKeys::Known(list)) = self.keys.get(&member.name) else {
                 continue;
             };
-            let mut block = Vec::new();
-            for key in list {
-                let fingerprint = key.fingerprint.as_str();
-                if denied_fingerprints.contains(fingerprint) {
-                    denied_keys
-                        .entry(member.name.clone())
-                        .or_default()
-                        .insert(fingerprint.to_owned());
-                    problems.insert(Problem {
-                        user: member.name.clone(),
-                        reason: format!("key {fingerprint} is denied by the policy"),
-                    });
-                    continue;
-                }
-                if let Some(holders) = shared.get(fingerprint) {
-                    let holders: Vec<&str> = holders.iter().copied().collect();
-                    problems.insert(Problem {
-                        user: member.name.clone(),
-                        reason: format!(
-                            "key {fingerprint} is also in the files of {}; dropped from all of them",
-                            holders.join(", ")
-                        ),
-                    });
-                    continue;
-                }
-                block.push(key);
-            }
-            if block.is_empty() {
+            let mut block = list
+                .iter()
+                .filter(|key| !self.dropped.contains(key.fingerprint.as_str()))
+                .peekable();
+            if block.peek().is_none() {
                 continue;
             }
             file.body.push_str(&user_line(&member.name, &member.via));
@@ -156,12 +179,7 @@ pub fn render(
             file.via.insert(member.name.clone(), member.via.clone());
         }
         file.sha256 = sha256_hex(file.body.as_bytes());
-        groups.insert(name.clone(), RenderedGroup::Ready(file));
-    }
-    Rendered {
-        groups,
-        problems: problems.into_iter().collect(),
-        denied_keys,
+        RenderedGroup::Ready(file)
     }
 }
 
@@ -185,7 +203,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
     use crate::keys::{KeyPolicy, parse_authorized_keys};
-    use crate::resolve::{Member, Membership};
+    use crate::resolve::Member;
 
     const ED_A: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOPAo/RxVnDzNjGvP41+SlwXlH4IbNrQebofz9HvuaWq a@host";
@@ -196,35 +214,23 @@ mod tests {
         UserKeys::Known(parse_authorized_keys(text, &KeyPolicy::default()).keys)
     }
 
-    fn resolution(groups: &[(&str, &[&str])]) -> Resolution {
-        Resolution {
-            access_groups: groups
+    fn members(users: &[&str]) -> Membership {
+        Membership {
+            users: users
                 .iter()
-                .map(|(name, users)| {
-                    let users = users
-                        .iter()
-                        .map(|u| Member {
-                            name: u.to_string(),
-                            via: vec!["Team".into()],
-                        })
-                        .collect();
-                    (
-                        name.to_string(),
-                        Membership {
-                            users,
-                            excluded: vec![],
-                        },
-                    )
+                .map(|u| Member {
+                    name: u.to_string(),
+                    via: vec!["Team".into()],
                 })
                 .collect(),
-            warnings: vec![],
+            excluded: vec![],
         }
     }
 
-    fn ready(rendered: &Rendered, group: &str) -> GroupFile {
-        match &rendered.groups[group] {
-            RenderedGroup::Ready(file) => file.clone(),
-            other => panic!("{group} is {other:?}"),
+    fn ready(rendered: RenderedGroup) -> GroupFile {
+        match rendered {
+            RenderedGroup::Ready(file) => file,
+            other => panic!("not rendered: {other:?}"),
         }
     }
 
@@ -235,12 +241,9 @@ mod tests {
             ("bob".to_string(), keys_of(ED_B)),
             ("carol".to_string(), keys_of("")),
         ]);
-        let rendered = render(
-            &resolution(&[("web", &["alice", "bob", "carol"])]),
-            &keys,
-            &BTreeSet::new(),
-        );
-        let file = ready(&rendered, "web");
+        let renderer = Renderer::new(&keys, &BTreeSet::new());
+        let web = members(&["alice", "bob", "carol"]);
+        let file = ready(renderer.group("web", &web));
         assert_eq!(
             file.body,
             format!(
@@ -249,14 +252,18 @@ mod tests {
         );
         assert_eq!(file.users, ["alice", "bob"]);
         assert_eq!(file.sha256, sha256_hex(file.body.as_bytes()));
-        // Same input, same bytes.
+        // Same input, same bytes, from a renderer of its own too.
         assert_eq!(
-            render(
-                &resolution(&[("web", &["alice", "bob", "carol"])]),
-                &keys,
-                &BTreeSet::new()
-            ),
-            rendered
+            ready(Renderer::new(&keys, &BTreeSet::new()).group("web", &web)),
+            file
+        );
+        // A person named directly has no chain.
+        let mut direct = members(&["bob"]);
+        direct.users[0].via.clear();
+        assert!(
+            ready(renderer.group("db", &direct))
+                .body
+                .contains("\n# bob\n")
         );
     }
 
@@ -266,18 +273,24 @@ mod tests {
             ("alice".to_string(), keys_of(ED_A)),
             ("bob".to_string(), UserKeys::Unknown("timed out".into())),
         ]);
-        let rendered = render(
-            &resolution(&[("web", &["alice", "bob"]), ("db", &["alice"])]),
-            &keys,
-            &BTreeSet::new(),
-        );
+        let renderer = Renderer::new(&keys, &BTreeSet::new());
         assert_eq!(
-            rendered.groups["web"],
+            renderer.group("web", &members(&["alice", "bob"])),
             RenderedGroup::Held {
                 unknown: vec!["bob".into()]
             }
         );
-        assert_eq!(ready(&rendered, "db").users, ["alice"]);
+        // No entry at all counts as unknown too, never as "no keys".
+        assert_eq!(
+            renderer.group("ops", &members(&["zoe"])),
+            RenderedGroup::Held {
+                unknown: vec!["zoe".into()]
+            }
+        );
+        assert_eq!(
+            ready(renderer.group("db", &members(&["alice"]))).users,
+            ["alice"]
+        );
     }
 
     #[test]
@@ -292,19 +305,12 @@ mod tests {
             ("bob".to_string(), keys_of(ED_B)),
             ("eve".to_string(), keys_of(ED_B)),
         ]);
-        let rendered = render(
-            &resolution(&[("web", &["alice", "bob", "eve"])]),
-            &keys,
-            &denied,
-        );
-        let file = ready(&rendered, "web");
+        let renderer = Renderer::new(&keys, &denied);
+        let file = ready(renderer.group("web", &members(&["alice", "bob", "eve"])));
         assert!(file.users.is_empty(), "{file:?}");
-        assert_eq!(rendered.denied_keys["alice"].len(), 1);
-        assert_eq!(rendered.problems.len(), 3, "{:?}", rendered.problems);
-        assert!(
-            rendered.problems[1]
-                .reason
-                .contains("also in the files of bob, eve")
-        );
+        assert_eq!(renderer.denied_keys()["alice"].len(), 1);
+        let problems = renderer.problems();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[1].reason.contains("also in the files of bob, eve"));
     }
 }

@@ -16,10 +16,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde_json::{Value, json};
-use support::homes::{Homes, Key, set};
-use support::keyhole::{Deployment, Run};
-use support::s3::S3Server;
-use support::samba::{Fixture, SambaDc, UserSpec};
+use support::homes::{Key, set};
+use support::keyhole::Run;
+use support::samba::{Fixture, UserSpec};
+use support::stack::{Extra, Stack};
 
 /// A uid no fixture user has: the owner of files planted by "someone else".
 const STRANGER: u32 = 29999;
@@ -79,42 +79,23 @@ fn fixture() -> Fixture {
         .group("Line Crew", &lines)
 }
 
-/// A DC, an S3 server, empty homes, and a deployment wired to them.
+/// The shared stack with a guard that never refuses: these tests are about homes, not the guard.
 struct World {
-    /// Kept only to keep the DC running.
-    _dc: SambaDc,
-    s3: S3Server,
-    homes: Homes,
-    deployment: Deployment,
+    stack: Stack,
 }
 
 impl World {
     fn new(policy: &str) -> World {
-        let dc = SambaDc::start(&fixture());
-        let s3 = S3Server::start();
-        let homes = Homes::new();
-        let mut deployment = Deployment::new(&dc, policy);
-        deployment.env.extend(s3.env());
-        let ldap = support::keyhole::ldap_section(&dc, &dc.ldaps_url(), &dc.ca_file());
-        let safety = format!(
-            "\n[safety]\nlock_file = \"{}\"\nmax_removed_fraction = 1.0\nmax_removed_users = 1000\n",
-            deployment.path("publish.lock").display()
-        );
-        deployment.write_settings(&format!(
-            "{ldap}{}{}{safety}",
-            s3.settings("ssh/"),
-            homes.settings()
-        ));
-        World {
-            _dc: dc,
-            s3,
-            homes,
-            deployment,
-        }
+        let stack = Stack::start(&fixture(), policy);
+        stack.write_settings(Extra {
+            safety: "max_removed_fraction = 1.0\nmax_removed_users = 1000\n",
+            ..Extra::default()
+        });
+        World { stack }
     }
 
     fn run(&self, args: &[&str]) -> Run {
-        self.deployment.run(args)
+        self.stack.run(args)
     }
 
     /// `publish --format json`, which must exit `code`; its plan.
@@ -132,18 +113,16 @@ impl World {
     }
 
     fn group_file(&self, group: &str) -> String {
-        self.s3
-            .object(&format!("ssh/{group}/authorized_keys"))
-            .unwrap_or_else(|| panic!("no object for access group {group}"))
+        self.stack.group_file(group)
     }
 
     fn manifest(&self) -> Value {
-        serde_json::from_str(&self.s3.object("ssh/manifest.json").expect("a manifest")).unwrap()
+        self.stack.manifest()
     }
 
     /// A fresh key for `user` (`tag` keeps several keys of one person apart).
     fn key(&self, user: &str, tag: &str, kind: &str) -> Key {
-        self.homes.key(&format!("{user}-{tag}"), kind)
+        self.stack.homes.key(&format!("{user}-{tag}"), kind)
     }
 }
 
@@ -215,11 +194,15 @@ fn unsafe_files_cost_their_owner_access_and_nobody_else() {
             continue;
         }
         let key = world.key(name, "first", "ed25519");
-        world.homes.write(name, *uid, &format!("{}\n", key.line));
+        world
+            .stack
+            .homes
+            .write(name, *uid, &format!("{}\n", key.line));
         keys.insert(name, key);
     }
     let no_uid_key = world.key(NO_UID, "first", "ed25519");
     world
+        .stack
         .homes
         .write(NO_UID, NO_UID_DISK_OWNER, &format!("{}\n", no_uid_key.line));
     let no_uid_problem = (
@@ -245,16 +228,17 @@ fn unsafe_files_cost_their_owner_access_and_nobody_else() {
     // Now each of them but ok.one and ok.two changes their home in one unsafe way (link.in in a
     // safe way: a symlink to a file of their own, inside their home, with a new key).
     world
+        .stack
         .homes
         .link_authorized_keys("link.out", uid("link.out"), Path::new("/etc/passwd"));
     // A link to a colleague's file would let their keys in as this person: outside the home.
-    world.homes.link_authorized_keys(
+    world.stack.homes.link_authorized_keys(
         "link.peer",
         uid("link.peer"),
         Path::new("../../ok.one/.ssh/authorized_keys"),
     );
 
-    let dotfiles = world.homes.home("link.in").join("dotfiles");
+    let dotfiles = world.stack.homes.home("link.in").join("dotfiles");
     std::fs::create_dir(&dotfiles).unwrap();
     set(&dotfiles, uid("link.in"), 0o755);
     let linked_key = world.key("link.in", "linked", "ed25519");
@@ -264,30 +248,38 @@ fn unsafe_files_cost_their_owner_access_and_nobody_else() {
     )
     .unwrap();
     set(&dotfiles.join("authorized_keys"), uid("link.in"), 0o600);
-    world.homes.link_authorized_keys(
+    world.stack.homes.link_authorized_keys(
         "link.in",
         uid("link.in"),
         Path::new("../dotfiles/authorized_keys"),
     );
 
-    world.homes.fifo_authorized_keys("fifo", uid("fifo"));
-    set(&world.homes.authorized_keys("other.uid"), STRANGER, 0o600);
+    world.stack.homes.fifo_authorized_keys("fifo", uid("fifo"));
     set(
-        &world.homes.authorized_keys("group.w"),
+        &world.stack.homes.authorized_keys("other.uid"),
+        STRANGER,
+        0o600,
+    );
+    set(
+        &world.stack.homes.authorized_keys("group.w"),
         uid("group.w"),
         0o620,
     );
     set(
-        &world.homes.authorized_keys("world.w"),
+        &world.stack.homes.authorized_keys("world.w"),
         uid("world.w"),
         0o602,
     );
     set(
-        &world.homes.home("ssh.gw").join(".ssh"),
+        &world.stack.homes.home("ssh.gw").join(".ssh"),
         uid("ssh.gw"),
         0o770,
     );
-    set(&world.homes.home("ssh.other").join(".ssh"), STRANGER, 0o700);
+    set(
+        &world.stack.homes.home("ssh.other").join(".ssh"),
+        STRANGER,
+        0o700,
+    );
     // 5 MiB: the person's key first, then comments; too big to read at all.
     let mut huge = format!("{}\n", keys["huge"].line);
     let filler = format!("# {}\n", "x".repeat(1021));
@@ -297,8 +289,11 @@ fn unsafe_files_cost_their_owner_access_and_nobody_else() {
     huge.push_str(&"#".repeat(5 * 1024 * 1024 - huge.len() - 1));
     huge.push('\n');
     assert_eq!(huge.len(), 5 * 1024 * 1024);
-    world.homes.write("huge", uid("huge"), &huge);
-    world.homes.dir_authorized_keys("dir.file", uid("dir.file"));
+    world.stack.homes.write("huge", uid("huge"), &huge);
+    world
+        .stack
+        .homes
+        .dir_authorized_keys("dir.file", uid("dir.file"));
 
     // A FIFO opened blocking would hang until the 5 s read_timeout and come back as unknown
     // (exit 1, "keys unknown"); exit 0 and the FIFO's own reason show it was refused at once.
@@ -328,6 +323,7 @@ fn unsafe_files_cost_their_owner_access_and_nobody_else() {
             rejected(&format!(
                 "authorized_keys is a symbolic link to {}, outside the home directory",
                 world
+                    .stack
                     .homes
                     .root()
                     .canonicalize()
@@ -418,11 +414,12 @@ fn each_bad_line_costs_only_itself() {
 
     let plain = ed("plain", "1");
     world
+        .stack
         .homes
         .write("plain", uid("plain"), &format!("{}\n", plain.line));
 
     let crlf = [ed("crlf", "1"), ed("crlf", "2")];
-    world.homes.write(
+    world.stack.homes.write(
         "crlf",
         uid("crlf"),
         &format!("{}\r\n{}\r\n", crlf[0].line, crlf[1].line),
@@ -430,6 +427,7 @@ fn each_bad_line_costs_only_itself() {
 
     let bom = ed("bom", "1");
     world
+        .stack
         .homes
         .write("bom", uid("bom"), &format!("\u{feff}{}\n", bom.line));
 
@@ -437,7 +435,7 @@ fn each_bad_line_costs_only_itself() {
     let other = ed("garbage", "2");
     let latin1 = ed("garbage", "3");
     let blob = |key: &Key| key.line.split(' ').nth(1).unwrap().to_owned();
-    world.homes.write(
+    world.stack.homes.write(
         "garbage",
         uid("garbage"),
         &format!(
@@ -457,14 +455,14 @@ fn each_bad_line_costs_only_itself() {
     );
     // One Latin-1 byte in a comment (as an old editor saves "café"): the key still counts, the
     // byte becomes U+FFFD.
-    let mut bytes = std::fs::read(world.homes.authorized_keys("garbage")).unwrap();
+    let mut bytes = std::fs::read(world.stack.homes.authorized_keys("garbage")).unwrap();
     bytes.extend_from_slice(latin1.line.as_bytes());
     bytes.extend_from_slice(b" caf\xe9\n");
-    std::fs::write(world.homes.authorized_keys("garbage"), bytes).unwrap();
+    std::fs::write(world.stack.homes.authorized_keys("garbage"), bytes).unwrap();
 
     let dsa = world.key("dss", "dsa", "dsa");
     let dss_ok = ed("dss", "1");
-    world.homes.write(
+    world.stack.homes.write(
         "dss",
         uid("dss"),
         &format!("{}\n{}\n", dsa.line, dss_ok.line),
@@ -472,14 +470,14 @@ fn each_bad_line_costs_only_itself() {
 
     let rsa_1024 = world.key("rsa.short", "1024", "rsa -b 1024");
     let rsa_2048 = world.key("rsa.short", "2048", "rsa -b 2048");
-    world.homes.write(
+    world.stack.homes.write(
         "rsa.short",
         uid("rsa.short"),
         &format!("{}\n{}\n", rsa_1024.line, rsa_2048.line),
     );
 
     let dup = ed("dup", "1");
-    world.homes.write(
+    world.stack.homes.write(
         "dup",
         uid("dup"),
         &format!("{0}\n{0}\nno-pty {0}\n", dup.line),
@@ -491,11 +489,12 @@ fn each_bad_line_costs_only_itself() {
         opts.line
     );
     world
+        .stack
         .homes
         .write("opts", uid("opts"), &format!("{opts_line}\n"));
 
     let env = [ed("env", "1"), ed("env", "2")];
-    world.homes.write(
+    world.stack.homes.write(
         "env",
         uid("env"),
         &format!("environment=\"X=1\" {}\n{}\n", env[0].line, env[1].line),
@@ -504,12 +503,13 @@ fn each_bad_line_costs_only_itself() {
     // One key pair in two people's files: nobody can say whose it is.
     let shared = ed("share", "both");
     let share_a = ed("share.a", "own");
-    world.homes.write(
+    world.stack.homes.write(
         "share.a",
         uid("share.a"),
         &format!("{}\n{}\n", shared.line, share_a.line),
     );
     world
+        .stack
         .homes
         .write("share.b", uid("share.b"), &format!("{}\n", shared.line));
 
@@ -610,7 +610,10 @@ fn an_unreadable_home_holds_its_groups_exactly_as_published() {
     let mut keys: BTreeMap<&str, Key> = BTreeMap::new();
     for (name, uid) in HOLD {
         let key = world.key(name, "first", "ed25519");
-        world.homes.write(name, *uid, &format!("{}\n", key.line));
+        world
+            .stack
+            .homes
+            .write(name, *uid, &format!("{}\n", key.line));
         keys.insert(name, key);
     }
     world.publish(0);
@@ -622,12 +625,14 @@ fn an_unreadable_home_holds_its_groups_exactly_as_published() {
     // distrust the file: ENAMETOOLONG, through a symlink to a name longer than NAME_MAX. (An
     // unprivileged EACCES would be more typical, but these tests run as root.) Meanwhile mover
     // replaces their key, which changes both ops and solo.
-    let stuck_home = world.homes.home("stuck");
-    let hidden = world.homes.root().join("stuck.real");
+    let stuck_home = world.stack.homes.home("stuck");
+    let hidden = world.stack.homes.root().join("stuck.real");
     std::fs::rename(&stuck_home, &hidden).unwrap();
-    std::os::unix::fs::symlink(world.homes.root().join("n".repeat(300)), &stuck_home).unwrap();
+    std::os::unix::fs::symlink(world.stack.homes.root().join("n".repeat(300)), &stuck_home)
+        .unwrap();
     let moved = world.key("mover", "second", "ed25519");
     world
+        .stack
         .homes
         .write("mover", uid("mover"), &format!("{}\n", moved.line));
 

@@ -8,10 +8,10 @@ mod support;
 use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
-use support::homes::{Homes, Key};
-use support::keyhole::{Deployment, Run};
-use support::s3::S3Server;
-use support::samba::{Fixture, SambaDc, UserSpec};
+use support::homes::Key;
+use support::keyhole::Run;
+use support::samba::{Fixture, UserSpec};
+use support::stack::Stack;
 
 const PEOPLE: &[(&str, u32)] = &[
     ("alice.admin", 20001),
@@ -43,59 +43,25 @@ groups = ["Web Team"]
 users = ["bob"]
 "#;
 
-/// A DC, an S3 server, homes with one fresh key per person, and a deployment wired to them.
+/// The shared stack, with one fresh key per person.
 struct World {
-    dc: SambaDc,
-    s3: S3Server,
-    homes: Homes,
+    stack: Stack,
     keys: BTreeMap<&'static str, Key>,
-    deployment: Deployment,
 }
 
 impl World {
     fn new(policy: &str) -> World {
-        let dc = SambaDc::start(&company());
-        let s3 = S3Server::start();
-        let homes = Homes::new();
-        let mut keys = BTreeMap::new();
-        for (name, uid) in PEOPLE {
-            let key = homes.key(name, "ed25519");
-            homes.write(name, *uid, &format!("{}\n", key.line));
-            keys.insert(*name, key);
-        }
-        let mut deployment = Deployment::new(&dc, policy);
-        deployment.env.extend(s3.env());
-        let world = World {
-            dc,
-            s3,
-            homes,
-            keys,
-            deployment,
-        };
-        world.write_settings();
-        world
-    }
-
-    fn write_settings(&self) {
-        let ldap =
-            support::keyhole::ldap_section(&self.dc, &self.dc.ldaps_url(), &self.dc.ca_file());
-        let lock = format!(
-            "\n[safety]\nlock_file = \"{}\"\n",
-            self.deployment.path("publish.lock").display()
-        );
-        self.deployment.write_settings(&format!(
-            "{ldap}{}{}{lock}",
-            self.s3.settings("ssh/"),
-            self.homes.settings()
-        ));
+        let stack = Stack::start(&company(), policy);
+        let keys = stack.give_keys(PEOPLE);
+        World { stack, keys }
     }
 
     fn run(&self, args: &[&str]) -> Run {
-        self.deployment.run(args)
+        self.stack.run(args)
     }
 
     fn manifest(&self) -> Value {
-        serde_json::from_str(&self.s3.object("ssh/manifest.json").expect("a manifest")).unwrap()
+        self.stack.manifest()
     }
 
     /// The group file as a person would write it: header, then `# user via <chain>` (the chain
@@ -114,9 +80,9 @@ impl World {
     }
 
     fn disable(&self, user: &str) {
-        self.dc.modify(&format!(
+        self.stack.dc.modify(&format!(
             "dn: {}\nchangetype: modify\nreplace: userAccountControl\nuserAccountControl: 514\n",
-            self.dc.user_dn(user)
+            self.stack.dc.user_dn(user)
         ));
     }
 }
@@ -139,15 +105,15 @@ fn publish_writes_exact_group_files_and_a_second_run_writes_nothing() {
     );
     assert_eq!(plan["guard"], json!({"refused": false, "reasons": []}));
     assert!(
-        world.s3.keys().is_empty(),
+        world.stack.s3.keys().is_empty(),
         "plan wrote something: {:?}",
-        world.s3.keys()
+        world.stack.s3.keys()
     );
 
     let publish = world.run(&["publish"]);
     assert_eq!(publish.code, 0, "{publish:#?}");
     assert_eq!(
-        world.s3.keys(),
+        world.stack.s3.keys(),
         [
             "ssh/db-prod/authorized_keys",
             "ssh/index.json",
@@ -156,14 +122,14 @@ fn publish_writes_exact_group_files_and_a_second_run_writes_nothing() {
         ]
     );
     assert_eq!(
-        world.s3.object("ssh/web-prod/authorized_keys").unwrap(),
+        world.stack.group_file("web-prod"),
         world.expected_file(
             "web-prod",
             &["alice.admin", "bob", "carol", "dave", "erin", "frank"]
         )
     );
     assert_eq!(
-        world.s3.object("ssh/db-prod/authorized_keys").unwrap(),
+        world.stack.group_file("db-prod"),
         world.expected_file("db-prod", &["alice.admin", "bob"])
     );
     let manifest = world.manifest();
@@ -183,7 +149,7 @@ fn publish_writes_exact_group_files_and_a_second_run_writes_nothing() {
         json!({"user": "bob", "groups": ["db-prod", "web-prod"]})
     );
 
-    let before = world.s3.objects();
+    let before = world.stack.s3.objects();
     std::thread::sleep(std::time::Duration::from_millis(20));
     let again = world.run(&["publish"]);
     assert_eq!(again.code, 0, "{again:#?}");
@@ -193,7 +159,7 @@ fn publish_writes_exact_group_files_and_a_second_run_writes_nothing() {
         again.stderr
     );
     assert_eq!(
-        world.s3.objects(),
+        world.stack.s3.objects(),
         before,
         "a no-change publish rewrote objects"
     );
@@ -211,7 +177,7 @@ fn publish_writes_exact_group_files_and_a_second_run_writes_nothing() {
 fn the_guard_refuses_mass_removal_until_forced_and_deny_always_goes_through() {
     let world = World::new(POLICY);
     assert_eq!(world.run(&["publish"]).code, 0);
-    let published = world.s3.objects();
+    let published = world.stack.s3.objects();
 
     // Two of web-prod's six people disabled: a third of the group, past the 25% limit.
     world.disable("carol");
@@ -231,7 +197,7 @@ fn the_guard_refuses_mass_removal_until_forced_and_deny_always_goes_through() {
         json!([{"name": "carol", "reason": "disabled"}, {"name": "dave", "reason": "disabled"}])
     );
     assert_eq!(
-        world.s3.objects(),
+        world.stack.s3.objects(),
         published,
         "a refused publish wrote something"
     );
@@ -239,14 +205,14 @@ fn the_guard_refuses_mass_removal_until_forced_and_deny_always_goes_through() {
     let forced = world.run(&["publish", "--force"]);
     assert_eq!(forced.code, 0, "{forced:#?}");
     assert_eq!(
-        world.s3.object("ssh/web-prod/authorized_keys").unwrap(),
+        world.stack.group_file("web-prod"),
         world.expected_file("web-prod", &["alice.admin", "bob", "erin", "frank"])
     );
     assert_eq!(world.manifest()["generation"], 2);
 
     // Incident response: deny a person and a key. Two more of four people go at once (50%), yet
     // the guard must not hold it back.
-    world.deployment.write_policy(&format!(
+    world.stack.publisher.write_policy(&format!(
         "{POLICY}\n[deny]\nusers = [\"erin\"]\nfingerprints = [\"{}\"]\n",
         world.keys["frank"].fingerprint
     ));
@@ -257,7 +223,7 @@ fn the_guard_refuses_mass_removal_until_forced_and_deny_always_goes_through() {
         json!([{"name": "erin", "reason": "denied"}, {"name": "frank", "reason": "denied"}])
     );
     assert_eq!(
-        world.s3.object("ssh/web-prod/authorized_keys").unwrap(),
+        world.stack.group_file("web-prod"),
         world.expected_file("web-prod", &["alice.admin", "bob"])
     );
     let manifest = world.manifest();
@@ -272,7 +238,7 @@ fn the_guard_refuses_mass_removal_until_forced_and_deny_always_goes_through() {
 fn groups_removed_from_the_policy_are_pruned() {
     let world = World::new(POLICY);
     assert_eq!(world.run(&["publish"]).code, 0);
-    world.deployment.write_policy("[everywhere]\ngroups = [\"Linux Admins\"]\n\n[access_groups.web-prod]\ngroups = [\"Web Team\"]\n");
+    world.stack.publisher.write_policy("[everywhere]\ngroups = [\"Linux Admins\"]\n\n[access_groups.web-prod]\ngroups = [\"Web Team\"]\n");
     let plan = world.run(&["plan", "--format", "json"]).json();
     assert_eq!(group_plan(&plan, "db-prod")["action"], "delete");
     assert_eq!(
@@ -285,7 +251,7 @@ fn groups_removed_from_the_policy_are_pruned() {
     let pruned = world.run(&["publish"]);
     assert_eq!(pruned.code, 0, "{pruned:#?}");
     assert_eq!(
-        world.s3.keys(),
+        world.stack.s3.keys(),
         [
             "ssh/index.json",
             "ssh/manifest.json",
@@ -299,10 +265,10 @@ fn groups_removed_from_the_policy_are_pruned() {
 fn upstream_failures_leave_the_bucket_as_it_was() {
     let mut world = World::new(POLICY);
     assert_eq!(world.run(&["publish"]).code, 0);
-    let published = world.s3.objects();
+    let published = world.stack.s3.objects();
     world.disable("bob");
 
-    world.s3.stop();
+    world.stack.s3.stop();
     let s3_down = world.run(&["publish"]);
     assert_eq!(s3_down.code, 1, "{s3_down:#?}");
     assert!(
@@ -310,10 +276,10 @@ fn upstream_failures_leave_the_bucket_as_it_was() {
         "{}",
         s3_down.stderr
     );
-    world.s3.restart();
-    assert_eq!(world.s3.objects(), published);
+    world.stack.s3.restart();
+    assert_eq!(world.stack.s3.objects(), published);
 
-    world.dc.stop();
+    world.stack.dc.stop();
     let ad_down = world.run(&["publish"]);
     assert_eq!(ad_down.code, 1, "{ad_down:#?}");
     assert!(
@@ -324,7 +290,7 @@ fn upstream_failures_leave_the_bucket_as_it_was() {
         ad_down.stderr
     );
     assert_eq!(
-        world.s3.objects(),
+        world.stack.s3.objects(),
         published,
         "an AD outage changed the bucket"
     );
@@ -333,7 +299,7 @@ fn upstream_failures_leave_the_bucket_as_it_was() {
 #[test]
 fn a_second_publisher_on_the_same_host_is_turned_away() {
     let world = World::new(POLICY);
-    let lock = std::fs::File::create(world.deployment.path("publish.lock")).unwrap();
+    let lock = std::fs::File::create(world.stack.publisher.path("publish.lock")).unwrap();
     lock.lock().unwrap();
     let busy = world.run(&["publish"]);
     assert_eq!(busy.code, 75, "{busy:#?}");
@@ -343,7 +309,7 @@ fn a_second_publisher_on_the_same_host_is_turned_away() {
         "{}",
         busy.stderr
     );
-    assert!(world.s3.keys().is_empty());
+    assert!(world.stack.s3.keys().is_empty());
     drop(lock);
     assert_eq!(world.run(&["publish"]).code, 0);
 }
@@ -351,7 +317,7 @@ fn a_second_publisher_on_the_same_host_is_turned_away() {
 #[test]
 fn incident_response_and_unattended_operation() {
     let world = World::new(POLICY);
-    let metrics = world.deployment.path("keyhole.prom");
+    let metrics = world.stack.publisher.path("keyhole.prom");
     let metrics_arg = metrics.display().to_string();
 
     let first = world.run(&["publish", "--metrics-file", &metrics_arg]);
@@ -404,19 +370,19 @@ fn incident_response_and_unattended_operation() {
 
     // A bad manual edit in the bucket: a normal publish does not look at the objects, a
     // --rewrite-all puts every file back and bumps the generation.
-    world.s3.put_object(
+    world.stack.s3.put_object(
         "ssh/web-prod/authorized_keys",
         "ssh-ed25519 AAAA intruder\n",
     );
     assert_eq!(world.run(&["publish"]).code, 0);
     assert_eq!(
-        world.s3.object("ssh/web-prod/authorized_keys").unwrap(),
+        world.stack.group_file("web-prod"),
         "ssh-ed25519 AAAA intruder\n"
     );
     let rewrite = world.run(&["publish", "--rewrite-all"]);
     assert_eq!(rewrite.code, 0, "{rewrite:#?}");
     assert_eq!(
-        world.s3.object("ssh/web-prod/authorized_keys").unwrap(),
+        world.stack.group_file("web-prod"),
         world.expected_file(
             "web-prod",
             &["alice.admin", "bob", "carol", "dave", "erin", "frank"]
@@ -427,7 +393,7 @@ fn incident_response_and_unattended_operation() {
     // A run that cannot finish in time publishes nothing and says so; the metrics keep the time
     // of the last success.
     world.disable("bob");
-    let before = world.s3.objects();
+    let before = world.stack.s3.objects();
     let late = world.run(&[
         "publish",
         "--deadline",
@@ -441,7 +407,7 @@ fn incident_response_and_unattended_operation() {
         "{}",
         late.stderr
     );
-    assert_eq!(world.s3.objects(), before);
+    assert_eq!(world.stack.s3.objects(), before);
     let text = std::fs::read_to_string(&metrics).unwrap();
     assert!(
         text.lines().any(|l| l == "keyhole_publish_exit_code 1"),

@@ -5,10 +5,8 @@
 
 mod support;
 
-use support::homes::Homes;
-use support::keyhole::Deployment;
-use support::s3::S3Server;
-use support::samba::{Fixture, SambaDc, UserSpec};
+use support::samba::{Fixture, UserSpec};
+use support::stack::{Extra, Stack};
 
 const USERS: usize = 24;
 const TEAMS: usize = 6;
@@ -84,54 +82,42 @@ fn logged_searches(stderr: &str) -> (usize, usize) {
 }
 
 struct World {
-    _dc: SambaDc,
-    _s3: S3Server,
-    _homes: Homes,
-    deployment: Deployment,
+    stack: Stack,
 }
 
 impl World {
     fn new() -> World {
-        let dc = SambaDc::start(&company());
-        let s3 = S3Server::start();
-        let homes = Homes::new();
+        let mut stack = Stack::start(&company(), &policy(1));
         // A few people with keys are enough: the homes are not what is counted here.
         for i in 0..4 {
             let name = user(i);
-            let key = homes.key(&name, "ed25519");
-            homes.write(&name, 30000 + i as u32, &format!("{}\n", key.line));
+            let key = stack.homes.key(&name, "ed25519");
+            stack
+                .homes
+                .write(&name, 30000 + i as u32, &format!("{}\n", key.line));
         }
-        let mut deployment = Deployment::new(&dc, &policy(1));
-        deployment.env.extend(s3.env());
-        let ldap = support::keyhole::ldap_section(&dc, &dc.ldaps_url(), &dc.ca_file())
-            .replace("page_size = 200", &format!("page_size = {PAGE_SIZE}"))
-            + &format!("member_range = {MEMBER_RANGE}\n");
-        let lock = format!(
-            "\n[safety]\nlock_file = \"{}\"\n",
-            deployment.path("publish.lock").display()
-        );
-        deployment.write_settings(&format!(
-            "{ldap}{}{}{lock}",
-            s3.settings("ssh/"),
-            homes.settings()
-        ));
-        World {
-            _dc: dc,
-            _s3: s3,
-            _homes: homes,
-            deployment,
-        }
+        let member_range = format!("member_range = {MEMBER_RANGE}\n");
+        stack.write_settings(Extra {
+            ldap: &member_range,
+            ..Extra::default()
+        });
+        stack
+            .publisher
+            .env
+            .push(("KEYHOLE_LDAP_PAGE_SIZE".into(), PAGE_SIZE.to_string()));
+        World { stack }
     }
 
     /// Publishes `policy`; returns (LDAP searches, S3 writes) from the metrics file.
     fn publish(&self, access_groups: usize) -> (usize, usize) {
-        self.deployment.write_policy(&policy(access_groups));
+        self.stack.publisher.write_policy(&policy(access_groups));
         let metrics = self
-            .deployment
+            .stack
+            .publisher
             .path(&format!("publish-{access_groups}.prom"));
         let metrics_arg = metrics.display().to_string();
         let run = self
-            .deployment
+            .stack
             .run(&["publish", "--force", "--metrics-file", &metrics_arg]);
         assert_eq!(run.code, 0, "{run:#?}");
         let text = std::fs::read_to_string(&metrics).expect("the metrics file");
@@ -164,7 +150,7 @@ fn ldap_searches_grow_with_the_directory_not_with_the_access_groups() {
     // The bound: ≤ 10 + entries / page_size + ranged reads. Entries: the people plus
     // the service account and Samba's built-in users, groups likewise, so read them from the
     // log of a `members` run rather than guessing the provisioned defaults.
-    let members = world.deployment.run(&["members", "--format", "json"]);
+    let members = world.stack.run(&["members", "--format", "json"]);
     assert_eq!(members.code, 0, "{members:#?}");
     let (searches, ranged) = logged_searches(&members.stderr);
     assert_eq!(searches, searches_100, "members reads AD the same way");

@@ -227,7 +227,7 @@ fn verify_reports_every_drift_and_every_signature_problem() {
     // The manifest edited, its old signature kept (and no longer what the index says).
     let manifest = world.object(MANIFEST);
     let signature = world.object(SIGNATURE);
-    let edited = manifest.replacen("\"generation\": 1", "\"generation\": 9", 1);
+    let edited = manifest.replacen("\"generation\":1", "\"generation\":9", 1);
     assert_ne!(edited, manifest);
     world.s3.put_object(MANIFEST, &edited);
     let report = assert_findings(

@@ -10,8 +10,8 @@ use super::{Format, GlobalArgs};
 use crate::exit::{EXIT_CODES_HELP, Exit};
 use crate::gather::{Gathered, gather};
 use crate::manifest::Manifest;
-use crate::plan::{Plan, Selection, plan};
-use crate::render::render;
+use crate::plan::{Inputs, Plan, Selection, plan};
+use crate::render::Renderer;
 use crate::settings::Settings;
 use crate::store::{Fetched, ObjectStore, S3Store, Timeouts};
 
@@ -62,7 +62,7 @@ pub(crate) fn format_plan(plan: &Plan, format: Format) -> String {
 /// instances never see a signed manifest expire while the publisher runs.
 fn sign_by_schedule(
     plan: &mut Plan,
-    published: &Manifest,
+    published: &Signed,
     signing: &crate::settings::SigningSettings,
     now: SystemTime,
 ) {
@@ -84,6 +84,25 @@ fn sign_by_schedule(
         plan.resign = true;
         plan.manifest.generation = published.generation + 1;
     }
+}
+
+/// What re-signing needs to know of the published manifest.
+struct Signed {
+    generation: u64,
+    not_after: Option<String>,
+}
+
+/// The renderer of `gathered`'s group files (a publish renders again the files it writes).
+pub(crate) fn renderer(gathered: &Gathered) -> Renderer<'_> {
+    let denied: BTreeSet<String> = gathered
+        .checked
+        .policy
+        .deny
+        .fingerprints
+        .iter()
+        .cloned()
+        .collect();
+    Renderer::new(&gathered.keys, &denied)
 }
 
 /// The first half of a publish: everything read, the plan computed, nothing written.
@@ -116,30 +135,29 @@ pub(crate) async fn prepare(
         ),
         Fetched::Missing | Fetched::NotModified => (Manifest::empty(), None),
     };
-    let denied: BTreeSet<String> = gathered
-        .checked
-        .policy
-        .deny
-        .fingerprints
-        .iter()
-        .cloned()
-        .collect();
-    let rendered = render(&gathered.resolution, &gathered.keys, &denied);
+    // The plan consumes the published manifest; these few fields are needed after it.
+    let published_commit = published.policy_commit.clone();
+    let signed = Signed {
+        generation: published.generation,
+        not_after: published.not_after.clone(),
+    };
     let mut plan = plan(
-        &published,
-        &rendered,
-        &gathered.resolution,
-        &gathered.checked.policy,
-        &settings.safety,
-        selection,
+        published,
+        &renderer(&gathered),
+        &Inputs {
+            resolution: &gathered.resolution,
+            policy: &gathered.checked.policy,
+            safety: &settings.safety,
+            selection,
+        },
     );
     plan.manifest.policy_commit = if plan.has_changes() {
         gathered.policy_commit.clone()
     } else {
-        published.policy_commit.clone()
+        published_commit
     };
     if let Some(signing) = &settings.signing {
-        sign_by_schedule(&mut plan, &published, signing, SystemTime::now());
+        sign_by_schedule(&mut plan, &signed, signing, SystemTime::now());
     }
     let mut problems = gathered.problems.clone();
     problems.append(&mut plan.problems);

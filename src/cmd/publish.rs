@@ -24,6 +24,7 @@ use crate::exit::{EXIT_CODES_HELP, Exit, coded};
 use crate::lock::PublishLock;
 use crate::metrics::{self, RunMetrics};
 use crate::plan::Action;
+use crate::render::RenderedGroup;
 use crate::settings::Settings;
 use crate::signing::Signer;
 use crate::store::{ObjectStore, Precondition, StoreError};
@@ -168,25 +169,42 @@ async fn within<F: Future>(
     })
 }
 
-/// Writes the group files, `PARALLEL_WRITES` at a time.
+/// Writes the group files, `PARALLEL_WRITES` at a time. Each file is rendered again just before
+/// its write (so at most `PARALLEL_WRITES` files are in memory) and must hash to what the plan
+/// and the manifest record: rendering is deterministic, and a file that is not what was planned
+/// is never written.
 async fn write_groups(prepared: &Prepared, prefix: &str) -> anyhow::Result<()> {
+    let renderer = super::plan::renderer(&prepared.gathered);
+    let access_groups = &prepared.gathered.resolution.access_groups;
     let semaphore = Arc::new(Semaphore::new(PARALLEL_WRITES));
     let mut writes = JoinSet::new();
-    for (name, file) in prepared.plan.files_to_write() {
+    for (name, planned) in prepared.plan.groups_to_write() {
+        let permit = Arc::clone(&semaphore).acquire_owned().await?;
+        while let Some(done) = writes.try_join_next() {
+            written(done)?;
+        }
+        let body = match access_groups.get(name).map(|m| renderer.group(name, m)) {
+            Some(RenderedGroup::Ready(file)) if file.sha256 == planned => file.body.into_bytes(),
+            _ => anyhow::bail!(
+                "access group {name} no longer renders to the planned file; nothing more was written"
+            ),
+        };
         let key = format!("{prefix}{name}/authorized_keys");
-        let body = file.body.clone().into_bytes();
         let store = prepared.store.clone();
-        let semaphore = Arc::clone(&semaphore);
         writes.spawn(async move {
-            let _permit = semaphore.acquire_owned().await;
+            let _permit = permit;
             store.put(&key, body, Precondition::None).await
         });
     }
-    while let Some(result) = writes.join_next().await {
-        result
-            .context("a write task failed")?
-            .context("writing an access group file; the manifest was not updated")?;
+    while let Some(done) = writes.join_next().await {
+        written(done)?;
     }
+    Ok(())
+}
+
+fn written(done: Result<Result<String, StoreError>, tokio::task::JoinError>) -> anyhow::Result<()> {
+    done.context("a write task failed")?
+        .context("writing an access group file; the manifest was not updated")?;
     Ok(())
 }
 

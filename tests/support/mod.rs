@@ -13,3 +13,4 @@ pub mod keyhole;
 pub mod s3;
 pub mod samba;
 pub mod sshd;
+pub mod stack;
