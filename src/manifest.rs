@@ -1,10 +1,10 @@
 //! `manifest.json`: the record of what is published, written last by every publish.
 //!
-//! It is what `plan`, `verify`, `whois`, the safety guard and the instances compare against: per
-//! access group the SHA-256 of its file, its users (and the group chain that gives each access),
-//! per key fingerprint its owner and groups, a generation that only ever grows, and the policy's
-//! git commit. The schema is documented in the README; `format` changes when it changes
-//! incompatibly.
+//! It is what `plan`, `verify`, `whois` and the safety guard compare against (instances read the
+//! small `index.json` derived from it, see `index`): per access group the SHA-256 of its file,
+//! its users (and the group chain that gives each access), per key fingerprint its owner and
+//! groups, a generation that only ever grows, and the policy's git commit. The schema is
+//! documented in the README; `format` changes when it changes incompatibly.
 
 use std::collections::BTreeMap;
 

@@ -1,13 +1,15 @@
-//! `keyhole publish`: writes the changed access group files and then the manifest.
+//! `keyhole publish`: writes the changed access group files, the instance index and then the
+//! manifest.
 //!
-//! Order matters for never losing access: group files first (in parallel, bounded), then the
+//! Order matters for never losing access: group files first (in parallel, bounded, each rendered
+//! again and checked against the planned hash), then `index.json` (what instances read), then the
 //! manifest with a conditional write (a concurrent publisher elsewhere makes it fail: exit 75),
-//! then its signature, and only then the deletion of access groups pruned from the policy, so the
-//! manifest never names an object that is gone. Any failure before the manifest leaves the
-//! published manifest as it was; instances check each file against it and keep serving what they
+//! then its signature, and only then the deletion of access groups pruned from the policy, so
+//! neither the index nor the manifest ever names an object that is gone. Any failure before the
+//! manifest leaves the published manifest as it was, so the next run sees the same changes and
+//! writes them all again; instances check each file against the index and keep serving what they
 //! had. The manifest write is the commit point: `--deadline` can stop a run before it, never in
 //! the middle of committing.
-
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::PathBuf;
