@@ -53,19 +53,7 @@ fn main() -> ExitCode {
     };
     logging::init(cli.log_format);
 
-    let global = &cli.global;
-    let result = match cli.command {
-        // At every SSH login: no runtime unless the cache must be refreshed, and then a
-        // single-threaded one (built by the command itself).
-        Command::AuthorizedKeys(args) => cmd::authorized_keys::run(args, global),
-        Command::Refresh(args) => cmd::refresh::run(args, global),
-        Command::Check(args) => cmd::check::run(args, global),
-        command => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|runtime| runtime.block_on(dispatch(command, global))),
-    };
+    let result = dispatch(cli.command, &cli.global);
     match result {
         Ok(exit) => exit.into(),
         Err(error) => {
@@ -75,17 +63,27 @@ fn main() -> ExitCode {
     }
 }
 
-/// The commands that need the multi-threaded runtime (LDAP, NFS reads, S3 in parallel).
-async fn dispatch(command: Command, global: &cmd::GlobalArgs) -> anyhow::Result<Exit> {
+fn dispatch(command: Command, global: &cmd::GlobalArgs) -> anyhow::Result<Exit> {
     match command {
-        Command::Diff(args) => cmd::diff::run(args, global).await,
-        Command::Members(args) => cmd::members::run(args, global).await,
-        Command::Plan(args) => cmd::plan::run(args, global).await,
-        Command::Publish(args) => cmd::publish::run(args, global).await,
-        Command::Verify(args) => cmd::verify::run(args, global).await,
-        Command::Whois(args) => cmd::whois::run(args, global).await,
-        Command::Check(args) => cmd::check::run(args, global),
+        // At every SSH login: no runtime unless the cache must be refreshed, and then a
+        // single-threaded one (built by the command itself).
         Command::AuthorizedKeys(args) => cmd::authorized_keys::run(args, global),
         Command::Refresh(args) => cmd::refresh::run(args, global),
+        Command::Check(args) => cmd::check::run(args, global),
+        Command::Diff(args) => block_on(cmd::diff::run(args, global)),
+        Command::Members(args) => block_on(cmd::members::run(args, global)),
+        Command::Plan(args) => block_on(cmd::plan::run(args, global)),
+        Command::Publish(args) => block_on(cmd::publish::run(args, global)),
+        Command::Verify(args) => block_on(cmd::verify::run(args, global)),
+        Command::Whois(args) => block_on(cmd::whois::run(args, global)),
     }
+}
+
+/// Runs a publisher-side command on a multi-threaded runtime (LDAP, NFS reads and S3 requests
+/// overlap there).
+fn block_on(work: impl Future<Output = anyhow::Result<Exit>>) -> anyhow::Result<Exit> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(work)
 }

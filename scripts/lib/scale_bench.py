@@ -302,7 +302,7 @@ out.append(f"Ratios: cold publish / floor = {keyhole_cold / floor_s:.2f}; no-cha
            f"= {median('publish no-change') / floor_s:.2f}; naive / cold publish = "
            f"{naive_total / keyhole_cold:.1f}; naive / no-change publish = "
            f"{naive_total / median('publish no-change'):.1f}.\n")
-out.append(f"`authorized-keys` (2 access groups, signed manifest, process start included): "
+out.append(f"`authorized-keys` (2 access groups, signed index, process start included): "
            f"cache hit median {statistics.median(hits):.2f} ms (p99 "
            f"{hits[int(len(hits) * 0.99) - 1]:.2f} ms, {len(hits)} runs); cold miss median "
            f"{statistics.median(misses):.2f} ms ({len(miss_runs)} runs, {miss_failures} past the 3 s "

@@ -2,9 +2,10 @@
 //!
 //! Runs at every login, so the common case must be cheap: when every access group of this host
 //! is cached and younger than `cache_ttl`, it reads the settings once, reads the cache and
-//! prints, with no network, no AWS SDK start-up and no async runtime at all. Otherwise it refreshes the cache within `fetch_timeout` (connect, credentials
-//! and reads together) and, if that fails, serves copies confirmed within `max_stale`; past that
-//! it fails closed (no keys, exit 1), and sshd falls back to the emergency keys in
+//! prints, with no network, no AWS SDK start-up and no async runtime at all. Otherwise it
+//! refreshes the cache within `fetch_timeout` (connect, credentials and reads together) on a
+//! single-threaded runtime and, if that fails, serves copies confirmed within `max_stale`; past
+//! that it fails closed (no keys, exit 1), and sshd falls back to the emergency keys in
 //! `AuthorizedKeysFile`.
 //!
 //! stdout carries key lines and nothing else, ever; everything else goes to stderr and syslog.
