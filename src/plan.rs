@@ -593,7 +593,7 @@ mod tests {
                                 .iter()
                                 .map(|u| Member {
                                     name: u.to_string(),
-                                    via: vec!["Team".into()],
+                                    via: vec!["Team".into()].into(),
                                 })
                                 .collect(),
                             excluded: excluded

@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::diagnostic::{Diagnostic, Severity};
 use crate::policy::{self, AccessGroup, Deny, Policy, Principals, counts, plural};
-use crate::resolve::{Exclusion, Member, Resolution, VIA_SEPARATOR};
+use crate::resolve::{Exclusion, Member, Resolution, VIA_SEPARATOR, Via};
 
 /// Names that appear in one version and not in the other. Sorted case-insensitively.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -287,7 +287,7 @@ pub fn diff_resolutions(base: &Resolution, head: &Resolution) -> BTreeMap<String
     for name in names {
         let before = base.access_groups.get(name).unwrap_or(&empty);
         let after = head.access_groups.get(name).unwrap_or(&empty);
-        let keys = |members: &[Member]| -> HashMap<String, Vec<String>> {
+        let keys = |members: &[Member]| -> HashMap<String, Via> {
             members
                 .iter()
                 .map(|m| (m.name.to_lowercase(), m.via.clone()))
@@ -306,7 +306,7 @@ pub fn diff_resolutions(base: &Resolution, head: &Resolution) -> BTreeMap<String
             .filter(|m| !has.contains_key(&m.name.to_lowercase()))
             .map(|m| PersonChange {
                 name: m.name.clone(),
-                via: m.via.clone(),
+                via: m.via.to_vec(),
                 excluded: excluded_now.get(&m.name.to_lowercase()).copied(),
             })
             .collect();
@@ -316,7 +316,7 @@ pub fn diff_resolutions(base: &Resolution, head: &Resolution) -> BTreeMap<String
             .filter(|m| !had.contains_key(&m.name.to_lowercase()))
             .map(|m| PersonChange {
                 name: m.name.clone(),
-                via: m.via.clone(),
+                via: m.via.to_vec(),
                 excluded: None,
             })
             .collect();
@@ -1093,7 +1093,7 @@ users = ["mallory", "trent"]
     fn member(name: &str, via: &[&str]) -> Member {
         Member {
             name: name.into(),
-            via: names(via),
+            via: names(via).into(),
         }
     }
 

@@ -176,7 +176,7 @@ impl<'k> Renderer<'k> {
                     .push((member.name.clone(), key.fingerprint.as_str().to_owned()));
             }
             file.users.push(member.name.clone());
-            file.via.insert(member.name.clone(), member.via.clone());
+            file.via.insert(member.name.clone(), member.via.to_vec());
         }
         file.sha256 = sha256_hex(file.body.as_bytes());
         RenderedGroup::Ready(file)
@@ -220,7 +220,7 @@ mod tests {
                 .iter()
                 .map(|u| Member {
                     name: u.to_string(),
-                    via: vec!["Team".into()],
+                    via: vec!["Team".into()].into(),
                 })
                 .collect(),
             excluded: vec![],
@@ -259,7 +259,7 @@ mod tests {
         );
         // A person named directly has no chain.
         let mut direct = members(&["bob"]);
-        direct.users[0].via.clear();
+        direct.users[0].via = Vec::new().into();
         assert!(
             ready(renderer.group("db", &direct))
                 .body

@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -46,8 +47,13 @@ pub struct Membership {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Member {
     pub name: String,
-    pub via: Vec<String>,
+    pub via: Via,
 }
+
+/// A chain of group names. Shared, not copied: every person reached through the same nested
+/// group has the same chain, and a directory of 50,000 people has hundreds of thousands of
+/// memberships but only as many chains as group paths.
+pub type Via = Arc<[String]>;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Excluded {
@@ -99,7 +105,7 @@ pub fn resolve(policy: &Policy, snapshot: &Snapshot, now: SystemTime) -> Resolut
 }
 
 /// A user reached through a group, and the chain of group names from that group down.
-type Reached = Rc<Vec<(usize, Vec<String>)>>;
+type Reached = Rc<Vec<(usize, Via)>>;
 
 struct Resolver<'s> {
     snapshot: &'s Snapshot,
@@ -112,6 +118,11 @@ struct Resolver<'s> {
     /// Users whose primary group is the group at this index.
     primary_members: HashMap<usize, Vec<usize>>,
     expanded: HashMap<usize, Reached>,
+    /// `via` of people named directly, and of people named in `[everywhere]`'s users.
+    direct: Via,
+    everywhere: Via,
+    /// Each chain with `"everywhere"` in front, made once.
+    through_everywhere: HashMap<Via, Via>,
     warnings: std::collections::BTreeSet<String>,
 }
 
@@ -161,6 +172,9 @@ impl<'s> Resolver<'s> {
             groups_by_dn,
             primary_members,
             expanded: HashMap::new(),
+            direct: Arc::from([]),
+            everywhere: Arc::from([EVERYWHERE.to_owned()]),
+            through_everywhere: HashMap::new(),
             warnings: Default::default(),
         }
     }
@@ -173,8 +187,8 @@ impl<'s> Resolver<'s> {
     ) -> Membership {
         // For each user, the best way in: the access group's own grants before [everywhere],
         // then the shortest chain, then the alphabetically first one.
-        let mut best: BTreeMap<usize, (u8, Vec<String>)> = BTreeMap::new();
-        let mut offer = |user: usize, rank: u8, via: Vec<String>| {
+        let mut best: BTreeMap<usize, (u8, Via)> = BTreeMap::new();
+        let mut offer = |user: usize, rank: u8, via: Via| {
             let candidate = (rank, via);
             match best.get(&user) {
                 Some(current) if by_preference(current) <= by_preference(&candidate) => {}
@@ -184,11 +198,17 @@ impl<'s> Resolver<'s> {
             }
         };
         let mut not_found = Vec::new();
-        for (rank, principals, prefix) in [(0, own, None), (1, everywhere, Some(EVERYWHERE))] {
+        for (rank, principals) in [(0, own), (1, everywhere)] {
+            let through_everywhere = rank == 1;
             for name in &principals.users {
                 match self.users_by_name.get(&name.to_lowercase()) {
                     Some(&user) => {
-                        offer(user, rank, prefix.map(String::from).into_iter().collect())
+                        let via = if through_everywhere {
+                            &self.everywhere
+                        } else {
+                            &self.direct
+                        };
+                        offer(user, rank, Arc::clone(via))
                     }
                     None => {
                         let is_group = self.groups_by_name.contains_key(&name.to_lowercase());
@@ -204,11 +224,12 @@ impl<'s> Resolver<'s> {
                     continue;
                 };
                 for (user, chain) in self.expand(group).iter() {
-                    let via = prefix
-                        .map(String::from)
-                        .into_iter()
-                        .chain(chain.iter().cloned());
-                    offer(*user, rank, via.collect());
+                    let via = if through_everywhere {
+                        self.through_everywhere(chain)
+                    } else {
+                        Arc::clone(chain)
+                    };
+                    offer(*user, rank, via);
                 }
             }
         }
@@ -252,6 +273,16 @@ impl<'s> Resolver<'s> {
         membership
     }
 
+    /// `chain` with `"everywhere"` in front: the chain of a person `[everywhere]` reaches.
+    fn through_everywhere(&mut self, chain: &Via) -> Via {
+        let everywhere = &self.everywhere;
+        Arc::clone(
+            self.through_everywhere
+                .entry(Arc::clone(chain))
+                .or_insert_with(|| everywhere.iter().chain(chain.iter()).cloned().collect()),
+        )
+    }
+
     /// Every user in `group`, transitively, each with a shortest chain of group names from
     /// `group` down. Breadth first, each group visited once: cycles end there.
     fn expand(&mut self, group: usize) -> Reached {
@@ -259,10 +290,10 @@ impl<'s> Resolver<'s> {
             return Rc::clone(done);
         }
         let groups = &self.snapshot.groups;
-        let mut reached: Vec<(usize, Vec<String>)> = Vec::new();
+        let mut reached: Vec<(usize, Via)> = Vec::new();
         let mut seen_users = HashSet::new();
         let mut seen_groups = HashSet::from([group]);
-        let mut level = vec![(group, vec![groups[group].name.clone()])];
+        let mut level: Vec<(usize, Via)> = vec![(group, Arc::from([groups[group].name.clone()]))];
         while !level.is_empty() {
             // Sorting each level by chain makes the reported chain the alphabetically first of
             // the shortest ones, whatever order the server listed members in.
@@ -283,16 +314,15 @@ impl<'s> Resolver<'s> {
                 users.sort_unstable();
                 for user in users {
                     if seen_users.insert(user) {
-                        reached.push((user, chain.clone()));
+                        reached.push((user, Arc::clone(&chain)));
                     }
                 }
                 for dn in &groups[current].members {
                     if let Some(&nested) = self.groups_by_dn.get(dn)
                         && seen_groups.insert(nested)
                     {
-                        let mut nested_chain = chain.clone();
-                        nested_chain.push(groups[nested].name.clone());
-                        next.push((nested, nested_chain));
+                        let nested_chain = chain.iter().chain([&groups[nested].name]).cloned();
+                        next.push((nested, nested_chain.collect()));
                     }
                 }
             }
@@ -325,7 +355,7 @@ fn index_by_name<'a>(names: impl Iterator<Item = &'a str>) -> HashMap<String, us
     index
 }
 
-fn by_preference(candidate: &(u8, Vec<String>)) -> (u8, usize, &Vec<String>) {
+fn by_preference(candidate: &(u8, Via)) -> (u8, usize, &[String]) {
     (candidate.0, candidate.1.len(), &candidate.1)
 }
 
@@ -434,7 +464,7 @@ mod tests {
         resolution.access_groups[group]
             .users
             .iter()
-            .map(|m| (m.name.clone(), m.via.clone()))
+            .map(|m| (m.name.clone(), m.via.to_vec()))
             .collect()
     }
 
