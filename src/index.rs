@@ -169,7 +169,7 @@ mod tests {
                 sha256: "9b1d".into(),
                 users: vec!["alice".into(), "bob".into()],
                 keys: 3,
-                via: BTreeMap::from([("bob".into(), vec!["Web Team".into()])]),
+                via: BTreeMap::from([("bob".into(), vec!["Web Team".into()].into())]),
             },
         );
         manifest

@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::resolve::Via;
+
 /// The schema version written by this keyhole.
 pub const FORMAT: u32 = 1;
 
@@ -38,9 +40,10 @@ pub struct GroupEntry {
     pub users: Vec<String>,
     /// Number of key lines in the file.
     pub keys: usize,
-    /// For each user, the group chain that gives access (empty: named directly).
+    /// For each user, the group chain that gives access (empty: named directly). Shared with
+    /// the resolution when built by a run, so a big manifest does not copy every chain.
     #[serde(default)]
-    pub via: BTreeMap<String, Vec<String>>,
+    pub via: BTreeMap<String, Via>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,7 +105,7 @@ mod tests {
                 sha256: "ab".into(),
                 users: vec!["bob".into()],
                 keys: 1,
-                via: BTreeMap::from([("bob".into(), vec!["Web Team".into()])]),
+                via: BTreeMap::from([("bob".into(), vec!["Web Team".into()].into())]),
             },
         );
         manifest.fingerprints.insert(

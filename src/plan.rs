@@ -396,14 +396,13 @@ fn removal_reason(
         }
         return "no valid keys".into();
     }
-    let via = previous
+    let via: &[String] = previous
         .and_then(|entry| entry.via.get(user))
-        .cloned()
-        .unwrap_or_default();
+        .map_or(&[], |via| via);
     let (principals, chain) = match via.split_first() {
         Some((first, rest)) if first == EVERYWHERE => (&policy.everywhere, rest),
         _ => match policy.access_groups.get(group) {
-            Some(access_group) => (&access_group.principals, via.as_slice()),
+            Some(access_group) => (&access_group.principals, via),
             None => return "access group no longer in policy".into(),
         },
     };
@@ -487,7 +486,7 @@ mod tests {
             users: users.iter().map(|u| u.to_string()).collect(),
             via: users
                 .iter()
-                .map(|u| (u.to_string(), vec!["Team".to_string()]))
+                .map(|u| (u.to_string(), vec!["Team".to_string()].into()))
                 .collect(),
             keys: users
                 .iter()

@@ -17,7 +17,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::keys::AuthorizedKey;
-use crate::resolve::{Membership, VIA_SEPARATOR};
+use crate::resolve::{Membership, VIA_SEPARATOR, Via};
 
 /// What the homes and keys stages learnt about one person.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +43,7 @@ pub struct GroupFile {
     pub sha256: String,
     /// Users with at least one key in the file.
     pub users: Vec<String>,
-    pub via: BTreeMap<String, Vec<String>>,
+    pub via: BTreeMap<String, Via>,
     /// Every key in the file with its owner, in file order.
     pub keys: Vec<(String, String)>,
 }
@@ -176,7 +176,7 @@ impl<'k> Renderer<'k> {
                     .push((member.name.clone(), key.fingerprint.as_str().to_owned()));
             }
             file.users.push(member.name.clone());
-            file.via.insert(member.name.clone(), member.via.to_vec());
+            file.via.insert(member.name.clone(), member.via.clone());
         }
         file.sha256 = sha256_hex(file.body.as_bytes());
         RenderedGroup::Ready(file)

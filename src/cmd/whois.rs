@@ -96,7 +96,7 @@ async fn from_manifest(settings: &Settings, fingerprint: &str) -> anyhow::Result
                 .groups
                 .get(group)
                 .and_then(|entry| entry.via.get(&owner.user))
-                .cloned()
+                .map(|via| via.to_vec())
                 .unwrap_or_default();
             (group.clone(), via)
         })
