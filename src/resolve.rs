@@ -122,7 +122,7 @@ struct Resolver<'s> {
     direct: Via,
     everywhere: Via,
     /// Each chain with `"everywhere"` in front, made once.
-    through_everywhere: HashMap<Via, Via>,
+    everywhere_chains: HashMap<Via, Via>,
     warnings: std::collections::BTreeSet<String>,
 }
 
@@ -174,7 +174,7 @@ impl<'s> Resolver<'s> {
             expanded: HashMap::new(),
             direct: Arc::from([]),
             everywhere: Arc::from([EVERYWHERE.to_owned()]),
-            through_everywhere: HashMap::new(),
+            everywhere_chains: HashMap::new(),
             warnings: Default::default(),
         }
     }
@@ -199,11 +199,11 @@ impl<'s> Resolver<'s> {
         };
         let mut not_found = Vec::new();
         for (rank, principals) in [(0, own), (1, everywhere)] {
-            let through_everywhere = rank == 1;
+            let via_everywhere = rank == 1;
             for name in &principals.users {
                 match self.users_by_name.get(&name.to_lowercase()) {
                     Some(&user) => {
-                        let via = if through_everywhere {
+                        let via = if via_everywhere {
                             &self.everywhere
                         } else {
                             &self.direct
@@ -224,7 +224,7 @@ impl<'s> Resolver<'s> {
                     continue;
                 };
                 for (user, chain) in self.expand(group).iter() {
-                    let via = if through_everywhere {
+                    let via = if via_everywhere {
                         self.through_everywhere(chain)
                     } else {
                         Arc::clone(chain)
@@ -277,7 +277,7 @@ impl<'s> Resolver<'s> {
     fn through_everywhere(&mut self, chain: &Via) -> Via {
         let everywhere = &self.everywhere;
         Arc::clone(
-            self.through_everywhere
+            self.everywhere_chains
                 .entry(Arc::clone(chain))
                 .or_insert_with(|| everywhere.iter().chain(chain.iter()).cloned().collect()),
         )
