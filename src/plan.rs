@@ -465,7 +465,7 @@ mod tests {
     use super::*;
     use crate::policy::{AccessGroup, Deny, Principals};
     use crate::render::sha256_hex;
-    use crate::resolve::{Excluded, Member, Membership};
+    use crate::resolve::{Excluded, Membership};
 
     fn safety() -> SafetySettings {
         SafetySettings {
@@ -585,25 +585,15 @@ mod tests {
             access_groups: groups
                 .iter()
                 .map(|(name, users, excluded)| {
-                    (
-                        name.to_string(),
-                        Membership {
-                            users: users
-                                .iter()
-                                .map(|u| Member {
-                                    name: u.to_string(),
-                                    via: vec!["Team".into()].into(),
-                                })
-                                .collect(),
-                            excluded: excluded
-                                .iter()
-                                .map(|(u, reason)| Excluded {
-                                    name: u.to_string(),
-                                    reason: *reason,
-                                })
-                                .collect(),
-                        },
-                    )
+                    let mut membership = Membership::through_team(users);
+                    membership.excluded = excluded
+                        .iter()
+                        .map(|(u, reason)| Excluded {
+                            name: u.to_string(),
+                            reason: *reason,
+                        })
+                        .collect();
+                    (name.to_string(), membership)
                 })
                 .collect(),
             warnings: vec![],

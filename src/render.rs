@@ -203,7 +203,6 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
     use crate::keys::{KeyPolicy, parse_authorized_keys};
-    use crate::resolve::Member;
 
     const ED_A: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOPAo/RxVnDzNjGvP41+SlwXlH4IbNrQebofz9HvuaWq a@host";
@@ -212,19 +211,6 @@ mod tests {
 
     fn keys_of(text: &str) -> UserKeys {
         UserKeys::Known(parse_authorized_keys(text, &KeyPolicy::default()).keys)
-    }
-
-    fn members(users: &[&str]) -> Membership {
-        Membership {
-            users: users
-                .iter()
-                .map(|u| Member {
-                    name: u.to_string(),
-                    via: vec!["Team".into()].into(),
-                })
-                .collect(),
-            excluded: vec![],
-        }
     }
 
     fn ready(rendered: RenderedGroup) -> GroupFile {
@@ -242,7 +228,7 @@ mod tests {
             ("carol".to_string(), keys_of("")),
         ]);
         let renderer = Renderer::new(&keys, &BTreeSet::new());
-        let web = members(&["alice", "bob", "carol"]);
+        let web = Membership::through_team(&["alice", "bob", "carol"]);
         let file = ready(renderer.group("web", &web));
         assert_eq!(
             file.body,
@@ -258,7 +244,7 @@ mod tests {
             file
         );
         // A person named directly has no chain.
-        let mut direct = members(&["bob"]);
+        let mut direct = Membership::through_team(&["bob"]);
         direct.users[0].via = Vec::new().into();
         assert!(
             ready(renderer.group("db", &direct))
@@ -275,20 +261,20 @@ mod tests {
         ]);
         let renderer = Renderer::new(&keys, &BTreeSet::new());
         assert_eq!(
-            renderer.group("web", &members(&["alice", "bob"])),
+            renderer.group("web", &Membership::through_team(&["alice", "bob"])),
             RenderedGroup::Held {
                 unknown: vec!["bob".into()]
             }
         );
         // No entry at all counts as unknown too, never as "no keys".
         assert_eq!(
-            renderer.group("ops", &members(&["zoe"])),
+            renderer.group("ops", &Membership::through_team(&["zoe"])),
             RenderedGroup::Held {
                 unknown: vec!["zoe".into()]
             }
         );
         assert_eq!(
-            ready(renderer.group("db", &members(&["alice"]))).users,
+            ready(renderer.group("db", &Membership::through_team(&["alice"]))).users,
             ["alice"]
         );
     }
@@ -306,7 +292,8 @@ mod tests {
             ("eve".to_string(), keys_of(ED_B)),
         ]);
         let renderer = Renderer::new(&keys, &denied);
-        let file = ready(renderer.group("web", &members(&["alice", "bob", "eve"])));
+        let file =
+            ready(renderer.group("web", &Membership::through_team(&["alice", "bob", "eve"])));
         assert!(file.users.is_empty(), "{file:?}");
         assert_eq!(renderer.denied_keys()["alice"].len(), 1);
         let problems = renderer.problems();

@@ -55,6 +55,24 @@ pub struct Member {
 /// memberships but only as many chains as group paths.
 pub type Via = Arc<[String]>;
 
+#[cfg(test)]
+impl Membership {
+    /// For other modules' tests: these people, each reached through the group "Team".
+    pub fn through_team(users: &[&str]) -> Membership {
+        let team: Via = Arc::from(["Team".to_owned()]);
+        Membership {
+            users: users
+                .iter()
+                .map(|user| Member {
+                    name: (*user).to_owned(),
+                    via: Arc::clone(&team),
+                })
+                .collect(),
+            excluded: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Excluded {
     pub name: String,
