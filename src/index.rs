@@ -1,17 +1,27 @@
-//! `index.json`: the small signed summary an instance reads instead of the whole manifest.
+//! `index.json`: the signed record of what is published, and the one commit point of a publish.
 //!
-//! The manifest names every person and every key of the company, so it grows with the company
-//! (9.8 MB at 10k users); an instance only needs, for the one to three access groups it serves,
-//! the SHA-256 their files must have. The index carries exactly that for every access group
-//! (about 100 bytes each, nothing per person) plus the manifest's `generation`, `not_after` and
-//! `policy_commit`, so an instance's fetch is proportional to what it serves.
+//! The index names, for every access group, the SHA-256 of its file and how many people and keys
+//! it holds (about 100 bytes a group, nothing per person), plus a generation that only grows,
+//! the `not_after` of its signature, the policy's commit, and the SHA-256 of the owners object.
+//! Instances read it to know which group objects to fetch; the publisher reads it to decide what
+//! changed. Who is in a group, and why, is in the group file itself (see `group_file`), read only
+//! when that group changes: a run where nothing changed reads this one object.
+//!
+//! ## Layout in the bucket ([`Layout`])
+//! - `{prefix}index.json`: this object; written last, with a conditional write (the commit).
+//! - `{prefix}{group}/{sha256}`: each access group's authorized_keys, addressed by the SHA-256
+//!   of its bytes. A publish adds new objects and never replaces one, so nothing written before
+//!   the commit changes what an instance reads: a run that fails, or loses the race to another
+//!   publisher, leaves instances on the last committed index and files.
+//! - `{prefix}_keyhole/owners/{sha256}.json`: every published key's fingerprint and the person it
+//!   was published for (so a copied public key stays with its owner, and `whois` works off an
+//!   instance). `_` cannot start an access group's name, so it never collides with one.
 //!
 //! The object is a JSON envelope holding the index text and its signature together:
 //! `{"index": "<index JSON text>", "signature": "<SSHSIG armor>" | null}`. One object, so a reader
-//! can never pair a new index with an old signature (as a separate `.sig` object could between
-//! two writes). The signature is the same SSHSIG as the manifest's (namespace `keyhole`) over the
-//! exact bytes of the `index` string, so `jq -j .index` recovers what `ssh-keygen -Y verify`
-//! checks.
+//! can never pair a new index with an old signature. The signature is SSHSIG (namespace
+//! `keyhole`) over the exact bytes of the `index` string, so `jq -j .index` recovers what
+//! `ssh-keygen -Y verify` checks.
 //!
 //! This module owns the format, sealing (serialize + sign) and opening (parse + verify). It never
 //! fetches, never reads the clock (the caller checks `not_after` against its `now`), and never
@@ -21,25 +31,33 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::Manifest;
 use crate::signing::{Signer, SigningError, Verifier};
 
 /// The schema version of the index written by this keyhole.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
+
+/// The format keyhole wrote before group objects were addressed by content (each group at
+/// `{prefix}{group}/authorized_keys`, beside a `manifest.json`). Read, never written: a publisher
+/// migrates such a bucket on its first run, and an instance can follow either.
+pub const LEGACY_FORMAT: u32 = 1;
 
 /// What an instance needs to know about every access group, and nothing per person.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Index {
     pub format: u32,
-    /// The generation of the manifest written with this index; instances refuse to go back.
+    /// Grows by one with every publish that writes anything; instances refuse to go back.
     pub generation: u64,
-    /// RFC 3339, the manifest's; set when signed.
+    /// RFC 3339; set when signed (instances refuse the index after it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_after: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_commit: Option<String>,
     pub groups: BTreeMap<String, IndexGroup>,
+    /// Hex SHA-256 of the owners object (every published key's fingerprint and the person it was
+    /// published for); absent in the legacy format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owners: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +69,64 @@ pub struct IndexGroup {
     pub users: usize,
     /// Key lines in the file.
     pub keys: usize,
+}
+
+/// Where the objects are in the bucket.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub prefix: String,
+}
+
+/// The index's object name under the prefix.
+pub const INDEX_OBJECT: &str = "index.json";
+
+impl Layout {
+    pub fn index(&self) -> String {
+        format!("{}{INDEX_OBJECT}", self.prefix)
+    }
+
+    /// Everything of one access group lives under this.
+    pub fn group_prefix(&self, group: &str) -> String {
+        format!("{}{group}/", self.prefix)
+    }
+
+    /// The object holding the file of `group` that `index` names.
+    pub fn group(&self, index: &Index, group: &str, sha256: &str) -> String {
+        if index.is_legacy() {
+            format!("{}authorized_keys", self.group_prefix(group))
+        } else {
+            format!("{}{sha256}", self.group_prefix(group))
+        }
+    }
+
+    pub fn owners(&self, sha256: &str) -> String {
+        format!("{}{OWNERS_PREFIX}{sha256}.json", self.prefix)
+    }
+
+    /// What the legacy format kept beside the index; removed by the migrating publish.
+    pub fn legacy_manifest(&self) -> [String; 2] {
+        [
+            format!("{}manifest.json", self.prefix),
+            format!("{}manifest.json.sig", self.prefix),
+        ]
+    }
+}
+
+/// Where owners objects live, under the prefix.
+pub const OWNERS_PREFIX: &str = "_keyhole/owners/";
+
+/// Every published key's fingerprint and the person it was published for, as stored: compact,
+/// sorted JSON, so the same owners give the same bytes (and the same object name).
+pub type Owners = BTreeMap<String, String>;
+
+pub fn owners_to_json(owners: &Owners) -> Vec<u8> {
+    let mut json = serde_json::to_vec(owners).unwrap_or_default();
+    json.push(b'\n');
+    json
+}
+
+pub fn owners_from_json(bytes: &[u8]) -> Result<Owners, IndexError> {
+    serde_json::from_slice(bytes).map_err(|e| IndexError::Content(format!("owners object: {e}")))
 }
 
 /// The object as stored: the index text and the signature over exactly its bytes.
@@ -78,27 +154,22 @@ pub enum IndexError {
 }
 
 impl Index {
-    /// The index of `manifest`: same generation, expiry and commit, each group's SHA-256 and
-    /// counts.
-    pub fn of(manifest: &Manifest) -> Index {
+    /// An index with nothing published yet.
+    pub fn empty() -> Index {
         Index {
             format: FORMAT,
-            generation: manifest.generation,
-            not_after: manifest.not_after.clone(),
-            policy_commit: manifest.policy_commit.clone(),
-            groups: manifest
-                .groups
-                .iter()
-                .map(|(name, entry)| {
-                    let group = IndexGroup {
-                        sha256: entry.sha256.clone(),
-                        users: entry.users.len(),
-                        keys: entry.keys,
-                    };
-                    (name.clone(), group)
-                })
-                .collect(),
+            generation: 0,
+            not_after: None,
+            policy_commit: None,
+            groups: BTreeMap::new(),
+            owners: None,
         }
+    }
+
+    /// Whether this index is in the legacy format, whose group objects are not addressed by
+    /// content.
+    pub fn is_legacy(&self) -> bool {
+        self.format == LEGACY_FORMAT
     }
 
     /// The envelope's bytes: the index as compact JSON (maps are sorted, so the same index gives
@@ -129,7 +200,7 @@ impl Index {
         }
         let index: Index = serde_json::from_str(&envelope.index)
             .map_err(|e| IndexError::Content(e.to_string()))?;
-        if index.format != FORMAT {
+        if index.format != FORMAT && index.format != LEGACY_FORMAT {
             return Err(IndexError::Format(index.format));
         }
         Ok(index)
@@ -139,7 +210,6 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::GroupEntry;
     use ssh_key::private::{Ed25519Keypair, KeypairData};
     use ssh_key::{LineEnding, PrivateKey};
     use std::os::unix::fs::PermissionsExt;
@@ -158,21 +228,22 @@ mod tests {
         (dir, signer)
     }
 
-    fn manifest() -> Manifest {
-        let mut manifest = Manifest::empty();
-        manifest.generation = 42;
-        manifest.not_after = Some("2030-01-01T00:00:00Z".into());
-        manifest.policy_commit = Some("3f2c".into());
-        manifest.groups.insert(
-            "web-prod".into(),
-            GroupEntry {
-                sha256: "9b1d".into(),
-                users: vec!["alice".into(), "bob".into()],
-                keys: 3,
-                via: BTreeMap::from([("bob".into(), vec!["Web Team".into()].into())]),
-            },
-        );
-        manifest
+    fn index() -> Index {
+        Index {
+            generation: 42,
+            not_after: Some("2030-01-01T00:00:00Z".into()),
+            policy_commit: Some("3f2c".into()),
+            groups: BTreeMap::from([(
+                "web-prod".into(),
+                IndexGroup {
+                    sha256: "9b1d".into(),
+                    users: 2,
+                    keys: 3,
+                },
+            )]),
+            owners: Some("77aa".into()),
+            ..Index::empty()
+        }
     }
 
     /// The envelope with its `index` string edited by `edit`, the signature kept.
@@ -188,16 +259,7 @@ mod tests {
     fn a_sealed_index_opens_to_the_same_index_with_or_without_a_verifier() {
         let (_dir, signer) = signer_from_seed(1);
         let verifier = Verifier::parse(&signer.public_key()).unwrap();
-        let index = Index::of(&manifest());
-        assert_eq!(index.generation, 42);
-        assert_eq!(
-            index.groups["web-prod"],
-            IndexGroup {
-                sha256: "9b1d".into(),
-                users: 2,
-                keys: 3
-            }
-        );
+        let index = index();
         let sealed = index.seal(Some(&signer)).unwrap();
         assert_eq!(Index::open(&sealed, Some(&verifier)).unwrap(), index);
         assert_eq!(Index::open(&sealed, None).unwrap(), index);
@@ -216,7 +278,7 @@ mod tests {
     fn one_changed_byte_of_the_index_text_is_refused() {
         let (_dir, signer) = signer_from_seed(1);
         let verifier = Verifier::parse(&signer.public_key()).unwrap();
-        let sealed = Index::of(&manifest()).seal(Some(&signer)).unwrap();
+        let sealed = index().seal(Some(&signer)).unwrap();
         let forged = edited(&sealed, |index| {
             index.replace("\"generation\":42", "\"generation\":43")
         });
@@ -233,7 +295,7 @@ mod tests {
         ));
         // Signed by another key.
         let (_other_dir, other) = signer_from_seed(2);
-        let by_other = Index::of(&manifest()).seal(Some(&other)).unwrap();
+        let by_other = index().seal(Some(&other)).unwrap();
         assert!(matches!(
             Index::open(&by_other, Some(&verifier)),
             Err(IndexError::Signature(SigningError::WrongKey { .. }))
@@ -244,15 +306,15 @@ mod tests {
     fn unknown_formats_fields_and_envelopes_are_refused() {
         let (_dir, signer) = signer_from_seed(1);
         let verifier = Verifier::parse(&signer.public_key()).unwrap();
-        let mut future = Index::of(&manifest());
-        future.format = 2;
+        let mut future = index();
+        future.format = 3;
         let sealed = future.seal(Some(&signer)).unwrap();
         // Validly signed, but not a format this keyhole reads.
         assert!(matches!(
             Index::open(&sealed, Some(&verifier)),
-            Err(IndexError::Format(2))
+            Err(IndexError::Format(3))
         ));
-        let sealed = Index::of(&manifest()).seal(None).unwrap();
+        let sealed = index().seal(None).unwrap();
         let extra = edited(&sealed, |index| {
             index.replacen('{', "{\"fingerprints\":{},", 1)
         });
@@ -260,9 +322,9 @@ mod tests {
             Index::open(&extra, None),
             Err(IndexError::Content(_))
         ));
-        // A bare manifest is not an envelope.
+        // A bare index is not an envelope.
         assert!(matches!(
-            Index::open(&manifest().to_json(), None),
+            Index::open(&serde_json::to_vec(&index()).unwrap(), None),
             Err(IndexError::Envelope(_))
         ));
     }

@@ -1,24 +1,27 @@
-//! The plan: what a publish would change, and why, computed purely from the published manifest
-//! and a fresh render. Also the safety guard, which judges a plan before anything is written.
+//! The plan: what a publish would change, and why, computed purely from the published index,
+//! the published files of the groups that changed, and a fresh render. Also the safety guard,
+//! which judges a plan before anything is written.
 //!
-//! Change detection is by SHA-256: a group whose rendered file hashes to what the manifest records
-//! is `unchanged` and costs no request at all. Each user who would lose access gets a reason a
-//! person can act on (disabled, left group X, no longer in policy, denied, …), and removals caused
-//! by `[deny]` are the only ones the guard never holds back.
+//! Change detection is by SHA-256 against the verified index: a group whose freshly rendered
+//! file hashes to what the index records is `unchanged`, costs no request at all, and is never
+//! rendered into text (see `render::Digest`). Only for a group that changed is the published
+//! file read, to say who and which keys come and go, each with a reason a person can act on
+//! (disabled, left group X, no longer in policy, denied, …). Removals caused by `[deny]` are the
+//! only ones the guard never holds back: when it refuses the rest, they are still published
+//! ([`deny_only`]).
 //!
-//! Memory stays flat in the number of access groups: groups are rendered and compared one at a
-//! time, the plan keeps each file's hash (never its body), and the published manifest is consumed
-//! into the next one rather than copied. At 10,000 users and 1,000 access groups this took a
-//! publish's peak RSS from 217 MB to 82 MB (BENCHMARKS.md).
+//! This module is pure: the caller fetches (and checks against the index) the published files it
+//! asks for, and passes `now`-free inputs in.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use crate::manifest::{FingerprintEntry, GroupEntry, Manifest};
+use crate::group_file::{Block, HEADER_PREFIX, PublishedFile};
+use crate::index::{Index, IndexGroup, Owners};
 use crate::policy::Policy;
-use crate::render::{GroupFile, Problem, RenderedGroup, Renderer};
-use crate::resolve::{EVERYWHERE, Exclusion, Membership, Resolution};
+use crate::render::{Digest, GroupFile, Problem, sha256_hex};
+use crate::resolve::{EVERYWHERE, Exclusion, Resolution};
 use crate::settings::SafetySettings;
 
 /// Groups of fewer users than this are not judged by `max_removed_fraction` (one of three is
@@ -47,11 +50,13 @@ pub struct GroupPlan {
     pub removed_users: Vec<UserChange>,
     pub added_fingerprints: Vec<String>,
     pub removed_fingerprints: Vec<String>,
-    /// The SHA-256 of the freshly rendered file; `None` for held, unselected and deleted groups,
-    /// which a publish never writes. The file itself is not kept: a publish renders again the
-    /// groups it writes and checks that they hash to this.
+    /// What the next index records for this group; `None` for a deleted group.
     #[serde(skip)]
-    pub rendered_sha256: Option<String>,
+    pub next: Option<IndexGroup>,
+    /// Whether this run renders this group (false: not selected with `--group`, carried as
+    /// published). Only rendered groups are ever written.
+    #[serde(skip)]
+    pub rendered: bool,
     /// How many users the published file had (what the guard judges a loss against).
     #[serde(skip)]
     pub users_before: usize,
@@ -68,17 +73,25 @@ pub struct Plan {
     pub groups: BTreeMap<String, GroupPlan>,
     pub problems: Vec<Problem>,
     pub guard: Guard,
-    /// The manifest to write when anything changes.
+    /// The index to commit when anything is written.
     #[serde(skip)]
-    pub manifest: Manifest,
-    /// Nothing changed, but the signed manifest is past half its validity: write it again with a
+    pub index: Index,
+    /// The owners object of the next index, when it differs from the published one.
+    #[serde(skip)]
+    pub owners: Option<Vec<u8>>,
+    /// Nothing changed, but the signed index is past half its validity: write it again with a
     /// new `not_after` (SPEC.md "Signing").
     #[serde(skip)]
     pub resign: bool,
-    /// `publish --rewrite-all`: write every rendered group file and a new manifest generation,
-    /// changed or not (after tampering or a manual edit in the bucket).
+    /// Write every rendered group object, changed or not: `publish --rewrite-all`, or the first
+    /// publish over a bucket in the legacy layout.
     #[serde(skip)]
     pub rewrite: bool,
+    /// People and keys published after this plan (for the metrics).
+    #[serde(skip)]
+    pub people: usize,
+    #[serde(skip)]
+    pub keys: usize,
 }
 
 impl Plan {
@@ -88,26 +101,16 @@ impl Plan {
 
     /// Whether a publish of this plan writes anything at all.
     pub fn writes(&self) -> bool {
-        self.has_changes() || self.resign || self.rewrite
-    }
-
-    /// Turns this plan into a rewrite of every rendered group under a new manifest generation.
-    pub fn rewrite_all(&mut self) {
-        if !self.writes() {
-            self.manifest.generation += 1;
-        }
-        self.rewrite = true;
+        self.has_changes() || self.owners.is_some() || self.resign || self.rewrite
     }
 
     /// The access groups a publish of this plan writes, each with the SHA-256 its file must have.
     pub fn groups_to_write(&self) -> impl Iterator<Item = (&String, &str)> {
         self.groups.iter().filter_map(|(name, group)| {
-            let write = self.rewrite || matches!(group.action, Action::Create | Action::Update);
-            group
-                .rendered_sha256
-                .as_deref()
-                .filter(|_| write)
-                .map(|sha256| (name, sha256))
+            let write = group.rendered
+                && (self.rewrite || matches!(group.action, Action::Create | Action::Update));
+            let next = group.next.as_ref().filter(|_| write)?;
+            Some((name, next.sha256.as_str()))
         })
     }
 }
@@ -115,148 +118,59 @@ impl Plan {
 /// Which access groups a publish may touch (`publish --group`); `None` means all.
 pub type Selection<'a> = Option<&'a BTreeSet<String>>;
 
-/// What a plan is computed from, besides the published manifest and the group files.
+/// What a plan is computed from, besides the published index and the group files.
 #[derive(Debug, Clone, Copy)]
 pub struct Inputs<'a> {
     pub resolution: &'a Resolution,
     pub policy: &'a Policy,
     pub safety: &'a SafetySettings,
-    pub selection: Selection<'a>,
-}
-
-/// The group files a plan compares: [`render::Renderer`](crate::render::Renderer) in a run, a
-/// stand-in in tests.
-pub trait GroupFiles {
-    fn group(&self, name: &str, membership: &Membership) -> RenderedGroup;
-    /// Keys dropped from every file, and why.
-    fn problems(&self) -> &[Problem];
     /// Per person, the fingerprints `[deny]` dropped.
-    fn denied_keys(&self) -> &BTreeMap<String, BTreeSet<String>>;
+    pub denied_keys: &'a BTreeMap<String, BTreeSet<String>>,
 }
 
-impl GroupFiles for Renderer<'_> {
-    fn group(&self, name: &str, membership: &Membership) -> RenderedGroup {
-        Renderer::group(self, name, membership)
-    }
-    fn problems(&self) -> &[Problem] {
-        Renderer::problems(self)
-    }
-    fn denied_keys(&self) -> &BTreeMap<String, BTreeSet<String>> {
-        Renderer::denied_keys(self)
+/// A group whose fresh render hashes to what the index records.
+pub fn unchanged(digest: &Digest) -> GroupPlan {
+    GroupPlan {
+        action: Action::Unchanged,
+        added_users: vec![],
+        removed_users: vec![],
+        added_fingerprints: vec![],
+        removed_fingerprints: vec![],
+        next: Some(IndexGroup {
+            sha256: digest.sha256.clone(),
+            users: digest.users,
+            keys: digest.keys,
+        }),
+        rendered: true,
+        users_before: digest.users,
     }
 }
 
-/// Compares each access group's freshly rendered file with what `published` records, and judges
-/// the result with the guard.
-///
-/// Groups are rendered and compared one at a time, and `published` is consumed as it is
-/// compared, so memory holds one group file, not all of them, whatever the number of access
-/// groups.
-pub fn plan(published: Manifest, files: &impl GroupFiles, inputs: &Inputs<'_>) -> Plan {
-    let selected = |group: &str| inputs.selection.is_none_or(|set| set.contains(group));
-    let Manifest {
-        generation,
-        groups: mut published_groups,
-        fingerprints: published_fingerprints,
-        ..
-    } = published;
-    let published = Published {
-        keys: fingerprints_by_group(&published_fingerprints),
-        fingerprints: &published_fingerprints,
-    };
-    let mut groups = BTreeMap::new();
-    let mut problems = files.problems().to_vec();
-    let mut next = Manifest {
-        generation,
-        ..Manifest::empty()
-    };
-
-    for (name, membership) in &inputs.resolution.access_groups {
-        let previous = published_groups.remove(name);
-        let file = match selected(name).then(|| files.group(name, membership)) {
-            Some(RenderedGroup::Ready(file)) => file,
-            Some(RenderedGroup::Held { unknown }) => {
-                problems.extend(unknown.into_iter().map(|user| Problem {
-                    user,
-                    reason: format!(
-                        "keys unknown (home unreadable); access group {name} left as published"
-                    ),
-                }));
-                published.keep(&mut next, name, previous);
-                groups.insert(name.clone(), unchanged(None));
-                continue;
-            }
-            None => {
-                published.keep(&mut next, name, previous);
-                groups.insert(name.clone(), unchanged(None));
-                continue;
-            }
-        };
-        let group_plan = match &previous {
-            Some(entry) if entry.sha256 == file.sha256 => unchanged(Some(&file.sha256)),
-            _ => compare(name, &file, previous.as_ref(), &published, files, inputs),
-        };
-        groups.insert(name.clone(), group_plan);
-        record(&mut next, name, file);
+/// A group this run does not render (not selected): it stays exactly as the verified index has it.
+pub fn kept(entry: &IndexGroup) -> GroupPlan {
+    GroupPlan {
+        rendered: false,
+        users_before: entry.users,
+        next: Some(entry.clone()),
+        ..unchanged(&Digest {
+            sha256: entry.sha256.clone(),
+            users: entry.users,
+            keys: entry.keys,
+        })
     }
-
-    // What remains was published but is no longer in the policy.
-    for (name, entry) in published_groups {
-        if !selected(&name) {
-            published.keep(&mut next, &name, Some(entry));
-            continue;
-        }
-        let removed_fingerprints = published.keys_of(&name).map(str::to_owned).collect();
-        groups.insert(
-            name,
-            GroupPlan {
-                action: Action::Delete,
-                added_users: vec![],
-                users_before: entry.users.len(),
-                removed_users: entry
-                    .users
-                    .into_iter()
-                    .map(|user| UserChange {
-                        name: user,
-                        reason: "access group no longer in policy".into(),
-                    })
-                    .collect(),
-                added_fingerprints: vec![],
-                removed_fingerprints,
-                rendered_sha256: None,
-            },
-        );
-    }
-
-    let mut plan = Plan {
-        guard: Guard::default(),
-        groups,
-        problems,
-        manifest: next,
-        resign: false,
-        rewrite: false,
-    };
-    if plan.has_changes() {
-        plan.manifest.generation = generation + 1;
-    }
-    plan.guard = judge(&plan, inputs.safety);
-    plan
 }
 
-/// A group whose file changes (or appears): who and which keys come and go, and why.
-fn compare(
+/// A group whose file changes (or appears): who and which keys come and go, and why. `previous`
+/// is the published file (checked against the index), `None` for a new group.
+pub fn compare(
     name: &str,
     file: &GroupFile,
-    previous: Option<&GroupEntry>,
-    published: &Published<'_>,
-    files: &impl GroupFiles,
+    previous: Option<&PublishedFile>,
     inputs: &Inputs<'_>,
 ) -> GroupPlan {
-    let before_users: BTreeSet<&str> = previous
-        .map(|entry| entry.users.iter().map(String::as_str).collect())
-        .unwrap_or_default();
+    let before_users: BTreeSet<&str> = previous.map(|p| p.users().collect()).unwrap_or_default();
     let after_users: BTreeSet<&str> = file.users.iter().map(String::as_str).collect();
-    let before_keys: BTreeSet<&str> = published.keys_of(name).collect();
+    let before_keys: BTreeSet<&str> = previous.map(|p| p.fingerprints()).unwrap_or_default();
     let after_keys: BTreeSet<&str> = file.keys.iter().map(|(_, fp)| fp.as_str()).collect();
     GroupPlan {
         action: if previous.is_some() {
@@ -275,7 +189,7 @@ fn compare(
             .difference(&after_users)
             .map(|user| UserChange {
                 name: (*user).to_owned(),
-                reason: removal_reason(user, name, previous, files.denied_keys(), inputs),
+                reason: removal_reason(user, name, previous.and_then(|p| p.block(user)), inputs),
             })
             .collect(),
         added_fingerprints: after_keys
@@ -286,97 +200,103 @@ fn compare(
             .difference(&after_keys)
             .map(|fp| fp.to_string())
             .collect(),
-        rendered_sha256: Some(file.sha256.clone()),
+        next: Some(IndexGroup {
+            sha256: file.sha256.clone(),
+            users: file.users.len(),
+            keys: file.keys.len(),
+        }),
+        rendered: true,
         users_before: before_users.len(),
     }
 }
 
-fn unchanged(rendered_sha256: Option<&str>) -> GroupPlan {
+/// An access group that is published but no longer in the policy.
+pub fn deleted(previous: &PublishedFile) -> GroupPlan {
+    let users: BTreeSet<&str> = previous.users().collect();
     GroupPlan {
-        action: Action::Unchanged,
+        action: Action::Delete,
         added_users: vec![],
-        removed_users: vec![],
+        users_before: users.len(),
+        removed_users: users
+            .into_iter()
+            .map(|user| UserChange {
+                name: user.to_owned(),
+                reason: "access group no longer in policy".into(),
+            })
+            .collect(),
         added_fingerprints: vec![],
-        removed_fingerprints: vec![],
-        rendered_sha256: rendered_sha256.map(str::to_owned),
-        users_before: 0,
+        removed_fingerprints: previous.fingerprints().into_iter().map(str::to_owned).collect(),
+        next: None,
+        rendered: true,
     }
 }
 
-/// The published fingerprints, indexed by access group once per run.
-struct Published<'m> {
-    keys: HashMap<&'m str, Vec<&'m str>>,
-    fingerprints: &'m BTreeMap<String, FingerprintEntry>,
+/// The owners object's bytes when they differ from what `published` names.
+pub fn owners_change(owners: &Owners, published: &Index) -> Option<Vec<u8>> {
+    let json = crate::index::owners_to_json(owners);
+    (published.owners.as_deref() != Some(sha256_hex(&json).as_str())).then_some(json)
 }
 
-impl<'m> Published<'m> {
-    fn keys_of(&self, group: &str) -> impl Iterator<Item = &'m str> + use<'m, '_> {
-        self.keys.get(group).into_iter().flatten().copied()
-    }
+/// Whether this removal is one the guard never holds back.
+fn unguarded(change: &UserChange) -> bool {
+    change.reason == Exclusion::Denied.as_str()
+}
 
-    /// Carries a group over into `next` exactly as published.
-    fn keep(&self, next: &mut Manifest, group: &str, entry: Option<GroupEntry>) {
-        let Some(entry) = entry else {
-            return;
-        };
-        next.groups.insert(group.to_owned(), entry);
-        for fingerprint in self.keys_of(group) {
-            if let Some(owner) = self.fingerprints.get(fingerprint) {
-                add_fingerprint(next, fingerprint, &owner.user, group);
-            }
+/// The published file with only the unguarded removals applied: the blocks of people removed for
+/// `[deny]` and every denied key line gone, everything else exactly as published. What a publish
+/// the guard refuses still writes, so an emergency cut-off never waits for `--force`.
+pub fn deny_only(
+    name: &str,
+    group: &GroupPlan,
+    previous: &PublishedFile,
+    denied_fingerprints: &BTreeSet<String>,
+) -> Option<(String, IndexGroup)> {
+    let removed: BTreeSet<&str> = group
+        .removed_users
+        .iter()
+        .filter(|change| unguarded(change))
+        .map(|change| change.name.as_str())
+        .collect();
+    let mut body = format!("{HEADER_PREFIX}{name}: generated, do not edit\n");
+    let (mut users, mut keys, mut changed) = (0, 0, false);
+    for Block { user, via, keys: lines } in &previous.blocks {
+        if removed.contains(user.as_str()) {
+            changed = true;
+            continue;
         }
-    }
-}
-
-fn fingerprints_by_group(
-    fingerprints: &BTreeMap<String, FingerprintEntry>,
-) -> HashMap<&str, Vec<&str>> {
-    let mut index: HashMap<&str, Vec<&str>> = HashMap::new();
-    for (fingerprint, entry) in fingerprints {
-        for group in &entry.groups {
-            index
-                .entry(group.as_str())
-                .or_default()
-                .push(fingerprint.as_str());
+        let kept: Vec<&String> = lines
+            .iter()
+            .filter(|(_, fp)| !fp.as_ref().is_some_and(|fp| denied_fingerprints.contains(fp)))
+            .map(|(line, _)| line)
+            .collect();
+        changed |= kept.len() != lines.len();
+        if kept.is_empty() {
+            continue;
         }
+        body.push_str("# ");
+        body.push_str(user);
+        if !via.is_empty() {
+            body.push_str(" via ");
+            body.push_str(&via.join(crate::resolve::VIA_SEPARATOR));
+        }
+        body.push('\n');
+        for line in &kept {
+            body.push_str(line);
+            body.push('\n');
+        }
+        users += 1;
+        keys += kept.len();
     }
-    index
-}
-
-/// Records a rendered group in `next`, taking its lists rather than copying them.
-fn record(next: &mut Manifest, group: &str, file: GroupFile) {
-    for (user, fingerprint) in &file.keys {
-        add_fingerprint(next, fingerprint, user, group);
-    }
-    next.groups.insert(
-        group.to_owned(),
-        GroupEntry {
-            sha256: file.sha256,
-            keys: file.keys.len(),
-            users: file.users,
-            via: file.via,
-        },
-    );
-}
-
-fn add_fingerprint(next: &mut Manifest, fingerprint: &str, user: &str, group: &str) {
-    let entry = next
-        .fingerprints
-        .entry(fingerprint.to_owned())
-        .or_insert_with(|| FingerprintEntry {
-            user: user.to_owned(),
-            groups: Vec::new(),
-        });
-    if let Err(at) = entry.groups.binary_search_by(|g| g.as_str().cmp(group)) {
-        entry.groups.insert(at, group.to_owned());
-    }
+    changed.then(|| {
+        let sha256 = sha256_hex(body.as_bytes());
+        (body, IndexGroup { sha256, users, keys })
+    })
 }
 
 fn removal_reason(
     user: &str,
     group: &str,
-    previous: Option<&GroupEntry>,
-    denied_keys: &BTreeMap<String, BTreeSet<String>>,
+    previous: Option<&Block>,
     inputs: &Inputs<'_>,
 ) -> String {
     let (resolution, policy) = (inputs.resolution, inputs.policy);
@@ -391,14 +311,12 @@ fn removal_reason(
     }
     if membership.users.iter().any(|m| m.name == user) {
         // Still a member, but none of their keys made it into the file.
-        if denied_keys.contains_key(user) {
+        if inputs.denied_keys.contains_key(user) {
             return Exclusion::Denied.as_str().into();
         }
         return "no valid keys".into();
     }
-    let via: &[String] = previous
-        .and_then(|entry| entry.via.get(user))
-        .map_or(&[], |via| via);
+    let via: &[String] = previous.map_or(&[], |block| &block.via);
     let (principals, chain) = match via.split_first() {
         Some((first, rest)) if first == EVERYWHERE => (&policy.everywhere, rest),
         _ => match policy.access_groups.get(group) {
@@ -422,14 +340,14 @@ fn removal_reason(
 /// The safety guard (SPEC.md): refuse when any group of `GUARD_MIN_GROUP_SIZE`+ users would lose
 /// more than `max_removed_fraction` of them, or when more than `max_removed_users` people would
 /// lose access in total. Removals caused by `[deny]` never count.
-fn judge(plan: &Plan, safety: &SafetySettings) -> Guard {
+pub fn judge(plan: &Plan, safety: &SafetySettings) -> Guard {
     let mut reasons = Vec::new();
     let mut everyone_removed = BTreeSet::new();
     for (name, group) in &plan.groups {
         let removed: Vec<&UserChange> = group
             .removed_users
             .iter()
-            .filter(|change| change.reason != Exclusion::Denied.as_str())
+            .filter(|change| !unguarded(change))
             .collect();
         everyone_removed.extend(removed.iter().map(|change| change.name.as_str()));
         let before = group.users_before;

@@ -6,16 +6,29 @@
 //! them) a `# <user>` line (`# <user> via <group> > <group>` when a group chain gives the access)
 //! followed by that user's keys in the order of their own file.
 //!
-//! Two rules protect access here. A group with a member whose home could not be read (an
-//! `Unknown` harvest) is *held*: it is not rendered at all, so the caller keeps what is published.
-//! And a key found in more than one person's file is dropped from all of them: it could not be
-//! attributed to a person, and a shared private key is an incident of its own.
+//! Three rules protect access here, each decided once per person, not once per group:
+//! - A member whose home could not be read (`Unknown`) keeps exactly the key lines published for
+//!   them in this group's verified published file (`carried`), and nothing else: every other
+//!   change to the group, and every revocation (theirs included: a member who is disabled,
+//!   denied or out of the group is simply not in the membership), still applies. An unreadable
+//!   home never holds back anyone else's revocation, and never adds a key.
+//! - A key in `[deny] fingerprints` is dropped wherever it is, carried keys included.
+//! - A key found in more than one person's file stays with the person it was published for
+//!   (`owners`), and is dropped, with a problem, for the others: public keys are public, and
+//!   pasting a colleague's key must not revoke the colleague. When none of them had it
+//!   published, it is dropped from all: it cannot be attributed to a person.
+//!
+//! A group is rendered either into a [`Digest`] (its SHA-256 and counts, without building the
+//! text: how a run finds that nothing changed) or into a [`GroupFile`] (the bytes to write, and
+//! who is in them, for the groups that changed).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 
+use crate::group_file::{HEADER_PREFIX, PublishedFile};
+use crate::index::Owners;
 use crate::keys::AuthorizedKey;
 use crate::resolve::{Membership, VIA_SEPARATOR, Via};
 
@@ -24,7 +37,8 @@ use crate::resolve::{Membership, VIA_SEPARATOR, Via};
 pub enum UserKeys {
     /// The keys that passed validation (possibly none).
     Known(Vec<AuthorizedKey>),
-    /// The home could not be read (I/O error, timeout): nothing may change for this person.
+    /// The home could not be read (I/O error, timeout): only what was published for this person
+    /// may be served.
     Unknown(String),
 }
 
@@ -48,82 +62,133 @@ pub struct GroupFile {
     pub keys: Vec<(String, String)>,
 }
 
+/// What a run needs to know of a group file to decide whether it changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RenderedGroup {
-    Ready(GroupFile),
-    /// Not rendered because these members' keys are unknown; what is published stays.
-    Held {
-        unknown: Vec<String>,
-    },
+pub struct Digest {
+    pub sha256: String,
+    pub users: usize,
+    pub keys: usize,
 }
 
-/// Renders access group files one at a time, so that a run never needs every file in memory
-/// at once: the plan keeps only each file's SHA-256, and a publish renders again the few it
-/// writes (the output is deterministic, and the publisher checks the hash it planned).
-///
-/// Which keys are dropped (denied by the policy, or held by more than one person) is a fact about
-/// people, not about groups: it is decided once, here, with its problems.
+/// Where rendered text goes: a string (to write it) or a hasher (to compare it).
+trait Sink {
+    fn push(&mut self, text: &str);
+}
+
+impl Sink for String {
+    fn push(&mut self, text: &str) {
+        self.push_str(text);
+    }
+}
+
+impl Sink for Sha256 {
+    fn push(&mut self, text: &str) {
+        self.update(text.as_bytes());
+    }
+}
+
+/// One person's key lines in a group, and whether they come from their home or were carried
+/// over from the published file.
+enum Lines<'a> {
+    Fresh(&'a [&'a AuthorizedKey]),
+    Carried(Vec<(&'a str, &'a str)>),
+}
+
+/// Renders access group files one at a time, so that a run never needs every file in memory at
+/// once.
 #[derive(Debug)]
 pub struct Renderer<'k> {
-    keys: &'k BTreeMap<String, UserKeys>,
-    dropped: HashSet<&'k str>,
+    /// Per person whose keys are known, the keys that may be published (denied and contested
+    /// ones removed).
+    kept: HashMap<&'k str, Vec<&'k AuthorizedKey>>,
+    denied_fingerprints: &'k BTreeSet<String>,
     problems: Vec<Problem>,
     denied_keys: BTreeMap<String, BTreeSet<String>>,
 }
 
-impl<'k> Renderer<'k> {
-    /// `keys` holds an entry for every member (a missing entry counts as unknown, never as "no
-    /// keys"); `denied_fingerprints` come from `[deny]`.
-    pub fn new(
-        keys: &'k BTreeMap<String, UserKeys>,
-        denied_fingerprints: &BTreeSet<String>,
-    ) -> Self {
-        // Who holds each fingerprint.
-        let mut owners: HashMap<&str, Vec<&str>> = HashMap::new();
-        for (user, user_keys) in keys {
-            if let UserKeys::Known(list) = user_keys {
-                for key in list {
-                    let holders = owners.entry(key.fingerprint.as_str()).or_default();
-                    if holders.last() != Some(&user.as_str()) {
-                        holders.push(user);
-                    }
+/// Fingerprints found in more than one person's known keys: deciding them needs the published
+/// owners, which a run reads only when this is not empty.
+pub fn contested(keys: &BTreeMap<String, UserKeys>) -> BTreeSet<String> {
+    holders(keys)
+        .into_iter()
+        .filter(|(_, holders)| holders.len() > 1)
+        .map(|(fingerprint, _)| fingerprint.to_owned())
+        .collect()
+}
+
+fn holders(keys: &BTreeMap<String, UserKeys>) -> HashMap<&str, Vec<&str>> {
+    let mut owners: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (user, user_keys) in keys {
+        if let UserKeys::Known(list) = user_keys {
+            for key in list {
+                let holders = owners.entry(key.fingerprint.as_str()).or_default();
+                if holders.last() != Some(&user.as_str()) {
+                    holders.push(user);
                 }
             }
         }
+    }
+    owners
+}
+
+impl<'k> Renderer<'k> {
+    /// `keys` holds an entry for every member (a missing entry counts as unknown, never as "no
+    /// keys"); `denied_fingerprints` come from `[deny]`; `owners` is who each key was published
+    /// for (needed only when [`contested`] is not empty).
+    pub fn new(
+        keys: &'k BTreeMap<String, UserKeys>,
+        denied_fingerprints: &'k BTreeSet<String>,
+        owners: Option<&Owners>,
+    ) -> Self {
+        let holders = holders(keys);
         let mut problems = BTreeSet::new();
         let mut denied_keys: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        let mut dropped = HashSet::new();
+        let mut kept = HashMap::new();
         for (user, user_keys) in keys {
-            let UserKeys::Known(list) = user_keys else {
-                continue;
+            let list = match user_keys {
+                UserKeys::Known(list) => list,
+                UserKeys::Unknown(_) => continue,
             };
+            let mut mine = Vec::with_capacity(list.len());
             for key in list {
                 let fingerprint = key.fingerprint.as_str();
-                let holders = &owners[fingerprint];
+                let holders = &holders[fingerprint];
+                let published_for = owners.and_then(|owners| owners.get(fingerprint));
                 let reason = if denied_fingerprints.contains(fingerprint) {
                     denied_keys
                         .entry(user.clone())
                         .or_default()
                         .insert(fingerprint.to_owned());
                     format!("key {fingerprint} is denied by the policy")
-                } else if holders.len() > 1 {
-                    format!(
-                        "key {fingerprint} is also in the files of {}; dropped from all of them",
-                        holders.join(", ")
-                    )
-                } else {
+                } else if holders.len() <= 1 {
+                    mine.push(key);
                     continue;
+                } else {
+                    match published_for {
+                        Some(owner) if owner == user => {
+                            mine.push(key);
+                            continue;
+                        }
+                        Some(owner) if holders.contains(&owner.as_str()) => format!(
+                            "key {fingerprint} is published for {owner}; dropped from this file \
+                             (a copy of someone else's public key grants nothing)"
+                        ),
+                        _ => format!(
+                            "key {fingerprint} is also in the files of {}; dropped from all of them",
+                            holders.join(", ")
+                        ),
+                    }
                 };
-                dropped.insert(fingerprint);
                 problems.insert(Problem {
                     user: user.clone(),
                     reason,
                 });
             }
+            kept.insert(user.as_str(), mine);
         }
         Renderer {
-            keys,
-            dropped,
+            kept,
+            denied_fingerprints,
             problems: problems.into_iter().collect(),
             denied_keys,
         }
@@ -139,62 +204,185 @@ impl<'k> Renderer<'k> {
         &self.denied_keys
     }
 
-    /// Renders the access group `name`, whose members are `membership`.
-    pub fn group(&self, name: &str, membership: &Membership) -> RenderedGroup {
-        let unknown: Vec<String> = membership
+    /// Members of `membership` whose keys are unknown: their lines come from the published file.
+    pub fn unknown_members<'m>(&self, membership: &'m Membership) -> Vec<&'m str> {
+        membership
             .users
             .iter()
-            .filter(|member| !matches!(self.keys.get(&member.name), Some(UserKeys::Known(_))))
-            .map(|member| member.name.clone())
-            .collect();
-        if !unknown.is_empty() {
-            return RenderedGroup::Held { unknown };
+            .filter(|member| !self.kept.contains_key(member.name.as_str()))
+            .map(|member| member.name.as_str())
+            .collect()
+    }
+
+    /// The keys of people whose homes were read, by fingerprint, as they are published: who a key
+    /// is published for, for the owners object.
+    pub fn owners(&self) -> Owners {
+        self.kept
+            .iter()
+            .flat_map(|(user, keys)| {
+                keys.iter()
+                    .map(|key| (key.fingerprint.as_str().to_owned(), (*user).to_owned()))
+            })
+            .collect()
+    }
+
+    /// The SHA-256 and counts of the group's file, without building its text.
+    pub fn digest(
+        &self,
+        name: &str,
+        membership: &Membership,
+        carried: Option<&PublishedFile>,
+    ) -> Digest {
+        let mut hasher = Sha256::new();
+        let (mut users, mut keys) = (0, 0);
+        self.emit(name, membership, carried, &mut hasher, |_, lines| {
+            users += 1;
+            keys += lines;
+        });
+        Digest {
+            sha256: hex::encode(hasher.finalize()),
+            users,
+            keys,
         }
-        let mut file = GroupFile {
-            body: format!("# keyhole access group {name}: generated, do not edit\n"),
-            sha256: String::new(),
-            users: Vec::new(),
-            via: BTreeMap::new(),
-            keys: Vec::new(),
-        };
+    }
+
+    /// The group's file.
+    pub fn file(
+        &self,
+        name: &str,
+        membership: &Membership,
+        carried: Option<&PublishedFile>,
+    ) -> GroupFile {
+        let mut body = String::new();
+        let mut users = Vec::new();
+        let mut via = BTreeMap::new();
+        self.emit(name, membership, carried, &mut body, |member, _| {
+            users.push(member.name.clone());
+            via.insert(member.name.clone(), member.via.clone());
+        });
+        let keys = self.fingerprints(membership, carried);
+        GroupFile {
+            sha256: sha256_hex(body.as_bytes()),
+            body,
+            users,
+            via,
+            keys,
+        }
+    }
+
+    /// Every key of the group's file with its owner, in file order.
+    fn fingerprints(
+        &self,
+        membership: &Membership,
+        carried: Option<&PublishedFile>,
+    ) -> Vec<(String, String)> {
+        let mut keys = Vec::new();
         for member in &membership.users {
-            let Some(UserKeys::Known(list)) = self.keys.get(&member.name) else {
+            match self.lines(&member.name, carried) {
+                Some(Lines::Fresh(list)) => keys.extend(
+                    list.iter()
+                        .map(|key| (member.name.clone(), key.fingerprint.as_str().to_owned())),
+                ),
+                Some(Lines::Carried(list)) => keys.extend(
+                    list.iter()
+                        .map(|(_, fp)| (member.name.clone(), (*fp).to_owned())),
+                ),
+                None => {}
+            }
+        }
+        keys
+    }
+
+    /// The lines a member has in this group: their validated keys, or, when their home could not
+    /// be read, what was published for them here (minus denied keys). `None`: no lines.
+    fn lines<'a>(&'a self, user: &str, carried: Option<&'a PublishedFile>) -> Option<Lines<'a>> {
+        let lines = match self.kept.get(user) {
+            Some(list) => Lines::Fresh(list),
+            // Unknown, or (never in a run) no entry at all: never "no keys".
+            None => {
+                let block = carried.and_then(|file| file.block(user))?;
+                Lines::Carried(
+                    block
+                        .keys
+                        .iter()
+                        .filter_map(|(line, fp)| Some((line.as_str(), fp.as_deref()?)))
+                        .filter(|(_, fp)| !self.denied_fingerprints.contains(*fp))
+                        .collect(),
+                )
+            }
+        };
+        let empty = match &lines {
+            Lines::Fresh(list) => list.is_empty(),
+            Lines::Carried(list) => list.is_empty(),
+        };
+        (!empty).then_some(lines)
+    }
+
+    /// Writes the group's file into `sink`, calling `person` for each person with keys in it.
+    fn emit(
+        &self,
+        name: &str,
+        membership: &Membership,
+        carried: Option<&PublishedFile>,
+        sink: &mut impl Sink,
+        mut person: impl FnMut(&crate::resolve::Member, usize),
+    ) {
+        sink.push(HEADER_PREFIX);
+        sink.push(name);
+        sink.push(": generated, do not edit\n");
+        for member in &membership.users {
+            let Some(lines) = self.lines(&member.name, carried) else {
                 continue;
             };
-            let mut block = list
-                .iter()
-                .filter(|key| !self.dropped.contains(key.fingerprint.as_str()))
-                .peekable();
-            if block.peek().is_none() {
-                continue;
+            sink.push("# ");
+            sink.push(&member.name);
+            if !member.via.is_empty() {
+                sink.push(" via ");
+                for (i, group) in member.via.iter().enumerate() {
+                    if i > 0 {
+                        sink.push(VIA_SEPARATOR);
+                    }
+                    sink.push(group);
+                }
             }
-            file.body.push_str(&user_line(&member.name, &member.via));
-            for key in block {
-                file.body.push_str(&key.line());
-                file.body.push('\n');
-                file.keys
-                    .push((member.name.clone(), key.fingerprint.as_str().to_owned()));
-            }
-            file.users.push(member.name.clone());
-            file.via.insert(member.name.clone(), member.via.clone());
+            sink.push("\n");
+            let count = match lines {
+                Lines::Fresh(list) => {
+                    for key in list {
+                        push_key(sink, key);
+                    }
+                    list.len()
+                }
+                Lines::Carried(list) => {
+                    for (line, _) in &list {
+                        sink.push(line);
+                        sink.push("\n");
+                    }
+                    list.len()
+                }
+            };
+            person(member, count);
         }
-        file.sha256 = sha256_hex(file.body.as_bytes());
-        RenderedGroup::Ready(file)
     }
 }
 
-/// The comment line that opens a person's block: `# bob`, or `# bob via Web Team > Contractors`
-/// when a group chain gives the access. Carrying the chain in the file makes each file say on its
-/// own why every key in it grants access, which is all an instance needs to attribute a login.
-fn user_line(user: &str, via: &[String]) -> String {
-    if via.is_empty() {
-        format!("# {user}\n")
-    } else {
-        format!("# {user} via {}\n", via.join(VIA_SEPARATOR))
+/// A key line as `AuthorizedKey::line` spells it, written piecewise (no allocation).
+fn push_key(sink: &mut impl Sink, key: &AuthorizedKey) {
+    if let Some(options) = &key.options {
+        sink.push(options);
+        sink.push(" ");
     }
+    sink.push(&key.key_type);
+    sink.push(" ");
+    sink.push(&key.blob);
+    if let Some(comment) = &key.comment {
+        sink.push(" ");
+        sink.push(comment);
+    }
+    sink.push("\n");
 }
 
-/// Lower-case hex SHA-256, as the manifest records it.
+/// Lower-case hex SHA-256, as the index records it.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
@@ -213,11 +401,25 @@ mod tests {
         UserKeys::Known(parse_authorized_keys(text, &KeyPolicy::default()).keys)
     }
 
-    fn ready(rendered: RenderedGroup) -> GroupFile {
-        match rendered {
-            RenderedGroup::Ready(file) => file,
-            other => panic!("not rendered: {other:?}"),
-        }
+    fn fingerprint_of(line: &str) -> String {
+        parse_authorized_keys(line, &KeyPolicy::default()).keys[0]
+            .fingerprint
+            .as_str()
+            .to_owned()
+    }
+
+    /// The file, checked against its digest: both ways of rendering must agree.
+    fn file(renderer: &Renderer<'_>, name: &str, m: &Membership, carried: Option<&PublishedFile>) -> GroupFile {
+        let file = renderer.file(name, m, carried);
+        assert_eq!(
+            renderer.digest(name, m, carried),
+            Digest {
+                sha256: file.sha256.clone(),
+                users: file.users.len(),
+                keys: file.keys.len()
+            }
+        );
+        file
     }
 
     #[test]
@@ -227,77 +429,85 @@ mod tests {
             ("bob".to_string(), keys_of(ED_B)),
             ("carol".to_string(), keys_of("")),
         ]);
-        let renderer = Renderer::new(&keys, &BTreeSet::new());
+        let none = BTreeSet::new();
+        let renderer = Renderer::new(&keys, &none, None);
         let web = Membership::through_team(&["alice", "bob", "carol"]);
-        let file = ready(renderer.group("web", &web));
+        let rendered = file(&renderer, "web", &web, None);
         assert_eq!(
-            file.body,
+            rendered.body,
             format!(
                 "# keyhole access group web: generated, do not edit\n# alice via Team\n{ED_A}\n# bob via Team\n{ED_B}\n"
             )
         );
-        assert_eq!(file.users, ["alice", "bob"]);
-        assert_eq!(file.sha256, sha256_hex(file.body.as_bytes()));
+        assert_eq!(rendered.users, ["alice", "bob"]);
+        assert_eq!(rendered.sha256, sha256_hex(rendered.body.as_bytes()));
         // Same input, same bytes, from a renderer of its own too.
-        assert_eq!(
-            ready(Renderer::new(&keys, &BTreeSet::new()).group("web", &web)),
-            file
-        );
+        assert_eq!(Renderer::new(&keys, &none, None).file("web", &web, None), rendered);
         // A person named directly has no chain.
         let mut direct = Membership::through_team(&["bob"]);
         direct.users[0].via = Vec::new().into();
-        assert!(
-            ready(renderer.group("db", &direct))
-                .body
-                .contains("\n# bob\n")
-        );
+        assert!(file(&renderer, "db", &direct, None).body.contains("\n# bob\n"));
+        assert_eq!(renderer.owners().len(), 2);
     }
 
     #[test]
-    fn an_unknown_member_holds_the_group_and_only_that_group() {
+    fn an_unknown_member_keeps_only_their_published_lines_and_nothing_else_waits() {
+        let denied_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILM+rvN+ot98qgEN796jTiQfszvdxQkh3m2q6wIUyF7P old@host";
+        let published = PublishedFile::parse(
+            format!(
+                "# keyhole access group web: generated, do not edit\n# bob via Team\n{ED_B}\n{denied_key}\n# carol via Team\n{ED_A}\n"
+            )
+            .as_bytes(),
+        );
         let keys = BTreeMap::from([
-            ("alice".to_string(), keys_of(ED_A)),
             ("bob".to_string(), UserKeys::Unknown("timed out".into())),
+            ("dave".to_string(), keys_of(ED_A)),
         ]);
-        let renderer = Renderer::new(&keys, &BTreeSet::new());
+        let denied = BTreeSet::from([fingerprint_of(denied_key)]);
+        let renderer = Renderer::new(&keys, &denied, None);
+        // carol left (not a member), dave joined, bob's home is unreadable: bob keeps his
+        // published key (not the denied one), the rest of the group changes.
+        let web = Membership::through_team(&["bob", "dave"]);
+        let rendered = file(&renderer, "web", &web, Some(&published));
         assert_eq!(
-            renderer.group("web", &Membership::through_team(&["alice", "bob"])),
-            RenderedGroup::Held {
-                unknown: vec!["bob".into()]
-            }
+            rendered.body,
+            format!("# keyhole access group web: generated, do not edit\n# bob via Team\n{ED_B}\n# dave via Team\n{ED_A}\n")
         );
-        // No entry at all counts as unknown too, never as "no keys".
-        assert_eq!(
-            renderer.group("ops", &Membership::through_team(&["zoe"])),
-            RenderedGroup::Held {
-                unknown: vec!["zoe".into()]
-            }
-        );
-        assert_eq!(
-            ready(renderer.group("db", &Membership::through_team(&["alice"]))).users,
-            ["alice"]
-        );
+        assert_eq!(renderer.unknown_members(&web), ["bob"]);
+        // Without a published block (new to the group), an unknown member gets nothing.
+        let ops = Membership::through_team(&["bob", "zoe"]);
+        let rendered = file(&renderer, "ops", &ops, None);
+        assert!(rendered.users.is_empty(), "{rendered:?}");
     }
 
     #[test]
-    fn denied_and_shared_keys_are_dropped_and_reported() {
+    fn denied_keys_are_dropped_and_a_copied_key_stays_with_its_published_owner() {
         let alice = keys_of(ED_A);
-        let UserKeys::Known(list) = &alice else {
-            unreachable!()
-        };
-        let denied = BTreeSet::from([list[0].fingerprint.as_str().to_owned()]);
+        let denied = BTreeSet::from([fingerprint_of(ED_A)]);
         let keys = BTreeMap::from([
             ("alice".to_string(), alice.clone()),
             ("bob".to_string(), keys_of(ED_B)),
             ("eve".to_string(), keys_of(ED_B)),
         ]);
-        let renderer = Renderer::new(&keys, &denied);
-        let file =
-            ready(renderer.group("web", &Membership::through_team(&["alice", "bob", "eve"])));
-        assert!(file.users.is_empty(), "{file:?}");
+        assert_eq!(contested(&keys), BTreeSet::from([fingerprint_of(ED_B)]));
+        let web = Membership::through_team(&["alice", "bob", "eve"]);
+
+        // Nobody had it published: dropped from both.
+        let renderer = Renderer::new(&keys, &denied, None);
+        assert!(file(&renderer, "web", &web, None).users.is_empty());
         assert_eq!(renderer.denied_keys()["alice"].len(), 1);
         let problems = renderer.problems();
         assert_eq!(problems.len(), 3, "{problems:?}");
         assert!(problems[1].reason.contains("also in the files of bob, eve"));
+
+        // Published for bob: eve's copy is dropped, bob keeps it.
+        let owners = Owners::from([(fingerprint_of(ED_B), "bob".to_string())]);
+        let renderer = Renderer::new(&keys, &denied, Some(&owners));
+        assert_eq!(file(&renderer, "web", &web, None).users, ["bob"]);
+        let problems = renderer.problems();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(problems[1].user, "eve");
+        assert!(problems[1].reason.contains("is published for bob"));
+        assert_eq!(renderer.owners(), owners);
     }
 }

@@ -1,25 +1,26 @@
 //! `keyhole plan`: what a publish would change and why, without writing anything.
 //! Also home of [`prepare`], the shared first half of `plan` and `publish`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::SystemTime;
-
-use anyhow::Context;
 
 use super::{Format, GlobalArgs};
 use crate::exit::{EXIT_CODES_HELP, Exit};
 use crate::gather::{Gathered, gather};
-use crate::manifest::Manifest;
-use crate::plan::{Inputs, Plan, Selection, plan};
-use crate::render::Renderer;
+use crate::group_file::PublishedFile;
+use crate::index::{Index, Layout, Owners, owners_to_json};
+use crate::plan::{Inputs, Plan, Selection, judge};
+use crate::published::Published;
+use crate::render::{Renderer, sha256_hex};
 use crate::settings::Settings;
-use crate::store::{Fetched, ObjectStore, S3Store, Timeouts};
+use crate::store::{S3Store, Timeouts};
 
 /// Show what `publish` would change: per access group the action (create, update, delete,
 /// unchanged), the users and keys added and removed with the reason, every problem found in the
 /// homes, and whether the safety guard would refuse.
 ///
-/// Reads the policy, Active Directory, the homes and the published manifest; writes nothing.
+/// Reads the policy, Active Directory, the homes, the published index and the published files of
+/// the groups that changed; writes nothing.
 #[derive(Debug, clap::Args)]
 #[command(after_help = EXIT_CODES_HELP)]
 pub struct Args {
@@ -34,11 +35,11 @@ pub struct Args {
 
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
     let settings = Settings::load(global.config.as_deref())?;
-    let prepared = prepare(&settings, None).await?;
+    let prepared = prepare(&settings, None, Start::default()).await?;
     print!("{}", format_plan(&prepared.plan, args.format));
     if prepared.gathered.has_unknown() {
         tracing::error!(
-            "some members' keys could not be read; their access groups would be left as published"
+            "some members' keys could not be read; they would keep only the keys published for them"
         );
         return Ok(Exit::Failure);
     }
@@ -57,12 +58,12 @@ pub(crate) fn format_plan(plan: &Plan, format: Format) -> String {
     }
 }
 
-/// With signing, every manifest written carries `not_after = now + validity`; when nothing else
-/// changed, the manifest is still re-signed once half of the published validity has passed, so
-/// instances never see a signed manifest expire while the publisher runs.
+/// With signing, every index written carries `not_after = now + validity`; when nothing else
+/// changed, the index is still re-signed once half of the published validity has passed, so
+/// instances never see a signed index expire while the publisher runs.
 fn sign_by_schedule(
     plan: &mut Plan,
-    published: &Signed,
+    published: &Index,
     signing: &crate::settings::SigningSettings,
     now: SystemTime,
 ) {
@@ -75,25 +76,69 @@ fn sign_by_schedule(
         // Never signed (or unreadable): sign now.
         _ => true,
     };
-    if !plan.has_changes() && !due {
-        plan.manifest.not_after = published.not_after.clone();
+    if !plan.writes() && !due {
+        plan.index.not_after = published.not_after.clone();
         return;
     }
-    plan.manifest.not_after = Some(crate::signing::format_time(now + signing.validity));
-    if !plan.has_changes() {
+    plan.index.not_after = Some(crate::signing::format_time(now + signing.validity));
+    if !plan.writes() {
         plan.resign = true;
-        plan.manifest.generation = published.generation + 1;
     }
 }
 
-/// What re-signing needs to know of the published manifest.
-struct Signed {
-    generation: u64,
-    not_after: Option<String>,
+/// The first half of a publish: everything read and verified, the plan computed, nothing written.
+pub(crate) struct Prepared {
+    pub gathered: Gathered,
+    pub plan: Plan,
+    pub store: S3Store,
+    pub layout: Layout,
+    pub published: Published,
+    /// `[deny] fingerprints`.
+    pub denied: BTreeSet<String>,
+    /// Who each contested key was published for (read only when some key is contested).
+    pub owners: Option<Owners>,
+    /// The published files of the groups with a member whose home could not be read: those
+    /// members' lines are carried over from them.
+    pub carried: HashMap<String, PublishedFile>,
 }
 
-/// The renderer of `gathered`'s group files (a publish renders again the files it writes).
-pub(crate) fn renderer(gathered: &Gathered) -> Renderer<'_> {
+impl Prepared {
+    /// The renderer of this run's group files (a publish renders again the files it writes).
+    pub fn renderer(&self) -> Renderer<'_> {
+        Renderer::new(&self.gathered.keys, &self.denied, self.owners.as_ref())
+    }
+}
+
+/// How a run starts from what is published.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Start {
+    /// The lowest generation the next index may have (after the index was lost).
+    pub min_generation: Option<u64>,
+}
+
+pub(crate) async fn prepare(
+    settings: &Settings,
+    selection: Selection<'_>,
+    start: Start,
+) -> anyhow::Result<Prepared> {
+    let s3 = settings.s3()?;
+    let gathered = gather(settings, SystemTime::now()).await?;
+    let store = S3Store::connect(s3, Timeouts::PUBLISHER).await;
+    let layout = Layout {
+        prefix: s3.prefix.clone(),
+    };
+    let verifier = match &settings.signing {
+        Some(_) => crate::published::verifier(settings)?,
+        None => None,
+    };
+    let published = Published::read(
+        &store,
+        &layout,
+        &s3.bucket,
+        verifier.as_ref(),
+        start.min_generation,
+    )
+    .await?;
     let denied: BTreeSet<String> = gathered
         .checked
         .policy
@@ -102,73 +147,189 @@ pub(crate) fn renderer(gathered: &Gathered) -> Renderer<'_> {
         .iter()
         .cloned()
         .collect();
-    Renderer::new(&gathered.keys, &denied)
-}
-
-/// The first half of a publish: everything read, the plan computed, nothing written.
-pub(crate) struct Prepared {
-    pub gathered: Gathered,
-    pub plan: Plan,
-    pub store: S3Store,
-    /// The key of manifest.json and the ETag it had when read (`None`: there was none).
-    pub manifest_key: String,
-    pub manifest_etag: Option<String>,
-}
-
-pub(crate) async fn prepare(
-    settings: &Settings,
-    selection: Selection<'_>,
-) -> anyhow::Result<Prepared> {
-    let s3 = settings.s3()?;
-    let gathered = gather(settings, SystemTime::now()).await?;
-    let store = S3Store::connect(s3, Timeouts::PUBLISHER).await;
-    let manifest_key = format!("{}manifest.json", s3.prefix);
-    let (published, manifest_etag) = match store
-        .get(&manifest_key, None)
-        .await
-        .context("reading the published manifest")?
-    {
-        Fetched::Object(object) => (
-            Manifest::parse(&object.body)
-                .with_context(|| format!("reading s3://{}/{manifest_key}", s3.bucket))?,
-            Some(object.etag),
-        ),
-        Fetched::Missing | Fetched::NotModified => (Manifest::empty(), None),
-    };
-    // The plan consumes the published manifest; these few fields are needed after it.
-    let published_commit = published.policy_commit.clone();
-    let signed = Signed {
-        generation: published.generation,
-        not_after: published.not_after.clone(),
-    };
-    let mut plan = plan(
-        published,
-        &renderer(&gathered),
-        &Inputs {
-            resolution: &gathered.resolution,
-            policy: &gathered.checked.policy,
-            safety: &settings.safety,
-            selection,
-        },
-    );
-    plan.manifest.policy_commit = if plan.has_changes() {
-        gathered.policy_commit.clone()
+    let owners = if crate::render::contested(&gathered.keys).is_empty() {
+        None
     } else {
-        published_commit
+        Some(published.owners(&store, &layout).await?)
+    };
+    let mut prepared = Prepared {
+        gathered,
+        plan: Plan {
+            groups: BTreeMap::new(),
+            problems: Vec::new(),
+            guard: Default::default(),
+            index: Index::empty(),
+            owners: None,
+            resign: false,
+            rewrite: published.index.is_legacy(),
+            people: 0,
+            keys: 0,
+        },
+        store,
+        layout,
+        published,
+        denied,
+        owners,
+        carried: HashMap::new(),
+    };
+    prepared.carried = carried_files(&prepared, selection).await?;
+    let mut plan = plan_groups(&prepared, selection, &settings.safety).await?;
+    plan.rewrite = prepared.plan.rewrite;
+    let published_index = &prepared.published.index;
+    plan.index.generation = if plan.writes() {
+        prepared.published.next_generation(start.min_generation)?
+    } else {
+        published_index.generation
+    };
+    plan.index.policy_commit = if plan.has_changes() {
+        prepared.gathered.policy_commit.clone()
+    } else {
+        published_index.policy_commit.clone()
     };
     if let Some(signing) = &settings.signing {
-        sign_by_schedule(&mut plan, &signed, signing, SystemTime::now());
+        sign_by_schedule(&mut plan, published_index, signing, SystemTime::now());
+        if plan.resign {
+            plan.index.generation = prepared.published.next_generation(start.min_generation)?;
+        }
     }
-    let mut problems = gathered.problems.clone();
+    let mut problems = prepared.gathered.problems.clone();
     problems.append(&mut plan.problems);
     problems.sort();
     problems.dedup();
     plan.problems = problems;
-    Ok(Prepared {
-        gathered,
-        plan,
-        store,
-        manifest_key,
-        manifest_etag,
-    })
+    prepared.plan = plan;
+    Ok(prepared)
+}
+
+/// The published files of the (selected) groups that have a member whose home could not be read.
+async fn carried_files(
+    prepared: &Prepared,
+    selection: Selection<'_>,
+) -> anyhow::Result<HashMap<String, PublishedFile>> {
+    let renderer = prepared.renderer();
+    let wanted: Vec<String> = prepared
+        .gathered
+        .resolution
+        .access_groups
+        .iter()
+        .filter(|(name, _)| selection.is_none_or(|set| set.contains(*name)))
+        .filter(|(_, membership)| !renderer.unknown_members(membership).is_empty())
+        .map(|(name, _)| name.clone())
+        .collect();
+    let mut carried = HashMap::new();
+    prepared
+        .published
+        .files(&prepared.store, &prepared.layout, wanted, |group, file| {
+            if let Some(file) = file {
+                carried.insert(group, file);
+            }
+        })
+        .await?;
+    Ok(carried)
+}
+
+/// Plans every access group: each selected group is rendered into a digest and compared with the
+/// index; only the groups that changed are rendered into text and compared, person by person,
+/// with their published file.
+async fn plan_groups(
+    prepared: &Prepared,
+    selection: Selection<'_>,
+    safety: &crate::settings::SafetySettings,
+) -> anyhow::Result<Plan> {
+    let selected = |group: &str| selection.is_none_or(|set| set.contains(group));
+    let renderer = prepared.renderer();
+    let published = &prepared.published.index;
+    let access_groups = &prepared.gathered.resolution.access_groups;
+    let inputs = Inputs {
+        resolution: &prepared.gathered.resolution,
+        policy: &prepared.gathered.checked.policy,
+        safety,
+        denied_keys: renderer.denied_keys(),
+    };
+    let mut groups = BTreeMap::new();
+    let mut changed = Vec::new();
+    for (name, membership) in access_groups {
+        if !selected(name) {
+            if let Some(entry) = published.groups.get(name) {
+                groups.insert(name.clone(), crate::plan::kept(entry));
+            }
+            continue;
+        }
+        let digest = renderer.digest(name, membership, prepared.carried.get(name));
+        match published.groups.get(name) {
+            Some(entry) if entry.sha256 == digest.sha256 => {
+                groups.insert(name.clone(), crate::plan::unchanged(&digest));
+            }
+            _ => changed.push(name.clone()),
+        }
+    }
+    let gone: Vec<String> = published
+        .groups
+        .iter()
+        .filter(|(name, _)| !access_groups.contains_key(*name))
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in &gone {
+        if !selected(name) {
+            groups.insert(name.clone(), crate::plan::kept(&published.groups[name]));
+        }
+    }
+    changed.extend(gone.into_iter().filter(|name| selected(name)));
+    let mut failed = None;
+    prepared
+        .published
+        .files(&prepared.store, &prepared.layout, changed, |name, previous| {
+            let group_plan = match access_groups.get(&name) {
+                Some(membership) => {
+                    let file = renderer.file(&name, membership, prepared.carried.get(&name));
+                    crate::plan::compare(&name, &file, previous.as_ref(), &inputs)
+                }
+                None => match &previous {
+                    Some(previous) => crate::plan::deleted(previous),
+                    None => {
+                        failed = Some(name.clone());
+                        return;
+                    }
+                },
+            };
+            groups.insert(name, group_plan);
+        })
+        .await?;
+    if let Some(name) = failed {
+        anyhow::bail!("access group {name} vanished from the index while planning");
+    }
+    let mut owners = renderer.owners();
+    for (group, file) in &prepared.carried {
+        let Some(membership) = access_groups.get(group) else {
+            continue;
+        };
+        for user in renderer.unknown_members(membership) {
+            if let Some(block) = file.block(user) {
+                for fingerprint in block.fingerprints() {
+                    if !prepared.denied.contains(fingerprint) {
+                        owners.insert(fingerprint.to_owned(), user.to_owned());
+                    }
+                }
+            }
+        }
+    }
+    let mut plan = Plan {
+        groups,
+        problems: renderer.problems().to_vec(),
+        guard: Default::default(),
+        index: Index::empty(),
+        owners: crate::plan::owners_change(&owners, published),
+        resign: false,
+        rewrite: false,
+        people: owners.values().collect::<BTreeSet<_>>().len(),
+        keys: owners.len(),
+    };
+    plan.index.groups = plan
+        .groups
+        .iter()
+        .filter_map(|(name, group)| Some((name.clone(), group.next.clone()?)))
+        .collect();
+    plan.index.owners = Some(sha256_hex(&owners_to_json(&owners)));
+    plan.guard = judge(&plan, safety);
+    Ok(plan)
 }

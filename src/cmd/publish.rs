@@ -1,15 +1,20 @@
-//! `keyhole publish`: writes the changed access group files, the instance index and then the
-//! manifest.
+//! `keyhole publish`: writes the changed access group objects, the owners object, and then the
+//! index, the one commit point.
 //!
-//! Order matters for never losing access: group files first (in parallel, bounded, each rendered
-//! again and checked against the planned hash), then `index.json` (what instances read), then the
-//! manifest with a conditional write (a concurrent publisher elsewhere makes it fail: exit 75),
-//! then its signature, and only then the deletion of access groups pruned from the policy, so
-//! neither the index nor the manifest ever names an object that is gone. Any failure before the
-//! manifest leaves the published manifest as it was, so the next run sees the same changes and
-//! writes them all again; instances check each file against the index and keep serving what they
-//! had. The manifest write is the commit point: `--deadline` can stop a run before it, never in
-//! the middle of committing.
+//! Order matters for never losing access, and for never letting a failed or losing run change
+//! what instances serve. Group objects are addressed by content (`{prefix}{group}/{sha256}`), so
+//! writing them replaces nothing an instance reads; the owners object likewise. The index is then
+//! written with a conditional write (`If-Match` the ETag it had when this run read it, or
+//! `If-None-Match: *` when there was none): a publisher elsewhere that committed in between makes
+//! it fail (exit 75), and instances go on serving the winner's generation. Only after the commit
+//! are objects that no index names any more pruned, keeping each changed group's previous object
+//! so an instance that read the previous index a moment ago can still fetch it. `--deadline` stops
+//! a run before the commit, never during it: a run that stops there published nothing (the
+//! objects it wrote are named by no index, and the next publish that changes those groups prunes
+//! them).
+//!
+//! When the safety guard refuses a publish, the removals it never holds back (`[deny]`) are still
+//! published: each affected group's published file with just those people and keys removed.
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::PathBuf;
@@ -26,7 +31,8 @@ use crate::exit::{EXIT_CODES_HELP, Exit, coded};
 use crate::lock::PublishLock;
 use crate::metrics::{self, RunMetrics};
 use crate::plan::Action;
-use crate::render::RenderedGroup;
+use crate::index::Index;
+use crate::render::sha256_hex;
 use crate::settings::Settings;
 use crate::signing::Signer;
 use crate::store::{ObjectStore, Precondition, StoreError};
@@ -50,13 +56,18 @@ pub struct Args {
     #[arg(long = "group", value_name = "NAME")]
     groups: Vec<String>,
 
-    /// Rewrite every access group file from a fresh render and bump the manifest generation, even
+    /// Rewrite every access group file from a fresh render and bump the index generation, even
     /// if nothing changed (after tampering or a manual edit in the bucket).
     #[arg(long)]
     rewrite_all: bool,
 
-    /// Give up (exit 1, nothing published) if the run has not reached the manifest write within
-    /// this long, e.g. "4m".
+    /// The next index's generation is at least N. Needed only when index.json was lost while the
+    /// bucket still holds keyhole objects: N must be above the generation instances last served.
+    #[arg(long, value_name = "N")]
+    min_generation: Option<u64>,
+
+    /// Give up (exit 1, nothing published) if the run has not reached the index write (the
+    /// commit) within this long, e.g. "4m".
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     deadline: Option<Duration>,
 
@@ -98,10 +109,13 @@ async fn publish(
     let _lock = PublishLock::acquire(&settings.safety.lock_file)?;
     let selection: BTreeSet<String> = args.groups.iter().cloned().collect();
     let selected = (!selection.is_empty()).then_some(&selection);
+    let start = super::plan::Start {
+        min_generation: args.min_generation,
+    };
     let mut prepared = within(
         deadline,
         "reading AD, the homes and S3",
-        super::plan::prepare(&settings, selected),
+        super::plan::prepare(&settings, selected, start),
     )
     .await??;
     for name in &selection {
@@ -112,15 +126,25 @@ async fn publish(
             ));
         }
     }
-    if args.rewrite_all {
-        prepared.plan.rewrite_all();
+    if args.rewrite_all && !prepared.plan.rewrite {
+        prepared.plan.rewrite = true;
+        if !prepared.plan.resign && !prepared.plan.has_changes() && prepared.plan.owners.is_none() {
+            prepared.plan.index.generation = prepared.published.next_generation(start.min_generation)?;
+        }
     }
     count(figures, &prepared);
     let plan = &prepared.plan;
     print!("{}", super::plan::format_plan(plan, args.format));
 
     if plan.guard.refused && !args.force {
-        tracing::error!(reasons = ?plan.guard.reasons, "the safety guard refused this publish; nothing was written");
+        tracing::error!(reasons = ?plan.guard.reasons, "the safety guard refused this publish");
+        let signer = load_signer(&settings)?;
+        let denied = publish_denials(&prepared, signer.as_ref(), start).await?;
+        if denied.is_empty() {
+            tracing::error!("nothing was written");
+        } else {
+            tracing::warn!(groups = ?denied, "published the [deny] removals only; the rest waits for --force");
+        }
         return Ok(Exit::GuardRefused);
     }
     if plan.guard.refused {
@@ -131,23 +155,22 @@ async fn publish(
         return Ok(unknown_exit(&prepared));
     }
     // Load the signing key before writing anything: a missing key must not leave a half publish.
-    let signer = settings
-        .signing
-        .as_ref()
-        .map(|signing| Signer::load(&signing.key_file))
-        .transpose()
-        .context("loading the signing key")?;
-    let prefix = &settings.s3()?.prefix;
+    let signer = load_signer(&settings)?;
     within(
         deadline,
         "writing the access group files",
-        write_groups(&prepared, prefix),
+        write_groups(&prepared),
     )
     .await??;
-    commit(&prepared, prefix, signer.as_ref()).await?;
+    if let Some(owners) = &plan.owners {
+        within(deadline, "writing the owners object", write_owners(&prepared, owners)).await??;
+    }
+    within(deadline, "committing the index", async {}).await?;
+    commit(&prepared, &plan.index, signer.as_ref()).await?;
+    prune(&prepared).await;
     figures.s3_writes = prepared.store.counts.writes();
     tracing::info!(
-        generation = plan.manifest.generation,
+        generation = plan.index.generation,
         writes = figures.s3_writes,
         "published"
     );
@@ -171,27 +194,50 @@ async fn within<F: Future>(
     })
 }
 
-/// Writes the group files, `PARALLEL_WRITES` at a time. Each file is rendered again just before
+fn load_signer(settings: &Settings) -> anyhow::Result<Option<Signer>> {
+    settings
+        .signing
+        .as_ref()
+        .map(|signing| Signer::load(&signing.key_file))
+        .transpose()
+        .context("loading the signing key")
+}
+
+/// Writes the group objects, `PARALLEL_WRITES` at a time. Each file is rendered again just before
 /// its write (so at most `PARALLEL_WRITES` files are in memory) and must hash to what the plan
-/// and the manifest record: rendering is deterministic, and a file that is not what was planned
-/// is never written.
-async fn write_groups(prepared: &Prepared, prefix: &str) -> anyhow::Result<()> {
-    let renderer = super::plan::renderer(&prepared.gathered);
+/// records: rendering is deterministic, and a file that is not what was planned is never written.
+async fn write_groups(prepared: &Prepared) -> anyhow::Result<()> {
+    let renderer = prepared.renderer();
     let access_groups = &prepared.gathered.resolution.access_groups;
+    let bodies = prepared.plan.groups_to_write().map(|(name, planned)| {
+        let file = access_groups
+            .get(name)
+            .map(|m| renderer.file(name, m, prepared.carried.get(name)));
+        match file {
+            Some(file) if file.sha256 == planned => Ok((name.clone(), file.body.into_bytes())),
+            _ => Err(anyhow::anyhow!(
+                "access group {name} no longer renders to the planned file; nothing was committed"
+            )),
+        }
+    });
+    write_objects(prepared, bodies).await
+}
+
+/// Writes group objects (name, body) to their content address, `PARALLEL_WRITES` at a time.
+async fn write_objects(
+    prepared: &Prepared,
+    bodies: impl Iterator<Item = anyhow::Result<(String, Vec<u8>)>>,
+) -> anyhow::Result<()> {
     let semaphore = Arc::new(Semaphore::new(PARALLEL_WRITES));
     let mut writes = JoinSet::new();
-    for (name, planned) in prepared.plan.groups_to_write() {
+    let next = Index::empty();
+    for body in bodies {
+        let (name, body) = body?;
         let permit = Arc::clone(&semaphore).acquire_owned().await?;
         while let Some(done) = writes.try_join_next() {
             written(done)?;
         }
-        let body = match access_groups.get(name).map(|m| renderer.group(name, m)) {
-            Some(RenderedGroup::Ready(file)) if file.sha256 == planned => file.body.into_bytes(),
-            _ => anyhow::bail!(
-                "access group {name} no longer renders to the planned file; nothing more was written"
-            ),
-        };
-        let key = format!("{prefix}{name}/authorized_keys");
+        let key = prepared.layout.group(&next, &name, &sha256_hex(&body));
         let store = prepared.store.clone();
         writes.spawn(async move {
             let _permit = permit;
@@ -206,91 +252,162 @@ async fn write_groups(prepared: &Prepared, prefix: &str) -> anyhow::Result<()> {
 
 fn written(done: Result<Result<String, StoreError>, tokio::task::JoinError>) -> anyhow::Result<()> {
     done.context("a write task failed")?
-        .context("writing an access group file; the manifest was not updated")?;
+        .context("writing an access group object; the index was not committed")?;
     Ok(())
 }
 
-/// The commit: the instance index, the manifest (conditionally), its signature, then the pruning
-/// of removed groups.
-///
-/// The index goes before the manifest: the group files it describes are already written, and a
-/// failed index write stops the run before the manifest, so the next run still sees changes and
-/// writes everything again. Written after the manifest, a failed index write would stay stale,
-/// because the next run would find nothing changed and write nothing.
-async fn commit(prepared: &Prepared, prefix: &str, signer: Option<&Signer>) -> anyhow::Result<()> {
-    let store = &prepared.store;
-    write_index(prepared, prefix, signer).await?;
-    let manifest = prepared.plan.manifest.to_json();
-    let signature = signer
-        .map(|signer| signer.sign(&manifest))
-        .transpose()
-        .context("signing the manifest")?;
-    let precondition = match &prepared.manifest_etag {
+async fn write_owners(prepared: &Prepared, owners: &[u8]) -> anyhow::Result<()> {
+    let key = prepared.layout.owners(&sha256_hex(owners));
+    prepared
+        .store
+        .put(&key, owners.to_vec(), Precondition::None)
+        .await
+        .context("writing the owners object; the index was not committed")?;
+    Ok(())
+}
+
+/// The commit: `index.json`, sealed (and signed, with `signer`), written only if it is still the
+/// one this run read.
+async fn commit(prepared: &Prepared, index: &Index, signer: Option<&Signer>) -> anyhow::Result<()> {
+    let sealed = index.seal(signer).context("sealing the index")?;
+    let precondition = match &prepared.published.etag {
         Some(etag) => Precondition::Matches(etag.clone()),
         None => Precondition::Absent,
     };
-    match store
-        .put(&prepared.manifest_key, manifest, precondition)
+    match prepared
+        .store
+        .put(&prepared.layout.index(), sealed, precondition)
         .await
     {
-        Ok(_) => {}
-        Err(error @ StoreError::Conflict { .. }) => {
-            return Err(coded(
-                Exit::Busy,
-                anyhow::Error::new(error)
-                    .context("another publisher wrote the manifest during this run; run again"),
-            ));
-        }
-        Err(error) => return Err(anyhow::Error::new(error).context("writing the manifest")),
+        Ok(_) => Ok(()),
+        Err(error @ StoreError::Conflict { .. }) => Err(coded(
+            Exit::Busy,
+            anyhow::Error::new(error).context(
+                "another publisher committed an index during this run; nothing of this run is \
+                 served. Run again",
+            ),
+        )),
+        Err(error) => Err(anyhow::Error::new(error)
+            .context("writing the index (the commit); instances serve the previous one")),
     }
-    if let Some(signature) = signature {
-        let key = format!("{}.sig", prepared.manifest_key);
-        store
-            .put(&key, signature.into_bytes(), Precondition::None)
-            .await
-            .context("writing the manifest signature")?;
-    }
-    for (name, group) in &prepared.plan.groups {
-        if group.action == Action::Delete {
-            let key = format!("{prefix}{name}/authorized_keys");
-            store.delete(&key).await.with_context(|| {
-                format!("pruning access group {name} (the manifest no longer lists it)")
-            })?;
-        }
-    }
-    Ok(())
 }
 
-/// Writes `{prefix}index.json`: what instances read instead of the manifest, sealed (and signed,
-/// with `signer`) in one object.
-async fn write_index(
+/// After a commit: removes the objects no index names any more. For each group written or
+/// deleted, everything under its prefix but the new and the previous object (an instance that
+/// read the previous index a moment ago may still fetch it); the owners objects but the new and
+/// the previous one; and, after a migration, the legacy manifest. Failures are logged, never
+/// fatal: the commit stands, and a leftover object is served to no one.
+async fn prune(prepared: &Prepared) {
+    let (layout, store) = (&prepared.layout, &prepared.store);
+    let previous = &prepared.published.index;
+    let next = &prepared.plan.index;
+    let mut prefixes: Vec<(String, BTreeSet<String>)> = Vec::new();
+    for (name, group) in &prepared.plan.groups {
+        let touched = group.action != Action::Unchanged || prepared.plan.rewrite;
+        if !touched || !group.rendered {
+            continue;
+        }
+        let keep: BTreeSet<String> = [previous, next]
+            .into_iter()
+            .filter(|index| !index.is_legacy())
+            .filter_map(|index| {
+                let entry = index.groups.get(name)?;
+                Some(layout.group(index, name, &entry.sha256))
+            })
+            .collect();
+        prefixes.push((layout.group_prefix(name), keep));
+    }
+    if prepared.plan.owners.is_some() {
+        let keep = [previous, next]
+            .into_iter()
+            .filter_map(|index| index.owners.as_deref().map(|sha| layout.owners(sha)))
+            .collect();
+        prefixes.push((format!("{}{}", layout.prefix, crate::index::OWNERS_PREFIX), keep));
+    }
+    let mut doomed: Vec<String> = Vec::new();
+    if previous.is_legacy() {
+        doomed.extend(layout.legacy_manifest());
+    }
+    for (prefix, keep) in prefixes {
+        match store.list(&prefix).await {
+            Ok(keys) => doomed.extend(keys.into_iter().filter(|key| !keep.contains(key))),
+            Err(error) => tracing::warn!("pruning {prefix}: {error}"),
+        }
+    }
+    for key in doomed {
+        if let Err(error) = store.delete(&key).await {
+            tracing::warn!("pruning {key}: {error}");
+        }
+    }
+}
+
+/// When the guard refuses: commits only the `[deny]` removals, as each affected group's published
+/// file minus the denied people and keys. Returns the groups written.
+async fn publish_denials(
     prepared: &Prepared,
-    prefix: &str,
     signer: Option<&Signer>,
-) -> anyhow::Result<()> {
-    let sealed = crate::index::Index::of(&prepared.plan.manifest)
-        .seal(signer)
-        .context("sealing the instance index")?;
-    let key = format!("{prefix}{}", crate::instance::INDEX_OBJECT);
+    start: super::plan::Start,
+) -> anyhow::Result<Vec<String>> {
+    let affected: Vec<String> = prepared
+        .plan
+        .groups
+        .iter()
+        .filter(|(_, group)| group.action == Action::Update)
+        .filter(|(_, group)| {
+            group
+                .removed_users
+                .iter()
+                .any(|change| change.reason == crate::resolve::Exclusion::Denied.as_str())
+                || group
+                    .removed_fingerprints
+                    .iter()
+                    .any(|fp| prepared.denied.contains(fp))
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
+    if affected.is_empty() {
+        return Ok(affected);
+    }
+    let mut index = prepared.published.index.clone();
+    let mut bodies = Vec::new();
+    let mut failed = None;
     prepared
-        .store
-        .put(&key, sealed, Precondition::None)
-        .await
-        .context("writing the instance index; the manifest was not updated")?;
-    Ok(())
+        .published
+        .files(&prepared.store, &prepared.layout, affected, |name, previous| {
+            let (Some(previous), Some(group)) = (previous, prepared.plan.groups.get(&name)) else {
+                failed = Some(name);
+                return;
+            };
+            if let Some((body, entry)) =
+                crate::plan::deny_only(&name, group, &previous, &prepared.denied)
+            {
+                index.groups.insert(name.clone(), entry);
+                bodies.push((name, body.into_bytes()));
+            }
+        })
+        .await?;
+    if let Some(name) = failed {
+        anyhow::bail!("access group {name} vanished from the index while applying [deny]");
+    }
+    let written: Vec<String> = bodies.iter().map(|(name, _)| name.clone()).collect();
+    if written.is_empty() {
+        return Ok(written);
+    }
+    if index.is_legacy() {
+        anyhow::bail!("the bucket is in the legacy layout: publish once with --force to migrate it");
+    }
+    write_objects(prepared, bodies.into_iter().map(Ok)).await?;
+    index.generation = prepared.published.next_generation(start.min_generation)?;
+    index.not_after = prepared.plan.index.not_after.clone();
+    commit(prepared, &index, signer).await?;
+    Ok(written)
 }
 
 /// The run's figures for the metrics file, from the plan.
 fn count(figures: &mut RunMetrics, prepared: &Prepared) {
     let plan = &prepared.plan;
-    let users: BTreeSet<&str> = plan
-        .manifest
-        .groups
-        .values()
-        .flat_map(|entry| entry.users.iter().map(String::as_str))
-        .collect();
-    figures.users = users.len();
-    figures.keys = plan.manifest.fingerprints.len();
+    figures.users = plan.people;
+    figures.keys = plan.keys;
     figures.groups_changed = plan
         .groups
         .values()
@@ -301,11 +418,12 @@ fn count(figures: &mut RunMetrics, prepared: &Prepared) {
     figures.ldap_searches = prepared.gathered.directory_stats.searches;
 }
 
-/// Exit 1 when some members' keys were unknown (their groups were held), else success.
+/// Exit 1 when some members' keys were unknown (only their published keys were kept), else
+/// success.
 fn unknown_exit(prepared: &Prepared) -> Exit {
     if prepared.gathered.has_unknown() {
         tracing::error!(
-            "some members' keys could not be read; their access groups were left as published"
+            "some members' keys could not be read; they keep only the keys published for them"
         );
         Exit::Failure
     } else {

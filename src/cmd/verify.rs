@@ -1,17 +1,16 @@
-//! `keyhole verify`: checks that what is in the bucket is what the manifest says, for monitoring.
+//! `keyhole verify`: checks that what is in the bucket is what the signed index says, for
+//! monitoring.
 //!
-//! It reads everything under `{prefix}` and reports every difference from `{prefix}manifest.json`
-//! (a group object missing, modified or unexpected; an instance index that is missing, unreadable
-//! or says something else than the manifest; with a signature key, a missing or bad signature on
-//! either and an expired manifest), not just the first, so one alert shows the whole extent
-//! of a drift or a tampering. Reading the bucket ([`observe`]) is kept apart from judging it
+//! It reads everything under `{prefix}` and reports every difference from `{prefix}index.json`
+//! (an object missing, modified or unexpected; an owners object that attributes a key to someone
+//! else than its group file; with a signature key, a missing or bad signature and an expired
+//! index), not just the first, so one alert shows the whole extent of a drift or a tampering. Reading the bucket ([`observe`]) is kept apart from judging it
 //! ([`judge`], pure, time passed in), which is where the unit tests live.
 //!
 //! It must never write to the bucket: it only lists and reads, so it runs with the instance's
 //! read-only credentials (plus `s3:ListBucket`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -21,43 +20,39 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::{Format, GlobalArgs};
-use crate::exit::{EXIT_CODES_HELP, Exit, coded};
-use crate::index::{Index, IndexError};
-use crate::instance::Layout;
-use crate::manifest::Manifest;
+use crate::exit::{EXIT_CODES_HELP, Exit};
+use crate::group_file::PublishedFile;
+use crate::index::{Index, IndexError, Layout, OWNERS_PREFIX, owners_from_json};
 use crate::render::sha256_hex;
 use crate::settings::Settings;
-use crate::signing::{self, Signer, Verifier};
+use crate::signing::{self, Verifier};
 use crate::store::{Fetched, ObjectStore, S3Store, Timeouts};
 
 /// Group objects read at once: enough to hide S3's latency, few enough to stay polite.
 const PARALLEL_READS: usize = 8;
 
-/// Check that the bucket matches the published manifest and its signature (drift, tampering).
+/// Check that the bucket matches the published index and its signature (drift, tampering).
 ///
-/// Lists every object under the prefix, reads manifest.json and every access group's file, and
-/// reports every finding, not just the first:
+/// Lists every object under the prefix, reads index.json, every access group's file and the
+/// owners object it names, and reports every finding, not just the first:
 ///
-///   manifest_missing    no manifest.json (then nothing else can be checked)
-///   manifest_invalid    manifest.json is not a manifest this keyhole reads
-///   missing             an access group's file that the manifest lists is not in the bucket
-///   modified            an access group's file whose SHA-256 is not the one the manifest records
-///   extra               any other object under the prefix (neither a listed group's
-///                       authorized_keys, manifest.json, manifest.json.sig nor index.json)
-///   index_missing       no index.json (instances read it instead of the manifest)
+///   index_missing       no index.json (then nothing else can be checked)
 ///   index_invalid       index.json is not an index this keyhole reads
-///   index_mismatch      the index's generation, not_after or an access group's SHA-256
-///                       differs from the manifest's, or it lists a group more or less
+///   missing             an object the index names (a group's file, the owners object) is not
+///                       in the bucket
+///   modified            an object whose SHA-256 is not the one the index records
+///   owners_mismatch     the owners object names another person for a key than the group file
+///                       it is published in
+///   extra               any other object under the prefix (superseded group and owners
+///                       objects, kept one generation for instances mid-refresh, are not extra)
 ///
 /// With a signature key (instance.verify_key, else the public half of [signing] key_file: the
 /// KEY_FILE.pub beside it, or derived from the private key), also:
 ///
-///   signature_missing   no manifest.json.sig
-///   signature_invalid   the signature does not verify with that key
-///   expired             the manifest's not_after has passed (instances refuse it)
-///   not_after_invalid   a signed manifest without a readable not_after
 ///   index_signature_missing   index.json carries no signature
 ///   index_signature_invalid   index.json's signature does not verify with that key
+///   expired             the index's not_after has passed (instances refuse it)
+///   not_after_invalid   a signed index without a readable not_after
 ///
 /// Exits 1 when there is any finding, 0 when the bucket is clean. When S3 cannot be read it also
 /// exits 1, with the error on stderr and no report. A verify that overlaps a publish may see its
@@ -76,25 +71,19 @@ pub struct Args {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FindingKind {
-    /// No `manifest.json`: nothing is published, or it was deleted.
-    ManifestMissing,
-    /// `manifest.json` is not a manifest this keyhole reads.
-    ManifestInvalid,
-    /// A signature key is configured but `manifest.json.sig` is not there.
-    SignatureMissing,
-    /// `manifest.json.sig` does not verify against `manifest.json` with the configured key.
-    SignatureInvalid,
-    /// The signed manifest is past its `not_after`: instances refuse it.
+    /// The signed index is past its `not_after`: instances refuse it.
     Expired,
-    /// A signed manifest without a `not_after`, or one that is not an RFC 3339 time.
+    /// A signed index without a `not_after`, or one that is not an RFC 3339 time.
     NotAfterInvalid,
-    /// An access group's file that the manifest lists is not in the bucket.
+    /// An object the index names is not in the bucket.
     Missing,
-    /// An access group's file whose SHA-256 is not the one the manifest records.
+    /// An object whose SHA-256 is not the one the index records.
     Modified,
-    /// An object under the prefix that the manifest does not account for.
+    /// The owners object and a group file disagree about whose a key is.
+    OwnersMismatch,
+    /// An object under the prefix that the index does not account for.
     Extra,
-    /// No `index.json`: instances cannot refresh.
+    /// No `index.json`: nothing is published, or it was deleted.
     IndexMissing,
     /// `index.json` is not an index this keyhole reads.
     IndexInvalid,
@@ -102,28 +91,21 @@ pub enum FindingKind {
     IndexSignatureMissing,
     /// `index.json`'s signature does not verify with the configured key.
     IndexSignatureInvalid,
-    /// The index says something else than the manifest (generation, expiry, a group's SHA-256,
-    /// a group more or less).
-    IndexMismatch,
 }
 
 impl FindingKind {
     fn name(self) -> &'static str {
         match self {
-            FindingKind::ManifestMissing => "manifest_missing",
-            FindingKind::ManifestInvalid => "manifest_invalid",
-            FindingKind::SignatureMissing => "signature_missing",
-            FindingKind::SignatureInvalid => "signature_invalid",
             FindingKind::Expired => "expired",
             FindingKind::NotAfterInvalid => "not_after_invalid",
             FindingKind::Missing => "missing",
             FindingKind::Modified => "modified",
+            FindingKind::OwnersMismatch => "owners_mismatch",
             FindingKind::Extra => "extra",
             FindingKind::IndexMissing => "index_missing",
             FindingKind::IndexInvalid => "index_invalid",
             FindingKind::IndexSignatureMissing => "index_signature_missing",
             FindingKind::IndexSignatureInvalid => "index_signature_invalid",
-            FindingKind::IndexMismatch => "index_mismatch",
         }
     }
 }
@@ -141,7 +123,7 @@ pub struct Finding {
 pub struct Report {
     pub bucket: String,
     pub prefix: String,
-    /// The manifest's generation; `null` when there is no readable manifest.
+    /// The index's generation; `null` when there is no readable index.
     pub generation: Option<u64>,
     /// True when a signature key was configured, so the signature and expiry were checked.
     pub signature_checked: bool,
@@ -155,129 +137,79 @@ pub struct Report {
 pub struct Observed {
     /// Every key under the prefix.
     pub listed: BTreeSet<String>,
-    /// The bytes of `manifest.json`, if it exists.
-    pub manifest: Option<Vec<u8>>,
-    /// The bytes of `manifest.json.sig`, if it exists (read only when a signature is checked).
-    pub signature: Option<Vec<u8>>,
     /// The bytes of `index.json`, if it exists.
     pub index: Option<Vec<u8>>,
-    /// Hex SHA-256 of every group object the manifest lists that could be read, by key.
-    pub group_hashes: BTreeMap<String, String>,
+    /// The bytes of every object the index names that could be read, by key.
+    pub objects: BTreeMap<String, Vec<u8>>,
 }
 
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
     let settings = Settings::load(global.config.as_deref())?;
     let s3 = settings.s3()?;
-    let verifier = verifier(&settings)?;
+    let verifier = crate::published::verifier(&settings)?;
     let store = S3Store::connect(s3, Timeouts::PUBLISHER).await;
     let layout = Layout {
         prefix: s3.prefix.clone(),
     };
-    let observed = observe(&store, &layout, verifier.is_some()).await?;
+    let observed = observe(&store, &layout).await?;
     let findings = judge(&layout, &observed, verifier.as_ref(), SystemTime::now());
     let report = Report {
         bucket: s3.bucket.clone(),
         prefix: s3.prefix.clone(),
         generation: observed
-            .manifest
+            .index
             .as_deref()
-            .and_then(|bytes| Manifest::parse(bytes).ok())
-            .map(|manifest| manifest.generation),
+            .and_then(|bytes| Index::open(bytes, None).ok())
+            .map(|index| index.generation),
         signature_checked: verifier.is_some(),
         ok: findings.is_empty(),
         findings,
     };
     print!("{}", format_report(&report, args.format));
     if report.ok {
-        tracing::info!(
-            generation = report.generation,
-            "the bucket matches the manifest"
-        );
+        tracing::info!(generation = report.generation, "the bucket matches the index");
         Ok(Exit::Success)
     } else {
         tracing::error!(
             findings = report.findings.len(),
-            "the bucket does not match the manifest"
+            "the bucket does not match the index"
         );
         Ok(Exit::Failure)
     }
 }
 
-/// The key signatures are checked with: `instance.verify_key` (what the instances trust), else
-/// the public half of `[signing] key_file`; `None` when neither is configured.
-fn verifier(settings: &Settings) -> anyhow::Result<Option<Verifier>> {
-    let invalid = |error: anyhow::Error| coded(Exit::Invalid, error);
-    if let Some(verify_key) = settings
-        .instance()
-        .ok()
-        .and_then(|instance| instance.verify_key.as_deref())
-    {
-        return Verifier::parse(verify_key)
-            .context("instance.verify_key")
-            .map(Some)
-            .map_err(invalid);
+/// The objects `index` names: each group's file and the owners object.
+fn named(layout: &Layout, index: &Index) -> BTreeMap<String, String> {
+    let mut named: BTreeMap<String, String> = index
+        .groups
+        .iter()
+        .map(|(group, entry)| (layout.group(index, group, &entry.sha256), entry.sha256.clone()))
+        .collect();
+    if let Some(sha256) = &index.owners {
+        named.insert(layout.owners(sha256), sha256.clone());
     }
-    let Some(signing) = &settings.signing else {
-        return Ok(None);
-    };
-    public_key_of(&signing.key_file)
-        .and_then(|line| Verifier::parse(&line).map_err(anyhow::Error::from))
-        .with_context(|| {
-            format!(
-                "the public half of the signing key {}",
-                signing.key_file.display()
-            )
-        })
-        .map(Some)
-        .map_err(invalid)
+    named
 }
 
-/// `KEY.pub` beside the key (as `ssh-keygen` writes it), so a monitoring host needs no access
-/// to the private key; derived from the private key when there is no `.pub`.
-fn public_key_of(key_file: &Path) -> anyhow::Result<String> {
-    let mut public = PathBuf::from(key_file.as_os_str().to_owned());
-    public.as_mut_os_string().push(".pub");
-    match std::fs::read_to_string(&public) {
-        Ok(line) => Ok(line.trim().to_owned()),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            Ok(Signer::load(key_file)?.public_key())
-        }
-        Err(error) => {
-            Err(anyhow::Error::new(error).context(format!("reading {}", public.display())))
-        }
-    }
-}
-
-/// Lists the prefix and reads the manifest, its signature (when `with_signature`) and every group
-/// object the manifest lists. Any S3 error aborts: a verification that could not read something
-/// must not pass, nor report findings it did not see.
-pub async fn observe(
-    store: &S3Store,
-    layout: &Layout,
-    with_signature: bool,
-) -> anyhow::Result<Observed> {
+/// Lists the prefix and reads the index and every object it names. Any S3 error aborts: a
+/// verification that could not read something must not pass, nor report findings it did not see.
+pub async fn observe(store: &S3Store, layout: &Layout) -> anyhow::Result<Observed> {
     let listed = store
         .list(&layout.prefix)
         .await
         .context("listing the bucket")?
         .into_iter()
         .collect();
-    let manifest = read(store, &layout.manifest()).await?;
-    let signature = match (with_signature, &manifest) {
-        (true, Some(_)) => read(store, &layout.signature()).await?,
-        _ => None,
-    };
     let index = read(store, &layout.index()).await?;
-    let groups: Vec<String> = manifest
+    let keys: Vec<String> = index
         .as_deref()
-        .and_then(|bytes| Manifest::parse(bytes).ok())
-        .map(|manifest| manifest.groups.into_keys().collect())
+        .and_then(|bytes| Index::open(bytes, None).ok())
+        .map(|index| named(layout, &index).into_keys().collect())
         .unwrap_or_default();
 
     let semaphore = Arc::new(Semaphore::new(PARALLEL_READS));
     let mut reads = JoinSet::new();
-    for group in groups {
-        let key = layout.group(&group);
+    for key in keys {
         let store = store.clone();
         let semaphore = Arc::clone(&semaphore);
         reads.spawn(async move {
@@ -286,19 +218,17 @@ pub async fn observe(
             (key, body)
         });
     }
-    let mut group_hashes = BTreeMap::new();
+    let mut objects = BTreeMap::new();
     while let Some(joined) = reads.join_next().await {
         let (key, body) = joined.context("a read task failed")?;
         if let Some(body) = body? {
-            group_hashes.insert(key, sha256_hex(&body));
+            objects.insert(key, body);
         }
     }
     Ok(Observed {
         listed,
-        manifest,
-        signature,
         index,
-        group_hashes,
+        objects,
     })
 }
 
@@ -331,144 +261,24 @@ pub fn judge(
             detail,
         });
     };
-    let manifest_key = layout.manifest();
-    let signature_key = layout.signature();
-
-    let Some(bytes) = &observed.manifest else {
-        found(
-            FindingKind::ManifestMissing,
-            &manifest_key,
-            "no manifest is published: nothing under the prefix can be checked".to_owned(),
-        );
-        return findings;
-    };
-
-    // The signature covers the bytes, so it is checked even when they do not parse: a valid
-    // signature on an unreadable manifest points at a newer keyhole, an invalid one at damage.
-    if let Some(verifier) = verifier {
-        match &observed.signature {
-            None => found(
-                FindingKind::SignatureMissing,
-                &signature_key,
-                "the manifest is not signed, and instances with verify_key refuse it".to_owned(),
-            ),
-            Some(signature) => {
-                if let Err(error) = verifier.verify(bytes, &String::from_utf8_lossy(signature)) {
-                    found(
-                        FindingKind::SignatureInvalid,
-                        &signature_key,
-                        error.to_string(),
-                    );
-                }
-            }
-        }
-    }
-
-    let manifest = match Manifest::parse(bytes) {
-        Ok(manifest) => manifest,
-        Err(error) => {
-            found(
-                FindingKind::ManifestInvalid,
-                &manifest_key,
-                format!("{error}: the objects under the prefix cannot be checked"),
-            );
-            findings.sort_by(|a, b| (&a.key, a.kind).cmp(&(&b.key, b.kind)));
-            return findings;
-        }
-    };
-
-    if verifier.is_some() {
-        match manifest.not_after.as_deref().map(signing::parse_time) {
-            None => found(
-                FindingKind::NotAfterInvalid,
-                &manifest_key,
-                "the manifest has no not_after; instances with verify_key refuse it".to_owned(),
-            ),
-            Some(Err(error)) => found(
-                FindingKind::NotAfterInvalid,
-                &manifest_key,
-                format!("not_after: {error}"),
-            ),
-            Some(Ok(not_after)) if not_after <= now => found(
-                FindingKind::Expired,
-                &manifest_key,
-                format!(
-                    "the manifest expired at {} and instances refuse it (is the publisher running?)",
-                    signing::format_time(not_after)
-                ),
-            ),
-            Some(Ok(_)) => {}
-        }
-    }
-
-    judge_index(layout, observed, &manifest, verifier, &mut found);
-
-    let mut expected: BTreeSet<String> =
-        BTreeSet::from([manifest_key, signature_key, layout.index()]);
-    for (group, entry) in &manifest.groups {
-        let key = layout.group(group);
-        match observed.group_hashes.get(&key) {
-            None => found(
-                FindingKind::Missing,
-                &key,
-                format!(
-                    "access group {group} is in the manifest but its file is not in the bucket"
-                ),
-            ),
-            Some(sha256) if *sha256 != entry.sha256 => found(
-                FindingKind::Modified,
-                &key,
-                format!(
-                    "SHA-256 is {sha256}, the manifest records {} for access group {group}",
-                    entry.sha256
-                ),
-            ),
-            Some(_) => {}
-        }
-        expected.insert(key);
-    }
-
-    for key in observed.listed.difference(&expected) {
-        let detail = match stray_group(layout, key) {
-            Some(group) => format!(
-                "access group {group} is not in the manifest (left over from an interrupted prune, or planted)"
-            ),
-            None => "not an object keyhole publishes".to_owned(),
-        };
-        found(FindingKind::Extra, key, detail);
-    }
-
-    findings.sort_by(|a, b| (&a.key, a.kind).cmp(&(&b.key, b.kind)));
-    findings
-}
-
-/// The instance index: there, signed (with `verifier`), and saying what the manifest says.
-fn judge_index(
-    layout: &Layout,
-    observed: &Observed,
-    manifest: &Manifest,
-    verifier: Option<&Verifier>,
-    found: &mut impl FnMut(FindingKind, &str, String),
-) {
-    let key = layout.index();
+    let index_key = layout.index();
     let Some(bytes) = &observed.index else {
         found(
             FindingKind::IndexMissing,
-            &key,
-            "no instance index: instances cannot refresh (`keyhole publish --rewrite-all` writes it)"
-                .to_owned(),
+            &index_key,
+            "no index is published: nothing under the prefix can be checked".to_owned(),
         );
-        return;
+        return findings;
     };
     if let Some(verifier) = verifier {
         match Index::open(bytes, Some(verifier)) {
             Err(IndexError::Unsigned) => found(
                 FindingKind::IndexSignatureMissing,
-                &key,
+                &index_key,
                 "the index is not signed, and instances with verify_key refuse it".to_owned(),
             ),
             Err(IndexError::Signature(error)) => {
-                found(FindingKind::IndexSignatureInvalid, &key, error.to_string())
+                found(FindingKind::IndexSignatureInvalid, &index_key, error.to_string())
             }
             // Anything else is about the content, reported below once.
             Err(_) | Ok(_) => {}
@@ -477,50 +287,142 @@ fn judge_index(
     let index = match Index::open(bytes, None) {
         Ok(index) => index,
         Err(error) => {
-            found(FindingKind::IndexInvalid, &key, error.to_string());
-            return;
+            found(
+                FindingKind::IndexInvalid,
+                &index_key,
+                format!("{error}: the objects under the prefix cannot be checked"),
+            );
+            return findings;
         }
     };
-    let mut mismatch = |detail: String| found(FindingKind::IndexMismatch, &key, detail);
-    if index.generation != manifest.generation {
-        mismatch(format!(
-            "generation {} in the index, {} in the manifest",
-            index.generation, manifest.generation
-        ));
-    }
-    if index.not_after != manifest.not_after {
-        mismatch(format!(
-            "not_after {:?} in the index, {:?} in the manifest",
-            index.not_after, manifest.not_after
-        ));
-    }
-    for (group, entry) in &manifest.groups {
-        match index.groups.get(group) {
-            None => mismatch(format!(
-                "access group {group} is in the manifest but not in the index"
-            )),
-            Some(indexed) if indexed.sha256 != entry.sha256 => mismatch(format!(
-                "access group {group}: the index records SHA-256 {}, the manifest {}",
-                indexed.sha256, entry.sha256
-            )),
-            Some(_) => {}
+    if verifier.is_some() {
+        match index.not_after.as_deref().map(signing::parse_time) {
+            None => found(
+                FindingKind::NotAfterInvalid,
+                &index_key,
+                "the index has no not_after; instances with verify_key refuse it".to_owned(),
+            ),
+            Some(Err(error)) => found(
+                FindingKind::NotAfterInvalid,
+                &index_key,
+                format!("not_after: {error}"),
+            ),
+            Some(Ok(not_after)) if not_after <= now => found(
+                FindingKind::Expired,
+                &index_key,
+                format!(
+                    "the index expired at {} and instances refuse it (is the publisher running?)",
+                    signing::format_time(not_after)
+                ),
+            ),
+            Some(Ok(_)) => {}
         }
     }
-    for group in index.groups.keys() {
-        if !manifest.groups.contains_key(group) {
-            mismatch(format!(
-                "access group {group} is in the index but not in the manifest"
-            ));
+
+    let named = named(layout, &index);
+    let mut intact = BTreeSet::new();
+    for (key, sha256) in &named {
+        match observed.objects.get(key) {
+            None => found(
+                FindingKind::Missing,
+                key,
+                "named by the index but not in the bucket".to_owned(),
+            ),
+            Some(body) if sha256_hex(body) != *sha256 => found(
+                FindingKind::Modified,
+                key,
+                format!(
+                    "SHA-256 is {}, the index records {sha256}",
+                    sha256_hex(body)
+                ),
+            ),
+            Some(_) => {
+                intact.insert(key.as_str());
+            }
+        }
+    }
+    judge_owners(layout, &index, observed, &intact, &mut found);
+
+    let mut expected: BTreeSet<String> = named.into_keys().collect();
+    expected.insert(index_key);
+    if index.is_legacy() {
+        expected.extend(layout.legacy_manifest());
+    }
+    for key in observed.listed.difference(&expected) {
+        if !superseded(layout, key) {
+            found(
+                FindingKind::Extra,
+                key,
+                "not an object the index names (planted, or left over by hand)".to_owned(),
+            );
+        }
+    }
+
+    findings.sort_by(|a, b| (&a.key, a.kind).cmp(&(&b.key, b.kind)));
+    findings
+}
+
+/// Every key of every intact group file must be published for the person whose block it is in,
+/// as the (intact) owners object says: `whois` and the publisher's copied-key rule rely on it.
+fn judge_owners(
+    layout: &Layout,
+    index: &Index,
+    observed: &Observed,
+    intact: &BTreeSet<&str>,
+    found: &mut impl FnMut(FindingKind, &str, String),
+) {
+    let Some(owners_key) = index.owners.as_deref().map(|sha| layout.owners(sha)) else {
+        return;
+    };
+    let owners = match intact
+        .contains(owners_key.as_str())
+        .then(|| observed.objects.get(&owners_key))
+        .flatten()
+        .map(|bytes| owners_from_json(bytes))
+    {
+        Some(Ok(owners)) => owners,
+        Some(Err(error)) => {
+            found(FindingKind::Modified, &owners_key, error.to_string());
+            return;
+        }
+        None => return,
+    };
+    for (group, entry) in &index.groups {
+        let key = layout.group(index, group, &entry.sha256);
+        let Some(body) = observed.objects.get(&key).filter(|_| intact.contains(key.as_str())) else {
+            continue;
+        };
+        for block in PublishedFile::parse(body).blocks {
+            for fingerprint in block.fingerprints() {
+                match owners.get(fingerprint) {
+                    Some(owner) if *owner == block.user => {}
+                    other => found(
+                        FindingKind::OwnersMismatch,
+                        &key,
+                        format!(
+                            "key {fingerprint} is in {}'s block, the owners object says {}",
+                            block.user,
+                            other.map_or("nobody", String::as_str)
+                        ),
+                    ),
+                }
+            }
         }
     }
 }
 
-/// The access group `key` would be the file of, if it has that shape.
-fn stray_group<'k>(layout: &Layout, key: &'k str) -> Option<&'k str> {
-    let group = key
-        .strip_prefix(&layout.prefix)?
-        .strip_suffix("/authorized_keys")?;
-    (!group.is_empty() && !group.contains('/')).then_some(group)
+/// A group or owners object of an earlier generation: named by its SHA-256 like the current
+/// ones. Publishes keep the previous one for instances mid-refresh, and prune the rest; no index
+/// names it, so no instance is served it.
+fn superseded(layout: &Layout, key: &str) -> bool {
+    let Some(rest) = key.strip_prefix(&layout.prefix) else {
+        return false;
+    };
+    let name = match rest.strip_prefix(OWNERS_PREFIX) {
+        Some(owners) => owners.strip_suffix(".json"),
+        None => rest.split_once('/').map(|(_, name)| name),
+    };
+    name.is_some_and(|name| name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 fn format_report(report: &Report, format: Format) -> String {
@@ -534,8 +436,8 @@ fn format_report(report: &Report, format: Format) -> String {
 fn summary(report: &Report) -> String {
     let location = format!("s3://{}/{}", report.bucket, report.prefix);
     let generation = report.generation.map_or_else(
-        || "no readable manifest".to_owned(),
-        |g| format!("manifest generation {g}"),
+        || "no readable index".to_owned(),
+        |g| format!("index generation {g}"),
     );
     let signature = if report.signature_checked {
         "signature checked"

@@ -1,6 +1,10 @@
 //! `keyhole whois SHA256:…`: the person (and access groups) behind a key fingerprint seen in
 //! sshd's log. On an instance it reads the attribution file in the cache, which covers the keys
-//! this host serves; elsewhere the published manifest in S3, which covers every key.
+//! this host serves; elsewhere the bucket, which covers every key: the index (its signature
+//! verified with `instance.verify_key` or the public half of `[signing] key_file` before anyone is
+//! named), the owners object and the group files, each checked against the index.
+
+use std::collections::BTreeMap;
 
 use anyhow::Context;
 use serde_json::json;
@@ -8,14 +12,16 @@ use serde_json::json;
 use super::{Format, GlobalArgs};
 use crate::exit::{EXIT_CODES_HELP, Exit};
 use crate::instance::{Attribution, Cache};
-use crate::manifest::Manifest;
+use crate::index::{Index, Layout};
+use crate::published::Published;
 use crate::settings::Settings;
 use crate::store::{Fetched, ObjectStore, S3Store, Timeouts};
 
 /// Show which person, through which access groups, a key fingerprint belongs to.
 ///
 /// On an instance (an [instance] section and a refreshed cache) it answers for the keys this host
-/// serves, from the cache; elsewhere it reads the published manifest in S3.
+/// serves, from the cache; elsewhere it reads the signed index, the owners object and the group
+/// files in S3.
 #[derive(Debug, clap::Args)]
 #[command(after_help = EXIT_CODES_HELP)]
 pub struct Args {
@@ -30,7 +36,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
     let settings = Settings::load(global.config.as_deref())?;
     let attribution = match on_instance(&settings, &args.fingerprint)? {
         Some(answer) => answer,
-        None => from_manifest(&settings, &args.fingerprint).await?,
+        None => from_bucket(&settings, &args.fingerprint).await?,
     };
     match args.format {
         Format::Json => {
@@ -63,46 +69,66 @@ fn on_instance(settings: &Settings, fingerprint: &str) -> anyhow::Result<Option<
         Some(attribution) => Ok(Some(attribution)),
         None => anyhow::bail!(
             "{fingerprint} is not a key this host serves (access groups {}, index generation {}); \
-             whois off an instance reads the whole manifest",
+             whois off an instance reads the bucket",
             instance.access_groups.join(", "),
             index.generation
         ),
     }
 }
 
-async fn from_manifest(settings: &Settings, fingerprint: &str) -> anyhow::Result<Attribution> {
+/// The answer from the bucket: the owners object names the person, and the group files (each
+/// checked against the verified index) the access groups and chains. Reads every group file, which
+/// is fine for a command run by hand during an investigation.
+async fn from_bucket(settings: &Settings, fingerprint: &str) -> anyhow::Result<Attribution> {
     let s3 = settings.s3()?;
     let store = S3Store::connect(s3, Timeouts::PUBLISHER).await;
-    let key = format!("{}manifest.json", s3.prefix);
-    let manifest = match store
-        .get(&key, None)
-        .await
-        .context("reading the published manifest")?
-    {
-        Fetched::Object(object) => Manifest::parse(&object.body)?,
-        _ => anyhow::bail!("no manifest is published at s3://{}/{key}", s3.bucket),
+    let layout = Layout {
+        prefix: s3.prefix.clone(),
     };
-    let Some(owner) = manifest.fingerprints.get(fingerprint) else {
+    let verifier = crate::published::verifier(settings)?;
+    if verifier.is_none() {
+        tracing::warn!(
+            "no key to verify the index with (instance.verify_key or [signing]): the answer is \
+             only as trustworthy as the bucket"
+        );
+    }
+    let Fetched::Object(object) = store
+        .get(&layout.index(), None)
+        .await
+        .context("reading the published index")?
+    else {
+        anyhow::bail!("no index is published at s3://{}/{}", s3.bucket, layout.index());
+    };
+    let index = Index::open(&object.body, verifier.as_ref()).with_context(|| {
+        format!("refusing s3://{}/{}", s3.bucket, layout.index())
+    })?;
+    let published = Published {
+        index,
+        etag: Some(object.etag),
+    };
+    let owners = published.owners(&store, &layout).await?;
+    let Some(user) = owners.get(fingerprint) else {
         anyhow::bail!(
-            "{fingerprint} is not a key keyhole publishes (manifest generation {})",
-            manifest.generation
+            "{fingerprint} is not a key keyhole publishes (index generation {})",
+            published.index.generation
         );
     };
-    let groups = owner
-        .groups
-        .iter()
-        .map(|group| {
-            let via = manifest
-                .groups
-                .get(group)
-                .and_then(|entry| entry.via.get(&owner.user))
-                .map(|via| via.to_vec())
-                .unwrap_or_default();
-            (group.clone(), via)
+    let mut groups = BTreeMap::new();
+    let names: Vec<String> = published.index.groups.keys().cloned().collect();
+    published
+        .files(&store, &layout, names, |group, file| {
+            let found = file.as_ref().and_then(|file| {
+                file.blocks
+                    .iter()
+                    .find(|block| &block.user == user && block.fingerprints().any(|fp| fp == fingerprint))
+            });
+            if let Some(block) = found {
+                groups.insert(group, block.via.clone());
+            }
         })
-        .collect();
+        .await?;
     Ok(Attribution {
-        user: owner.user.clone(),
+        user: user.clone(),
         groups,
     })
 }

@@ -21,7 +21,7 @@
 //!
 //! This module must never print to stdout: only `cmd::authorized_keys` writes key lines there.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -30,16 +30,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::index::Index;
-use crate::keys::{self, KeyPolicy};
+use crate::group_file::PublishedFile;
+use crate::index::{Index, Layout};
 use crate::render::sha256_hex;
 use crate::resolve::VIA_SEPARATOR;
 use crate::settings::InstanceSettings;
 use crate::signing::{self, Verifier};
 use crate::store::{Fetched, ObjectStore};
-
-/// The index's object name under the prefix.
-pub const INDEX_OBJECT: &str = "index.json";
 
 const INDEX: &str = "index";
 const ATTRIBUTION: &str = "attribution";
@@ -204,27 +201,6 @@ pub fn unix_millis(time: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Where the objects are in the bucket.
-#[derive(Debug, Clone)]
-pub struct Layout {
-    pub prefix: String,
-}
-
-impl Layout {
-    pub fn manifest(&self) -> String {
-        format!("{}manifest.json", self.prefix)
-    }
-    pub fn signature(&self) -> String {
-        format!("{}manifest.json.sig", self.prefix)
-    }
-    pub fn index(&self) -> String {
-        format!("{}{INDEX_OBJECT}", self.prefix)
-    }
-    pub fn group(&self, group: &str) -> String {
-        format!("{}{group}/authorized_keys", self.prefix)
-    }
-}
-
 /// Brings the cache up to date: one conditional read of the index, and a group file read only
 /// for this host's groups whose SHA-256 in the index differs from the cached one. Nothing
 /// unverified is cached; the manifest is never read.
@@ -250,11 +226,7 @@ pub async fn refresh(
         (Fetched::NotModified, None) => {
             bail!("the store answered 'not modified' for an index this host does not have")
         }
-        (Fetched::Missing, _) => bail!(
-            "no index is published at {} (a publisher older than this keyhole writes none: \
-             run `keyhole publish --rewrite-all` once)",
-            layout.index()
-        ),
+        (Fetched::Missing, _) => bail!("no index is published at {}", layout.index()),
     };
     // Verified every time, the cached copy too: the index is small, and a verify_key set (or
     // changed) since it was cached then applies at once.
@@ -289,6 +261,18 @@ pub async fn refresh(
             index.generation
         );
     }
+    // A generation is committed once: the same generation with other content was written by a
+    // publisher that lost the race, or forged with an old signature's generation.
+    if let Some(cached) = &cached_index
+        && cached.meta.generation == index.generation
+        && cached.meta.sha256 != sha256_hex(&bytes)
+    {
+        bail!(
+            "refusing the index: it differs from the cached index of the same generation {} \
+             (two publishers, or a replayed generation)",
+            index.generation
+        );
+    }
 
     let mut bodies = Vec::new();
     for (group, cached) in cached_groups {
@@ -313,7 +297,7 @@ pub async fn refresh(
                 (confirmed(cached.meta.etag, cached.meta.sha256), cached.body)
             }
             _ => {
-                let key = layout.group(&group);
+                let key = layout.group(&index, &group, &entry.sha256);
                 let Fetched::Object(object) = store
                     .get(&key, None)
                     .await
@@ -393,58 +377,22 @@ fn write_attribution(
     )
 }
 
-/// Every key in these group files, by fingerprint, with the person whose block it is in (the
-/// nearest `# user` or `# user via A > B` line above it) and, per group, that block's chain.
+/// Every key in these group files, by fingerprint, with the person whose block it is in and, per
+/// group, that block's chain.
 pub fn attribute(groups: &[(String, Vec<u8>)]) -> BTreeMap<String, Attribution> {
-    // The files were validated by the publisher under its own key policy, which this host does
-    // not know: here a key only needs to decode, to be named by its fingerprint.
-    let any_key = KeyPolicy {
-        allowed_types: keys::SUPPORTED_KEY_TYPES
-            .iter()
-            .map(|t| (*t).to_owned())
-            .collect(),
-        min_rsa_bits: 0,
-        forbidden_options: BTreeSet::new(),
-    };
     let mut found: BTreeMap<String, Attribution> = BTreeMap::new();
     for (group, body) in groups {
-        let mut owner: Option<(&str, Vec<String>)> = None;
-        for line in String::from_utf8_lossy(body).lines() {
-            if line.starts_with("# keyhole access group ") {
-                continue;
+        for block in PublishedFile::parse(body).blocks {
+            for fingerprint in block.fingerprints() {
+                found
+                    .entry(fingerprint.to_owned())
+                    .or_insert_with(|| Attribution {
+                        user: block.user.clone(),
+                        groups: BTreeMap::new(),
+                    })
+                    .groups
+                    .insert(group.clone(), block.via.clone());
             }
-            if let Some(header) = line.strip_prefix("# ") {
-                owner = Some(match header.split_once(" via ") {
-                    Some((user, chain)) => (
-                        user,
-                        chain.split(VIA_SEPARATOR).map(str::to_owned).collect(),
-                    ),
-                    None => (header, Vec::new()),
-                });
-                continue;
-            }
-            if line.trim().is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let Some((user, via)) = &owner else {
-                tracing::debug!(
-                    group,
-                    "a key line before any person's block: not attributed"
-                );
-                continue;
-            };
-            let Some(key) = keys::parse_authorized_keys(line, &any_key).keys.pop() else {
-                tracing::debug!(group, "a key line that does not decode: not attributed");
-                continue;
-            };
-            found
-                .entry(key.fingerprint.as_str().to_owned())
-                .or_insert_with(|| Attribution {
-                    user: (*user).to_owned(),
-                    groups: BTreeMap::new(),
-                })
-                .groups
-                .insert(group.clone(), via.clone());
         }
     }
     found

@@ -1,0 +1,241 @@
+//! Reading back what is published, and trusting only what checks out.
+//!
+//! Everything the publisher (and `whois`) learns from the bucket comes through here: the index,
+//! verified with the publisher's own key when `[signing]` is set (a bucket writer cannot make the
+//! publisher carry a forged hash into the next signed index), and group files and the owners
+//! object, each checked against the SHA-256 the verified index records before it is parsed.
+//! A bad or missing signature, or an object that is not what the index says, stops the caller
+//! with an error naming the object: nothing read from the bucket is ever laundered into a
+//! signature.
+//!
+//! It also guards the generation. A bucket with keyhole objects but no index (deleted by an
+//! operator, a lifecycle rule or an attacker) is refused: starting again at generation 1 would
+//! make every instance refuse every new index as a rollback, so revocations would stop. The
+//! operator says where to start (`publish --min-generation`), above what instances have seen.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::group_file::PublishedFile;
+use crate::index::{Index, Layout, Owners, owners_from_json};
+use crate::render::sha256_hex;
+use crate::exit::{Exit, coded};
+use crate::settings::Settings;
+use crate::signing::{Signer, Verifier};
+use crate::store::{Fetched, ObjectStore, S3Store};
+
+/// Published files read at once: enough to hide S3's latency, few enough to keep memory flat.
+const PARALLEL_READS: usize = 8;
+
+/// The verified published state a run starts from.
+#[derive(Debug)]
+pub struct Published {
+    pub index: Index,
+    /// The index's ETag when read (`None`: there was none), the condition of the commit.
+    pub etag: Option<String>,
+}
+
+impl Published {
+    /// Reads and verifies `index.json`. With `verifier`, an unsigned or badly signed index is an
+    /// error. Without an index, the bucket must hold no keyhole object unless `min_generation`
+    /// says where to start.
+    pub async fn read(
+        store: &S3Store,
+        layout: &Layout,
+        bucket: &str,
+        verifier: Option<&Verifier>,
+        min_generation: Option<u64>,
+    ) -> anyhow::Result<Published> {
+        let key = layout.index();
+        let published = match store
+            .get(&key, None)
+            .await
+            .context("reading the published index")?
+        {
+            Fetched::Object(object) => {
+                let index = Index::open(&object.body, verifier).with_context(|| {
+                    format!(
+                        "refusing s3://{bucket}/{key}: the publisher signs only what it verified \
+                         (a bucket writer may have replaced it; check with `keyhole verify`, and \
+                         after an investigation restore it or publish with --rewrite-all from a \
+                         trusted index)"
+                    )
+                })?;
+                Published {
+                    index,
+                    etag: Some(object.etag),
+                }
+            }
+            Fetched::Missing | Fetched::NotModified => {
+                let objects = store
+                    .list(&layout.prefix)
+                    .await
+                    .context("listing the bucket")?;
+                if !objects.is_empty() && min_generation.is_none() {
+                    bail!(
+                        "s3://{bucket}/{key} is missing, but the bucket holds {} object(s) under \
+                         {:?}: instances have cached an index and would refuse a new one that \
+                         starts again at generation 1. Publish with --min-generation N, N above \
+                         the generation instances last served (`keyhole refresh` logs it)",
+                        objects.len(),
+                        layout.prefix
+                    );
+                }
+                Published {
+                    index: Index::empty(),
+                    etag: None,
+                }
+            }
+        };
+        Ok(published)
+    }
+
+    /// The generation the next index gets: one more than the published one, and at least
+    /// `min_generation`.
+    pub fn next_generation(&self, min_generation: Option<u64>) -> anyhow::Result<u64> {
+        let next = self
+            .index
+            .generation
+            .checked_add(1)
+            .context("the index generation cannot grow any further")?;
+        Ok(next.max(min_generation.unwrap_or(0)))
+    }
+
+    /// Reads a group's published file, checked against the SHA-256 the index records. `None`
+    /// when the index does not list the group.
+    pub async fn file(
+        &self,
+        store: &impl ObjectStore,
+        layout: &Layout,
+        group: &str,
+    ) -> anyhow::Result<Option<PublishedFile>> {
+        let Some(entry) = self.index.groups.get(group) else {
+            return Ok(None);
+        };
+        let key = layout.group(&self.index, group, &entry.sha256);
+        let body = checked(store, &key, &entry.sha256).await?;
+        Ok(Some(PublishedFile::parse(&body)))
+    }
+
+    /// Reads the published files of `groups`, `PARALLEL_READS` at a time, handing each to `each`
+    /// as it arrives (so at most that many are in memory).
+    pub async fn files(
+        &self,
+        store: &S3Store,
+        layout: &Layout,
+        groups: Vec<String>,
+        mut each: impl FnMut(String, Option<PublishedFile>),
+    ) -> anyhow::Result<()> {
+        let semaphore = Arc::new(Semaphore::new(PARALLEL_READS));
+        let mut reads = JoinSet::new();
+        let mut finish = |done: Result<_, tokio::task::JoinError>| -> anyhow::Result<()> {
+            let (group, file) = done.context("a read task failed")?;
+            each(group, file?);
+            Ok(())
+        };
+        for group in groups {
+            let permit = Arc::clone(&semaphore).acquire_owned().await?;
+            while let Some(done) = reads.try_join_next() {
+                finish(done)?;
+            }
+            let key = self
+                .index
+                .groups
+                .get(&group)
+                .map(|entry| (layout.group(&self.index, &group, &entry.sha256), entry.sha256.clone()));
+            let store = store.clone();
+            reads.spawn(async move {
+                let _permit = permit;
+                let file = match key {
+                    Some((key, sha256)) => checked(&store, &key, &sha256)
+                        .await
+                        .map(|body| Some(PublishedFile::parse(&body))),
+                    None => Ok(None),
+                };
+                (group, file)
+            });
+        }
+        while let Some(done) = reads.join_next().await {
+            finish(done)?;
+        }
+        Ok(())
+    }
+
+    /// The owners object the index names (empty when it names none).
+    pub async fn owners(&self, store: &impl ObjectStore, layout: &Layout) -> anyhow::Result<Owners> {
+        let Some(sha256) = &self.index.owners else {
+            return Ok(Owners::new());
+        };
+        let body = checked(store, &layout.owners(sha256), sha256).await?;
+        Ok(owners_from_json(&body)?)
+    }
+}
+
+/// The key signatures are checked with: `instance.verify_key` (what the instances trust), else
+/// the public half of `[signing] key_file`; `None` when neither is configured.
+pub fn verifier(settings: &Settings) -> anyhow::Result<Option<Verifier>> {
+    let invalid = |error: anyhow::Error| coded(Exit::Invalid, error);
+    if let Some(verify_key) = settings
+        .instance()
+        .ok()
+        .and_then(|instance| instance.verify_key.as_deref())
+    {
+        return Verifier::parse(verify_key)
+            .context("instance.verify_key")
+            .map(Some)
+            .map_err(invalid);
+    }
+    let Some(signing) = &settings.signing else {
+        return Ok(None);
+    };
+    public_key_of(&signing.key_file)
+        .and_then(|line| Verifier::parse(&line).map_err(anyhow::Error::from))
+        .with_context(|| {
+            format!(
+                "the public half of the signing key {}",
+                signing.key_file.display()
+            )
+        })
+        .map(Some)
+        .map_err(invalid)
+}
+
+/// `KEY.pub` beside the key (as `ssh-keygen` writes it), so a monitoring host needs no access
+/// to the private key; derived from the private key when there is no `.pub`.
+fn public_key_of(key_file: &Path) -> anyhow::Result<String> {
+    let mut public = PathBuf::from(key_file.as_os_str().to_owned());
+    public.as_mut_os_string().push(".pub");
+    match std::fs::read_to_string(&public) {
+        Ok(line) => Ok(line.trim().to_owned()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            Ok(Signer::load(key_file)?.public_key())
+        }
+        Err(error) => {
+            Err(anyhow::Error::new(error).context(format!("reading {}", public.display())))
+        }
+    }
+}
+
+/// Reads `key`, which must hash to `sha256` (the verified index's record of it).
+pub async fn checked(store: &impl ObjectStore, key: &str, sha256: &str) -> anyhow::Result<Vec<u8>> {
+    let Fetched::Object(object) = store
+        .get(key, None)
+        .await
+        .with_context(|| format!("reading {key}"))?
+    else {
+        bail!("{key} is listed in the index but missing from the bucket (`keyhole verify` shows what else is)");
+    };
+    let actual = sha256_hex(&object.body);
+    if actual != sha256 {
+        bail!(
+            "{key} has SHA-256 {actual}, not the {sha256} the signed index records: it was \
+             changed in the bucket (`keyhole verify`; `publish --rewrite-all` writes it again \
+             from a fresh render)"
+        );
+    }
+    Ok(object.body)
+}
