@@ -225,7 +225,11 @@ pub fn deleted(previous: &PublishedFile) -> GroupPlan {
             })
             .collect(),
         added_fingerprints: vec![],
-        removed_fingerprints: previous.fingerprints().into_iter().map(str::to_owned).collect(),
+        removed_fingerprints: previous
+            .fingerprints()
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
         next: None,
         rendered: true,
     }
@@ -259,14 +263,22 @@ pub fn deny_only(
         .collect();
     let mut body = format!("{HEADER_PREFIX}{name}: generated, do not edit\n");
     let (mut users, mut keys, mut changed) = (0, 0, false);
-    for Block { user, via, keys: lines } in &previous.blocks {
+    for Block {
+        user,
+        via,
+        keys: lines,
+    } in &previous.blocks
+    {
         if removed.contains(user.as_str()) {
             changed = true;
             continue;
         }
         let kept: Vec<&String> = lines
             .iter()
-            .filter(|(_, fp)| !fp.as_ref().is_some_and(|fp| denied_fingerprints.contains(fp)))
+            .filter(|(_, fp)| {
+                !fp.as_ref()
+                    .is_some_and(|fp| denied_fingerprints.contains(fp))
+            })
             .map(|(line, _)| line)
             .collect();
         changed |= kept.len() != lines.len();
@@ -289,7 +301,14 @@ pub fn deny_only(
     }
     changed.then(|| {
         let sha256 = sha256_hex(body.as_bytes());
-        (body, IndexGroup { sha256, users, keys })
+        (
+            body,
+            IndexGroup {
+                sha256,
+                users,
+                keys,
+            },
+        )
     })
 }
 
@@ -382,8 +401,10 @@ mod tests {
 
     use super::*;
     use crate::policy::{AccessGroup, Deny, Principals};
-    use crate::render::sha256_hex;
     use crate::resolve::{Excluded, Membership};
+
+    const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOPAo/RxVnDzNjGvP41+SlwXlH4IbNrQebofz9HvuaWq";
 
     fn safety() -> SafetySettings {
         SafetySettings {
@@ -393,10 +414,11 @@ mod tests {
         }
     }
 
+    /// A rendered file of these people, each with one (fake) key named after them.
     fn file(users: &[&str]) -> GroupFile {
         let body = users
             .iter()
-            .map(|u| format!("# {u}\nkey-of-{u}\n"))
+            .map(|u| format!("# {u} via Team\nkey-of-{u}\n"))
             .collect::<String>();
         GroupFile {
             sha256: sha256_hex(body.as_bytes()),
@@ -413,57 +435,18 @@ mod tests {
         }
     }
 
-    /// Group files given up front, as a renderer would render them.
-    struct Files {
-        groups: BTreeMap<String, RenderedGroup>,
-        denied_keys: BTreeMap<String, BTreeSet<String>>,
-    }
-
-    impl GroupFiles for Files {
-        fn group(&self, name: &str, _: &Membership) -> RenderedGroup {
-            self.groups[name].clone()
-        }
-        fn problems(&self) -> &[Problem] {
-            &[]
-        }
-        fn denied_keys(&self) -> &BTreeMap<String, BTreeSet<String>> {
-            &self.denied_keys
-        }
-    }
-
-    fn rendered(groups: &[(&str, &[&str])]) -> Files {
-        Files {
-            groups: groups
+    /// The published file of these people, as read back.
+    fn published(users: &[&str]) -> PublishedFile {
+        PublishedFile {
+            blocks: users
                 .iter()
-                .map(|(name, users)| (name.to_string(), RenderedGroup::Ready(file(users))))
+                .map(|u| Block {
+                    user: u.to_string(),
+                    via: vec!["Team".into()],
+                    keys: vec![(format!("{KEY} {u}"), Some(format!("SHA256:{u}")))],
+                })
                 .collect(),
-            denied_keys: BTreeMap::new(),
         }
-    }
-
-    fn plan_of(
-        published: &Manifest,
-        files: &Files,
-        resolution: &Resolution,
-        policy: &Policy,
-        selection: Selection<'_>,
-    ) -> Plan {
-        let inputs = Inputs {
-            resolution,
-            policy,
-            safety: &safety(),
-            selection,
-        };
-        plan(published.clone(), files, &inputs)
-    }
-
-    fn published(groups: &[(&str, &[&str])]) -> Manifest {
-        let mut manifest = Manifest::empty();
-        manifest.generation = 3;
-        for (name, users) in groups {
-            record(&mut manifest, name, file(users));
-        }
-        manifest
     }
 
     fn policy(groups: &[&str]) -> Policy {
@@ -518,35 +501,39 @@ mod tests {
         }
     }
 
-    #[test]
-    fn nothing_changed_means_every_group_unchanged_and_the_same_generation() {
-        let before = published(&[("web", &["a", "b"])]);
-        let plan = plan_of(
-            &before,
-            &rendered(&[("web", &["a", "b"])]),
-            &resolution(&[("web", &["a", "b"], &[])]),
-            &policy(&["web"]),
-            None,
-        );
-        assert!(!plan.has_changes());
-        assert_eq!(plan.groups["web"].action, Action::Unchanged);
-        assert_eq!(plan.manifest, before);
+    fn plan_of(groups: BTreeMap<String, GroupPlan>) -> Plan {
+        let mut plan = Plan {
+            groups,
+            problems: vec![],
+            guard: Guard::default(),
+            index: Index::empty(),
+            owners: None,
+            resign: false,
+            rewrite: false,
+            people: 0,
+            keys: 0,
+        };
+        plan.guard = judge(&plan, &safety());
+        plan
     }
 
     #[test]
     fn changes_name_each_user_and_key_with_a_reason() {
-        let before = published(&[("web", &["a", "b", "c"]), ("old", &["a"])]);
-        let plan = plan_of(
-            &before,
-            &rendered(&[("web", &["a", "d"]), ("new", &["a"])]),
-            &resolution(&[
-                ("web", &["a", "d"], &[("b", Exclusion::Disabled)]),
-                ("new", &["a"], &[]),
-            ]),
-            &policy(&["web", "new"]),
-            None,
+        let resolution = resolution(&[("web", &["a", "d"], &[("b", Exclusion::Disabled)])]);
+        let policy = policy(&["web"]);
+        let no_denials = BTreeMap::new();
+        let inputs = Inputs {
+            resolution: &resolution,
+            policy: &policy,
+            safety: &safety(),
+            denied_keys: &no_denials,
+        };
+        let web = compare(
+            "web",
+            &file(&["a", "d"]),
+            Some(&published(&["a", "b", "c"])),
+            &inputs,
         );
-        let web = &plan.groups["web"];
         assert_eq!(web.action, Action::Update);
         assert_eq!(
             web.added_users,
@@ -570,65 +557,94 @@ mod tests {
         );
         assert_eq!(web.added_fingerprints, ["SHA256:d"]);
         assert_eq!(web.removed_fingerprints, ["SHA256:b", "SHA256:c"]);
-        assert_eq!(plan.groups["new"].action, Action::Create);
-        assert_eq!(plan.groups["old"].action, Action::Delete);
-        assert_eq!(plan.manifest.generation, 4);
-        assert!(!plan.manifest.groups.contains_key("old"));
+        assert_eq!(web.users_before, 3);
+        assert_eq!(web.next.as_ref().unwrap().users, 2);
+
+        let new = compare("new", &file(&["a"]), None, &inputs);
+        assert_eq!(new.action, Action::Create);
+        let old = deleted(&published(&["a"]));
+        assert_eq!(old.action, Action::Delete);
         assert_eq!(
-            plan.manifest.fingerprints["SHA256:a"].groups,
-            ["new", "web"]
+            old.removed_users[0].reason,
+            "access group no longer in policy"
         );
+        assert_eq!(old.next, None);
     }
 
     #[test]
     fn the_guard_refuses_large_removals_but_never_denials() {
-        let before = published(&[("web", &["a", "b", "c", "d", "e"])]);
-        let after = rendered(&[("web", &["a", "b", "c"])]);
-        let lost_two = plan_of(
-            &before,
-            &after,
-            &resolution(&[("web", &["a", "b", "c"], &[])]),
-            &policy(&["web"]),
-            None,
-        );
-        assert!(lost_two.guard.refused);
+        let resolution = resolution(&[("web", &["a", "b", "c"], &[])]);
+        let policy = policy(&["web"]);
+        let no_denials = BTreeMap::new();
+        let inputs = Inputs {
+            resolution: &resolution,
+            policy: &policy,
+            safety: &safety(),
+            denied_keys: &no_denials,
+        };
+        let before = published(&["a", "b", "c", "d", "e"]);
+        let lost_two = compare("web", &file(&["a", "b", "c"]), Some(&before), &inputs);
+        let plan = plan_of(BTreeMap::from([("web".to_string(), lost_two)]));
+        assert!(plan.guard.refused);
         assert_eq!(
-            lost_two.guard.reasons,
+            plan.guard.reasons,
             ["access group web would lose 2 of its 5 users (40% > max_removed_fraction 25%)"]
         );
-        let denied = resolution(&[(
+        let denied = self::resolution(&[(
             "web",
             &["a", "b", "c"],
             &[("d", Exclusion::Denied), ("e", Exclusion::Denied)],
         )]);
-        let lost_to_deny = plan_of(&before, &after, &denied, &policy(&["web"]), None);
-        assert!(!lost_to_deny.guard.refused, "{:?}", lost_to_deny.guard);
+        let inputs = Inputs {
+            resolution: &denied,
+            ..inputs
+        };
+        let lost_to_deny = compare("web", &file(&["a", "b", "c"]), Some(&before), &inputs);
+        let plan = plan_of(BTreeMap::from([("web".to_string(), lost_to_deny)]));
+        assert!(!plan.guard.refused, "{:?}", plan.guard);
     }
 
     #[test]
-    fn held_and_unselected_groups_keep_what_is_published() {
-        let before = published(&[("web", &["a"]), ("db", &["b"])]);
-        let mut after = rendered(&[("db", &["c"])]);
-        after.groups.insert(
-            "web".into(),
-            RenderedGroup::Held {
-                unknown: vec!["a".into()],
-            },
+    fn a_refused_plan_still_yields_its_denials_and_nothing_else() {
+        // d is denied, e left the group: the guard holds e, never d.
+        let resolution = resolution(&[("web", &["a", "b", "c"], &[("d", Exclusion::Denied)])]);
+        let policy = policy(&["web"]);
+        let no_denials = BTreeMap::new();
+        let inputs = Inputs {
+            resolution: &resolution,
+            policy: &policy,
+            safety: &safety(),
+            denied_keys: &no_denials,
+        };
+        let before = published(&["a", "b", "c", "d", "e"]);
+        let group = compare("web", &file(&["a", "b", "c"]), Some(&before), &inputs);
+        let (body, entry) = deny_only("web", &group, &before, &BTreeSet::new()).unwrap();
+        let after = PublishedFile::parse(body.as_bytes());
+        assert_eq!(after.users().collect::<Vec<_>>(), ["a", "b", "c", "e"]);
+        assert_eq!((entry.users, entry.keys), (4, 4));
+        assert_eq!(entry.sha256, sha256_hex(body.as_bytes()));
+        // A denied key goes too, wherever it is; nothing to deny means nothing to write.
+        let denied_key = BTreeSet::from(["SHA256:a".to_string()]);
+        let unchanged = compare(
+            "web",
+            &file(&["a", "b", "c", "d", "e"]),
+            Some(&before),
+            &inputs,
         );
-        let only_web = BTreeSet::from(["web".to_string()]);
-        let plan = plan_of(
-            &before,
-            &after,
-            &resolution(&[("web", &["a"], &[]), ("db", &["c"], &[])]),
-            &policy(&["web", "db"]),
-            Some(&only_web),
+        let (body, _) = deny_only("web", &unchanged, &before, &denied_key).unwrap();
+        assert!(!body.contains("# a "), "{body}");
+        assert_eq!(
+            deny_only("web", &unchanged, &before, &BTreeSet::new()),
+            None
         );
-        assert!(!plan.has_changes());
-        assert_eq!(plan.manifest, before);
-        assert!(
-            plan.problems[0]
-                .reason
-                .contains("access group web left as published")
-        );
+    }
+
+    #[test]
+    fn the_owners_object_is_written_only_when_it_changes() {
+        let owners = Owners::from([("SHA256:a".to_string(), "a".to_string())]);
+        let mut index = Index::empty();
+        let json = owners_change(&owners, &index).unwrap();
+        index.owners = Some(sha256_hex(&json));
+        assert_eq!(owners_change(&owners, &index), None);
     }
 }

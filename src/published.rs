@@ -20,10 +20,10 @@ use anyhow::{Context, bail};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::exit::{Exit, coded};
 use crate::group_file::PublishedFile;
 use crate::index::{Index, Layout, Owners, owners_from_json};
 use crate::render::sha256_hex;
-use crate::exit::{Exit, coded};
 use crate::settings::Settings;
 use crate::signing::{Signer, Verifier};
 use crate::store::{Fetched, ObjectStore, S3Store};
@@ -142,11 +142,12 @@ impl Published {
             while let Some(done) = reads.try_join_next() {
                 finish(done)?;
             }
-            let key = self
-                .index
-                .groups
-                .get(&group)
-                .map(|entry| (layout.group(&self.index, &group, &entry.sha256), entry.sha256.clone()));
+            let key = self.index.groups.get(&group).map(|entry| {
+                (
+                    layout.group(&self.index, &group, &entry.sha256),
+                    entry.sha256.clone(),
+                )
+            });
             let store = store.clone();
             reads.spawn(async move {
                 let _permit = permit;
@@ -166,7 +167,11 @@ impl Published {
     }
 
     /// The owners object the index names (empty when it names none).
-    pub async fn owners(&self, store: &impl ObjectStore, layout: &Layout) -> anyhow::Result<Owners> {
+    pub async fn owners(
+        &self,
+        store: &impl ObjectStore,
+        layout: &Layout,
+    ) -> anyhow::Result<Owners> {
         let Some(sha256) = &self.index.owners else {
             return Ok(Owners::new());
         };
@@ -227,7 +232,9 @@ pub async fn checked(store: &impl ObjectStore, key: &str, sha256: &str) -> anyho
         .await
         .with_context(|| format!("reading {key}"))?
     else {
-        bail!("{key} is listed in the index but missing from the bucket (`keyhole verify` shows what else is)");
+        bail!(
+            "{key} is listed in the index but missing from the bucket (`keyhole verify` shows what else is)"
+        );
     };
     let actual = sha256_hex(&object.body);
     if actual != sha256 {

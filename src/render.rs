@@ -409,7 +409,12 @@ mod tests {
     }
 
     /// The file, checked against its digest: both ways of rendering must agree.
-    fn file(renderer: &Renderer<'_>, name: &str, m: &Membership, carried: Option<&PublishedFile>) -> GroupFile {
+    fn file(
+        renderer: &Renderer<'_>,
+        name: &str,
+        m: &Membership,
+        carried: Option<&PublishedFile>,
+    ) -> GroupFile {
         let file = renderer.file(name, m, carried);
         assert_eq!(
             renderer.digest(name, m, carried),
@@ -442,11 +447,18 @@ mod tests {
         assert_eq!(rendered.users, ["alice", "bob"]);
         assert_eq!(rendered.sha256, sha256_hex(rendered.body.as_bytes()));
         // Same input, same bytes, from a renderer of its own too.
-        assert_eq!(Renderer::new(&keys, &none, None).file("web", &web, None), rendered);
+        assert_eq!(
+            Renderer::new(&keys, &none, None).file("web", &web, None),
+            rendered
+        );
         // A person named directly has no chain.
         let mut direct = Membership::through_team(&["bob"]);
         direct.users[0].via = Vec::new().into();
-        assert!(file(&renderer, "db", &direct, None).body.contains("\n# bob\n"));
+        assert!(
+            file(&renderer, "db", &direct, None)
+                .body
+                .contains("\n# bob\n")
+        );
         assert_eq!(renderer.owners().len(), 2);
     }
 
@@ -471,7 +483,9 @@ mod tests {
         let rendered = file(&renderer, "web", &web, Some(&published));
         assert_eq!(
             rendered.body,
-            format!("# keyhole access group web: generated, do not edit\n# bob via Team\n{ED_B}\n# dave via Team\n{ED_A}\n")
+            format!(
+                "# keyhole access group web: generated, do not edit\n# bob via Team\n{ED_B}\n# dave via Team\n{ED_A}\n"
+            )
         );
         assert_eq!(renderer.unknown_members(&web), ["bob"]);
         // Without a published block (new to the group), an unknown member gets nothing.

@@ -278,22 +278,27 @@ async fn plan_groups(
     let mut failed = None;
     prepared
         .published
-        .files(&prepared.store, &prepared.layout, changed, |name, previous| {
-            let group_plan = match access_groups.get(&name) {
-                Some(membership) => {
-                    let file = renderer.file(&name, membership, prepared.carried.get(&name));
-                    crate::plan::compare(&name, &file, previous.as_ref(), &inputs)
-                }
-                None => match &previous {
-                    Some(previous) => crate::plan::deleted(previous),
-                    None => {
-                        failed = Some(name.clone());
-                        return;
+        .files(
+            &prepared.store,
+            &prepared.layout,
+            changed,
+            |name, previous| {
+                let group_plan = match access_groups.get(&name) {
+                    Some(membership) => {
+                        let file = renderer.file(&name, membership, prepared.carried.get(&name));
+                        crate::plan::compare(&name, &file, previous.as_ref(), &inputs)
                     }
-                },
-            };
-            groups.insert(name, group_plan);
-        })
+                    None => match &previous {
+                        Some(previous) => crate::plan::deleted(previous),
+                        None => {
+                            failed = Some(name.clone());
+                            return;
+                        }
+                    },
+                };
+                groups.insert(name, group_plan);
+            },
+        )
         .await?;
     if let Some(name) = failed {
         anyhow::bail!("access group {name} vanished from the index while planning");

@@ -28,10 +28,10 @@ use tokio::task::JoinSet;
 use super::plan::Prepared;
 use super::{Format, GlobalArgs};
 use crate::exit::{EXIT_CODES_HELP, Exit, coded};
+use crate::index::Index;
 use crate::lock::PublishLock;
 use crate::metrics::{self, RunMetrics};
 use crate::plan::Action;
-use crate::index::Index;
 use crate::render::sha256_hex;
 use crate::settings::Settings;
 use crate::signing::Signer;
@@ -129,7 +129,8 @@ async fn publish(
     if args.rewrite_all && !prepared.plan.rewrite {
         prepared.plan.rewrite = true;
         if !prepared.plan.resign && !prepared.plan.has_changes() && prepared.plan.owners.is_none() {
-            prepared.plan.index.generation = prepared.published.next_generation(start.min_generation)?;
+            prepared.plan.index.generation =
+                prepared.published.next_generation(start.min_generation)?;
         }
     }
     count(figures, &prepared);
@@ -163,7 +164,12 @@ async fn publish(
     )
     .await??;
     if let Some(owners) = &plan.owners {
-        within(deadline, "writing the owners object", write_owners(&prepared, owners)).await??;
+        within(
+            deadline,
+            "writing the owners object",
+            write_owners(&prepared, owners),
+        )
+        .await??;
     }
     within(deadline, "committing the index", async {}).await?;
     commit(&prepared, &plan.index, signer.as_ref()).await?;
@@ -322,7 +328,10 @@ async fn prune(prepared: &Prepared) {
             .into_iter()
             .filter_map(|index| index.owners.as_deref().map(|sha| layout.owners(sha)))
             .collect();
-        prefixes.push((format!("{}{}", layout.prefix, crate::index::OWNERS_PREFIX), keep));
+        prefixes.push((
+            format!("{}{}", layout.prefix, crate::index::OWNERS_PREFIX),
+            keep,
+        ));
     }
     let mut doomed: Vec<String> = Vec::new();
     if previous.is_legacy() {
@@ -373,18 +382,24 @@ async fn publish_denials(
     let mut failed = None;
     prepared
         .published
-        .files(&prepared.store, &prepared.layout, affected, |name, previous| {
-            let (Some(previous), Some(group)) = (previous, prepared.plan.groups.get(&name)) else {
-                failed = Some(name);
-                return;
-            };
-            if let Some((body, entry)) =
-                crate::plan::deny_only(&name, group, &previous, &prepared.denied)
-            {
-                index.groups.insert(name.clone(), entry);
-                bodies.push((name, body.into_bytes()));
-            }
-        })
+        .files(
+            &prepared.store,
+            &prepared.layout,
+            affected,
+            |name, previous| {
+                let (Some(previous), Some(group)) = (previous, prepared.plan.groups.get(&name))
+                else {
+                    failed = Some(name);
+                    return;
+                };
+                if let Some((body, entry)) =
+                    crate::plan::deny_only(&name, group, &previous, &prepared.denied)
+                {
+                    index.groups.insert(name.clone(), entry);
+                    bodies.push((name, body.into_bytes()));
+                }
+            },
+        )
         .await?;
     if let Some(name) = failed {
         anyhow::bail!("access group {name} vanished from the index while applying [deny]");
@@ -394,7 +409,9 @@ async fn publish_denials(
         return Ok(written);
     }
     if index.is_legacy() {
-        anyhow::bail!("the bucket is in the legacy layout: publish once with --force to migrate it");
+        anyhow::bail!(
+            "the bucket is in the legacy layout: publish once with --force to migrate it"
+        );
     }
     write_objects(prepared, bodies.into_iter().map(Ok)).await?;
     index.generation = prepared.published.next_generation(start.min_generation)?;

@@ -167,7 +167,10 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
     };
     print!("{}", format_report(&report, args.format));
     if report.ok {
-        tracing::info!(generation = report.generation, "the bucket matches the index");
+        tracing::info!(
+            generation = report.generation,
+            "the bucket matches the index"
+        );
         Ok(Exit::Success)
     } else {
         tracing::error!(
@@ -183,7 +186,12 @@ fn named(layout: &Layout, index: &Index) -> BTreeMap<String, String> {
     let mut named: BTreeMap<String, String> = index
         .groups
         .iter()
-        .map(|(group, entry)| (layout.group(index, group, &entry.sha256), entry.sha256.clone()))
+        .map(|(group, entry)| {
+            (
+                layout.group(index, group, &entry.sha256),
+                entry.sha256.clone(),
+            )
+        })
         .collect();
     if let Some(sha256) = &index.owners {
         named.insert(layout.owners(sha256), sha256.clone());
@@ -277,9 +285,11 @@ pub fn judge(
                 &index_key,
                 "the index is not signed, and instances with verify_key refuse it".to_owned(),
             ),
-            Err(IndexError::Signature(error)) => {
-                found(FindingKind::IndexSignatureInvalid, &index_key, error.to_string())
-            }
+            Err(IndexError::Signature(error)) => found(
+                FindingKind::IndexSignatureInvalid,
+                &index_key,
+                error.to_string(),
+            ),
             // Anything else is about the content, reported below once.
             Err(_) | Ok(_) => {}
         }
@@ -389,7 +399,11 @@ fn judge_owners(
     };
     for (group, entry) in &index.groups {
         let key = layout.group(index, group, &entry.sha256);
-        let Some(body) = observed.objects.get(&key).filter(|_| intact.contains(key.as_str())) else {
+        let Some(body) = observed
+            .objects
+            .get(&key)
+            .filter(|_| intact.contains(key.as_str()))
+        else {
             continue;
         };
         for block in PublishedFile::parse(body).blocks {
@@ -489,12 +503,14 @@ fn markdown(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::GroupEntry;
+    use crate::index::{IndexGroup, Owners, owners_to_json};
     use ssh_key::private::{Ed25519Keypair, KeypairData};
     use ssh_key::{HashAlg, LineEnding, PrivateKey};
     use std::time::{Duration, UNIX_EPOCH};
 
     const NOW: Duration = Duration::from_secs(1_750_000_000);
+    const BOB: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOPAo/RxVnDzNjGvP41+SlwXlH4IbNrQebofz9HvuaWq bob@desk";
 
     fn layout() -> Layout {
         Layout {
@@ -518,51 +534,64 @@ mod tests {
         Verifier::parse(&key.public_key().to_openssh().unwrap()).unwrap()
     }
 
-    fn sign(key: &PrivateKey, message: &[u8]) -> Vec<u8> {
+    fn sign(key: &PrivateKey, message: &[u8]) -> String {
         key.sign(signing::NAMESPACE, HashAlg::Sha512, message)
             .unwrap()
             .to_pem(LineEnding::LF)
             .unwrap()
-            .into_bytes()
     }
 
-    /// A bucket holding exactly what a signed publish of web-prod and db-prod writes.
-    fn clean(signer: &PrivateKey, not_after: SystemTime) -> Observed {
-        let mut manifest = Manifest::empty();
-        manifest.generation = 3;
-        manifest.not_after = Some(signing::format_time(not_after));
+    /// `index` in its envelope, signed by `signer` (unsigned without), as the publisher writes it.
+    fn sealed(signer: Option<&PrivateKey>, index: &Index) -> Vec<u8> {
+        let text = serde_json::to_string(index).unwrap();
+        let signature = signer.map(|signer| sign(signer, text.as_bytes()));
+        serde_json::to_vec(&serde_json::json!({"index": text, "signature": signature})).unwrap()
+    }
+
+    fn bob_fingerprint() -> String {
+        PublishedFile::parse(format!("# bob\n{BOB}\n").as_bytes()).blocks[0].keys[0]
+            .1
+            .clone()
+            .unwrap()
+    }
+
+    /// A bucket holding exactly what a signed publish of web-prod and db-prod writes, plus the
+    /// previous generation's web-prod object.
+    fn clean(signer: &PrivateKey, not_after: SystemTime) -> (Index, Observed) {
+        let mut index = Index {
+            generation: 3,
+            not_after: Some(signing::format_time(not_after)),
+            ..Index::empty()
+        };
         let mut observed = Observed::default();
-        for (group, body) in [("web-prod", "# web\n"), ("db-prod", "# db\n")] {
-            let key = layout().group(group);
-            manifest.groups.insert(
+        for (group, body) in [
+            ("web-prod", format!("# bob via Web\n{BOB}\n")),
+            ("db-prod", "# db\n".to_owned()),
+        ] {
+            let sha256 = sha256_hex(body.as_bytes());
+            let key = layout().group(&index, group, &sha256);
+            index.groups.insert(
                 group.into(),
-                GroupEntry {
-                    sha256: sha256_hex(body.as_bytes()),
-                    users: vec![],
-                    keys: 0,
-                    via: BTreeMap::new(),
+                IndexGroup {
+                    sha256,
+                    users: 1,
+                    keys: 1,
                 },
             );
-            observed
-                .group_hashes
-                .insert(key.clone(), sha256_hex(body.as_bytes()));
+            observed.objects.insert(key.clone(), body.into_bytes());
             observed.listed.insert(key);
         }
-        observed.index = Some(sealed(signer, &Index::of(&manifest)));
-        observed.listed.insert(layout().index());
-        let bytes = manifest.to_json();
-        observed.signature = Some(sign(signer, &bytes));
-        observed.manifest = Some(bytes);
-        observed.listed.insert(layout().manifest());
-        observed.listed.insert(layout().signature());
+        let owners = owners_to_json(&Owners::from([(bob_fingerprint(), "bob".to_string())]));
+        index.owners = Some(sha256_hex(&owners));
+        let owners_key = layout().owners(&sha256_hex(&owners));
+        observed.objects.insert(owners_key.clone(), owners);
+        observed.listed.insert(owners_key);
         observed
-    }
-
-    /// `index` in its envelope, signed by `signer`, as the publisher writes it.
-    fn sealed(signer: &PrivateKey, index: &Index) -> Vec<u8> {
-        let text = serde_json::to_string(index).unwrap();
-        let signature = String::from_utf8(sign(signer, text.as_bytes())).unwrap();
-        serde_json::to_vec(&serde_json::json!({"index": text, "signature": signature})).unwrap()
+            .listed
+            .insert(format!("ssh/web-prod/{}", sha256_hex(b"previous")));
+        observed.index = Some(sealed(Some(signer), &index));
+        observed.listed.insert(layout().index());
+        (index, observed)
     }
 
     fn kinds(findings: &[Finding]) -> Vec<(FindingKind, &str)> {
@@ -575,7 +604,7 @@ mod tests {
     #[test]
     fn a_clean_signed_bucket_has_no_findings() {
         let signer = key(1);
-        let observed = clean(&signer, now() + Duration::from_secs(60));
+        let (_, observed) = clean(&signer, now() + Duration::from_secs(60));
         assert_eq!(
             judge(&layout(), &observed, Some(&verifier(&signer)), now()),
             []
@@ -586,196 +615,93 @@ mod tests {
     #[test]
     fn every_drift_is_reported_not_just_the_first() {
         let signer = key(1);
-        let mut observed = clean(&signer, now() + Duration::from_secs(60));
-        observed
-            .group_hashes
-            .insert("ssh/web-prod/authorized_keys".into(), sha256_hex(b"evil"));
-        observed.group_hashes.remove("ssh/db-prod/authorized_keys");
-        observed.listed.remove("ssh/db-prod/authorized_keys");
+        let (index, mut observed) = clean(&signer, now() + Duration::from_secs(60));
+        let web = layout().group(&index, "web-prod", &index.groups["web-prod"].sha256);
+        let db = layout().group(&index, "db-prod", &index.groups["db-prod"].sha256);
+        observed.objects.insert(web.clone(), b"evil".to_vec());
+        observed.objects.remove(&db);
+        observed.listed.remove(&db);
         observed.listed.insert("ssh/notes.txt".into());
         observed
             .listed
             .insert("ssh/old-group/authorized_keys".into());
         let findings = judge(&layout(), &observed, Some(&verifier(&signer)), now());
-        assert_eq!(
-            kinds(&findings),
-            [
-                (FindingKind::Missing, "ssh/db-prod/authorized_keys"),
-                (FindingKind::Extra, "ssh/notes.txt"),
-                (FindingKind::Extra, "ssh/old-group/authorized_keys"),
-                (FindingKind::Modified, "ssh/web-prod/authorized_keys"),
-            ]
-        );
-        assert!(findings[2].detail.contains("access group old-group"));
-        assert!(findings[3].detail.contains(&sha256_hex(b"evil")));
+        let mut expected = vec![
+            (FindingKind::Missing, db.as_str()),
+            (FindingKind::Extra, "ssh/notes.txt"),
+            (FindingKind::Extra, "ssh/old-group/authorized_keys"),
+            (FindingKind::Modified, web.as_str()),
+        ];
+        expected.sort_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0)));
+        assert_eq!(kinds(&findings), expected);
+        let modified = findings
+            .iter()
+            .find(|f| f.kind == FindingKind::Modified)
+            .unwrap();
+        assert!(modified.detail.contains(&sha256_hex(b"evil")));
     }
 
     #[test]
     fn signature_problems_and_expiry_are_findings_only_with_a_verifier() {
         let signer = key(1);
-        let expired = clean(&signer, now() - Duration::from_secs(1));
-        let findings = judge(&layout(), &expired, Some(&verifier(&signer)), now());
-        assert_eq!(
-            kinds(&findings),
-            [(FindingKind::Expired, "ssh/manifest.json")]
-        );
-        assert_eq!(judge(&layout(), &expired, None, now()), []);
-
-        let mut unsigned = clean(&signer, now() + Duration::from_secs(60));
-        unsigned.signature = None;
-        let findings = judge(&layout(), &unsigned, Some(&verifier(&signer)), now());
-        assert_eq!(
-            kinds(&findings),
-            [(FindingKind::SignatureMissing, "ssh/manifest.json.sig")]
-        );
-
-        let other = key(2);
-        let findings = judge(
-            &layout(),
-            &clean(&signer, now() + Duration::from_secs(60)),
-            Some(&verifier(&other)),
-            now(),
-        );
-        // Another key: neither the manifest's nor the index's signature is its.
-        assert_eq!(
-            kinds(&findings),
-            [
-                (FindingKind::IndexSignatureInvalid, "ssh/index.json"),
-                (FindingKind::SignatureInvalid, "ssh/manifest.json.sig")
-            ]
-        );
-        assert!(findings[0].detail.contains("not the expected key"));
-        assert!(findings[1].detail.contains("not the expected key"));
-    }
-
-    #[test]
-    fn a_signed_manifest_without_not_after_is_a_finding() {
-        let signer = key(1);
-        let mut observed = clean(&signer, now());
-        let mut manifest = Manifest::parse(observed.manifest.as_deref().unwrap()).unwrap();
-        manifest.not_after = None;
-        observed.index = Some(sealed(&signer, &Index::of(&manifest)));
-        let bytes = manifest.to_json();
-        observed.signature = Some(sign(&signer, &bytes));
-        observed.manifest = Some(bytes);
-        let findings = judge(&layout(), &observed, Some(&verifier(&signer)), now());
-        assert_eq!(
-            kinds(&findings),
-            [(FindingKind::NotAfterInvalid, "ssh/manifest.json")]
-        );
-    }
-
-    #[test]
-    fn an_index_that_differs_from_the_manifest_is_reported_group_by_group() {
-        let signer = key(1);
-        let clean = clean(&signer, now() + Duration::from_secs(60));
-        let manifest = Manifest::parse(clean.manifest.as_deref().unwrap()).unwrap();
-        let mut index = Index::of(&manifest);
-        index.groups.get_mut("web-prod").unwrap().sha256 = sha256_hex(b"other");
-        index.groups.remove("db-prod");
-        index.groups.insert(
-            "planted".into(),
-            crate::index::IndexGroup {
-                sha256: sha256_hex(b"x"),
-                users: 1,
-                keys: 1,
-            },
-        );
-        index.generation = 2;
-        let mut observed = clean.clone();
-        observed.index = Some(sealed(&signer, &index));
-        let findings = judge(&layout(), &observed, Some(&verifier(&signer)), now());
-        let details: Vec<&str> = findings
-            .iter()
-            .map(|finding| {
-                assert_eq!(
-                    (finding.kind, finding.key.as_str()),
-                    (FindingKind::IndexMismatch, "ssh/index.json")
-                );
-                finding.detail.as_str()
-            })
-            .collect();
-        assert_eq!(
-            details,
-            [
-                "generation 2 in the index, 3 in the manifest",
-                "access group db-prod is in the manifest but not in the index",
-                &format!(
-                    "access group web-prod: the index records SHA-256 {}, the manifest {}",
-                    sha256_hex(b"other"),
-                    sha256_hex(b"# web\n")
-                ),
-                "access group planted is in the index but not in the manifest",
-            ]
-        );
-    }
-
-    #[test]
-    fn an_index_missing_unsigned_forged_or_unreadable_is_reported() {
-        let signer = key(1);
-        let clean = clean(&signer, now() + Duration::from_secs(60));
-        let only = |observed: &Observed, verifier: Option<&Verifier>| {
-            kinds(&judge(&layout(), observed, verifier, now()))
+        let (index, mut observed) = clean(&signer, now() - Duration::from_secs(1));
+        let with = |observed: &Observed| {
+            kinds(&judge(&layout(), observed, Some(&verifier(&signer)), now()))
                 .into_iter()
                 .map(|(kind, _)| kind)
                 .collect::<Vec<_>>()
         };
-        let mut missing = clean.clone();
-        missing.index = None;
-        missing.listed.remove("ssh/index.json");
-        assert_eq!(only(&missing, None), [FindingKind::IndexMissing]);
-
-        let manifest = Manifest::parse(clean.manifest.as_deref().unwrap()).unwrap();
-        let mut unsigned = clean.clone();
-        unsigned.index = Some(Index::of(&manifest).seal(None).unwrap());
+        assert_eq!(with(&observed), [FindingKind::Expired]);
+        assert_eq!(judge(&layout(), &observed, None, now()), []);
+        observed.index = Some(sealed(None, &index));
         assert_eq!(
-            only(&unsigned, Some(&verifier(&signer))),
-            [FindingKind::IndexSignatureMissing]
+            with(&observed),
+            [FindingKind::Expired, FindingKind::IndexSignatureMissing]
         );
-        assert_eq!(only(&unsigned, None), []);
-
-        let mut by_other = clean.clone();
-        by_other.index = Some(sealed(&key(2), &Index::of(&manifest)));
+        observed.index = Some(sealed(Some(&key(2)), &index));
         assert_eq!(
-            only(&by_other, Some(&verifier(&signer))),
-            [FindingKind::IndexSignatureInvalid]
+            with(&observed),
+            [FindingKind::Expired, FindingKind::IndexSignatureInvalid]
         );
+        let mut unbounded = index.clone();
+        unbounded.not_after = None;
+        observed.index = Some(sealed(Some(&signer), &unbounded));
+        assert_eq!(with(&observed), [FindingKind::NotAfterInvalid]);
+    }
 
-        let mut garbage = clean.clone();
-        garbage.index = Some(manifest.to_json());
-        assert_eq!(
-            only(&garbage, Some(&verifier(&signer))),
-            [FindingKind::IndexInvalid]
+    #[test]
+    fn an_owners_object_that_names_someone_else_is_reported() {
+        let signer = key(1);
+        let (mut index, mut observed) = clean(&signer, now() + Duration::from_secs(60));
+        let owners = owners_to_json(&Owners::from([(bob_fingerprint(), "mallory".to_string())]));
+        index.owners = Some(sha256_hex(&owners));
+        observed
+            .objects
+            .insert(layout().owners(&sha256_hex(&owners)), owners);
+        observed.index = Some(sealed(Some(&signer), &index));
+        let findings = judge(&layout(), &observed, Some(&verifier(&signer)), now());
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        assert_eq!(findings[0].kind, FindingKind::OwnersMismatch);
+        assert!(
+            findings[0]
+                .detail
+                .contains("the owners object says mallory")
         );
     }
 
     #[test]
-    fn without_a_readable_manifest_nothing_else_is_judged() {
+    fn without_a_readable_index_nothing_else_is_judged() {
         let signer = key(1);
-        let mut observed = clean(&signer, now() + Duration::from_secs(60));
-        observed.manifest = None;
+        let (_, mut observed) = clean(&signer, now() + Duration::from_secs(60));
+        observed.index = None;
         assert_eq!(
-            kinds(&judge(
-                &layout(),
-                &observed,
-                Some(&verifier(&signer)),
-                now()
-            )),
-            [(FindingKind::ManifestMissing, "ssh/manifest.json")]
+            kinds(&judge(&layout(), &observed, None, now())),
+            [(FindingKind::IndexMissing, "ssh/index.json")]
         );
-        // Garbage with its old signature: both the signature and the manifest are reported.
-        observed.manifest = Some(b"{not json".to_vec());
+        observed.index = Some(b"{}".to_vec());
         assert_eq!(
-            kinds(&judge(
-                &layout(),
-                &observed,
-                Some(&verifier(&signer)),
-                now()
-            )),
-            [
-                (FindingKind::ManifestInvalid, "ssh/manifest.json"),
-                (FindingKind::SignatureInvalid, "ssh/manifest.json.sig"),
-            ]
+            kinds(&judge(&layout(), &observed, None, now())),
+            [(FindingKind::IndexInvalid, "ssh/index.json")]
         );
     }
 
@@ -789,7 +715,7 @@ mod tests {
             findings: vec![Finding {
                 kind: FindingKind::Extra,
                 key: "ssh/notes.txt".into(),
-                detail: "not an object keyhole publishes".into(),
+                detail: "not an object the index names".into(),
             }],
             ok: false,
         };
@@ -802,31 +728,27 @@ mod tests {
                 "prefix": "ssh/",
                 "generation": 3,
                 "signature_checked": true,
-                "findings": [{"kind": "extra", "key": "ssh/notes.txt", "detail": "not an object keyhole publishes"}],
+                "findings": [{"kind": "extra", "key": "ssh/notes.txt", "detail": "not an object the index names"}],
                 "ok": false
             })
         );
         assert_eq!(
             format_report(&report, Format::Text),
-            "s3://corp-ssh-keys/ssh/, manifest generation 3: 1 problem; signature checked\n  \
-             extra  ssh/notes.txt: not an object keyhole publishes\n"
+            "s3://corp-ssh-keys/ssh/, index generation 3: 1 problem; signature checked\n  \
+             extra  ssh/notes.txt: not an object the index names\n"
         );
         // Every kind's text name is its JSON name.
         for kind in [
-            FindingKind::ManifestMissing,
-            FindingKind::ManifestInvalid,
-            FindingKind::SignatureMissing,
-            FindingKind::SignatureInvalid,
             FindingKind::Expired,
             FindingKind::NotAfterInvalid,
             FindingKind::Missing,
             FindingKind::Modified,
+            FindingKind::OwnersMismatch,
             FindingKind::Extra,
             FindingKind::IndexMissing,
             FindingKind::IndexInvalid,
             FindingKind::IndexSignatureMissing,
             FindingKind::IndexSignatureInvalid,
-            FindingKind::IndexMismatch,
         ] {
             assert_eq!(
                 serde_json::to_value(kind).unwrap(),

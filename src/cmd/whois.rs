@@ -11,8 +11,8 @@ use serde_json::json;
 
 use super::{Format, GlobalArgs};
 use crate::exit::{EXIT_CODES_HELP, Exit};
-use crate::instance::{Attribution, Cache};
 use crate::index::{Index, Layout};
+use crate::instance::{Attribution, Cache};
 use crate::published::Published;
 use crate::settings::Settings;
 use crate::store::{Fetched, ObjectStore, S3Store, Timeouts};
@@ -97,11 +97,14 @@ async fn from_bucket(settings: &Settings, fingerprint: &str) -> anyhow::Result<A
         .await
         .context("reading the published index")?
     else {
-        anyhow::bail!("no index is published at s3://{}/{}", s3.bucket, layout.index());
+        anyhow::bail!(
+            "no index is published at s3://{}/{}",
+            s3.bucket,
+            layout.index()
+        );
     };
-    let index = Index::open(&object.body, verifier.as_ref()).with_context(|| {
-        format!("refusing s3://{}/{}", s3.bucket, layout.index())
-    })?;
+    let index = Index::open(&object.body, verifier.as_ref())
+        .with_context(|| format!("refusing s3://{}/{}", s3.bucket, layout.index()))?;
     let published = Published {
         index,
         etag: Some(object.etag),
@@ -118,9 +121,9 @@ async fn from_bucket(settings: &Settings, fingerprint: &str) -> anyhow::Result<A
     published
         .files(&store, &layout, names, |group, file| {
             let found = file.as_ref().and_then(|file| {
-                file.blocks
-                    .iter()
-                    .find(|block| &block.user == user && block.fingerprints().any(|fp| fp == fingerprint))
+                file.blocks.iter().find(|block| {
+                    &block.user == user && block.fingerprints().any(|fp| fp == fingerprint)
+                })
             });
             if let Some(block) = found {
                 groups.insert(group, block.via.clone());

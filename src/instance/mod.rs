@@ -445,6 +445,7 @@ pub fn servable(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::{self, KeyPolicy};
 
     fn instance(dir: &Path) -> InstanceSettings {
         InstanceSettings {
