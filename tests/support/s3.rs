@@ -98,6 +98,72 @@ impl S3Server {
     }
 
     /// An object's bytes as stored, or `None`.
+    /// What is published, seen as the manifest keyhole once wrote: the signed index's
+    /// generation, each group's SHA-256, users, keys and chains (read back from its file), and
+    /// every key's owner and groups. Built from `index.json` and the objects it names, so tests
+    /// assert facts about access, whatever the bucket layout. `None` without an index.
+    pub fn published(&self, prefix: &str) -> Option<serde_json::Value> {
+        use keyhole::group_file::PublishedFile;
+        use keyhole::index::{Index, Layout};
+        let layout = Layout {
+            prefix: prefix.to_owned(),
+        };
+        let envelope = self.object(&layout.index())?;
+        let index = Index::open(envelope.as_bytes(), None).expect("index.json is an index");
+        let mut groups = serde_json::Map::new();
+        let mut fingerprints: std::collections::BTreeMap<String, (String, Vec<String>)> =
+            Default::default();
+        for (name, entry) in &index.groups {
+            let key = layout.group(&index, name, &entry.sha256);
+            let body = self
+                .object(&key)
+                .unwrap_or_else(|| panic!("{key} is named by the index but missing"));
+            let file = PublishedFile::parse(body.as_bytes());
+            let mut via = serde_json::Map::new();
+            for block in &file.blocks {
+                via.insert(block.user.clone(), serde_json::json!(block.via));
+                for fingerprint in block.fingerprints() {
+                    let (_, in_groups) = fingerprints
+                        .entry(fingerprint.to_owned())
+                        .or_insert_with(|| (block.user.clone(), Vec::new()));
+                    in_groups.push(name.clone());
+                }
+            }
+            groups.insert(
+                name.clone(),
+                serde_json::json!({
+                    "sha256": entry.sha256,
+                    "users": file.users().collect::<Vec<_>>(),
+                    "keys": entry.keys,
+                    "via": via,
+                }),
+            );
+        }
+        let fingerprints: serde_json::Map<String, serde_json::Value> = fingerprints
+            .into_iter()
+            .map(|(fp, (user, groups))| (fp, serde_json::json!({"user": user, "groups": groups})))
+            .collect();
+        Some(serde_json::json!({
+            "format": index.format,
+            "generation": index.generation,
+            "not_after": index.not_after,
+            "policy_commit": index.policy_commit,
+            "groups": groups,
+            "fingerprints": fingerprints,
+        }))
+    }
+
+    /// The published file of access group `group` under `prefix`, as the index names it.
+    pub fn group_file(&self, prefix: &str, group: &str) -> Option<String> {
+        use keyhole::index::{Index, Layout};
+        let layout = Layout {
+            prefix: prefix.to_owned(),
+        };
+        let index = Index::open(self.object(&layout.index())?.as_bytes(), None).ok()?;
+        let entry = index.groups.get(group)?;
+        self.object(&layout.group(&index, group, &entry.sha256))
+    }
+
     pub fn object(&self, key: &str) -> Option<String> {
         std::fs::read_to_string(self.path(key)).ok()
     }

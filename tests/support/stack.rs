@@ -72,19 +72,16 @@ impl Stack {
             .collect()
     }
 
-    /// The published `manifest.json`, parsed.
+    /// What is published (see `S3Server::published`): generation, groups with their users,
+    /// keys and chains, and every key's owner and groups.
     pub fn manifest(&self) -> serde_json::Value {
-        let text = self
-            .s3
-            .object("ssh/manifest.json")
-            .expect("a published manifest");
-        serde_json::from_str(&text).expect("manifest.json is JSON")
+        self.s3.published("ssh/").expect("a published index")
     }
 
     /// The published file of access group `group`.
     pub fn group_file(&self, group: &str) -> String {
         self.s3
-            .object(&format!("ssh/{group}/authorized_keys"))
+            .group_file("ssh/", group)
             .unwrap_or_else(|| panic!("no object for access group {group}"))
     }
 
