@@ -113,12 +113,12 @@ fn publish_writes_exact_group_files_and_a_second_run_writes_nothing() {
     let publish = world.run(&["publish"]);
     assert_eq!(publish.code, 0, "{publish:#?}");
     assert_eq!(
-        world.stack.s3.keys(),
+        shapes(&world.stack.s3.keys()),
         [
-            "ssh/db-prod/authorized_keys",
+            "ssh/_keyhole/owners/{sha256}.json",
+            "ssh/db-prod/{sha256}",
             "ssh/index.json",
-            "ssh/manifest.json",
-            "ssh/web-prod/authorized_keys"
+            "ssh/web-prod/{sha256}"
         ]
     );
     assert_eq!(
@@ -133,7 +133,7 @@ fn publish_writes_exact_group_files_and_a_second_run_writes_nothing() {
         world.expected_file("db-prod", &["alice.admin", "bob"])
     );
     let manifest = world.manifest();
-    assert_eq!(manifest["format"], 1);
+    assert_eq!(manifest["format"], 2);
     assert_eq!(manifest["generation"], 1);
     assert_eq!(
         manifest["groups"]["db-prod"]["users"],
@@ -251,11 +251,11 @@ fn groups_removed_from_the_policy_are_pruned() {
     let pruned = world.run(&["publish"]);
     assert_eq!(pruned.code, 0, "{pruned:#?}");
     assert_eq!(
-        world.stack.s3.keys(),
+        shapes(&world.stack.s3.keys()),
         [
+            "ssh/_keyhole/owners/{sha256}.json",
             "ssh/index.json",
-            "ssh/manifest.json",
-            "ssh/web-prod/authorized_keys"
+            "ssh/web-prod/{sha256}"
         ]
     );
     assert!(world.manifest()["groups"].get("db-prod").is_none());
@@ -272,7 +272,7 @@ fn upstream_failures_leave_the_bucket_as_it_was() {
     let s3_down = world.run(&["publish"]);
     assert_eq!(s3_down.code, 1, "{s3_down:#?}");
     assert!(
-        s3_down.stderr.contains("reading the published manifest"),
+        s3_down.stderr.contains("reading the published index"),
         "{}",
         s3_down.stderr
     );
@@ -331,7 +331,7 @@ fn incident_response_and_unattended_operation() {
         "keyhole_publish_problems 0",
         "keyhole_publish_guard_refused 0",
         "keyhole_publish_ldap_searches 3",
-        // Two group files, the index, the manifest.
+        // Two group files, the owners object, the index.
         "keyhole_publish_s3_writes 4",
     ] {
         assert!(
@@ -370,8 +370,12 @@ fn incident_response_and_unattended_operation() {
 
     // A bad manual edit in the bucket: a normal publish does not look at the objects, a
     // --rewrite-all puts every file back and bumps the generation.
+    let web_prod = world.stack.manifest()["groups"]["web-prod"]["sha256"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     world.stack.s3.put_object(
-        "ssh/web-prod/authorized_keys",
+        &format!("ssh/web-prod/{web_prod}"),
         "ssh-ed25519 AAAA intruder\n",
     );
     assert_eq!(world.run(&["publish"]).code, 0);
@@ -414,4 +418,24 @@ fn incident_response_and_unattended_operation() {
         "{text}"
     );
     assert_eq!(last_success(&text), Some(succeeded_at));
+}
+
+/// Object keys with each content address (64 hex digits) written as `{sha256}`.
+fn shapes(keys: &[String]) -> Vec<String> {
+    keys.iter()
+        .map(|key| {
+            let mut parts: Vec<String> = key.split('/').map(str::to_owned).collect();
+            for part in &mut parts {
+                let (name, suffix) = part.split_once('.').unwrap_or((part.as_str(), ""));
+                if name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    *part = if suffix.is_empty() {
+                        "{sha256}".to_owned()
+                    } else {
+                        format!("{{sha256}}.{suffix}")
+                    };
+                }
+            }
+            parts.join("/")
+        })
+        .collect()
 }

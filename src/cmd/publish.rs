@@ -313,7 +313,12 @@ async fn prune(prepared: &Prepared) {
         if !touched || !group.rendered {
             continue;
         }
-        let keep: BTreeSet<String> = [previous, next]
+        // A deleted group keeps nothing: no index names it, so no instance fetches it.
+        let generations = match group.action {
+            Action::Delete => vec![],
+            _ => vec![previous, next],
+        };
+        let keep: BTreeSet<String> = generations
             .into_iter()
             .filter(|index| !index.is_legacy())
             .filter_map(|index| {
