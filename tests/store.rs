@@ -27,7 +27,8 @@ async fn store(server: &S3Server) -> S3Store {
 async fn conditional_writes_detect_a_concurrent_publisher_and_reads_skip_unchanged_objects() {
     let server = S3Server::start();
     let store = store(&server).await;
-    let key = "ssh/manifest.json";
+    // The index is the one object written conditionally: the commit point of a publish.
+    let key = "ssh/index.json";
 
     assert_eq!(store.get(key, None).await.unwrap(), Fetched::Missing);
     let first = store
@@ -35,7 +36,7 @@ async fn conditional_writes_detect_a_concurrent_publisher_and_reads_skip_unchang
         .await
         .unwrap();
 
-    // Another publisher that also saw "no manifest" must not overwrite it.
+    // Another publisher that also saw "no index" must not overwrite it.
     let lost_race = store.put(key, b"two".to_vec(), Precondition::Absent).await;
     assert!(
         matches!(lost_race, Err(StoreError::Conflict { .. })),
