@@ -1,7 +1,9 @@
 //! The instance's refresh against a real local S3 (s3s-fs) holding a signed publish of many
-//! access groups: an instance reads the index and only its own groups' files, never the
-//! manifest, and still refuses everything it refused when it read the manifest (a rollback, a
-//! forged or unsigned or expired index, a tampered group file).
+//! access groups: an instance reads the index and only its own groups' objects (never the owners
+//! object, never another group's), and refuses a rollback, a forged, unsigned or expired index, a
+//! different index of the generation it already holds (a publisher that lost the race, or a
+//! replayed generation), and a tampered group object. It follows a bucket still in the legacy
+//! layout (format 1, `{group}/authorized_keys`) and the publish that migrates it.
 //!
 //! The bucket is written here with keyhole's own index and signer rather than by a publish from
 //! AD, so these tests need no Samba DC; tests/sshd.rs covers the publisher-to-sshd path.
@@ -13,10 +15,9 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use keyhole::index::Index;
-use keyhole::instance::{self, Cache, Layout};
+use keyhole::index::{FORMAT, Index, IndexGroup, LEGACY_FORMAT, Layout, Owners, owners_to_json};
+use keyhole::instance::{self, Cache};
 use keyhole::keys::{KeyPolicy, parse_authorized_keys};
-use keyhole::manifest::{FingerprintEntry, GroupEntry, Manifest};
 use keyhole::render::sha256_hex;
 use keyhole::settings::{InstanceSettings, S3Settings};
 use keyhole::signing::{self, Signer, Verifier};
@@ -36,6 +37,12 @@ fn fingerprint(line: &str) -> String {
         .fingerprint
         .as_str()
         .to_owned()
+}
+
+fn layout() -> Layout {
+    Layout {
+        prefix: "ssh/".into(),
+    }
 }
 
 /// A bucket and the publisher's signing key; `publish` writes what a signed publish writes.
@@ -60,10 +67,9 @@ impl Bucket {
         }
     }
 
-    /// Group files for web-prod (bob through Web Team, carol directly), db-prod (bob) and
-    /// OTHER_GROUPS more, then the index, the manifest and its signature. Returns the sealed
-    /// index.
-    fn publish(&self, generation: u64, not_after: SystemTime, with_carol: bool) -> String {
+    /// The group files: web-prod (bob through Web Team, and carol directly when `with_carol`),
+    /// db-prod (bob) and OTHER_GROUPS more.
+    fn files(with_carol: bool) -> BTreeMap<String, String> {
         let mut web = format!(
             "# keyhole access group web-prod: generated, do not edit\n# bob via Web Team\n{BOB}\n"
         );
@@ -83,40 +89,88 @@ impl Bucket {
                 format!("# keyhole access group team-{n:03}: generated, do not edit\n"),
             );
         }
-        let mut manifest = Manifest::empty();
-        manifest.generation = generation;
-        manifest.not_after = Some(signing::format_time(not_after));
-        for (group, body) in &files {
+        files
+    }
+
+    /// What a signed publish writes: each group's object at its content address, the owners
+    /// object, then the index (format 2). Returns the sealed index.
+    fn publish(&self, generation: u64, not_after: SystemTime, with_carol: bool) -> String {
+        let mut index = Index {
+            format: FORMAT,
+            generation,
+            not_after: Some(signing::format_time(not_after)),
+            ..Index::empty()
+        };
+        let mut owners = Owners::from([(fingerprint(BOB), "bob".to_string())]);
+        if with_carol {
+            owners.insert(fingerprint(CAROL), "carol".to_string());
+        }
+        let owners = owners_to_json(&owners);
+        let owners_sha = sha256_hex(&owners);
+        self.s3.put_object(
+            &layout().owners(&owners_sha),
+            std::str::from_utf8(&owners).unwrap(),
+        );
+        index.owners = Some(owners_sha);
+        self.write_groups(&mut index, with_carol);
+        self.commit(&index)
+    }
+
+    /// What a signed publish of the keyhole before content addressing wrote: each group at
+    /// `{group}/authorized_keys`, a format-1 index (no owners), and the manifest beside it, which
+    /// instances never read. Returns the sealed index.
+    fn publish_legacy(&self, generation: u64, not_after: SystemTime, with_carol: bool) -> String {
+        let mut index = Index {
+            format: LEGACY_FORMAT,
+            generation,
+            not_after: Some(signing::format_time(not_after)),
+            ..Index::empty()
+        };
+        self.write_groups(&mut index, with_carol);
+        let manifest = format!("{{\"format\":1,\"generation\":{generation}}}\n");
+        self.s3.put_object("ssh/manifest.json", &manifest);
+        self.s3.put_object(
+            "ssh/manifest.json.sig",
+            &self.signer.sign(manifest.as_bytes()).unwrap(),
+        );
+        self.commit(&index)
+    }
+
+    /// Writes every group's object where `index`'s format puts it and records it in `index`.
+    fn write_groups(&self, index: &mut Index, with_carol: bool) {
+        for (group, body) in Bucket::files(with_carol) {
+            let sha256 = sha256_hex(body.as_bytes());
             self.s3
-                .put_object(&format!("ssh/{group}/authorized_keys"), body);
-            manifest.groups.insert(
-                group.clone(),
-                GroupEntry {
-                    sha256: sha256_hex(body.as_bytes()),
-                    users: vec![],
-                    keys: body.lines().filter(|l| !l.starts_with('#')).count(),
-                    via: BTreeMap::new(),
+                .put_object(&layout().group(index, &group, &sha256), &body);
+            let users = body
+                .lines()
+                .filter(|l| l.starts_with("# ") && !l.starts_with("# keyhole"))
+                .count();
+            let keys = body.lines().filter(|l| !l.starts_with('#')).count();
+            index.groups.insert(
+                group,
+                IndexGroup {
+                    sha256,
+                    users,
+                    keys,
                 },
             );
         }
-        manifest.fingerprints.insert(
-            fingerprint(BOB),
-            FingerprintEntry {
-                user: "bob".into(),
-                groups: vec!["db-prod".into(), "web-prod".into()],
-            },
-        );
-        let index = Index::of(&manifest).seal(Some(&self.signer)).unwrap();
-        let index = String::from_utf8(index).unwrap();
-        self.s3.put_object("ssh/index.json", &index);
-        let manifest = manifest.to_json();
-        self.s3
-            .put_object("ssh/manifest.json", std::str::from_utf8(&manifest).unwrap());
-        self.s3.put_object(
-            "ssh/manifest.json.sig",
-            &self.signer.sign(&manifest).unwrap(),
-        );
-        index
+    }
+
+    /// Seals `index` with the publisher's key and writes it: the commit.
+    fn commit(&self, index: &Index) -> String {
+        let sealed = String::from_utf8(index.seal(Some(&self.signer)).unwrap()).unwrap();
+        self.s3.put_object(&layout().index(), &sealed);
+        sealed
+    }
+
+    /// The key of `group`'s object in the published index.
+    fn group_key(&self, group: &str) -> String {
+        let index =
+            Index::open(self.s3.object(&layout().index()).unwrap().as_bytes(), None).unwrap();
+        let entry = &index.groups[group];
+        layout().group(&index, group, &entry.sha256)
     }
 }
 
@@ -129,10 +183,15 @@ struct Host {
 
 impl Host {
     async fn new(bucket: &Bucket) -> Host {
-        for (name, value) in bucket.s3.env() {
-            // SAFETY: this binary's only test sets the same values before any thread reads them.
-            unsafe { std::env::set_var(name, value) };
-        }
+        // The credentials are the same constants for every S3Server: set them once, before any
+        // test of this binary reads the environment (the others wait on the `Once`).
+        static CREDENTIALS: std::sync::Once = std::sync::Once::new();
+        CREDENTIALS.call_once(|| {
+            for (name, value) in bucket.s3.env() {
+                // SAFETY: under the `Once`, before any test thread makes an S3 request.
+                unsafe { std::env::set_var(name, value) };
+            }
+        });
         let s3 = S3Settings {
             bucket: BUCKET.into(),
             prefix: "ssh/".into(),
@@ -168,9 +227,7 @@ impl Host {
         let before = self.store.counts.gets.load(Ordering::Relaxed);
         let result = instance::refresh(
             &self.store,
-            &Layout {
-                prefix: "ssh/".into(),
-            },
+            &layout(),
             &self.cache(),
             &self.settings,
             Some(&self.verifier),
@@ -214,14 +271,14 @@ async fn an_instance_reads_the_index_and_its_own_groups_only_and_refuses_what_do
     let gen1 = bucket.publish(1, week, true);
     let host = Host::new(&bucket).await;
 
-    // Cold: the index, then this host's two group files. Not the manifest, not its signature,
-    // not any of the other 200 groups.
+    // Cold: the index, then this host's two group objects. Not the owners object, not any of
+    // the other 200 groups.
     let (index, gets) = host.refresh().await;
     assert_eq!(index.unwrap().generation, 1);
     assert_eq!(
         gets,
         1 + 2,
-        "a cold refresh must read the index and 2 group files"
+        "a cold refresh must read the index and 2 group objects"
     );
     assert_eq!(
         files(host.cache_dir.path()),
@@ -240,19 +297,35 @@ async fn an_instance_reads_the_index_and_its_own_groups_only_and_refuses_what_do
     assert_eq!(index.unwrap().generation, 1);
     assert_eq!(gets, 1, "an unchanged index costs one request");
 
-    // Generation 2 drops carol from web-prod: the index and web-prod only.
-    bucket.publish(2, week, false);
+    // Generation 2 drops carol from web-prod: the index and web-prod's new object only.
+    let gen2 = bucket.publish(2, week, false);
     let (index, gets) = host.refresh().await;
     assert_eq!(index.unwrap().generation, 2);
-    assert_eq!(gets, 2, "the index and the one changed group file");
+    assert_eq!(gets, 2, "the index and the one changed group object");
     assert!(!host.served().contains(CAROL));
     assert_eq!(host.cache().attribution(&fingerprint(CAROL)).unwrap(), None);
 
-    // Rollback: generation 1, validly signed, put back with its files.
+    // Rollback: generation 1, validly signed, put back with its objects.
     bucket.publish(1, week, true);
     bucket.s3.put_object("ssh/index.json", &gen1);
     refused(host.refresh().await.0, "rollback");
     assert!(!host.served().contains(CAROL), "the rollback was served");
+
+    // Another index of generation 2, validly signed, that gives carol back: what a publisher
+    // that lost the race to commit generation 2 would have written. A generation is committed
+    // once; the one this host holds stays.
+    let other_gen2 = bucket.publish(2, week, true);
+    assert_ne!(other_gen2, gen2);
+    refused(host.refresh().await.0, "same generation");
+    assert!(
+        !host.served().contains(CAROL),
+        "a second generation 2 was served"
+    );
+    // The same generation 2, written again (a new ETag, the same bytes), is still accepted.
+    bucket.publish(2, week, false);
+    bucket.s3.put_object("ssh/index.json", &gen2);
+    let (index, _) = host.refresh().await;
+    assert_eq!(index.unwrap().generation, 2);
 
     // Forged: generation 1's index edited to look newest, under its old signature.
     let mut envelope: serde_json::Value = serde_json::from_str(&gen1).unwrap();
@@ -279,9 +352,39 @@ async fn an_instance_reads_the_index_and_its_own_groups_only_and_refuses_what_do
     refused(host.refresh().await.0, "expired");
     assert!(!host.served().contains(CAROL));
 
-    // Tampered: a current, valid index, but web-prod edited in the bucket. A fresh host (empty
-    // cache) caches nothing from it.
+    // Tampered: a current, valid index, but web-prod's object edited in the bucket. A fresh
+    // host (empty cache) caches nothing from it.
     bucket.publish(4, week, true);
+    let web = bucket.group_key("web-prod");
+    assert_eq!(
+        web,
+        format!("ssh/web-prod/{}", web.rsplit('/').next().unwrap())
+    );
+    let tampered = format!("{}{CAROL}\n", bucket.s3.object(&web).unwrap());
+    bucket.s3.put_object(&web, &tampered);
+    let fresh = Host::new(&bucket).await;
+    refused(fresh.refresh().await.0, "is not the");
+    assert!(fresh.cache().group("web-prod").unwrap().is_none());
+    assert!(fresh.cache().index().unwrap().is_none());
+}
+
+#[tokio::test]
+async fn an_instance_follows_a_legacy_bucket_and_the_publish_that_migrates_it() {
+    let bucket = Bucket::new();
+    let week = SystemTime::now() + Duration::from_secs(7 * 86_400);
+    bucket.publish_legacy(1, week, true);
+    let host = Host::new(&bucket).await;
+
+    // A format-1 index names each group at {group}/authorized_keys.
+    let (index, gets) = host.refresh().await;
+    let index = index.unwrap();
+    assert_eq!((index.format, index.generation), (LEGACY_FORMAT, 1));
+    assert_eq!(gets, 1 + 2);
+    assert_eq!(bucket.group_key("web-prod"), "ssh/web-prod/authorized_keys");
+    assert!(host.served().contains(CAROL));
+
+    // A tampered legacy object is refused like any other.
+    bucket.publish_legacy(2, week, false);
     let tampered = format!(
         "{}{CAROL}\n",
         bucket.s3.object("ssh/web-prod/authorized_keys").unwrap()
@@ -289,8 +392,40 @@ async fn an_instance_reads_the_index_and_its_own_groups_only_and_refuses_what_do
     bucket
         .s3
         .put_object("ssh/web-prod/authorized_keys", &tampered);
-    let fresh = Host::new(&bucket).await;
-    refused(fresh.refresh().await.0, "is not the");
-    assert!(fresh.cache().group("web-prod").unwrap().is_none());
-    assert!(fresh.cache().index().unwrap().is_none());
+    refused(host.refresh().await.0, "is not the");
+    assert!(
+        host.served().contains(CAROL),
+        "the cached generation 1 stays"
+    );
+    bucket.publish_legacy(2, week, false);
+    let (index, _) = host.refresh().await;
+    assert_eq!(index.unwrap().generation, 2);
+    assert!(!host.served().contains(CAROL));
+
+    // The migrating publish: format 2, the same files at their content addresses, and the
+    // legacy objects gone. Files the host holds already are not fetched again.
+    for key in [
+        "ssh/web-prod/authorized_keys",
+        "ssh/db-prod/authorized_keys",
+        "ssh/manifest.json",
+        "ssh/manifest.json.sig",
+    ] {
+        bucket.s3.delete_object(key);
+    }
+    bucket.publish(3, week, false);
+    let (index, gets) = host.refresh().await;
+    let index = index.unwrap();
+    assert_eq!((index.format, index.generation), (FORMAT, 3));
+    assert_eq!(
+        gets, 1,
+        "the same files under new names are not fetched again"
+    );
+    assert!(host.served().contains(BOB) && !host.served().contains(CAROL));
+
+    // And a change after the migration is read from its content address.
+    bucket.publish(4, week, true);
+    let (index, gets) = host.refresh().await;
+    assert_eq!(index.unwrap().generation, 4);
+    assert_eq!(gets, 2);
+    assert!(host.served().contains(CAROL));
 }
