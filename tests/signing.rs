@@ -1,17 +1,36 @@
-//! keyhole's manifest and index signatures against OpenSSH's own `ssh-keygen -Y`: what keyhole
-//! signs, `ssh-keygen -Y verify` accepts (so operators can check a published manifest or index
-//! with stock tools, following the README's recipe), and what `ssh-keygen -Y sign -n keyhole`
-//! signs, keyhole's instances accept.
+//! keyhole's index signatures against OpenSSH's own `ssh-keygen -Y`: what keyhole signs,
+//! `ssh-keygen -Y verify` accepts (so operators can check a published index with stock tools,
+//! following the README's recipe), and what `ssh-keygen -Y sign -n keyhole` signs, keyhole's
+//! instances accept.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use keyhole::index::Index;
-use keyhole::manifest::{GroupEntry, Manifest};
+use keyhole::index::{FORMAT, Index, IndexError, IndexGroup};
 use keyhole::signing::{NAMESPACE, Signer, SigningError, Verifier};
 
-const MANIFEST: &[u8] = b"{\n  \"format\": 1,\n  \"generation\": 42,\n  \"groups\": {}\n}\n";
+/// A message to sign: the text of an index, as the envelope carries it.
+const MESSAGE: &[u8] = b"{\"format\":2,\"generation\":42,\"groups\":{}}";
+
+/// An index with one access group, as a publish would write it.
+fn index() -> Index {
+    let mut index = Index {
+        format: FORMAT,
+        generation: 42,
+        owners: Some("77aa".into()),
+        ..Index::empty()
+    };
+    index.groups.insert(
+        "web-prod".into(),
+        IndexGroup {
+            sha256: "9b1d".into(),
+            users: 1,
+            keys: 1,
+        },
+    );
+    index
+}
 
 /// A throwaway directory with an Ed25519 key pair made by `ssh-keygen`.
 struct KeyPair {
@@ -49,7 +68,7 @@ impl KeyPair {
     fn openssh_verify(&self, message: &[u8], signature: &str) -> Ran {
         let allowed = format!("keyhole namespaces=\"keyhole\" {}\n", self.public_key());
         let allowed = self.write("allowed_signers", allowed.as_bytes());
-        let signature = self.write("manifest.json.sig", signature.as_bytes());
+        let signature = self.write("index.sig", signature.as_bytes());
         ssh_keygen(
             &[
                 "-Y",
@@ -69,8 +88,8 @@ impl KeyPair {
 
     /// `ssh-keygen -Y sign -n namespace` of `message`, the armored signature it writes.
     fn openssh_sign(&self, namespace: &str, message: &[u8]) -> String {
-        let message_path = self.write("manifest.json", message);
-        let signature_path = message_path.with_extension("json.sig");
+        let message_path = self.write("index", message);
+        let signature_path = message_path.with_extension("sig");
         let _ = std::fs::remove_file(&signature_path);
         ssh_keygen(
             &[
@@ -135,18 +154,19 @@ fn openssh_accepts_what_keyhole_signs_and_rejects_it_for_other_content() {
     let pair = KeyPair::ed25519();
     let signer = Signer::load(&pair.key).unwrap();
     assert_eq!(signer.public_key(), pair.public_key());
-    let signature = signer.sign(MANIFEST).unwrap();
+    let signature = signer.sign(MESSAGE).unwrap();
 
-    let accepted = pair.openssh_verify(MANIFEST, &signature).success();
+    let accepted = pair.openssh_verify(MESSAGE, &signature).success();
     let said = String::from_utf8_lossy(&accepted.stdout);
     assert!(
         said.contains("Good \"keyhole\" signature for keyhole"),
         "{said}"
     );
 
-    let tampered = String::from_utf8(MANIFEST.to_vec())
+    let tampered = String::from_utf8(MESSAGE.to_vec())
         .unwrap()
         .replace("42", "43");
+    assert_ne!(tampered.as_bytes(), MESSAGE);
     pair.openssh_verify(tampered.as_bytes(), &signature)
         .failure();
 }
@@ -155,18 +175,7 @@ fn openssh_accepts_what_keyhole_signs_and_rejects_it_for_other_content() {
 fn openssh_accepts_the_index_signature_as_the_readme_says_to_check_it() {
     let pair = KeyPair::ed25519();
     let signer = Signer::load(&pair.key).unwrap();
-    let mut manifest = Manifest::empty();
-    manifest.generation = 42;
-    manifest.groups.insert(
-        "web-prod".into(),
-        GroupEntry {
-            sha256: "9b1d".into(),
-            users: vec!["bob".into()],
-            keys: 1,
-            via: Default::default(),
-        },
-    );
-    let sealed = Index::of(&manifest).seal(Some(&signer)).unwrap();
+    let sealed = index().seal(Some(&signer)).unwrap();
     let index_json = pair.write("index.json", &sealed);
 
     // `jq -j .index index.json > i; jq -r .signature index.json > i.sig`: the exact bytes of the
@@ -184,6 +193,13 @@ fn openssh_accepts_the_index_signature_as_the_readme_says_to_check_it() {
         assert_eq!(jq.stdout, index, "jq -j .index gives other bytes");
     }
 
+    // The signed text names the owners object by its SHA-256, so swapping that object is seen.
+    assert!(
+        String::from_utf8_lossy(&index).contains("\"owners\":\"77aa\""),
+        "{}",
+        String::from_utf8_lossy(&index)
+    );
+
     let accepted = pair.openssh_verify(&index, &signature).success();
     let said = String::from_utf8_lossy(&accepted.stdout);
     assert!(
@@ -199,21 +215,45 @@ fn openssh_accepts_the_index_signature_as_the_readme_says_to_check_it() {
 fn keyhole_signs_byte_for_byte_what_openssh_signs() {
     // Ed25519 signatures are deterministic, so the same key and message give the same file.
     let pair = KeyPair::ed25519();
-    let keyhole = Signer::load(&pair.key).unwrap().sign(MANIFEST).unwrap();
-    assert_eq!(keyhole, pair.openssh_sign(NAMESPACE, MANIFEST));
+    let keyhole = Signer::load(&pair.key).unwrap().sign(MESSAGE).unwrap();
+    assert_eq!(keyhole, pair.openssh_sign(NAMESPACE, MESSAGE));
 }
 
 #[test]
 fn keyhole_accepts_what_openssh_signs_and_rejects_it_for_other_content() {
     let pair = KeyPair::ed25519();
     let verifier = Verifier::parse(&pair.public_key()).unwrap();
-    let signature = pair.openssh_sign(NAMESPACE, MANIFEST);
-    verifier.verify(MANIFEST, &signature).unwrap();
+    let signature = pair.openssh_sign(NAMESPACE, MESSAGE);
+    verifier.verify(MESSAGE, &signature).unwrap();
 
-    let mut tampered = MANIFEST.to_vec();
+    let mut tampered = MESSAGE.to_vec();
     tampered.push(b' ');
     let error = verifier.verify(&tampered, &signature).unwrap_err();
     assert!(matches!(error, SigningError::BadSignature), "{error:?}");
+}
+
+#[test]
+fn an_index_signed_by_openssh_opens_and_one_signed_for_another_namespace_does_not() {
+    // What an operator who signs by hand (`ssh-keygen -Y sign -n keyhole`) puts in the envelope
+    // is what an instance accepts; signed for another namespace, it is refused.
+    let pair = KeyPair::ed25519();
+    let verifier = Verifier::parse(&pair.public_key()).unwrap();
+    let text = serde_json::to_string(&index()).unwrap();
+    let envelope = |signature: String| {
+        serde_json::to_vec(&serde_json::json!({"index": text, "signature": signature})).unwrap()
+    };
+    let signed = envelope(pair.openssh_sign(NAMESPACE, text.as_bytes()));
+    assert_eq!(Index::open(&signed, Some(&verifier)).unwrap(), index());
+
+    let git = envelope(pair.openssh_sign("git", text.as_bytes()));
+    let error = Index::open(&git, Some(&verifier)).unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            IndexError::Signature(SigningError::WrongNamespace { found }) if found == "git"
+        ),
+        "{error:?}"
+    );
 }
 
 #[test]
@@ -221,17 +261,17 @@ fn keyhole_refuses_openssh_signatures_for_another_namespace_or_by_another_key() 
     let pair = KeyPair::ed25519();
     let verifier = Verifier::parse(&pair.public_key()).unwrap();
 
-    // The same key signing a git commit does not sign a manifest.
-    let git = pair.openssh_sign("git", MANIFEST);
-    let error = verifier.verify(MANIFEST, &git).unwrap_err();
+    // The same key signing a git commit does not sign an index.
+    let git = pair.openssh_sign("git", MESSAGE);
+    let error = verifier.verify(MESSAGE, &git).unwrap_err();
     assert!(
         matches!(&error, SigningError::WrongNamespace { found } if found == "git"),
         "{error:?}"
     );
 
     let other = KeyPair::ed25519();
-    let by_other = other.openssh_sign(NAMESPACE, MANIFEST);
-    let error = verifier.verify(MANIFEST, &by_other).unwrap_err();
+    let by_other = other.openssh_sign(NAMESPACE, MESSAGE);
+    let error = verifier.verify(MESSAGE, &by_other).unwrap_err();
     assert!(matches!(error, SigningError::WrongKey { .. }), "{error:?}");
 }
 
