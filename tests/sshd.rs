@@ -3,7 +3,7 @@
 //! others do not; a disabled member is locked out after publish + refresh; during an S3 outage
 //! the cache keeps members logging in; a tampered object or a rolled-back or forged index is
 //! refused; and sshd's log names the person (and group chain) behind each login, attributed from
-//! the group files alone: the instance never reads the manifest.
+//! the group files alone: the instance never reads the owners object.
 
 mod support;
 
@@ -29,6 +29,17 @@ fn fixture() -> Fixture {
 }
 
 const POLICY: &str = "[access_groups.web-prod]\ngroups = [\"Web Team\"]\n";
+
+/// The key of `group`'s object named by the index `index_json` (the envelope as stored).
+fn group_key(index_json: &str, group: &str) -> String {
+    use keyhole::index::{Index, Layout};
+    let index = Index::open(index_json.as_bytes(), None).expect("an index");
+    let entry = &index.groups[group];
+    Layout {
+        prefix: "ssh/".into(),
+    }
+    .group(&index, group, &entry.sha256)
+}
 
 struct Fleet {
     dc: SambaDc,
@@ -166,11 +177,18 @@ fn real_sshd_lets_members_in_and_keeps_everyone_else_out() {
     let mut fleet = Fleet::new();
     let published = fleet.publish(&[]);
     assert_eq!(published.code, 0, "{published:#?}");
-    // The instance needs only the index and its group files: take the manifest away meanwhile.
-    let manifest = fleet.s3.object("ssh/manifest.json").unwrap();
-    let signature = fleet.s3.object("ssh/manifest.json.sig").unwrap();
-    fleet.s3.delete_object("ssh/manifest.json");
-    fleet.s3.delete_object("ssh/manifest.json.sig");
+    // There is no manifest any more; the instance needs only the index and its group objects:
+    // take the owners object (the publisher's and whois's) away meanwhile.
+    assert_eq!(fleet.s3.object("ssh/manifest.json"), None);
+    let owners: Vec<String> = fleet
+        .s3
+        .keys()
+        .into_iter()
+        .filter(|key| key.starts_with("ssh/_keyhole/owners/"))
+        .collect();
+    assert_eq!(owners.len(), 1, "{:?}", fleet.s3.keys());
+    let owners_body = fleet.s3.object(&owners[0]).unwrap();
+    fleet.s3.delete_object(&owners[0]);
     let sshd = Sshd::start(&fleet.instance_config(), &fleet.instance_env());
 
     assert!(
@@ -196,8 +214,7 @@ fn real_sshd_lets_members_in_and_keeps_everyone_else_out() {
         "{log}"
     );
 
-    fleet.s3.put_object("ssh/manifest.json", &manifest);
-    fleet.s3.put_object("ssh/manifest.json.sig", &signature);
+    fleet.s3.put_object(&owners[0], &owners_body);
 
     // Revocation: bob is disabled in AD; publish, refresh, and he is out.
     fleet.disable("bob");
@@ -231,17 +248,19 @@ fn tampered_objects_and_rolled_back_or_forged_indexes_are_refused() {
     // Rollback: keep generation 1 (bob and carol), publish generation 2 without bob, let the
     // instance see it, then put generation 1 back in the bucket.
     let gen1_index = fleet.s3.object("ssh/index.json").unwrap();
-    let gen1_group = fleet.s3.object("ssh/web-prod/authorized_keys").unwrap();
+    let gen1_key = group_key(&gen1_index, "web-prod");
+    let gen1_group = fleet.s3.object(&gen1_key).unwrap();
     fleet.disable("bob");
     assert_eq!(fleet.publish(&[]).code, 0);
     assert!(fleet.refresh().status.success());
     let gen2_index = fleet.s3.object("ssh/index.json").unwrap();
-    let gen2_group = fleet.s3.object("ssh/web-prod/authorized_keys").unwrap();
-    // A validly signed, older index: the signature checks out, the generation does not.
+    let gen2_key = group_key(&gen2_index, "web-prod");
+    assert_ne!(gen2_key, gen1_key, "a changed group gets a new object");
+    let gen2_group = fleet.s3.object(&gen2_key).unwrap();
+    // A validly signed, older index: the signature checks out, the generation does not. Its
+    // group object is there too (put back, should the publisher have pruned it).
     fleet.s3.put_object("ssh/index.json", &gen1_index);
-    fleet
-        .s3
-        .put_object("ssh/web-prod/authorized_keys", &gen1_group);
+    fleet.s3.put_object(&gen1_key, &gen1_group);
     let refused = fleet.refresh();
     assert!(
         !refused.status.success(),
@@ -277,9 +296,7 @@ fn tampered_objects_and_rolled_back_or_forged_indexes_are_refused() {
     // real key.
     fleet.s3.put_object("ssh/index.json", &gen2_index);
     let tampered = format!("{gen2_group}{}\n", fleet.keys["eve"].line);
-    fleet
-        .s3
-        .put_object("ssh/web-prod/authorized_keys", &tampered);
+    fleet.s3.put_object(&gen2_key, &tampered);
     fleet.write_instance_settings("5m", "fresh-cache");
     assert!(
         !sshd.login(LOGIN_USER, fleet.key("eve")),
