@@ -1,7 +1,8 @@
 //! `keyhole verify` end to end: a signed publish from a real Samba AD DC to a real local S3
-//! (s3s-fs), then the bucket changed behind keyhole's back (objects tampered with, deleted,
-//! planted; the index out of step with the manifest or gone; the manifest edited, re-signed with
-//! an expired `not_after`, left unsigned or gone) and every change reported with exit 1, while a
+//! (s3s-fs), then the bucket changed behind keyhole's back (group objects tampered with, deleted,
+//! planted; the owners object edited, or swapped for one that names other people under a
+//! re-signed index; the index edited under its old signature, re-signed expired or without a
+//! `not_after`, left unsigned, unreadable or gone) and every change reported with exit 1, while a
 //! clean bucket exits 0. The signature key comes from `[signing]` (its `.pub`, or derived from
 //! the private key) or from `[instance] verify_key`.
 
@@ -10,6 +11,7 @@ mod support;
 use std::path::PathBuf;
 use std::process::Command;
 
+use keyhole::index::{Index, Layout};
 use keyhole::render::sha256_hex;
 use serde_json::{Value, json};
 use support::homes::Homes;
@@ -25,11 +27,13 @@ groups = ["Web Team"]
 users = ["bob"]
 "#;
 
-const WEB: &str = "ssh/web-prod/authorized_keys";
-const DB: &str = "ssh/db-prod/authorized_keys";
-const MANIFEST: &str = "ssh/manifest.json";
-const SIGNATURE: &str = "ssh/manifest.json.sig";
 const INDEX: &str = "ssh/index.json";
+
+fn layout() -> Layout {
+    Layout {
+        prefix: "ssh/".into(),
+    }
+}
 
 /// A publisher that signs, wired to a DC, an S3 server and homes with one key per person.
 struct World {
@@ -85,17 +89,40 @@ impl World {
         run_keyhole(&config, &["verify", "--format", "json"], &self.s3.env())
     }
 
-    /// Signs `manifest` as `ssh-keygen -Y sign -n keyhole` with the publisher's key.
-    fn openssh_sign(&self, manifest: &str) -> String {
+    /// Signs `text` as `ssh-keygen -Y sign -n keyhole` with the publisher's key.
+    fn openssh_sign(&self, text: &str) -> String {
         let dir = tempfile::tempdir().unwrap();
-        let message = dir.path().join("manifest.json");
-        std::fs::write(&message, manifest).unwrap();
+        let message = dir.path().join("index.json");
+        std::fs::write(&message, text).unwrap();
         let mut command = Command::new("ssh-keygen");
         command.args(["-Y", "sign", "-n", "keyhole", "-f"]);
         command.arg(&self.signing_key).arg(&message);
         let signed = command.output().unwrap();
         assert!(signed.status.success(), "{signed:?}");
         std::fs::read_to_string(message.with_extension("json.sig")).unwrap()
+    }
+
+    /// The published index, opened without checking its signature.
+    fn index(&self) -> Index {
+        Index::open(self.object(INDEX).as_bytes(), None).unwrap()
+    }
+
+    /// The key of `group`'s object, as the published index names it.
+    fn group_key(&self, group: &str) -> String {
+        let index = self.index();
+        layout().group(&index, group, &index.groups[group].sha256)
+    }
+
+    /// The key of the owners object the published index names.
+    fn owners_key(&self) -> String {
+        layout().owners(self.index().owners.as_deref().expect("an owners object"))
+    }
+
+    /// Writes an index envelope holding `text`, signed with the publisher's key by
+    /// `ssh-keygen` (what a bucket writer holding the key could do).
+    fn put_signed_index(&self, text: &str) {
+        let envelope = json!({"index": text, "signature": self.openssh_sign(text)});
+        self.s3.put_object(INDEX, &envelope.to_string());
     }
 
     fn object(&self, key: &str) -> String {
@@ -140,10 +167,14 @@ fn verify_reports_every_drift_and_every_signature_problem() {
     let world = World::new();
     let published = world.publisher.run(&["publish"]);
     assert_eq!(published.code, 0, "{published:#?}");
+    let envelope: Value = serde_json::from_str(&world.object(INDEX)).unwrap();
     assert!(
-        world.s3.object(SIGNATURE).is_some(),
-        "the publish did not sign"
+        envelope["signature"].is_string(),
+        "the publish did not sign: {envelope:#}"
     );
+    let web_key = world.group_key("web-prod");
+    let db_key = world.group_key("db-prod");
+    let owners_key = world.owners_key();
 
     // Clean, in both forms.
     assert_clean(&world.verify(), 1);
@@ -151,7 +182,7 @@ fn verify_reports_every_drift_and_every_signature_problem() {
     assert_eq!(text.code, 0, "{text:#?}");
     assert!(
         text.stdout.contains(&format!(
-            "s3://{}/ssh/ matches manifest generation 1; signature checked",
+            "s3://{}/ssh/ matches index generation 1; signature checked",
             support::s3::BUCKET
         )),
         "{}",
@@ -159,13 +190,13 @@ fn verify_reports_every_drift_and_every_signature_problem() {
     );
 
     // Tampered, deleted and planted at once: all three are reported.
-    let web = world.object(WEB);
-    let db = world.object(DB);
+    let web = world.object(&web_key);
+    let db = world.object(&db_key);
     let tampered = format!(
         "{web}ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDmjOu4mOBUr0DJ8tH2fjkUdlzlxEA9sEap8ddvWULxf mallory\n"
     );
-    world.s3.put_object(WEB, &tampered);
-    world.s3.delete_object(DB);
+    world.s3.put_object(&web_key, &tampered);
+    world.s3.delete_object(&db_key);
     world
         .s3
         .put_object("ssh/backdoor/authorized_keys", "ssh-ed25519 AAAA x\n");
@@ -173,8 +204,8 @@ fn verify_reports_every_drift_and_every_signature_problem() {
         &world.verify(),
         &[
             ("extra", "ssh/backdoor/authorized_keys"),
-            ("missing", DB),
-            ("modified", WEB),
+            ("missing", &db_key),
+            ("modified", &web_key),
         ],
     );
     assert_eq!(report["generation"], 1);
@@ -188,55 +219,81 @@ fn verify_reports_every_drift_and_every_signature_problem() {
     assert_eq!(text.code, 1, "{text:#?}");
     assert!(text.stdout.contains("3 problems"), "{}", text.stdout);
     for line in [
-        "extra     ssh/backdoor/authorized_keys: access group backdoor is not in the manifest",
-        "missing   ssh/db-prod/authorized_keys: access group db-prod is in the manifest",
-        "modified  ssh/web-prod/authorized_keys: SHA-256 is",
+        "extra     ssh/backdoor/authorized_keys: not an object the index names".to_owned(),
+        format!("missing   {db_key}: named by the index but not in the bucket"),
+        format!("modified  {web_key}: SHA-256 is"),
     ] {
-        assert!(text.stdout.contains(line), "{line:?} in {}", text.stdout);
+        assert!(text.stdout.contains(&line), "{line:?} in {}", text.stdout);
     }
 
     // Put back as published: clean again.
-    world.s3.put_object(WEB, &web);
-    world.s3.put_object(DB, &db);
+    world.s3.put_object(&web_key, &web);
+    world.s3.put_object(&db_key, &db);
     world.s3.delete_object("ssh/backdoor/authorized_keys");
     assert_clean(&world.verify(), 1);
 
-    // The index: an access group's SHA-256 changed (validly re-signed), and the index tells
-    // instances to accept a file the manifest does not record.
+    // The owners object edited in place: bob's key said to be carol's.
+    let owners = world.object(&owners_key);
+    let bob_fingerprint = {
+        let parsed: std::collections::BTreeMap<String, String> =
+            serde_json::from_str(&owners).unwrap();
+        let (fingerprint, _) = parsed.iter().find(|(_, user)| *user == "bob").unwrap();
+        fingerprint.clone()
+    };
+    let reattributed = owners.replace(
+        &format!("\"{bob_fingerprint}\":\"bob\""),
+        &format!("\"{bob_fingerprint}\":\"carol\""),
+    );
+    assert_ne!(reattributed, owners);
+    world.s3.put_object(&owners_key, &reattributed);
+    assert_findings(&world.verify(), &[("modified", &owners_key)]);
+    world.s3.put_object(&owners_key, &owners);
+    assert_clean(&world.verify(), 1);
+
+    // The same reattribution under a validly re-signed index that names it: every object is
+    // what the index says, but the owners object and the group files disagree about whose
+    // bob's key is, in both groups he is in.
     let index = world.object(INDEX);
-    let mut envelope: Value = serde_json::from_str(&index).unwrap();
     let text = envelope["index"].as_str().unwrap().to_owned();
-    let web_sha = sha256_hex(web.as_bytes());
-    let forged = text.replace(&web_sha, &sha256_hex(tampered.as_bytes()));
+    let forged_owners_key = layout().owners(&sha256_hex(reattributed.as_bytes()));
+    world.s3.put_object(&forged_owners_key, &reattributed);
+    let owners_sha = world.index().owners.unwrap();
+    let forged = text.replace(&owners_sha, &sha256_hex(reattributed.as_bytes()));
     assert_ne!(forged, text);
-    envelope["index"] = forged.clone().into();
-    envelope["signature"] = world.openssh_sign(&forged).into();
-    world.s3.put_object(INDEX, &envelope.to_string());
-    let report = assert_findings(&world.verify(), &[("index_mismatch", INDEX)]);
-    let detail = report["findings"][0]["detail"].as_str().unwrap();
+    world.put_signed_index(&forged);
+    let report = assert_findings(
+        &world.verify(),
+        &[("owners_mismatch", &db_key), ("owners_mismatch", &web_key)],
+    );
+    let detail = report["findings"][1]["detail"].as_str().unwrap();
     assert!(
-        detail.contains("access group web-prod") && detail.contains(&web_sha),
+        detail.contains(&bob_fingerprint)
+            && detail.contains("bob's block")
+            && detail.contains("carol"),
         "{detail}"
     );
-    // Gone: instances could not refresh.
+    world.s3.put_object(INDEX, &index);
+    world.s3.delete_object(&forged_owners_key);
+    assert_clean(&world.verify(), 1);
+
+    // Gone: instances could not refresh, and nothing else can be checked.
     world.s3.delete_object(INDEX);
-    assert_findings(&world.verify(), &[("index_missing", INDEX)]);
+    let report = assert_findings(&world.verify(), &[("index_missing", INDEX)]);
+    assert_eq!(report["generation"], Value::Null);
     world.s3.put_object(INDEX, &index);
     assert_clean(&world.verify(), 1);
 
-    // The manifest edited, its old signature kept (and no longer what the index says).
-    let manifest = world.object(MANIFEST);
-    let signature = world.object(SIGNATURE);
-    let edited = manifest.replacen("\"generation\":1", "\"generation\":9", 1);
-    assert_ne!(edited, manifest);
-    world.s3.put_object(MANIFEST, &edited);
-    let report = assert_findings(
-        &world.verify(),
-        &[("index_mismatch", INDEX), ("signature_invalid", SIGNATURE)],
-    );
+    // The index edited, its old signature kept.
+    let mut edited = envelope.clone();
+    edited["index"] = text
+        .replacen("\"generation\":1,", "\"generation\":9,", 1)
+        .into();
+    assert_ne!(edited, envelope);
+    world.s3.put_object(INDEX, &edited.to_string());
+    let report = assert_findings(&world.verify(), &[("index_signature_invalid", INDEX)]);
     assert_eq!(report["generation"], 9);
     assert!(
-        report["findings"][1]["detail"]
+        report["findings"][0]["detail"]
             .as_str()
             .unwrap()
             .contains("does not match the signed content"),
@@ -244,35 +301,38 @@ fn verify_reports_every_drift_and_every_signature_problem() {
     );
 
     // Validly signed (by ssh-keygen, with the publisher's key), but expired.
-    let not_after = json_field(&manifest, "not_after");
-    let expired = manifest.replacen(&not_after, "2020-01-01T00:00:00Z", 1);
-    world.s3.put_object(MANIFEST, &expired);
-    world
-        .s3
-        .put_object(SIGNATURE, &world.openssh_sign(&expired));
-    let report = assert_findings(
-        &world.verify(),
-        &[("index_mismatch", INDEX), ("expired", MANIFEST)],
-    );
+    let not_after = world.index().not_after;
+    let not_after = not_after.expect("a signed index has a not_after");
+    let expired = text.replacen(&not_after, "2020-01-01T00:00:00Z", 1);
+    assert_ne!(expired, text);
+    world.put_signed_index(&expired);
+    let report = assert_findings(&world.verify(), &[("expired", INDEX)]);
     assert!(
-        report["findings"][1]["detail"]
+        report["findings"][0]["detail"]
             .as_str()
             .unwrap()
             .contains("expired at 2020-01-01T00:00:00Z"),
         "{report:#}"
     );
 
+    // Validly signed, without a not_after: instances refuse it as they would an expired one.
+    let endless = text.replacen(&format!("\"not_after\":\"{not_after}\","), "", 1);
+    assert_ne!(endless, text);
+    world.put_signed_index(&endless);
+    assert_findings(&world.verify(), &[("not_after_invalid", INDEX)]);
+
     // Unsigned, while signing is configured.
-    world.s3.put_object(MANIFEST, &manifest);
-    world.s3.delete_object(SIGNATURE);
-    assert_findings(&world.verify(), &[("signature_missing", SIGNATURE)]);
+    let mut unsigned = envelope.clone();
+    unsigned["signature"] = Value::Null;
+    world.s3.put_object(INDEX, &unsigned.to_string());
+    assert_findings(&world.verify(), &[("index_signature_missing", INDEX)]);
     // Without any signature key configured the same bucket passes, and says it checked less.
     let unchecked = world.verify_with("");
     assert_eq!(unchecked.code, 0, "{unchecked:#?}");
     assert_eq!(unchecked.json()["signature_checked"], false);
 
     // An instance's verify_key: the right key passes, another key is a finding.
-    world.s3.put_object(SIGNATURE, &signature);
+    world.s3.put_object(INDEX, &index);
     let public = std::fs::read_to_string(world.signing_key.with_extension("pub")).unwrap();
     let instance = |verify_key: &str| {
         format!(
@@ -288,10 +348,7 @@ fn verify_reports_every_drift_and_every_signature_problem() {
     let other = std::fs::read_to_string(other_key.with_extension("pub")).unwrap();
     let report = assert_findings(
         &world.verify_with(&instance(&other)),
-        &[
-            ("index_signature_invalid", INDEX),
-            ("signature_invalid", SIGNATURE),
-        ],
+        &[("index_signature_invalid", INDEX)],
     );
     assert!(
         report["findings"][0]["detail"]
@@ -309,16 +366,10 @@ fn verify_reports_every_drift_and_every_signature_problem() {
     .unwrap();
     assert_clean(&world.verify(), 1);
 
-    // No manifest at all.
-    world.s3.delete_object(MANIFEST);
-    let report = assert_findings(&world.verify(), &[("manifest_missing", MANIFEST)]);
+    // An index that is not one: nothing under the prefix can be checked.
+    world.s3.put_object(INDEX, "{\"generation\": 2}\n");
+    let report = assert_findings(&world.verify(), &[("index_invalid", INDEX)]);
     assert_eq!(report["generation"], Value::Null);
-}
-
-/// The string value of a top-level field of a pretty-printed manifest.
-fn json_field(manifest: &str, field: &str) -> String {
-    let value: Value = serde_json::from_str(manifest).unwrap();
-    value[field].as_str().unwrap().to_owned()
 }
 
 #[test]
@@ -330,7 +381,7 @@ fn verify_without_a_bucket_to_read_is_an_error_not_a_report() {
 
     // An empty bucket: nothing is published.
     let empty = run_keyhole(&config, &["verify", "--format", "json"], &s3.env());
-    assert_findings(&empty, &[("manifest_missing", MANIFEST)]);
+    assert_findings(&empty, &[("index_missing", INDEX)]);
 
     // S3 down: exit 1 with the error on stderr and no report that could read as "checked".
     s3.stop();
@@ -359,10 +410,16 @@ fn verify_without_a_bucket_to_read_is_an_error_not_a_report() {
     let help = run_keyhole(&config, &["verify", "--help"], &[]);
     assert_eq!(help.code, 0, "{help:#?}");
     for needle in [
-        "manifest_missing",
-        "signature_invalid",
+        "index_missing",
+        "index_invalid",
+        "index_signature_missing",
+        "index_signature_invalid",
         "expired",
-        "index_mismatch",
+        "not_after_invalid",
+        "missing",
+        "modified",
+        "owners_mismatch",
+        "extra",
         "\"findings\": [{\"kind\", \"key\", \"detail\"}]",
         "Exit codes:",
         "78  configuration or policy invalid",
