@@ -59,10 +59,10 @@ impl Published {
             Fetched::Object(object) => {
                 let index = Index::open(&object.body, verifier).with_context(|| {
                     format!(
-                        "refusing s3://{bucket}/{key}: the publisher signs only what it verified \
-                         (a bucket writer may have replaced it; check with `keyhole verify`, and \
-                         after an investigation restore it or publish with --rewrite-all from a \
-                         trusted index)"
+                        "refusing s3://{bucket}/{key}: the publisher signs only what it verified, \
+                         and this index does not verify (a bucket writer may have replaced it). \
+                         Investigate with `keyhole verify`; then restore the last good index, or \
+                         delete it and publish with --min-generation N, N above its generation"
                     )
                 })?;
                 Published {
