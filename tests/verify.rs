@@ -4,14 +4,16 @@
 //! re-signed index; the index edited under its old signature, re-signed expired or without a
 //! `not_after`, left unsigned, unreadable or gone) and every change reported with exit 1, while a
 //! clean bucket exits 0. The signature key comes from `[signing]` (its `.pub`, or derived from
-//! the private key) or from `[instance] verify_key`.
+//! the private key) or from `[instance] verify_key`. A bucket still in the legacy layout (a
+//! format-1 index, `{group}/authorized_keys`, the manifest beside them) verifies clean, and the
+//! next publish migrates it to a bucket that verifies clean.
 
 mod support;
 
 use std::path::PathBuf;
 use std::process::Command;
 
-use keyhole::index::{Index, Layout};
+use keyhole::index::{FORMAT, Index, LEGACY_FORMAT, Layout};
 use keyhole::render::sha256_hex;
 use serde_json::{Value, json};
 use support::homes::Homes;
@@ -430,4 +432,71 @@ fn verify_without_a_bucket_to_read_is_an_error_not_a_report() {
             help.stdout
         );
     }
+}
+
+#[test]
+fn a_legacy_bucket_verifies_clean_and_the_first_publish_migrates_it() {
+    let world = World::new();
+    let published = world.publisher.run(&["publish"]);
+    assert_eq!(published.code, 0, "{published:#?}");
+
+    // The bucket as the keyhole before content addressing left it: each group at
+    // {group}/authorized_keys, a format-1 index (no owners object) signed with the same key, and
+    // the manifest with its signature beside it.
+    let mut index = world.index();
+    for (group, entry) in &index.groups {
+        let key = layout().group(&index, group, &entry.sha256);
+        let body = world.object(&key);
+        world.s3.delete_object(&key);
+        world
+            .s3
+            .put_object(&format!("ssh/{group}/authorized_keys"), &body);
+    }
+    world.s3.delete_object(&world.owners_key());
+    index.format = LEGACY_FORMAT;
+    index.owners = None;
+    let manifest = format!(
+        "{{\"format\":1,\"generation\":{},\"groups\":{{}},\"fingerprints\":{{}}}}",
+        index.generation
+    );
+    world.s3.put_object("ssh/manifest.json", &manifest);
+    world
+        .s3
+        .put_object("ssh/manifest.json.sig", &world.openssh_sign(&manifest));
+    world.put_signed_index(&serde_json::to_string(&index).unwrap());
+    assert_eq!(world.group_key("web-prod"), "ssh/web-prod/authorized_keys");
+    assert_clean(&world.verify(), 1);
+
+    // The legacy objects are checked like any other.
+    let web = world.object("ssh/web-prod/authorized_keys");
+    world
+        .s3
+        .put_object("ssh/web-prod/authorized_keys", &format!("{web}# edited\n"));
+    assert_findings(
+        &world.verify(),
+        &[("modified", "ssh/web-prod/authorized_keys")],
+    );
+    world.s3.put_object("ssh/web-prod/authorized_keys", &web);
+
+    // The next publish migrates: a format-2 index of the next generation, the objects at their
+    // content addresses with an owners object, the legacy objects gone, and a clean bucket.
+    let migrated = world.publisher.run(&["publish"]);
+    assert_eq!(migrated.code, 0, "{migrated:#?}");
+    let index = world.index();
+    assert_eq!((index.format, index.generation), (FORMAT, 2));
+    assert!(index.owners.is_some());
+    let keys = world.s3.keys();
+    for legacy in [
+        "ssh/manifest.json",
+        "ssh/manifest.json.sig",
+        "ssh/web-prod/authorized_keys",
+        "ssh/db-prod/authorized_keys",
+    ] {
+        assert!(
+            !keys.iter().any(|key| key == legacy),
+            "{legacy} in {keys:?}"
+        );
+    }
+    assert_eq!(world.object(&world.group_key("web-prod")), web);
+    assert_clean(&world.verify(), 2);
 }
