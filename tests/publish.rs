@@ -439,3 +439,69 @@ fn shapes(keys: &[String]) -> Vec<String> {
         })
         .collect()
 }
+
+/// A bucket in the layout keyhole wrote before group objects were addressed by content (a
+/// format-1 index, `{group}/authorized_keys`, `manifest.json` and its signature) is migrated by
+/// the first publish, with no flag: every group is written to its content address under a new
+/// generation, the legacy objects are removed, and an instance that followed the legacy bucket
+/// follows the new one.
+#[test]
+fn a_legacy_bucket_is_migrated_by_the_first_publish() {
+    use keyhole::index::{Index, IndexGroup, LEGACY_FORMAT};
+    let world = World::new(POLICY);
+    let s3 = &world.stack.s3;
+    let mut legacy = Index {
+        format: LEGACY_FORMAT,
+        generation: 7,
+        ..Index::empty()
+    };
+    for (group, users) in [
+        (
+            "web-prod",
+            &["alice.admin", "bob", "carol", "dave", "erin", "frank"][..],
+        ),
+        ("db-prod", &["alice.admin", "bob"][..]),
+    ] {
+        let body = world.expected_file(group, users);
+        s3.put_object(&format!("ssh/{group}/authorized_keys"), &body);
+        legacy.groups.insert(
+            group.into(),
+            IndexGroup {
+                sha256: keyhole::render::sha256_hex(body.as_bytes()),
+                users: users.len(),
+                keys: users.len(),
+            },
+        );
+    }
+    s3.put_object(
+        "ssh/index.json",
+        std::str::from_utf8(&legacy.seal(None).unwrap()).unwrap(),
+    );
+    s3.put_object("ssh/manifest.json", "{\"format\":1}\n");
+    s3.put_object("ssh/manifest.json.sig", "legacy signature\n");
+
+    let migrated = world.run(&["publish", "--format", "json"]);
+    assert_eq!(migrated.code, 0, "{migrated:#?}");
+    // No access changed: every group is unchanged, but written to its new address.
+    let report = migrated.json();
+    assert_eq!(group_plan(&report, "web-prod")["action"], "unchanged");
+    assert_eq!(
+        shapes(&world.stack.s3.keys()),
+        [
+            "ssh/_keyhole/owners/{sha256}.json",
+            "ssh/db-prod/{sha256}",
+            "ssh/index.json",
+            "ssh/web-prod/{sha256}"
+        ]
+    );
+    let manifest = world.manifest();
+    assert_eq!(manifest["format"], 2);
+    assert_eq!(manifest["generation"], 8);
+    assert_eq!(
+        world.stack.group_file("db-prod"),
+        world.expected_file("db-prod", &["alice.admin", "bob"])
+    );
+    let again = world.run(&["publish"]);
+    assert!(again.stderr.contains("nothing changed"), "{again:#?}");
+    assert_eq!(world.run(&["verify"]).code, 0);
+}
