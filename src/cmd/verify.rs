@@ -359,7 +359,7 @@ pub fn judge(
         expected.extend(layout.legacy_manifest());
     }
     for key in observed.listed.difference(&expected) {
-        if !superseded(layout, key) {
+        if !superseded(layout, &index, key) {
             found(
                 FindingKind::Extra,
                 key,
@@ -426,15 +426,20 @@ fn judge_owners(
 }
 
 /// A group or owners object of an earlier generation: named by its SHA-256 like the current
-/// ones. Publishes keep the previous one for instances mid-refresh, and prune the rest; no index
-/// names it, so no instance is served it.
-fn superseded(layout: &Layout, key: &str) -> bool {
+/// ones, under an access group the index lists. Publishes keep the previous one for instances
+/// mid-refresh (and a publisher that lost a race may leave one until that group next changes);
+/// no index names it, so no instance is served it. Anything else, a hex-named object under a
+/// group the index does not list included, is extra.
+fn superseded(layout: &Layout, index: &Index, key: &str) -> bool {
     let Some(rest) = key.strip_prefix(&layout.prefix) else {
         return false;
     };
     let name = match rest.strip_prefix(OWNERS_PREFIX) {
         Some(owners) => owners.strip_suffix(".json"),
-        None => rest.split_once('/').map(|(_, name)| name),
+        None => rest
+            .split_once('/')
+            .filter(|(group, _)| index.groups.contains_key(*group))
+            .map(|(_, name)| name),
     };
     name.is_some_and(|name| name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()))
 }
@@ -625,11 +630,14 @@ mod tests {
         observed
             .listed
             .insert("ssh/old-group/authorized_keys".into());
+        let planted = format!("ssh/backdoor/{}", sha256_hex(b"planted"));
+        observed.listed.insert(planted.clone());
         let findings = judge(&layout(), &observed, Some(&verifier(&signer)), now());
         let mut expected = vec![
             (FindingKind::Missing, db.as_str()),
             (FindingKind::Extra, "ssh/notes.txt"),
             (FindingKind::Extra, "ssh/old-group/authorized_keys"),
+            (FindingKind::Extra, planted.as_str()),
             (FindingKind::Modified, web.as_str()),
         ];
         expected.sort_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0)));
