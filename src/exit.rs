@@ -20,7 +20,7 @@ pub enum Exit {
     GuardRefused = 3,
     /// The command line was wrong.
     Usage = 64,
-    /// Another publisher holds the lock, or wrote the manifest concurrently.
+    /// Another publisher holds the lock, or committed an index concurrently.
     Busy = 75,
     /// The settings or the policy are invalid.
     Invalid = 78,

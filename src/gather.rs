@@ -135,7 +135,7 @@ pub async fn gather(settings: &Settings, now: SystemTime) -> anyhow::Result<Gath
 }
 
 /// The commit the policy file is at, when it is in a git repository; `-dirty` is appended when
-/// the file differs from that commit, so a manifest never claims a commit it was not built from.
+/// the file differs from that commit, so an index never claims a commit it was not built from.
 fn policy_commit(policy: &Path) -> Option<String> {
     let directory = policy
         .parent()

@@ -1,6 +1,6 @@
 //! The publisher's lock file: keeps two publishes on one host apart (exit 75), so a slow run and
 //! the next timer tick never interleave their writes. Publishers on other hosts are caught by the
-//! conditional write of the manifest instead (see `store`).
+//! conditional write of the index instead (see `store`).
 //!
 //! The lock is an advisory `flock` held for the life of [`PublishLock`]; the kernel drops it when
 //! the process dies, so a crashed run never leaves a stale lock behind.

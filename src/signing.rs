@@ -1,7 +1,8 @@
-//! Signatures over `manifest.json`: the publisher signs it, instances verify it (SPEC.md "Signing").
+//! Signatures over the index (`index.json`): the publisher signs it, instances and the publisher
+//! itself verify it (SPEC.md "Signing").
 //!
 //! The format is OpenSSH's SSHSIG (`ssh-keygen -Y sign -n keyhole`), so an operator can check a
-//! published manifest with stock `ssh-keygen -Y verify` and keyhole accepts signatures made that
+//! published index with stock `ssh-keygen -Y verify` and keyhole accepts signatures made that
 //! way. All cryptography is the `ssh-key` crate's; this module only chooses the key type (Ed25519
 //! only), the namespace ([`NAMESPACE`]) and the hash (SHA-512, what `ssh-keygen` uses), refuses
 //! key files that are encrypted or unprotected, and turns failures into errors an operator can act
@@ -20,7 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ssh_key::{Algorithm, HashAlg, LineEnding, PrivateKey, PublicKey, SshSig};
 
 /// The SSHSIG namespace of keyhole's signatures: `ssh-keygen -Y … -n keyhole`. A signature made
-/// for another purpose (git commits, files) with the same key does not verify as a manifest.
+/// for another purpose (git commits, files) with the same key does not verify as an index.
 pub const NAMESPACE: &str = "keyhole";
 
 /// Why signing or verifying failed. Each way a signature can be wrong has its own variant, so the
@@ -211,12 +212,12 @@ impl Verifier {
     }
 }
 
-/// When a signed manifest must be re-signed: at or after half of its validity has passed.
+/// When a signed index must be re-signed: at or after half of its validity has passed.
 ///
 /// `not_after - validity` is when it was signed, so that is `now >= not_after - validity / 2`.
 /// Also true when `not_after` lies further ahead than a fresh signature would reach
 /// (`not_after > now + validity`): `validity` was shortened since, or the clock went back, and
-/// the manifest should not stay valid longer than the configuration says.
+/// the index should not stay valid longer than the configuration says.
 pub fn needs_resign(not_after: SystemTime, validity: Duration, now: SystemTime) -> bool {
     let Some(resign_at) = not_after.checked_sub(validity / 2) else {
         return true;

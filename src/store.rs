@@ -1,4 +1,4 @@
-//! The object store (S3): where group files and the manifest live.
+//! The object store (S3): where group objects, the owners object and the index live.
 //!
 //! [`ObjectStore`] is the seam: [`S3Store`] speaks to S3 or any S3-compatible server through
 //! aws-sdk-s3, and tests of the publishing logic can use an in-memory store. Every S3 client is
@@ -7,7 +7,7 @@
 //!
 //! Writes always carry a SHA-256 checksum so the server rejects a body damaged in transit, and
 //! may carry a precondition (`If-None-Match: *` to create, `If-Match: <etag>` to replace) so two
-//! publishers can never silently overwrite each other's manifest. Errors never include
+//! publishers can never silently overwrite each other's index. Errors never include
 //! credentials: the SDK does not put them in messages and this module adds only keys and codes.
 
 use std::sync::Arc;

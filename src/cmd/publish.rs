@@ -40,7 +40,7 @@ use crate::store::{ObjectStore, Precondition, StoreError};
 /// Group files written at the same time.
 const PARALLEL_WRITES: usize = 8;
 
-/// Publish the access group files and the manifest to S3: only what changed, never past the
+/// Publish the access group files and the signed index to S3: only what changed, never past the
 /// safety guard (unless --force), groups removed from the policy pruned.
 ///
 /// A member whose home cannot be read leaves their access groups as published, and the run exits

@@ -3,7 +3,7 @@
 //!
 //! An instance reads `{prefix}index.json` (see [`crate::index`]: per access group the SHA-256 of
 //! its file, and nothing per person) and the files of the access groups it serves, never the
-//! manifest: what it fetches is proportional to what it serves, not to the company.
+//! owners object: what it fetches is proportional to what it serves, not to the company.
 //!
 //! The cache holds, per access group, the verified file body behind a one-line header recording
 //! the object's ETag, the index generation and when it was last confirmed current; the verified
@@ -203,7 +203,7 @@ pub fn unix_millis(time: SystemTime) -> u64 {
 
 /// Brings the cache up to date: one conditional read of the index, and a group file read only
 /// for this host's groups whose SHA-256 in the index differs from the cached one. Nothing
-/// unverified is cached; the manifest is never read.
+/// unverified is cached; nothing per person of the company is read.
 pub async fn refresh(
     store: &impl ObjectStore,
     layout: &Layout,

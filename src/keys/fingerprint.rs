@@ -1,4 +1,4 @@
-//! The `SHA256:` fingerprint that names a key everywhere in keyhole: in the manifest, in the
+//! The `SHA256:` fingerprint that names a key everywhere in keyhole: in the owners object, in the
 //! `[deny]` list, in `whois`, and in what sshd passes as `%f`.
 //!
 //! This module owns the textual form and its validation. It never hashes anything itself: the
