@@ -10,6 +10,14 @@
 //!
 //! Parsing is only ever done on bytes whose SHA-256 the caller checked against a verified index:
 //! this module trusts its input's structure, never its origin.
+//!
+//! Names cannot forge that structure. In a block's header line a person's name is written with
+//! `%`, spaces, `>` and every control or bidi/format character percent-encoded, and a group's
+//! name in the chain with `%`, `>` and those characters encoded (spaces kept: "Web Team"). So
+//! the first ` via ` always ends the person's name, ` > ` always separates two groups, and no
+//! name (an AD account called `alice via Ops`, or `keyhole access group x`) can make a line
+//! that reads as someone else's block or as the file's header. Ordinary names are written as
+//! they are, so the encoding changes no existing file.
 
 use std::collections::BTreeSet;
 
@@ -56,14 +64,11 @@ impl PublishedFile {
             }
             if let Some(header) = line.strip_prefix("# ") {
                 let (user, via) = match header.split_once(" via ") {
-                    Some((user, chain)) => (
-                        user,
-                        chain.split(VIA_SEPARATOR).map(str::to_owned).collect(),
-                    ),
+                    Some((user, chain)) => (user, chain.split(VIA_SEPARATOR).map(decode).collect()),
                     None => (header, Vec::new()),
                 };
                 blocks.push(Block {
-                    user: user.to_owned(),
+                    user: decode(user),
                     via,
                     keys: Vec::new(),
                 });
@@ -103,6 +108,71 @@ impl PublishedFile {
     }
 }
 
+/// The line that opens a person's block: `# bob`, or `# bob via Web Team > Contractors`, names
+/// encoded (see the module doc), with its newline.
+pub fn block_header<S: AsRef<str>>(user: &str, via: &[S]) -> String {
+    let mut line = format!("# {}", encode(user, true));
+    for (i, group) in via.iter().enumerate() {
+        line.push_str(if i == 0 { " via " } else { VIA_SEPARATOR });
+        line.push_str(&encode(group.as_ref(), false));
+    }
+    line.push('\n');
+    line
+}
+
+/// Whether `c` must be percent-encoded in a name (spaces only in a person's name).
+fn needs_encoding(c: char, person: bool) -> bool {
+    matches!(c, '%' | '>')
+        || (person && c == ' ')
+        || c.is_control()
+        || matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}' | '\u{FEFF}')
+}
+
+fn encode(name: &str, person: bool) -> std::borrow::Cow<'_, str> {
+    if !name.chars().any(|c| needs_encoding(c, person)) {
+        return std::borrow::Cow::Borrowed(name);
+    }
+    let mut encoded = String::with_capacity(name.len() + 8);
+    for c in name.chars() {
+        if needs_encoding(c, person) {
+            let mut utf8 = [0; 4];
+            for byte in c.encode_utf8(&mut utf8).bytes() {
+                encoded.push_str(&format!("%{byte:02X}"));
+            }
+        } else {
+            encoded.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(encoded)
+}
+
+/// Reverses [`encode`]; a `%` not followed by two hex digits stays as it is.
+fn decode(text: &str) -> String {
+    if !text.contains('%') {
+        return text.to_owned();
+    }
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|pair| std::str::from_utf8(pair).ok())
+            .and_then(|pair| u8::from_str_radix(pair, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// A key policy that accepts every key type keyhole knows, any size, any option.
 pub fn any_key_policy() -> KeyPolicy {
     KeyPolicy {
@@ -140,5 +210,31 @@ mod tests {
         assert_eq!(file.users().collect::<Vec<_>>(), ["bob", "carol"]);
         assert_eq!(file.fingerprints().len(), 2);
         assert_eq!(file.block("dave"), None);
+    }
+
+    #[test]
+    fn names_cannot_forge_a_block_or_the_header() {
+        // An AD account named like a block with a chain, one named like the file header, and a
+        // group whose name holds the chain separator and a line break.
+        let via = ["Ops > Admins\nsneaky".to_string(), "100% Team".to_string()];
+        let mut body = format!("{HEADER_PREFIX}web: generated, do not edit\n");
+        body.push_str(&block_header("alice via Ops", &via));
+        body.push_str(BOB);
+        body.push('\n');
+        body.push_str(&block_header("keyhole access group web", &[] as &[String]));
+        body.push_str(CAROL);
+        body.push('\n');
+        assert!(
+            body.contains("# alice%20via%20Ops via Ops %3E Admins%0Asneaky > 100%25 Team\n"),
+            "{body}"
+        );
+        let file = PublishedFile::parse(body.as_bytes());
+        assert_eq!(file.blocks.len(), 2, "{file:?}");
+        assert_eq!(file.blocks[0].user, "alice via Ops");
+        assert_eq!(file.blocks[0].via, via);
+        assert_eq!(file.blocks[1].user, "keyhole access group web");
+        assert_eq!(file.blocks[1].keys.len(), 1);
+        // Ordinary names are written as they are.
+        assert_eq!(block_header("bob", &["Web Team"]), "# bob via Web Team\n");
     }
 }

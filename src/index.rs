@@ -58,6 +58,16 @@ pub struct Index {
     /// published for); absent in the legacy format.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owners: Option<String>,
+    /// Where this index was published (see [`deployment`]): readers refuse an index published for
+    /// another bucket or prefix, so one signing key shared by two deployments (staging and
+    /// production) cannot replay one's index into the other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
+}
+
+/// The name of a deployment, as an index records it: `s3://{bucket}/{prefix}`.
+pub fn deployment(bucket: &str, prefix: &str) -> String {
+    format!("s3://{bucket}/{prefix}")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,6 +161,8 @@ pub enum IndexError {
     Format(u32),
     #[error("signing the index: {0}")]
     Sign(#[source] SigningError),
+    #[error("the index belongs to another deployment: {0}")]
+    Deployment(String),
 }
 
 impl Index {
@@ -163,6 +175,22 @@ impl Index {
             policy_commit: None,
             groups: BTreeMap::new(),
             owners: None,
+            deployment: None,
+        }
+    }
+
+    /// Refuses an index published for another deployment than `expected`. An index that names
+    /// none (the legacy format) passes only when `required` is false.
+    pub fn check_deployment(&self, expected: &str, required: bool) -> Result<(), IndexError> {
+        match &self.deployment {
+            Some(named) if named != expected => Err(IndexError::Deployment(format!(
+                "it was published for {named}, not {expected} (one signing key shared by two \
+                 deployments?)"
+            ))),
+            None if required && !self.is_legacy() => Err(IndexError::Deployment(format!(
+                "it names no deployment, and this reader expects {expected}"
+            ))),
+            _ => Ok(()),
         }
     }
 

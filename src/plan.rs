@@ -285,13 +285,7 @@ pub fn deny_only(
         if kept.is_empty() {
             continue;
         }
-        body.push_str("# ");
-        body.push_str(user);
-        if !via.is_empty() {
-            body.push_str(" via ");
-            body.push_str(&via.join(crate::resolve::VIA_SEPARATOR));
-        }
-        body.push('\n');
+        body.push_str(&crate::group_file::block_header(user, via));
         for line in &kept {
             body.push_str(line);
             body.push('\n');

@@ -65,6 +65,9 @@ impl Published {
                          delete it and publish with --min-generation N, N above its generation"
                     )
                 })?;
+                index
+                    .check_deployment(&crate::index::deployment(bucket, &layout.prefix), false)
+                    .with_context(|| format!("refusing s3://{bucket}/{key}"))?;
                 Published {
                     index,
                     etag: Some(object.etag),

@@ -27,10 +27,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
-use crate::group_file::{HEADER_PREFIX, PublishedFile};
+use crate::group_file::{HEADER_PREFIX, PublishedFile, block_header};
 use crate::index::Owners;
 use crate::keys::AuthorizedKey;
-use crate::resolve::{Membership, VIA_SEPARATOR, Via};
+use crate::resolve::{Membership, Via};
 
 /// What the homes and keys stages learnt about one person.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -334,18 +334,7 @@ impl<'k> Renderer<'k> {
             let Some(lines) = self.lines(&member.name, carried) else {
                 continue;
             };
-            sink.push("# ");
-            sink.push(&member.name);
-            if !member.via.is_empty() {
-                sink.push(" via ");
-                for (i, group) in member.via.iter().enumerate() {
-                    if i > 0 {
-                        sink.push(VIA_SEPARATOR);
-                    }
-                    sink.push(group);
-                }
-            }
-            sink.push("\n");
+            sink.push(&block_header(&member.name, &member.via));
             let count = match lines {
                 Lines::Fresh(list) => {
                     for key in list {

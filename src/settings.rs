@@ -158,6 +158,9 @@ pub struct InstanceSettings {
     pub max_stale: Duration,
     pub fetch_timeout: Duration,
     pub verify_key: Option<String>,
+    /// Serve an index without checking a signature (no `verify_key`): an explicit choice, logged
+    /// at every refresh, because then whoever can write to the bucket decides who logs in.
+    pub allow_unsigned: bool,
 }
 
 impl Settings {
@@ -340,6 +343,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("instance", "max_stale", Kind::Text),
     ("instance", "fetch_timeout", Kind::Text),
     ("instance", "verify_key", Kind::Text),
+    ("instance", "allow_unsigned", Kind::Bool),
 ];
 
 /// Environment variables that start with `KEYHOLE_` but are not settings overrides.
@@ -498,6 +502,7 @@ struct RawInstance {
     max_stale: Option<String>,
     fetch_timeout: Option<String>,
     verify_key: Option<String>,
+    allow_unsigned: Option<bool>,
 }
 
 // ---- Phase two: validation into the checked types. ----
@@ -886,6 +891,7 @@ fn validate_instance(raw: RawInstance, check: &mut Checker) -> Option<InstanceSe
         max_stale,
         fetch_timeout: check.duration(S, "fetch_timeout", raw.fetch_timeout.as_deref(), "3s"),
         verify_key: check.non_empty(S, "verify_key", raw.verify_key),
+        allow_unsigned: raw.allow_unsigned.unwrap_or(false),
     })
 }
 

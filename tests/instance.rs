@@ -99,6 +99,7 @@ impl Bucket {
             format: FORMAT,
             generation,
             not_after: Some(signing::format_time(not_after)),
+            deployment: Some(DEPLOYMENT.into()),
             ..Index::empty()
         };
         let mut owners = Owners::from([(fingerprint(BOB), "bob".to_string())]);
@@ -209,6 +210,7 @@ impl Host {
             max_stale: Duration::from_secs(3600),
             fetch_timeout: Duration::from_secs(3),
             verify_key: Some(bucket.verify_key.clone()),
+            allow_unsigned: false,
         };
         Host {
             store: S3Store::connect(&s3, Timeouts::PUBLISHER).await,
@@ -228,6 +230,7 @@ impl Host {
         let result = instance::refresh(
             &self.store,
             &layout(),
+            DEPLOYMENT,
             &self.cache(),
             &self.settings,
             Some(&self.verifier),
@@ -246,6 +249,9 @@ impl Host {
             .collect()
     }
 }
+
+/// The bucket and prefix these tests publish to, as an index names them.
+const DEPLOYMENT: &str = "s3://keyhole-test/ssh/";
 
 fn refused(result: anyhow::Result<Index>, because: &str) {
     let error = format!(
@@ -282,7 +288,13 @@ async fn an_instance_reads_the_index_and_its_own_groups_only_and_refuses_what_do
     );
     assert_eq!(
         files(host.cache_dir.path()),
-        ["attribution", "group-db-prod", "group-web-prod", "index"]
+        [
+            ".lock",
+            "attribution",
+            "group-db-prod",
+            "group-web-prod",
+            "index"
+        ]
     );
     assert!(host.served().contains(CAROL));
     let bob = host
@@ -428,4 +440,125 @@ async fn an_instance_follows_a_legacy_bucket_and_the_publish_that_migrates_it() 
     assert_eq!(index.unwrap().generation, 4);
     assert_eq!(gets, 2);
     assert!(host.served().contains(CAROL));
+}
+
+/// An index validly signed by the right key but published for another deployment (a signing key
+/// shared by staging and production), or naming none, is refused; an instance without
+/// `verify_key` serves nothing unless `allow_unsigned` says so.
+#[tokio::test]
+async fn an_instance_refuses_another_deployments_index_and_unsigned_set_ups_by_default() {
+    let bucket = Bucket::new();
+    let week = SystemTime::now() + Duration::from_secs(7 * 86_400);
+    bucket.publish(1, week, true);
+    let mut host = Host::new(&bucket).await;
+    let (index, _) = host.refresh().await;
+    let mut index = index.unwrap();
+
+    index.generation = 2;
+    index.deployment = Some("s3://keyhole-staging/ssh/".into());
+    bucket.commit(&index);
+    refused(
+        host.refresh().await.0,
+        "published for s3://keyhole-staging/ssh/",
+    );
+    index.deployment = None;
+    bucket.commit(&index);
+    refused(host.refresh().await.0, "names no deployment");
+
+    // No verify_key: refused unless allowed, and then the unsigned index is taken.
+    host.settings.verify_key = None;
+    let unsigned = |host: &Host| {
+        let host_settings = host.settings.clone();
+        let store = host.store.clone();
+        let cache = host.cache();
+        async move {
+            instance::refresh(
+                &store,
+                &layout(),
+                DEPLOYMENT,
+                &cache,
+                &host_settings,
+                None,
+                SystemTime::now(),
+            )
+            .await
+        }
+    };
+    refused(unsigned(&host).await, "refusing to serve an unsigned index");
+    host.settings.allow_unsigned = true;
+    assert_eq!(unsigned(&host).await.unwrap().generation, 2);
+}
+
+/// Refreshes are serialized by a lock in the cache directory: while another holds it, a refresh
+/// waits (here until its caller's timeout) instead of racing it.
+#[tokio::test]
+async fn a_refresh_waits_for_the_one_holding_the_cache_lock() {
+    let bucket = Bucket::new();
+    let week = SystemTime::now() + Duration::from_secs(7 * 86_400);
+    bucket.publish(1, week, true);
+    let host = Host::new(&bucket).await;
+    assert!(host.refresh().await.0.is_ok());
+    let lock = std::fs::File::open(host.cache_dir.path().join(".lock")).unwrap();
+    lock.lock().unwrap();
+    let waited = tokio::time::timeout(Duration::from_millis(300), host.refresh()).await;
+    assert!(waited.is_err(), "a refresh ran while another held the lock");
+    drop(lock);
+    assert!(host.refresh().await.0.is_ok());
+}
+
+/// At serving time the cached files are checked against the cached, signed index: a cache file
+/// rewritten on disk (body and header together, so it is self-consistent) is not served.
+#[tokio::test]
+async fn a_cache_file_edited_on_disk_is_not_served() {
+    let bucket = Bucket::new();
+    let week = SystemTime::now() + Duration::from_secs(7 * 86_400);
+    bucket.publish(1, week, true);
+    let host = Host::new(&bucket).await;
+    assert!(host.refresh().await.0.is_ok());
+    let check = |host: &Host| {
+        let groups = instance::cached_groups(&host.cache(), &host.settings).unwrap();
+        instance::verified_for_serving(
+            &host.cache(),
+            DEPLOYMENT,
+            Some(&host.verifier),
+            groups,
+            &host.settings,
+        )
+        .unwrap()
+        .into_iter()
+        .map(|(group, cached)| (group, cached.is_some()))
+        .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        check(&host),
+        [
+            ("web-prod".to_string(), true),
+            ("db-prod".to_string(), true)
+        ]
+    );
+
+    let path = host.cache_dir.path().join("group-web-prod");
+    let cached = host.cache().group("web-prod").unwrap().unwrap();
+    let mut body = cached.body.clone();
+    body.extend_from_slice(b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILM+rvN+ot98qgEN796jTiQfszvdxQkh3m2q6wIUyF7P eve@evil\n");
+    let meta = instance::Meta {
+        sha256: keyhole::render::sha256_hex(&body),
+        ..cached.meta
+    };
+    let mut file = format!(
+        "# keyhole-cache {}\n",
+        serde_json::to_string(&meta).unwrap()
+    )
+    .into_bytes();
+    file.extend_from_slice(&body);
+    std::fs::write(&path, file).unwrap();
+    // The cache itself reads it as consistent; serving refuses it.
+    assert!(host.cache().group("web-prod").unwrap().is_some());
+    assert_eq!(
+        check(&host),
+        [
+            ("web-prod".to_string(), false),
+            ("db-prod".to_string(), true)
+        ]
+    );
 }

@@ -202,7 +202,7 @@ fn real_sshd_lets_members_in_and_keeps_everyone_else_out() {
     );
     let log = sshd.log();
     let attribution = format!(
-        "keyhole: login as {LOGIN_USER} with {} = bob (web-prod via Web Team)",
+        "keyhole: key offered for {LOGIN_USER}: {} = bob (web-prod via Web Team)",
         fleet.keys["bob"].fingerprint
     );
     assert!(
@@ -306,12 +306,42 @@ fn tampered_objects_and_rolled_back_or_forged_indexes_are_refused() {
         !sshd.login(LOGIN_USER, fleet.key("carol")),
         "tampered content was served"
     );
-    let direct = run_keyhole(
+    // Run by hand as root, keyhole refuses the cache directory nobody owns: another user's
+    // directory could hold keys that were never verified.
+    let direct = || {
+        run_keyhole(
+            &fleet.instance_config(),
+            &["authorized-keys", LOGIN_USER],
+            &fleet.instance_env(),
+        )
+    };
+    let not_ours = direct();
+    assert_eq!(not_ours.code, 1, "{not_ours:#?}");
+    assert!(not_ours.stdout.is_empty(), "{not_ours:#?}");
+    assert!(
+        not_ours.stderr.contains("refusing the cache directory")
+            && not_ours.stderr.contains("not by the user keyhole runs as"),
+        "{}",
+        not_ours.stderr
+    );
+    let cache_dir = fleet.instance.path().join("fresh-cache");
+    chown(&cache_dir, Some(0), Some(0)).unwrap();
+    let direct = direct();
+    assert_eq!(direct.code, 1, "{direct:#?}");
+    assert!(direct.stdout.is_empty(), "{direct:#?}");
+    assert!(direct.stderr.contains("is not the"), "{}", direct.stderr);
+
+    // A cache directory others can write to is refused too, whoever owns it.
+    std::fs::set_permissions(&cache_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let writable = run_keyhole(
         &fleet.instance_config(),
         &["authorized-keys", LOGIN_USER],
         &fleet.instance_env(),
     );
-    assert_eq!(direct.code, 1, "{direct:#?}");
-    assert!(direct.stdout.is_empty(), "{direct:#?}");
-    assert!(direct.stderr.contains("is not the"), "{}", direct.stderr);
+    assert_eq!(writable.code, 1, "{writable:#?}");
+    assert!(
+        writable.stderr.contains("writable by its group or others"),
+        "{}",
+        writable.stderr
+    );
 }

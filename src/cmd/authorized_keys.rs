@@ -42,7 +42,7 @@ pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
     if args.user != instance.login_user {
         return Ok(Exit::Success);
     }
-    let cache = Cache::new(&instance.cache_dir);
+    let cache = Cache::open(&instance.cache_dir)?;
     let mut groups = instance::cached_groups(&cache, instance)?;
     if !instance::all_fresh(&groups, instance, SystemTime::now()) {
         match fetch(&settings, &cache, instance.fetch_timeout) {
@@ -53,10 +53,18 @@ pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
         }
     }
 
+    let verifier = verifier(instance)?;
+    let deployment = deployment(&settings)?;
+    let groups =
+        instance::verified_for_serving(&cache, &deployment, verifier.as_ref(), groups, instance)
+            .unwrap_or_else(|error| {
+                tracing::error!("serving no keys: {error:#}");
+                Vec::new()
+            });
     let (served, refused) = instance::servable(groups, instance, SystemTime::now());
     let mut stdout = std::io::stdout().lock();
-    for cached in &served {
-        for line in cached.body.split(|&b| b == b'\n') {
+    for (_, body) in &served {
+        for line in body.split(|&b| b == b'\n') {
             if !line.is_empty() && !line.starts_with(b"#") {
                 stdout.write_all(line)?;
                 stdout.write_all(b"\n")?;
@@ -66,13 +74,18 @@ pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
     stdout.flush()?;
 
     if let Some(fingerprint) = &args.fingerprint {
-        let who = cache.attribution(fingerprint)?.map_or_else(
+        let who = instance::attribution_of(&cache, &served, fingerprint)?.map_or_else(
             || "a key keyhole does not serve".to_owned(),
             |attribution| attribution.describe(),
         );
+        // sshd asks for the keys when a client merely offers one, before any signature proves
+        // the client holds it: this line says which key was offered, not who logged in. sshd's
+        // own "Accepted publickey for USER from ADDR port P ssh2: TYPE SHA256:…" line, with the
+        // same fingerprint, is what proves the login (README: attributing a login).
         announce(&format!(
-            "keyhole: login as {} with {fingerprint} = {who}",
-            args.user
+            "keyhole: key offered for {}: {} = {who}",
+            args.user,
+            instance::printable(fingerprint)
         ));
     }
     if !refused.is_empty() {
@@ -83,6 +96,21 @@ pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
     } else {
         Exit::Success
     })
+}
+
+fn verifier(instance: &crate::settings::InstanceSettings) -> anyhow::Result<Option<Verifier>> {
+    instance
+        .verify_key
+        .as_deref()
+        .map(Verifier::parse)
+        .transpose()
+        .context("instance.verify_key")
+}
+
+/// The deployment this host reads, as a signed index must name it.
+fn deployment(settings: &Settings) -> anyhow::Result<String> {
+    let s3 = settings.s3()?;
+    Ok(crate::index::deployment(&s3.bucket, &s3.prefix))
 }
 
 /// Refreshes the cache from S3, all of it bounded by `timeout`; returns the index now cached.
@@ -96,11 +124,8 @@ pub(crate) fn fetch(
 ) -> anyhow::Result<Index> {
     let instance = settings.instance()?;
     let s3 = settings.s3()?;
-    let verifier = instance
-        .verify_key
-        .as_deref()
-        .map(Verifier::parse)
-        .transpose()?;
+    let verifier = verifier(instance)?;
+    let deployment = deployment(settings)?;
     let work = async {
         let store = S3Store::connect(
             s3,
@@ -117,6 +142,7 @@ pub(crate) fn fetch(
         instance::refresh(
             &store,
             &layout,
+            &deployment,
             cache,
             instance,
             verifier.as_ref(),

@@ -181,6 +181,7 @@ pub(crate) async fn prepare(
     } else {
         published_index.generation
     };
+    plan.index.deployment = Some(crate::index::deployment(&s3.bucket, &s3.prefix));
     plan.index.policy_commit = if plan.has_changes() {
         prepared.gathered.policy_commit.clone()
     } else {

@@ -421,6 +421,7 @@ async fn publish_denials(
     write_objects(prepared, bodies.into_iter().map(Ok)).await?;
     index.generation = prepared.published.next_generation(start.min_generation)?;
     index.not_after = prepared.plan.index.not_after.clone();
+    index.deployment = prepared.plan.index.deployment.clone();
     commit(prepared, &index, signer).await?;
     Ok(written)
 }

@@ -79,7 +79,8 @@ pub struct Attribution {
 }
 
 impl Attribution {
-    /// `bob (web-prod via Web Team; db-prod)`: what the login line and `whois` print.
+    /// `bob (web-prod via Web Team; db-prod)`: what the login line and `whois` print, with any
+    /// control character in a name escaped (a name must not forge a log line).
     pub fn describe(&self) -> String {
         let grants: Vec<String> = self
             .groups
@@ -92,8 +93,28 @@ impl Attribution {
                 }
             })
             .collect();
-        format!("{} ({})", self.user, grants.join("; "))
+        printable(&format!("{} ({})", self.user, grants.join("; ")))
     }
+}
+
+/// `text` with control characters (line breaks, escapes, bidi overrides and other format
+/// characters) escaped, for a log line that must stay one line and say what it says.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() || is_format_char(c) {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// Unicode format characters that reorder or hide text: bidi embeddings, overrides and
+/// isolates, and the line and paragraph separators.
+fn is_format_char(c: char) -> bool {
+    matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}')
 }
 
 /// The cache directory.
@@ -108,6 +129,72 @@ impl Cache {
     pub fn new(dir: &Path) -> Cache {
         Cache {
             dir: dir.to_path_buf(),
+        }
+    }
+
+    /// The cache at `dir`, refused when someone else could write to it: a directory not owned by
+    /// the running user, or writable by its group or others, could be filled with keys that were
+    /// never verified. A directory that does not exist yet is fine (the first refresh makes it).
+    pub fn open(dir: &Path) -> anyhow::Result<Cache> {
+        use std::os::unix::fs::MetadataExt as _;
+        match fs::metadata(dir) {
+            Ok(metadata) => {
+                // SAFETY: geteuid has no preconditions and cannot fail.
+                let euid = unsafe { libc::geteuid() };
+                if metadata.uid() != euid {
+                    bail!(
+                        "refusing the cache directory {}: it is owned by uid {}, not by the user \
+                         keyhole runs as (uid {euid})",
+                        dir.display(),
+                        metadata.uid()
+                    );
+                }
+                if metadata.mode() & 0o022 != 0 {
+                    bail!(
+                        "refusing the cache directory {}: it is writable by its group or others \
+                         (mode {:o})",
+                        dir.display(),
+                        metadata.mode() & 0o7777
+                    );
+                }
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => {
+                return Err(anyhow::Error::new(error)
+                    .context(format!("reading the cache directory {}", dir.display())));
+            }
+        }
+        Ok(Cache::new(dir))
+    }
+
+    /// Takes the refresh lock (`.lock` in the cache directory), waiting for another refresh
+    /// without blocking the runtime, so the caller's timeout still applies.
+    async fn lock(&self) -> anyhow::Result<fs::File> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .with_context(|| format!("creating the cache directory {}", self.dir.display()))?;
+        let path = self.path(".lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(file),
+                Err(fs::TryLockError::WouldBlock) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(fs::TryLockError::Error(error)) => {
+                    return Err(
+                        anyhow::Error::new(error).context(format!("locking {}", path.display()))
+                    );
+                }
+            }
         }
     }
 
@@ -207,11 +294,17 @@ pub fn unix_millis(time: SystemTime) -> u64 {
 pub async fn refresh(
     store: &impl ObjectStore,
     layout: &Layout,
+    deployment: &str,
     cache: &Cache,
     instance: &InstanceSettings,
     verifier: Option<&Verifier>,
     now: SystemTime,
 ) -> anyhow::Result<Index> {
+    trust_unsigned(instance, verifier)?;
+    // One refresh at a time: a slow refresh that validated generation N must not write after a
+    // fast one wrote N+1. Everything below, the reading of what is cached included, happens
+    // under the lock.
+    let _lock = cache.lock().await?;
     let cached_index = cache.read(INDEX)?;
     let fetched = store
         .get(
@@ -231,6 +324,9 @@ pub async fn refresh(
     // Verified every time, the cached copy too: the index is small, and a verify_key set (or
     // changed) since it was cached then applies at once.
     let index = Index::open(&bytes, verifier).context("refusing the index")?;
+    index
+        .check_deployment(deployment, verifier.is_some())
+        .context("refusing the index")?;
     if verifier.is_some() {
         // Checked every time: an unchanged index still expires.
         let not_after = index
@@ -338,6 +434,66 @@ pub async fn refresh(
     Ok(index)
 }
 
+/// An instance without `verify_key` serves whatever the bucket holds: allowed only when the
+/// settings say so (`allow_unsigned = true`), and then said at every refresh.
+fn trust_unsigned(instance: &InstanceSettings, verifier: Option<&Verifier>) -> anyhow::Result<()> {
+    match (verifier, instance.allow_unsigned) {
+        (Some(_), _) => Ok(()),
+        (None, true) => {
+            tracing::warn!(
+                "instance.allow_unsigned: serving an index without checking a signature; whoever \
+                 can write to the bucket decides who logs in here (set instance.verify_key)"
+            );
+            Ok(())
+        }
+        (None, false) => bail!(
+            "instance.verify_key is not set: refusing to serve an unsigned index (set verify_key \
+             to the publisher's public key, or allow_unsigned = true to accept that whoever can \
+             write to the bucket decides who logs in here)"
+        ),
+    }
+}
+
+/// Checks, at serving time, what is about to be given to sshd against the cached index: its
+/// signature again (with `verifier`), its deployment, and each group's SHA-256. A cache file
+/// edited on disk, body and header together, is refused here. Returns the groups that check out.
+pub fn verified_for_serving(
+    cache: &Cache,
+    deployment: &str,
+    verifier: Option<&Verifier>,
+    groups: Vec<(String, Option<Cached>)>,
+    instance: &InstanceSettings,
+) -> anyhow::Result<Vec<(String, Option<Cached>)>> {
+    trust_unsigned(instance, verifier)?;
+    let Some(cached) = cache.read(INDEX)? else {
+        bail!("no cached index to check the cached group files against");
+    };
+    let index = Index::open(&cached.body, verifier).context("refusing the cached index")?;
+    index
+        .check_deployment(deployment, verifier.is_some())
+        .context("refusing the cached index")?;
+    Ok(groups
+        .into_iter()
+        .map(|(group, cached)| {
+            let expected = index
+                .groups
+                .get(&group)
+                .map_or_else(|| sha256_hex(b""), |entry| entry.sha256.clone());
+            let cached = cached.filter(|cached| {
+                let ok = cached.meta.sha256 == expected;
+                if !ok {
+                    tracing::error!(
+                        group,
+                        "the cached file does not match the cached index: not served"
+                    );
+                }
+                ok
+            });
+            (group, cached)
+        })
+        .collect())
+}
+
 /// Rebuilds the attribution file from this host's verified group files, unless it was built
 /// from exactly these files already (parsing every key costs more than a refresh should when
 /// nothing changed).
@@ -347,11 +503,7 @@ fn write_attribution(
     generation: u64,
     now: SystemTime,
 ) -> anyhow::Result<()> {
-    let sources: String = bodies
-        .iter()
-        .map(|(group, body)| format!("{group} {}\n", sha256_hex(body)))
-        .collect();
-    let sources = sha256_hex(sources.as_bytes());
+    let sources = attribution_sources(bodies);
     if cache
         .read(ATTRIBUTION)?
         .is_some_and(|cached| cached.meta.etag == sources)
@@ -375,6 +527,31 @@ fn write_attribution(
         },
         body.as_bytes(),
     )
+}
+
+/// What an attribution file built from `bodies` records as its source: a digest of the groups
+/// and their files' SHA-256, in order.
+fn attribution_sources(bodies: &[(String, Vec<u8>)]) -> String {
+    let sources: String = bodies
+        .iter()
+        .map(|(group, body)| format!("{group} {}\n", sha256_hex(body)))
+        .collect();
+    sha256_hex(sources.as_bytes())
+}
+
+/// Who owns `fingerprint` among the groups being served: from the attribution file when it was
+/// built from exactly these files, else from the files themselves (a refresh may have replaced
+/// them since), so a login is never attributed from other files than the ones sshd was given.
+pub fn attribution_of(
+    cache: &Cache,
+    served: &[(String, Vec<u8>)],
+    fingerprint: &str,
+) -> anyhow::Result<Option<Attribution>> {
+    let built_from = cache.read(ATTRIBUTION)?.map(|cached| cached.meta.etag);
+    if built_from.as_deref() == Some(attribution_sources(served).as_str()) {
+        return cache.attribution(fingerprint);
+    }
+    Ok(attribute(served).remove(fingerprint))
 }
 
 /// Every key in these group files, by fingerprint, with the person whose block it is in and, per
@@ -430,12 +607,14 @@ pub fn servable(
     groups: Vec<(String, Option<Cached>)>,
     instance: &InstanceSettings,
     now: SystemTime,
-) -> (Vec<Cached>, Vec<String>) {
+) -> (Vec<(String, Vec<u8>)>, Vec<String>) {
     let mut served = Vec::new();
     let mut refused = Vec::new();
     for (group, cached) in groups {
         match cached {
-            Some(cached) if cached.meta.age(now) <= instance.max_stale => served.push(cached),
+            Some(cached) if cached.meta.age(now) <= instance.max_stale => {
+                served.push((group, cached.body))
+            }
             _ => refused.push(group),
         }
     }
@@ -456,6 +635,7 @@ mod tests {
             max_stale: Duration::from_secs(3600),
             fetch_timeout: Duration::from_secs(3),
             verify_key: None,
+            allow_unsigned: true,
         }
     }
 
@@ -535,6 +715,27 @@ mod tests {
             "bob (db-prod; web-prod via Web Team > Contractors)"
         );
         assert_eq!(found[&fingerprint(CAROL)].describe(), "carol (web-prod)");
+    }
+
+    #[test]
+    fn a_name_cannot_pass_for_someone_else_nor_break_the_log_line() {
+        use crate::group_file::block_header;
+        // An AD account named "bob via Ops" holds CAROL's key; bob holds BOB.
+        let body = format!(
+            "{}{CAROL}\n{}{BOB}\n",
+            block_header("bob via Ops", &["Web\nTeam"]),
+            block_header("bob", &[] as &[&str])
+        );
+        let found = attribute(&[("web-prod".into(), body.into_bytes())]);
+        let impostor = &found[&fingerprint(CAROL)];
+        assert_eq!(impostor.user, "bob via Ops");
+        assert_eq!(found[&fingerprint(BOB)].user, "bob");
+        // The line break in the group's name is escaped in what is logged.
+        assert_eq!(
+            impostor.describe(),
+            "bob via Ops (web-prod via Web\\u{a}Team)"
+        );
+        assert_eq!(printable("a\u{202E}b"), "a\\u{202e}b");
     }
 
     #[test]
