@@ -241,6 +241,21 @@ fn copy(from: TcpStream, to: TcpStream) {
     let _ = to.shutdown(Shutdown::Write);
 }
 
+/// True when the client has closed its side (EOF waiting to be read) or reset the connection.
+fn gone(client: &TcpStream) -> bool {
+    if client.set_nonblocking(true).is_err() {
+        return true;
+    }
+    let mut byte = [0u8; 1];
+    let gone = match client.peek(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(error) => error.kind() != io::ErrorKind::WouldBlock,
+    };
+    let _ = client.set_nonblocking(false);
+    gone
+}
+
 /// The request head (through the blank line) and whatever body bytes came with it.
 fn read_head(client: &mut TcpStream) -> Option<(String, Vec<u8>)> {
     let mut data = Vec::new();
@@ -365,6 +380,12 @@ fn relay_http(
         other => {
             if let Some(HttpFault::Delay(delay)) = other {
                 thread::sleep(delay);
+                // A request held this long has not reached the server: if the client gave up
+                // meanwhile, it never will (a late write landing after the client's deadline is
+                // a different fault, not a slow server).
+                if gone(&client) {
+                    return;
+                }
             }
             let Ok(mut server) = TcpStream::connect(upstream) else {
                 reset(&client);
