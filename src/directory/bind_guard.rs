@@ -95,7 +95,7 @@ fn material(bind_dn: &str, secret: &Secret) -> Vec<u8> {
 #[derive(Debug, thiserror::Error)]
 pub enum GuardError {
     #[error(
-        "not binding as {bind_dn}: {dc} refused this same password at {when} ({reason}); binding again with it would only count toward the account's lockout. Put the right password in place (the refusal is forgotten as soon as it changes), or, if the account itself was fixed (unlocked, enabled), run once with --retry-bind. State: {}",
+        "not binding as {bind_dn}: {dc} refused this same password at {when} (invalid credentials, {reason}); binding again with it would only count toward the account's lockout. Put the right password in place (the refusal is forgotten as soon as it changes), or, if the account itself was fixed (unlocked, enabled), run once with --retry-bind. State: {}",
         state_file.display()
     )]
     SameSecret {

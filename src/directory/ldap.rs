@@ -167,16 +167,17 @@ pub async fn read_snapshot(
             }
             Err(Opening::Refused { text }) => {
                 let code = bind_guard::ad_sub_code(&text);
-                let meaning = code
-                    .as_deref()
-                    .map_or("invalid credentials", bind_guard::ad_sub_code_meaning);
+                let meaning = code.as_deref().map_or_else(
+                    || "no AD sub-code".to_owned(),
+                    |code| format!("AD data {code}: {}", bind_guard::ad_sub_code_meaning(code)),
+                );
                 let state_problem = guard
                     .record(
                         &settings.bind_dn,
                         &password,
                         url,
                         code.as_deref(),
-                        meaning,
+                        &meaning,
                         std::time::SystemTime::now(),
                     )
                     .err()
