@@ -145,7 +145,7 @@ pub async fn read_snapshot(
     guard.check(&settings.bind_dn, &password)?;
     let candidates = super::discovery::candidates(settings).await?;
     let mut failures = Vec::new();
-    for url in &candidates {
+    for (position, url) in candidates.iter().enumerate() {
         match Session::open(settings, url, &password).await {
             Ok(mut session) => {
                 guard.forget();
@@ -162,8 +162,12 @@ pub async fn read_snapshot(
                 return result.map(|snapshot| (snapshot, session.stats));
             }
             Err(Opening::Unusable(error)) => {
-                tracing::warn!(dc = %url, "domain controller unusable, trying the next: {error}");
-                failures.push((url.clone(), error.to_string()));
+                if position + 1 < candidates.len() {
+                    tracing::warn!(dc = %url, "domain controller unusable, trying the next: {error}");
+                } else {
+                    tracing::warn!(dc = %url, "domain controller unusable, and it was the last: {error}");
+                }
+                failures.push((url.clone(), error));
             }
             Err(Opening::Refused { text }) => {
                 let code = bind_guard::ad_sub_code(&text);
@@ -197,7 +201,18 @@ pub async fn read_snapshot(
             Err(Opening::Fatal(error)) => return Err(error),
         }
     }
-    Err(DirectoryError::AllFailed { failures })
+    // One DC: its own error, as it always read. Several: each with its reason.
+    if failures.len() == 1
+        && let Some((_, error)) = failures.pop()
+    {
+        return Err(error);
+    }
+    Err(DirectoryError::AllFailed {
+        failures: failures
+            .into_iter()
+            .map(|(url, error)| (url, error.to_string()))
+            .collect(),
+    })
 }
 
 /// Why a DC could not be used.
