@@ -71,6 +71,37 @@ fn published(stack: &Stack, line: &str) -> bool {
         .any(|key| stack.s3.object(key).is_some_and(|body| body.contains(line)))
 }
 
+/// An instance of web-prod reading the bucket straight (no proxy): `refresh`, then the keys it
+/// serves at a login.
+fn instance_keys(stack: &Stack, dir: &std::path::Path) -> String {
+    let config = dir.join("keyhole.toml");
+    std::fs::create_dir_all(dir.join("cache")).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "{}\n[instance]\nlogin_user = \"ec2-user\"\naccess_groups = [\"web-prod\"]\ncache_dir = \"{}\"\ncache_ttl = \"1ms\"\nmax_stale = \"1h\"\nfetch_timeout = \"5s\"\n",
+            stack.s3.settings("ssh/"),
+            dir.join("cache").display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_keyhole"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env_clear()
+            .envs(stack.s3.env())
+            .output()
+            .unwrap()
+    };
+    let refreshed = run(&["refresh"]);
+    assert!(refreshed.status.success(), "{refreshed:?}");
+    let login = run(&["authorized-keys", "ec2-user"]);
+    assert!(login.status.success(), "{login:?}");
+    String::from_utf8(login.stdout).unwrap()
+}
+
 fn address_of(url: &str) -> SocketAddr {
     let rest = url
         .split_once("://")
@@ -130,6 +161,7 @@ fn s3_answering_503_slowdown_a_few_times_is_retried_and_the_run_succeeds() {
         Mode::Http(vec![HttpRule {
             method: None,
             path_contains: None,
+            path_excludes: Vec::new(),
             times: 2,
             fault: HttpFault::SlowDown,
         }]),
@@ -152,12 +184,15 @@ fn a_connection_reset_in_the_middle_of_a_put_stores_nothing_partial_and_the_next
     let (stack, keys) = published_world();
     let new_key = rotate_key(&stack);
     let before = bucket(&stack);
-    // Every PUT is cut after half its body, retries included: the run must fail.
+    // Every PUT of a group object is cut after half its body, retries included: the run must
+    // fail. The commit point (index, manifest) is let through, so a publisher that carried on
+    // after a failed group write would be caught committing.
     let proxy = FaultProxy::start(
         address_of(&stack.s3.endpoint()),
         Mode::Http(vec![HttpRule {
             method: Some("PUT"),
             path_contains: None,
+            path_excludes: vec!["index.json", "manifest.json"],
             times: 1000,
             fault: HttpFault::ResetMidBody,
         }]),
@@ -177,11 +212,17 @@ fn a_connection_reset_in_the_middle_of_a_put_stores_nothing_partial_and_the_next
     assert_eq!(bucket(&stack), before);
     assert!(published(&stack, &keys["p3"].line));
     assert!(!published(&stack, &new_key.line));
+    // An instance takes what is there and serves whole key lines: p3's old key, all eight.
+    let instance = tempfile::tempdir().unwrap();
+    let served = instance_keys(&stack, instance.path());
+    assert!(served.contains(&keys["p3"].line), "{served}");
+    assert_eq!(served.lines().count(), PEOPLE.len(), "{served}");
 
     // One reset, then the network heals: the SDK's retry carries the run.
     proxy.set_rules(vec![HttpRule {
         method: Some("PUT"),
         path_contains: None,
+        path_excludes: Vec::new(),
         times: 1,
         fault: HttpFault::ResetMidBody,
     }]);
@@ -189,6 +230,10 @@ fn a_connection_reset_in_the_middle_of_a_put_stores_nothing_partial_and_the_next
     assert_eq!(healed.code, 0, "{healed:#?}");
     assert!(published(&stack, &new_key.line));
     assert!(!published(&stack, &keys["p3"].line));
+    let served = instance_keys(&stack, instance.path());
+    assert!(served.contains(&new_key.line), "{served}");
+    assert!(!served.contains(&keys["p3"].line), "{served}");
+    assert_eq!(served.lines().count(), PEOPLE.len(), "{served}");
     // Converged: one more run writes nothing.
     let converged = bucket(&stack);
     let again = stack.run(&["publish"]);
@@ -275,6 +320,7 @@ fn s3_slower_than_the_deadline_ends_the_run_with_exit_1_and_nothing_published() 
         Mode::Http(vec![HttpRule {
             method: Some("PUT"),
             path_contains: None,
+            path_excludes: Vec::new(),
             times: 1000,
             fault: HttpFault::Delay(Duration::from_secs(20)),
         }]),

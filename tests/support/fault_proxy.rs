@@ -49,6 +49,8 @@ pub struct HttpRule {
     pub method: Option<&'static str>,
     /// A part of the request target (path and query); `None` matches any.
     pub path_contains: Option<String>,
+    /// Targets containing any of these do not match (e.g. the commit point, `index.json`).
+    pub path_excludes: Vec<&'static str>,
     pub times: usize,
     pub fault: HttpFault,
 }
@@ -321,6 +323,7 @@ fn relay_http(
                         .path_contains
                         .as_deref()
                         .is_none_or(|part| target.contains(part))
+                    && !rule.path_excludes.iter().any(|part| target.contains(part))
             })
             .map(|rule| {
                 rule.times -= 1;
