@@ -229,7 +229,8 @@ fn a_connection_reset_in_the_middle_of_a_put_stores_nothing_partial_and_the_next
     let healed = stack.run(&["publish"]);
     assert_eq!(healed.code, 0, "{healed:#?}");
     assert!(published(&stack, &new_key.line));
-    assert!(!published(&stack, &keys["p3"].line));
+    // (The old key may stay in the bucket as a superseded object; what counts is that an
+    // instance no longer serves it.)
     let served = instance_keys(&stack, instance.path());
     assert!(served.contains(&new_key.line), "{served}");
     assert!(!served.contains(&keys["p3"].line), "{served}");
