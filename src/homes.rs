@@ -19,6 +19,10 @@
 //!   by the user or root and not group/world-writable (sshd's walk). Inside the home, because uids on
 //!   this machine are not the AD uids: a link to `/home/someone/...` on the harvesting host could be
 //!   owned by a local account that happens to share the uid.
+//! - Whose uid must own the files: AD's `uidNumber` by default; with `[homes] owner = "nss"` the
+//!   uid this host's name service gives the account ([`nss_uid`]), which is what NFS clients that
+//!   map SIDs with SSSD or winbind see when the publisher is joined like them. A name the service
+//!   does not know is a rejection; a name service that fails is `Unknown` (keys not changed).
 //! - Invalid UTF-8 is replaced (U+FFFD), not rejected: a newline is never part of a multi-byte
 //!   sequence, so only the offending line changes, and `keys` rejects it if it no longer parses. One
 //!   odd byte in a comment must not cost a user all their keys.
@@ -191,6 +195,11 @@ pub enum Rejection {
     HomeIsPrefix { unix_home_directory: String },
     #[error("the account has no uidNumber, so the owner of its files cannot be checked")]
     NoUidNumber,
+    /// `[homes] owner = "nss"`: the publisher's name service has no such account.
+    #[error(
+        "the name service on this host knows no account {name:?} (homes.owner = \"nss\"), so the owner of its files cannot be checked"
+    )]
+    NoNssAccount { name: String },
     #[error("{place} is owned by uid {owner}, not {expected}{}", if place.root_may_own() { " or root" } else { "" })]
     WrongOwner {
         place: Place,
@@ -238,6 +247,39 @@ fn kind_of(file_type: std::fs::FileType) -> &'static str {
         "a block device"
     } else {
         "of an unknown type"
+    }
+}
+
+/// `[homes] owner = "nss"`: the uid this host's name service (`getpwnam`, so SSSD, winbind,
+/// `/etc/passwd`, whatever nsswitch.conf says) gives `name`; `Ok(None)` when it knows no such
+/// account. It may block on the network (SSSD, winbind): call it off the async threads.
+pub fn nss_uid(name: &str) -> io::Result<Option<u32>> {
+    let c_name = CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in the name"))?;
+    let mut buffer = vec![0u8; 1024];
+    loop {
+        // SAFETY: `passwd` is plain old data that getpwnam_r fills in; all-zero is a valid value.
+        let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call and `buffer.len()` is its real length; the
+        // strings in `entry` point into `buffer`, which is not used after `pw_uid` is read.
+        let rc = unsafe {
+            libc::getpwnam_r(
+                c_name.as_ptr(),
+                &mut entry,
+                buffer.as_mut_ptr().cast::<libc::c_char>(),
+                buffer.len(),
+                &mut found,
+            )
+        };
+        match rc {
+            0 if found.is_null() => return Ok(None),
+            0 => return Ok(Some(entry.pw_uid)),
+            libc::ERANGE if buffer.len() < 1 << 20 => buffer.resize(buffer.len() * 4, 0),
+            // getpwnam(3): these also mean "no such name" for some NSS modules.
+            libc::ENOENT | libc::ESRCH | libc::EBADF | libc::EPERM => return Ok(None),
+            rc => return Err(io::Error::from_raw_os_error(rc)),
+        }
     }
 }
 

@@ -28,6 +28,9 @@ pub struct RunMetrics {
     pub guard_refused: bool,
     pub ldap_searches: usize,
     pub s3_writes: usize,
+    /// The run ended because AD refused the bind (or the bind guard kept a refused password
+    /// from being tried again).
+    pub ldap_bind_refused: bool,
 }
 
 impl RunMetrics {
@@ -110,6 +113,11 @@ pub fn render(run: &RunMetrics, previous_success: Option<f64>) -> String {
         "S3 PUT and DELETE requests made by the last publish.",
         run.s3_writes as f64,
     );
+    gauge(
+        "keyhole_publish_ldap_bind_refused",
+        "1 if the last publish stopped at a bind refused with invalid credentials (now or before, with the same password).",
+        f64::from(u8::from(run.ldap_bind_refused)),
+    );
     out
 }
 
@@ -147,6 +155,7 @@ mod tests {
             guard_refused: exit_code == 3,
             ldap_searches: 3,
             s3_writes: 3,
+            ldap_bind_refused: false,
         }
     }
 

@@ -47,7 +47,15 @@ pub struct Settings {
 
 #[derive(Debug, Clone)]
 pub struct LdapSettings {
-    pub url: String,
+    /// The domain controllers named in `url`, tried in this order (before any found via `srv`).
+    pub urls: Vec<String>,
+    /// `srv`: the DNS domain whose `_ldap._tcp` SRV records name more DCs (reached over LDAPS).
+    pub srv: Option<String>,
+    /// `dns_server`: who is asked for the SRV records; `None`: the system's resolvers.
+    pub dns_server: Option<std::net::SocketAddr>,
+    /// Remembers a bind refused with invalid credentials, so the same secret is never tried
+    /// again (see `crate::directory::bind_guard`).
+    pub bind_state_file: PathBuf,
     pub bind_dn: String,
     pub password: PasswordSource,
     pub base_dn: String,
@@ -101,6 +109,10 @@ impl PasswordSource {
 pub struct Secret(String);
 
 impl Secret {
+    pub fn new(secret: String) -> Secret {
+        Secret(secret)
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -118,6 +130,19 @@ pub struct HomesSettings {
     pub home_prefix: PathBuf,
     pub read_timeout: Duration,
     pub concurrency: usize,
+    /// Whose uid the files in a home must belong to.
+    pub owner: OwnerSource,
+}
+
+/// `[homes] owner`: where the uid that must own a user's home, `.ssh` and `authorized_keys`
+/// comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnerSource {
+    /// `"uid_number"` (default): the account's RFC 2307 `uidNumber` in AD.
+    UidNumber,
+    /// `"nss"`: the publisher's own name service (`getpwnam`) for the sAMAccountName followed by
+    /// `suffix` (`[homes] nss_suffix`, e.g. `@corp.example.com`), as SSSD or winbind map it.
+    Nss { suffix: String },
 }
 
 #[derive(Debug, Clone)]
@@ -309,7 +334,10 @@ enum Kind {
 /// A test checks that it matches what `RawSettings` accepts and what the example file documents.
 const KEYS: &[(&str, &str, Kind)] = &[
     ("", "policy", Kind::Text),
-    ("ldap", "url", Kind::Text),
+    ("ldap", "url", Kind::List),
+    ("ldap", "srv", Kind::Text),
+    ("ldap", "dns_server", Kind::Text),
+    ("ldap", "bind_state_file", Kind::Text),
     ("ldap", "bind_dn", Kind::Text),
     ("ldap", "password_file", Kind::Text),
     ("ldap", "base_dn", Kind::Text),
@@ -321,6 +349,8 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("homes", "home_prefix", Kind::Text),
     ("homes", "read_timeout", Kind::Text),
     ("homes", "concurrency", Kind::Integer),
+    ("homes", "owner", Kind::Text),
+    ("homes", "nss_suffix", Kind::Text),
     ("s3", "bucket", Kind::Text),
     ("s3", "prefix", Kind::Text),
     ("s3", "region", Kind::Text),
@@ -438,7 +468,10 @@ pub struct RawSettings {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLdap {
-    url: Option<String>,
+    url: Option<OneOrMany>,
+    srv: Option<String>,
+    dns_server: Option<String>,
+    bind_state_file: Option<String>,
     bind_dn: Option<String>,
     password_file: Option<String>,
     base_dn: Option<String>,
@@ -455,6 +488,16 @@ struct RawHomes {
     home_prefix: Option<String>,
     read_timeout: Option<String>,
     concurrency: Option<i64>,
+    owner: Option<String>,
+    nss_suffix: Option<String>,
+}
+
+/// `url = "ldaps://dc1"` as well as `url = ["ldaps://dc1", "ldaps://dc2"]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -625,9 +668,10 @@ impl RawSettings {
             base,
         };
         let policy = check.path(self.policy.as_deref().unwrap_or("access-groups.toml"));
+        let lock_file = self.safety.as_ref().and_then(|raw| raw.lock_file.clone());
         let ldap = self
             .ldap
-            .map(|raw| validate_ldap(raw, password_env, &mut check));
+            .map(|raw| validate_ldap(raw, password_env, lock_file.as_deref(), &mut check));
         let homes = validate_homes(self.homes.unwrap_or_default(), &mut check);
         let s3 = self.s3.and_then(|raw| validate_s3(raw, &mut check));
         let keys = validate_keys(self.keys.unwrap_or_default(), &mut check);
@@ -656,18 +700,69 @@ impl RawSettings {
     }
 }
 
-fn validate_ldap(raw: RawLdap, password_env: Option<Secret>, check: &mut Checker) -> LdapSettings {
+/// `safety.lock_file` when the file does not say (the bind state file's default lives beside it).
+const DEFAULT_LOCK_FILE: &str = "/run/keyhole/publish.lock";
+
+fn validate_ldap(
+    raw: RawLdap,
+    password_env: Option<Secret>,
+    lock_file: Option<&str>,
+    check: &mut Checker,
+) -> LdapSettings {
     const S: &str = "ldap";
-    let url = check
-        .required(S, "url", check_non_empty(raw.url))
-        .unwrap_or_default();
-    if !url.is_empty() && !url.starts_with("ldaps://") && !url.starts_with("ldap://") {
+    let urls = match raw.url {
+        None => Vec::new(),
+        Some(OneOrMany::One(url)) => vec![url],
+        Some(OneOrMany::Many(urls)) => urls,
+    };
+    let urls: Vec<String> = urls
+        .into_iter()
+        .map(|url| url.trim().to_owned())
+        .filter(|url| !url.is_empty())
+        .collect();
+    for url in &urls {
+        if !url.starts_with("ldaps://") && !url.starts_with("ldap://") {
+            check.error(
+                S,
+                "url",
+                format!(
+                    "{url:?} must start with ldaps:// or ldap:// (ldap:// always uses StartTLS)"
+                ),
+            );
+        }
+    }
+    let srv = check_non_empty(raw.srv).map(|domain| domain.trim().trim_end_matches('.').to_owned());
+    if urls.is_empty() && srv.is_none() {
         check.error(
             S,
             "url",
-            format!("{url:?} must start with ldaps:// or ldap:// (ldap:// always uses StartTLS)"),
+            "is required: one URL or a list of them (or srv = \"<AD DNS domain>\" to find the DCs in DNS)",
         );
     }
+    let dns_server = check_non_empty(raw.dns_server).and_then(|text| {
+        let parsed = text
+            .parse::<std::net::SocketAddr>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()));
+        match parsed {
+            Ok(address) => Some(address),
+            Err(_) => {
+                check.error(
+                    S,
+                    "dns_server",
+                    format!("{text:?} is not an IP address or IP:port"),
+                );
+                None
+            }
+        }
+    });
+    // Beside the publish lock by default: a directory the publisher can surely write, and
+    // /run/keyhole under systemd. Losing it at a reboot costs at most one more refused bind.
+    let bind_state_file = match check.non_empty(S, "bind_state_file", raw.bind_state_file) {
+        Some(file) => check.path(&file),
+        None => check
+            .path(lock_file.unwrap_or(DEFAULT_LOCK_FILE))
+            .with_file_name("ldap-bind-refused.json"),
+    };
     let bind_dn = check
         .required(S, "bind_dn", check_non_empty(raw.bind_dn))
         .unwrap_or_default();
@@ -698,7 +793,10 @@ fn validate_ldap(raw: RawLdap, password_env: Option<Secret>, check: &mut Checker
         Some(n) => Some(check.positive(S, "member_range", Some(n), 1500)),
     };
     LdapSettings {
-        url,
+        urls,
+        srv,
+        dns_server,
+        bind_state_file,
         bind_dn,
         password,
         base_dn,
@@ -720,6 +818,20 @@ fn validate_homes(raw: RawHomes, check: &mut Checker) -> HomesSettings {
         home_prefix: PathBuf::from(raw.home_prefix.as_deref().unwrap_or("/home")),
         read_timeout: check.duration(S, "read_timeout", raw.read_timeout.as_deref(), "5s"),
         concurrency: check.positive(S, "concurrency", raw.concurrency, 32) as usize,
+        owner: match raw.owner.as_deref().map(str::trim) {
+            None | Some("uid_number") => OwnerSource::UidNumber,
+            Some("nss") => OwnerSource::Nss {
+                suffix: raw.nss_suffix.unwrap_or_default(),
+            },
+            Some(other) => {
+                check.error(
+                    S,
+                    "owner",
+                    format!("{other:?} is neither \"uid_number\" nor \"nss\""),
+                );
+                OwnerSource::UidNumber
+            }
+        },
     }
 }
 
@@ -1023,6 +1135,82 @@ prefix = "ssh"
         let errors = parse(&MINIMAL.replace("ldaps://", "http://"), &[]).unwrap_err();
         assert!(
             errors[0].contains("must start with ldaps:// or ldap://"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn several_dcs_srv_and_the_bind_state_file() {
+        let one = parse(MINIMAL, &[]).unwrap();
+        let ldap = one.ldap().unwrap();
+        assert_eq!(ldap.urls, ["ldaps://dc1.corp.example.com"]);
+        assert_eq!(
+            ldap.bind_state_file,
+            Path::new("/run/keyhole/ldap-bind-refused.json")
+        );
+        let text = MINIMAL.replace(
+            "url = \"ldaps://dc1.corp.example.com\"",
+            "url = [\"ldaps://dc1\", \"ldap://dc2:389\"]\nsrv = \"corp.example.com.\"\ndns_server = \"127.0.0.1:5353\"",
+        );
+        let text = format!("{text}\n[safety]\nlock_file = \"state/publish.lock\"\n");
+        let many = parse(&text, &[]).unwrap();
+        let ldap = many.ldap().unwrap();
+        assert_eq!(ldap.urls, ["ldaps://dc1", "ldap://dc2:389"]);
+        assert_eq!(ldap.srv.as_deref(), Some("corp.example.com"));
+        assert_eq!(ldap.dns_server, Some("127.0.0.1:5353".parse().unwrap()));
+        assert_eq!(
+            ldap.bind_state_file,
+            Path::new("/etc/keyhole/state/ldap-bind-refused.json")
+        );
+        // A list from the environment, comma-separated.
+        let env = parse(MINIMAL, &[("KEYHOLE_LDAP_URL", "ldaps://a, ldaps://b")]).unwrap();
+        assert_eq!(env.ldap().unwrap().urls, ["ldaps://a", "ldaps://b"]);
+        // Neither url nor srv; a bad URL in a list; a bad DNS server.
+        let errors = parse(
+            &MINIMAL.replace("url = \"ldaps://dc1.corp.example.com\"", "url = []"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(errors[0].contains("ldap.url: is required"), "{errors:?}");
+        let errors = parse(
+            &MINIMAL.replace(
+                "url = \"ldaps://dc1.corp.example.com\"",
+                "url = [\"ldaps://a\", \"http://b\"]\ndns_server = \"dns.corp\"",
+            ),
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].contains("\"http://b\" must start with ldaps://"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].contains("ldap.dns_server: \"dns.corp\" is not an IP"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn homes_owner_is_uid_number_by_default_or_nss_with_a_suffix() {
+        assert_eq!(
+            parse(MINIMAL, &[]).unwrap().homes.owner,
+            OwnerSource::UidNumber
+        );
+        let nss = parse(
+            &format!("{MINIMAL}\n[homes]\nowner = \"nss\"\nnss_suffix = \"@corp.example.com\"\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            nss.homes.owner,
+            OwnerSource::Nss {
+                suffix: "@corp.example.com".into()
+            }
+        );
+        let errors = parse(&format!("{MINIMAL}\n[homes]\nowner = \"sid\"\n"), &[]).unwrap_err();
+        assert!(
+            errors[0].contains("homes.owner: \"sid\" is neither \"uid_number\" nor \"nss\""),
             "{errors:?}"
         );
     }

@@ -3,6 +3,8 @@
 #
 #   samba, ldap-utils, openssl   a throwaway Samba AD DC with its own CA (tests/support/samba.rs)
 #   openssh-server/-client       the real-sshd end-to-end test
+#   dnsmasq-base                 a real DNS server for the [ldap] srv discovery test
+#   libnss-wrapper               a test NSS source for [homes] owner = "nss" (no edit of /etc/passwd)
 #   s3s-fs (crates.io)           the local S3 server; see the README for why this one
 
 S3S_FS_VERSION=0.14.1
@@ -18,6 +20,8 @@ keyhole_install_prereqs() {
   command -v ssh-keygen >/dev/null 2>&1 || missing+=(openssh-client)
   command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
   command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
+  command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
+  [ -e /usr/lib/x86_64-linux-gnu/libnss_wrapper.so ] || [ -n "$(find /usr/lib -name libnss_wrapper.so 2>/dev/null | head -1)" ] || missing+=(libnss-wrapper)
   if [ ${#missing[@]} -gt 0 ]; then
     mapfile -t packages < <(printf '%s\n' "${missing[@]}" | sort -u)
     echo "installing: ${packages[*]}" >&2

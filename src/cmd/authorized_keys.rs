@@ -8,10 +8,17 @@
 //! that it fails closed (no keys, exit 1), and sshd falls back to the emergency keys in
 //! `AuthorizedKeysFile`.
 //!
+//! During an S3 outage, logins stay fast: after a failed refresh (here or by `keyhole refresh`)
+//! a login whose every access group still has a copy within `max_stale` serves it without trying
+//! S3 again for [`OUTAGE_BACKOFF`], so only one login per back-off period pays `fetch_timeout`.
+//! `keyhole refresh` still tries every time, and its success ends the back-off at once. The
+//! back-off is a one-line file in `cache_dir`; if it cannot be written, logins just keep trying.
+//!
 //! stdout carries key lines and nothing else, ever; everything else goes to stderr and syslog.
 
 use std::io::Write as _;
-use std::time::SystemTime;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 
@@ -23,6 +30,43 @@ use crate::instance::{self, Cache};
 use crate::settings::Settings;
 use crate::signing::Verifier;
 use crate::store::{S3Store, Timeouts};
+
+/// After a failed refresh, how long logins serve a servable cache without trying S3 again.
+pub const OUTAGE_BACKOFF: Duration = Duration::from_secs(60);
+
+/// The file in `cache_dir` that holds when the last refresh failed (Unix milliseconds).
+const BACKOFF_FILE: &str = "refresh-failed-at";
+
+fn backoff_file(cache_dir: &Path) -> PathBuf {
+    cache_dir.join(BACKOFF_FILE)
+}
+
+/// True while a refresh failed less than [`OUTAGE_BACKOFF`] ago (a clock that went back counts
+/// as expired, so a wrong time never stops refreshes for long).
+fn backing_off(cache_dir: &Path, now: SystemTime) -> bool {
+    let Ok(text) = std::fs::read_to_string(backoff_file(cache_dir)) else {
+        return false;
+    };
+    let Ok(failed_at) = text.trim().parse::<u64>() else {
+        return false;
+    };
+    let now = instance::unix_millis(now);
+    now >= failed_at && Duration::from_millis(now - failed_at) < OUTAGE_BACKOFF
+}
+
+fn record_failure(cache_dir: &Path, now: SystemTime) {
+    let written = std::fs::write(
+        backoff_file(cache_dir),
+        format!("{}\n", instance::unix_millis(now)),
+    );
+    if let Err(error) = written {
+        tracing::debug!("could not record the failed refresh (logins keep trying): {error}");
+    }
+}
+
+fn clear_failure(cache_dir: &Path) {
+    let _ = std::fs::remove_file(backoff_file(cache_dir));
+}
 
 /// Print the SSH keys USER may log in with on this host (for sshd's AuthorizedKeysCommand, as
 /// `keyhole authorized-keys %u %f`). Only `instance.login_user` gets keys; any other user gets
@@ -44,11 +88,28 @@ pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
     }
     let cache = Cache::open(&instance.cache_dir)?;
     let mut groups = instance::cached_groups(&cache, instance)?;
-    if !instance::all_fresh(&groups, instance, SystemTime::now()) {
-        match fetch(&settings, &cache, instance.fetch_timeout) {
-            Ok(_) => groups = instance::cached_groups(&cache, instance)?,
-            Err(error) => {
-                tracing::warn!("could not refresh the key cache, serving what is cached: {error:#}")
+    let now = SystemTime::now();
+    let all_servable = || {
+        groups.iter().all(|(_, cached)| {
+            cached
+                .as_ref()
+                .is_some_and(|c| c.meta.age(now) <= instance.max_stale)
+        })
+    };
+    if !instance::all_fresh(&groups, instance, now) {
+        if backing_off(&instance.cache_dir, now) && all_servable() {
+            tracing::info!(
+                backoff = ?OUTAGE_BACKOFF,
+                "a refresh failed moments ago: serving the cache without trying S3 again yet"
+            );
+        } else {
+            match fetch(&settings, &cache, instance.fetch_timeout) {
+                Ok(_) => groups = instance::cached_groups(&cache, instance)?,
+                Err(error) => {
+                    tracing::warn!(
+                        "could not refresh the key cache, serving what is cached: {error:#}"
+                    )
+                }
             }
         }
     }
@@ -154,12 +215,17 @@ pub(crate) fn fetch(
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         match tokio::time::timeout(timeout, work).await {
             Ok(result) => result,
             Err(_) => anyhow::bail!("S3 did not answer within {timeout:?}"),
         }
-    })
+    });
+    match &result {
+        Ok(_) => clear_failure(&instance.cache_dir),
+        Err(_) => record_failure(&instance.cache_dir, SystemTime::now()),
+    }
+    result
 }
 
 /// One line to stderr (sshd's log with `-e`) and to syslog (auth facility), where the shared

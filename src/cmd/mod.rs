@@ -20,6 +20,11 @@ pub struct GlobalArgs {
     /// The settings file (default: $KEYHOLE_CONFIG, else /etc/keyhole/keyhole.toml).
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
+
+    /// Bind to AD even though this deployment's last bind was refused with the same password
+    /// (once the service account was unlocked or enabled again; a new password needs no flag).
+    #[arg(long, global = true)]
+    pub retry_bind: bool,
 }
 
 /// Report formats shared by the report-printing commands.

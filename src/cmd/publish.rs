@@ -89,6 +89,9 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
             Ok(exit) => *exit as u8,
             Err(error) => Exit::for_error(error) as u8,
         };
+        figures.ldap_bind_refused = result
+            .as_ref()
+            .is_err_and(crate::directory::is_bind_refusal);
         figures.duration = started.elapsed();
         figures.finished_at = Some(SystemTime::now());
         if let Err(error) = metrics::write(path, &figures) {

@@ -1,6 +1,15 @@
 //! Reading Active Directory over LDAP: one TLS connection, one simple bind as the service account,
 //! and a fixed number of bulk, paged searches whatever the policy says.
 //!
+//! Several domain controllers: the candidates (`[ldap] url` list, then `srv` discovery, see
+//! [`super::discovery`]) are tried in order. A connection failure, TLS failure, timeout or a bind
+//! answered with anything but success or invalid credentials (busy, unavailable, ...) is logged
+//! and the next DC is tried; when none is left the error names every DC and its reason. A bind
+//! refused with invalid credentials (LDAP 49) ends the run at once: trying it on another DC would
+//! only add to the account's bad-password count (see [`super::bind_guard`]). Once a DC has
+//! accepted the bind, any later failure (a cut connection in the middle of a paged search) fails
+//! the run; the next run starts again from the first DC.
+//!
 //! The round trips are: one base read of the domain object, `users / page_size` pages of users,
 //! `groups / page_size` pages of groups, and one ranged read per 1,500 members beyond the first
 //! 1,500 of a large group. Nothing here depends on the number of access groups; expansion happens
@@ -19,8 +28,9 @@ use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, Scope, SearchEntry
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
+use super::bind_guard::{self, BindGuard, GuardError};
 use super::model::{Dn, Domain, EntryError, Snapshot, USER_ATTRIBUTES, User, group_from_entry};
-use crate::settings::LdapSettings;
+use crate::settings::{LdapSettings, Secret};
 
 /// People: excludes computers (which are objectClass=user too) and contacts.
 const USER_FILTER: &str = "(&(objectCategory=person)(objectClass=user))";
@@ -60,6 +70,26 @@ pub enum DirectoryError {
         bind_dn: String,
         reason: String,
     },
+    /// LDAP 49: never retried, here or on another DC.
+    #[error(
+        "bind as {bind_dn} refused by {url}: invalid credentials (LDAP 49{}); no other DC was tried and keyhole will not bind with this password again until it changes (or --retry-bind){}",
+        code.as_ref().map(|c| format!(", AD data {c}: {}", bind_guard::ad_sub_code_meaning(c))).unwrap_or_default(),
+        state_problem.as_ref().map(|p| format!(" [warning: {p}]")).unwrap_or_default()
+    )]
+    InvalidCredentials {
+        url: String,
+        bind_dn: String,
+        /// AD's `data <code>` sub-code, lower-case hex.
+        code: Option<String>,
+        /// Set when the refusal could not be written to the bind state file.
+        state_problem: Option<String>,
+    },
+    #[error(transparent)]
+    Guard(#[from] GuardError),
+    #[error("no domain controller could be used ({} tried):\n{}", failures.len(), failures.iter().map(|(url, reason)| format!("  {url}: {reason}")).collect::<Vec<_>>().join("\n"))]
+    AllFailed { failures: Vec<(String, String)> },
+    #[error("finding the domain controllers of {domain} in DNS: {reason}")]
+    Discovery { domain: String, reason: String },
     #[error("LDAP error while {doing}: {source}")]
     Protocol {
         doing: String,
@@ -82,60 +112,186 @@ pub enum DirectoryError {
     UnfinishedRange { dn: String, detail: String },
 }
 
-/// Connects, binds and reads every user and group under `base_dn`.
+impl DirectoryError {
+    /// True for a bind refused with invalid credentials, now or (by the bind guard) before: the
+    /// `keyhole_publish_ldap_bind_refused` metric.
+    pub fn is_bind_refusal(&self) -> bool {
+        matches!(
+            self,
+            DirectoryError::InvalidCredentials { .. }
+                | DirectoryError::Guard(GuardError::SameSecret { .. })
+        )
+    }
+}
+
+/// True when `error` (anywhere in its chain) is a refused bind; see
+/// [`DirectoryError::is_bind_refusal`].
+pub fn is_bind_refusal(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<DirectoryError>()
+            .is_some_and(DirectoryError::is_bind_refusal)
+    })
+}
+
+/// Connects to the first domain controller that answers, binds and reads every user and group
+/// under `base_dn`.
 pub async fn read_snapshot(
     settings: &LdapSettings,
 ) -> Result<(Snapshot, ReadStats), DirectoryError> {
-    let mut session = Session::open(settings).await?;
-    let result = session.read_all().await;
-    // Best effort: the snapshot (or error) is what matters, not a clean goodbye.
-    let _ = tokio::time::timeout(Duration::from_secs(1), session.ldap.unbind()).await;
-    result.map(|snapshot| (snapshot, session.stats))
+    let password = settings.password.read().map_err(DirectoryError::Password)?;
+    let guard = BindGuard::new(&settings.bind_state_file);
+    // Before any network traffic: a refused secret must not even reach a DC again.
+    guard.check(&settings.bind_dn, &password)?;
+    let candidates = super::discovery::candidates(settings).await?;
+    let mut failures = Vec::new();
+    for (position, url) in candidates.iter().enumerate() {
+        match Session::open(settings, url, &password).await {
+            Ok(mut session) => {
+                guard.forget();
+                if !failures.is_empty() {
+                    tracing::warn!(
+                        dc = %url,
+                        failed = failures.len(),
+                        "using this domain controller after the ones before it failed"
+                    );
+                }
+                let result = session.read_all().await;
+                // Best effort: the snapshot (or error) is what matters, not a clean goodbye.
+                let _ = tokio::time::timeout(Duration::from_secs(1), session.ldap.unbind()).await;
+                return result.map(|snapshot| (snapshot, session.stats));
+            }
+            Err(Opening::Unusable(error)) => {
+                if position + 1 < candidates.len() {
+                    tracing::warn!(dc = %url, "domain controller unusable, trying the next: {error}");
+                } else {
+                    tracing::warn!(dc = %url, "domain controller unusable, and it was the last: {error}");
+                }
+                failures.push((url.clone(), error));
+            }
+            Err(Opening::Refused { text }) => {
+                let code = bind_guard::ad_sub_code(&text);
+                let meaning = code.as_deref().map_or_else(
+                    || "no AD sub-code".to_owned(),
+                    |code| format!("AD data {code}: {}", bind_guard::ad_sub_code_meaning(code)),
+                );
+                let state_problem = guard
+                    .record(
+                        &settings.bind_dn,
+                        &password,
+                        url,
+                        code.as_deref(),
+                        &meaning,
+                        std::time::SystemTime::now(),
+                    )
+                    .err()
+                    .map(|error| {
+                        format!(
+                            "could not record the refusal in {}: {error}",
+                            guard.path().display()
+                        )
+                    });
+                return Err(DirectoryError::InvalidCredentials {
+                    url: url.clone(),
+                    bind_dn: settings.bind_dn.clone(),
+                    code,
+                    state_problem,
+                });
+            }
+            Err(Opening::Fatal(error)) => return Err(error),
+        }
+    }
+    // One DC: its own error, as it always read. Several: each with its reason.
+    if failures.len() == 1
+        && let Some((_, error)) = failures.pop()
+    {
+        return Err(error);
+    }
+    Err(DirectoryError::AllFailed {
+        failures: failures
+            .into_iter()
+            .map(|(url, error)| (url, error.to_string()))
+            .collect(),
+    })
+}
+
+/// Why a DC could not be used.
+enum Opening {
+    /// Not this DC's day (connection, TLS, timeout, busy): the next DC may work.
+    Unusable(DirectoryError),
+    /// LDAP 49: stop everything, with the server's diagnostic text (for AD's sub-code).
+    Refused { text: String },
+    /// A problem of this machine (the CA file): no other DC would do better.
+    Fatal(DirectoryError),
 }
 
 struct Session<'s> {
     settings: &'s LdapSettings,
+    url: String,
     ldap: Ldap,
     stats: ReadStats,
 }
 
 impl<'s> Session<'s> {
-    async fn open(settings: &'s LdapSettings) -> Result<Session<'s>, DirectoryError> {
-        let url = settings.url.as_str();
+    async fn open(
+        settings: &'s LdapSettings,
+        url: &str,
+        password: &Secret,
+    ) -> Result<Session<'s>, Opening> {
+        let tls = tls_config(settings).map_err(Opening::Fatal)?;
+        let timeout = |doing: &str| {
+            Opening::Unusable(DirectoryError::Timeout {
+                url: url.to_owned(),
+                timeout: settings.timeout,
+                doing: doing.to_owned(),
+            })
+        };
         let connection = LdapConnSettings::new()
             .set_conn_timeout(settings.timeout)
-            .set_config(tls_config(settings)?)
+            .set_config(tls)
             .set_starttls(url.starts_with("ldap://"));
-        let (driver, mut ldap) = LdapConnAsync::with_settings(connection, url)
-            .await
-            .map_err(|source| match source {
-                LdapError::Timeout { .. } => DirectoryError::Timeout {
-                    url: url.to_owned(),
-                    timeout: settings.timeout,
-                    doing: "connecting".into(),
-                },
-                source => DirectoryError::Connect {
-                    url: url.to_owned(),
-                    source: Box::new(source),
-                },
-            })?;
+        // The whole connect, including the TLS handshake, is bounded: a DC that accepts the TCP
+        // connection and then says nothing must not hold the run.
+        let connected = tokio::time::timeout(
+            settings.timeout,
+            LdapConnAsync::with_settings(connection, url),
+        )
+        .await
+        .map_err(|_| timeout("connecting"))?;
+        let (driver, mut ldap) = connected.map_err(|source| match source {
+            LdapError::Timeout { .. } => timeout("connecting"),
+            source => Opening::Unusable(DirectoryError::Connect {
+                url: url.to_owned(),
+                source: Box::new(source),
+            }),
+        })?;
         ldap3::drive!(driver);
 
-        let password = settings.password.read().map_err(DirectoryError::Password)?;
         let bind = ldap
             .with_timeout(settings.timeout)
             .simple_bind(&settings.bind_dn, password.expose())
             .await
-            .map_err(|source| operation_error(settings, "binding", source))?;
-        if bind.rc != 0 {
-            return Err(DirectoryError::Bind {
-                url: url.to_owned(),
-                bind_dn: settings.bind_dn.clone(),
-                reason: bind_reason(bind.rc, &bind.text),
-            });
+            .map_err(|source| match source {
+                LdapError::Timeout { .. } => timeout("binding"),
+                source => Opening::Unusable(DirectoryError::Protocol {
+                    doing: format!("binding to {url}"),
+                    source: Box::new(source),
+                }),
+            })?;
+        match bind.rc {
+            0 => {}
+            49 => return Err(Opening::Refused { text: bind.text }),
+            rc => {
+                return Err(Opening::Unusable(DirectoryError::Bind {
+                    url: url.to_owned(),
+                    bind_dn: settings.bind_dn.clone(),
+                    reason: result_reason(rc, &bind.text),
+                }));
+            }
         }
         Ok(Session {
             settings,
+            url: url.to_owned(),
             ldap,
             stats: ReadStats::default(),
         })
@@ -268,7 +424,12 @@ impl<'s> Session<'s> {
                 .search(base, scope, filter, attributes.to_vec())
                 .await
                 .map_err(|source| {
-                    operation_error(self.settings, &format!("searching {what}"), source)
+                    operation_error(
+                        self.settings,
+                        &self.url,
+                        &format!("searching {what}"),
+                        source,
+                    )
                 })?;
             let (page, outcome) = (result.0, result.1);
             if outcome.rc != 0 {
@@ -327,27 +488,22 @@ fn has_member_attribute(entry: &SearchEntry) -> bool {
         .any(|name| name.to_ascii_lowercase().starts_with("member"))
 }
 
-fn operation_error(settings: &LdapSettings, doing: &str, source: LdapError) -> DirectoryError {
+fn operation_error(
+    settings: &LdapSettings,
+    url: &str,
+    doing: &str,
+    source: LdapError,
+) -> DirectoryError {
     match source {
         LdapError::Timeout { .. } => DirectoryError::Timeout {
-            url: settings.url.clone(),
+            url: url.to_owned(),
             timeout: settings.timeout,
             doing: doing.to_owned(),
         },
         source => DirectoryError::Protocol {
-            doing: doing.to_owned(),
+            doing: format!("{doing} on {url}"),
             source: Box::new(source),
         },
-    }
-}
-
-fn bind_reason(rc: u32, text: &str) -> String {
-    match rc {
-        49 => format!(
-            "invalid credentials: wrong password, or the service account is disabled, locked or expired ({})",
-            text.trim()
-        ),
-        _ => result_reason(rc, text),
     }
 }
 
@@ -441,10 +597,30 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_bind_says_what_to_check() {
+    fn a_refused_bind_names_ad_s_reason_and_every_failed_dc_is_listed() {
+        let refused = DirectoryError::InvalidCredentials {
+            url: "ldaps://dc1".into(),
+            bind_dn: "CN=svc".into(),
+            code: bind_guard::ad_sub_code("80090308: LdapErr: DSID-0C09042A, data 533, v4563"),
+            state_problem: None,
+        }
+        .to_string();
         assert!(
-            bind_reason(49, "80090308: LdapErr: DSID-0C09042A, data 52e")
-                .contains("wrong password")
+            refused.contains("AD data 533: account disabled"),
+            "{refused}"
+        );
+        assert!(refused.contains("no other DC was tried"), "{refused}");
+        let all = DirectoryError::AllFailed {
+            failures: vec![
+                ("ldaps://a".into(), "cannot connect".into()),
+                ("ldaps://b".into(), "did not answer".into()),
+            ],
+        }
+        .to_string();
+        assert!(all.contains("2 tried"), "{all}");
+        assert!(
+            all.contains("ldaps://a: cannot connect\n  ldaps://b: did not answer"),
+            "{all}"
         );
         assert_eq!(result_reason(4, ""), "result code 4");
     }
