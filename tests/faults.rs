@@ -79,7 +79,7 @@ fn instance_keys(stack: &Stack, dir: &std::path::Path) -> String {
     std::fs::write(
         &config,
         format!(
-            "{}\n[instance]\nlogin_user = \"ec2-user\"\naccess_groups = [\"web-prod\"]\ncache_dir = \"{}\"\ncache_ttl = \"1ms\"\nmax_stale = \"1h\"\nfetch_timeout = \"5s\"\n",
+            "{}\n[instance]\nlogin_user = \"ec2-user\"\naccess_groups = [\"web-prod\"]\ncache_dir = \"{}\"\ncache_ttl = \"1ms\"\nmax_stale = \"1h\"\nfetch_timeout = \"5s\"\n# These tests publish without [signing].\nallow_unsigned = true\n",
             stack.s3.settings("ssh/"),
             dir.join("cache").display()
         ),

@@ -79,7 +79,7 @@ fn after_one_slow_login_in_an_outage_the_next_ones_serve_the_cache_at_once() {
         std::fs::write(
             &config,
             format!(
-                "{s3}\n[instance]\nlogin_user = \"ec2-user\"\naccess_groups = [\"web-prod\"]\ncache_dir = \"{}\"\ncache_ttl = \"1ms\"\nmax_stale = \"1h\"\nfetch_timeout = \"2s\"\n",
+                "{s3}\n[instance]\nlogin_user = \"ec2-user\"\naccess_groups = [\"web-prod\"]\ncache_dir = \"{}\"\ncache_ttl = \"1ms\"\nmax_stale = \"1h\"\nfetch_timeout = \"2s\"\nallow_unsigned = true\n",
                 cache.display()
             ),
         )
@@ -182,7 +182,7 @@ fn outage_login_latency() {
         std::fs::write(
             &config,
             format!(
-                "{s3}\n[instance]\nlogin_user = \"ec2-user\"\naccess_groups = [\"web-prod\"]\ncache_dir = \"{}\"\ncache_ttl = \"1ms\"\nmax_stale = \"1h\"\nfetch_timeout = \"3s\"\n",
+                "{s3}\n[instance]\nlogin_user = \"ec2-user\"\naccess_groups = [\"web-prod\"]\ncache_dir = \"{}\"\ncache_ttl = \"1ms\"\nmax_stale = \"1h\"\nfetch_timeout = \"3s\"\nallow_unsigned = true\n",
                 cache.display()
             ),
         )
