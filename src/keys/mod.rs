@@ -408,6 +408,16 @@ fn parse_line(raw: &str, policy: &KeyPolicy) -> Result<AuthorizedKey, DropReason
         None => Vec::new(),
     };
 
+    // sshd checks this when the key is used, not while parsing, but the outcome is the same: the
+    // line never lets its owner in (auth2-pubkeyfile.c: "principals on non-CA key").
+    let has = |name: &str| parsed_options.iter().any(|option| option.name == name);
+    if has("principals") && !has("cert-authority") {
+        return Err(invalid(
+            "principals=\"...\" is honoured only with cert-authority; sshd refuses this key"
+                .to_string(),
+        ));
+    }
+
     let key_type = first_token(rest);
     let rest = skip_blanks(&rest[key_type.len()..]);
     let blob = first_token(rest);

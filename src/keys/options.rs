@@ -10,9 +10,15 @@
 //! refused), an empty option between commas is skipped as sshd skips it, and a comma that ends the
 //! field is refused (`unexpected end-of-options`; OpenSSH's own `trailing comma` test). A unit
 //! test replays every case of OpenSSH's `regress/unittests/authopt/tests.c` that applies to
-//! authorized_keys (the certificate cases do not: keyhole publishes no certificates).
+//! authorized_keys (the certificate cases do not: keyhole publishes no certificates), and
+//! `tests/sshd_options.rs` asks the installed sshd about each case keyhole decides.
 //!
 //! Where keyhole is stricter than sshd, on purpose, and says why in the dropped line's reason:
+//! - a trailing comma (`restrict, ssh-ed25519 …`): sshd hands its parser the rest of the line, so
+//!   after the comma it sees the space before the key and accepts the line (measured with
+//!   OpenSSH 9.2); the parser itself refuses a field that ends in a comma, as OpenSSH's tests
+//!   assert, so whether such a line works depends on what follows it. keyhole refuses it and says
+//!   to remove the comma;
 //! - numbers (ports, tunnel devices) must be plain decimal digits: sshd's `strtonum` would also
 //!   take `+22` or ` 22`, which no one writes on purpose;
 //! - a `permitopen`/`permitlisten` port must be a number or `*`: sshd also looks a name up in
@@ -66,7 +72,7 @@ pub enum OptionsError {
     #[error("unterminated quoted string in options")]
     UnterminatedQuote,
     #[error(
-        "the options end with a comma, and sshd refuses the whole line (\"unexpected end-of-options\")"
+        "the options end with a comma, which OpenSSH's option parser refuses (\"unexpected end-of-options\"); remove the comma"
     )]
     TrailingComma,
     #[error("unsupported option \"{0}\"")]

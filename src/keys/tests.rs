@@ -742,3 +742,9 @@ fn keys_past_max_keys_per_user_are_dropped_with_their_lines() {
     under.limit_keys(4);
     assert_eq!(under, parse(&text));
 }
+
+#[test]
+fn principals_without_cert_authority_is_refused_as_sshd_refuses_it() {
+    let why = invalid_text(&format!(r#"principals="alice" {ED25519}"#));
+    assert!(why.contains("honoured only with cert-authority"), "{why}");
+}
