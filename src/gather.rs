@@ -65,7 +65,6 @@ pub async fn gather(settings: &Settings, now: SystemTime) -> anyhow::Result<Gath
         root: settings.homes.root.clone(),
         home_prefix: settings.homes.home_prefix.clone(),
     };
-    check_homes_mounted(&settings.homes).await?;
     let harvestees: Vec<Harvestee> = members
         .iter()
         .filter_map(|name| users.get(name))
@@ -75,6 +74,10 @@ pub async fn gather(settings: &Settings, now: SystemTime) -> anyhow::Result<Gath
             home: layout.home_of(&user.name, user.unix_home_directory.as_deref()),
         })
         .collect();
+    // With nobody to read, an empty root harms no one.
+    if !harvestees.is_empty() {
+        check_homes_mounted(&settings.homes).await?;
+    }
     let homes_looked_up: Vec<PathBuf> = harvestees
         .iter()
         .filter_map(|harvestee| harvestee.home.as_ref().ok().cloned())

@@ -542,8 +542,9 @@ fn read_through_symlink(
         libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
     )
     .map_err(|error| match error.raw_os_error() {
+        // Named as an operator would look for it: the link's text read from `.ssh`, `..`s folded.
         Some(libc::EXDEV) => HarvestOutcome::Rejected(Rejection::SymlinkOutsideHome {
-            target: link.clone(),
+            target: lexical(&home.join(".ssh").join(&link)),
         }),
         Some(libc::ELOOP) => HarvestOutcome::Rejected(Rejection::SymlinkLoop {
             place: Place::AuthorizedKeys,
@@ -559,6 +560,22 @@ fn read_through_symlink(
     }
     let target = home.join(&opened.path);
     read_file(opened.file, uid, Place::LinkTarget(target.clone()), &target)
+}
+
+/// `path` with `.` dropped and each `..` folding the component before it, without asking the
+/// filesystem (which is what could be lying).
+fn lexical(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// A file opened beneath a directory, with the directories on the way to it.

@@ -557,7 +557,7 @@ fn each_bad_line_costs_only_itself() {
         line(
             "env",
             1,
-            "option \"environment\" is in [keys] forbidden_options",
+            "option \"environment\" is in [keys] forbidden_options (environment variables can change what the login shell or a forced command runs)",
         ),
         ("share.a", shared_reason.clone()),
         ("share.b", shared_reason),
