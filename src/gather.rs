@@ -6,7 +6,7 @@
 //! run grows with the people who have access, not with the size of the directory.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use anyhow::Context;
@@ -18,7 +18,7 @@ use crate::keys;
 use crate::policy::{self, Checked};
 use crate::render::{Problem, UserKeys};
 use crate::resolve::{Resolution, resolve};
-use crate::settings::{OwnerSource, Settings};
+use crate::settings::{HomesSettings, OwnerSource, Settings};
 
 /// More members than this without a uid are reported as one problem with the fix, not one each.
 const NO_UID_SUMMARY_AFTER: usize = 3;
@@ -75,7 +75,7 @@ pub async fn gather(settings: &Settings, now: SystemTime) -> anyhow::Result<Gath
         .copied()
         .collect();
     let (owners, mut settled) = owners(&people, &settings.homes.owner).await;
-    let harvestees = people
+    let harvestees: Vec<Harvestee> = people
         .iter()
         .filter(|user| !settled.contains_key(&user.name))
         .map(|user| Harvestee {
@@ -83,6 +83,14 @@ pub async fn gather(settings: &Settings, now: SystemTime) -> anyhow::Result<Gath
             uid: owners.get(&user.name).copied().flatten(),
             home: layout.home_of(&user.name, user.unix_home_directory.as_deref()),
         })
+        .collect();
+    // With nobody to read, an empty root harms no one.
+    if !harvestees.is_empty() {
+        check_homes_mounted(&settings.homes).await?;
+    }
+    let homes_looked_up: Vec<PathBuf> = harvestees
+        .iter()
+        .filter_map(|harvestee| harvestee.home.as_ref().ok().cloned())
         .collect();
     let mut outcomes = homes::harvest(
         harvestees,
@@ -109,6 +117,13 @@ pub async fn gather(settings: &Settings, now: SystemTime) -> anyhow::Result<Gath
         problems.push(no_uid_summary(&without_uid, &settings.homes.owner));
     }
 
+    if outcomes
+        .values()
+        .all(|outcome| matches!(outcome, HarvestOutcome::NoKeys))
+    {
+        check_some_home_exists(homes_looked_up, &settings.homes).await?;
+    }
+
     let mut keys = BTreeMap::new();
     for (user, outcome) in outcomes {
         let problem = |reason: String| Problem {
@@ -118,7 +133,8 @@ pub async fn gather(settings: &Settings, now: SystemTime) -> anyhow::Result<Gath
         let user_keys =
             match outcome {
                 HarvestOutcome::Keys(text) => {
-                    let parsed = keys::parse_authorized_keys(&text, &settings.keys);
+                    let mut parsed = keys::parse_authorized_keys(&text, &settings.keys);
+                    parsed.limit_keys(settings.max_keys_per_user);
                     problems.extend(
                         parsed
                             .dropped
@@ -262,6 +278,85 @@ fn no_uid_summary(users: &[&String], owner: &OwnerSource) -> Problem {
     }
 }
 
+/// Fewer members than this, none with a home, is believable (new accounts); more is an outage.
+const MEMBERS_FOR_AN_OUTAGE: usize = 3;
+
+/// Refuses to read homes that are evidently not mounted: an unmounted NFS root reads as a tree in
+/// which nobody has a home, and publishing that would revoke everyone's keys at once. The root
+/// must be a non-empty directory (a mount point without its mount is an empty one), and the
+/// `[homes] sentinel`, when set, must exist. Bounded by `read_timeout`, like every home read.
+async fn check_homes_mounted(homes: &HomesSettings) -> anyhow::Result<()> {
+    let root = homes.root.clone();
+    let sentinel = homes
+        .sentinel
+        .as_ref()
+        .map(|sentinel| homes.root.join(sentinel));
+    let check = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let mut entries = std::fs::read_dir(&root).with_context(|| {
+            format!(
+                "homes.root {} cannot be read; are the homes mounted?",
+                root.display()
+            )
+        })?;
+        if entries.next().is_none() {
+            anyhow::bail!(
+                "homes.root {} is empty: the homes look unmounted, and reading them would \
+                 publish that nobody has keys; nothing was written",
+                root.display()
+            );
+        }
+        if let Some(sentinel) = sentinel
+            && let Err(error) = std::fs::symlink_metadata(&sentinel)
+        {
+            anyhow::bail!(
+                "homes.sentinel {} is not there ({error}): the homes look unmounted; nothing \
+                 was written",
+                sentinel.display()
+            );
+        }
+        Ok(())
+    });
+    match tokio::time::timeout(homes.read_timeout, check).await {
+        Ok(Ok(checked)) => checked,
+        Ok(Err(error)) => Err(anyhow::anyhow!("checking homes.root: {error}")),
+        Err(_) => anyhow::bail!(
+            "homes.root {} did not answer within homes.read_timeout; nothing was written",
+            homes.root.display()
+        ),
+    }
+}
+
+/// Called when every member came back "no keys": if that is because none of their homes exists,
+/// the homes are not mounted (or `home_prefix` maps them nowhere), not a tree of people without
+/// keys.
+async fn check_some_home_exists(
+    homes: Vec<PathBuf>,
+    settings: &HomesSettings,
+) -> anyhow::Result<()> {
+    if homes.len() < MEMBERS_FOR_AN_OUTAGE {
+        return Ok(());
+    }
+    let count = homes.len();
+    let any = tokio::task::spawn_blocking(move || {
+        homes
+            .iter()
+            .any(|home| std::fs::symlink_metadata(home).is_ok())
+    });
+    match tokio::time::timeout(settings.read_timeout, any).await {
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) => anyhow::bail!(
+            "none of the {count} members' homes exists under homes.root {}: the homes look \
+             unmounted (or homes.home_prefix maps them elsewhere); nothing was written",
+            settings.root.display()
+        ),
+        Ok(Err(error)) => Err(anyhow::anyhow!("checking the members' homes: {error}")),
+        Err(_) => anyhow::bail!(
+            "homes.root {} did not answer within homes.read_timeout; nothing was written",
+            settings.root.display()
+        ),
+    }
+}
+
 /// The commit the policy file is at, when it is in a git repository; `-dirty` is appended when
 /// the file differs from that commit, so an index never claims a commit it was not built from.
 fn policy_commit(policy: &Path) -> Option<String> {
@@ -293,4 +388,79 @@ fn policy_commit(policy: &Path) -> Option<String> {
     } else {
         format!("{commit}-dirty")
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    use std::time::Duration;
+
+    fn settings(root: &Path, sentinel: Option<&str>) -> HomesSettings {
+        HomesSettings {
+            root: root.to_path_buf(),
+            home_prefix: PathBuf::from("/home"),
+            read_timeout: Duration::from_secs(5),
+            concurrency: 4,
+            sentinel: sentinel.map(PathBuf::from),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unmounted_homes_root_is_an_outage_not_everyone_without_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("home");
+        // Missing root.
+        let error = check_homes_mounted(&settings(&root, None))
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{error:#}").contains("are the homes mounted?"),
+            "{error:#}"
+        );
+        // An empty mount point.
+        std::fs::create_dir(&root).unwrap();
+        let error = check_homes_mounted(&settings(&root, None))
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{error:#}").contains("is empty: the homes look unmounted"),
+            "{error:#}"
+        );
+        // Something is there, but not the sentinel.
+        std::fs::create_dir(root.join("alice")).unwrap();
+        check_homes_mounted(&settings(&root, None)).await.unwrap();
+        let error = check_homes_mounted(&settings(&root, Some(".keyhole-mounted")))
+            .await
+            .unwrap_err();
+        assert!(format!("{error:#}").contains("homes.sentinel"), "{error:#}");
+        std::fs::write(root.join(".keyhole-mounted"), "").unwrap();
+        check_homes_mounted(&settings(&root, Some(".keyhole-mounted")))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn members_of_whom_none_has_a_home_are_an_outage() {
+        let dir = tempfile::tempdir().unwrap();
+        let homes: Vec<PathBuf> = ["a", "b", "c"].iter().map(|u| dir.path().join(u)).collect();
+        let homes_settings = settings(dir.path(), None);
+        let error = check_some_home_exists(homes.clone(), &homes_settings)
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{error:#}").contains("none of the 3 members' homes exists"),
+            "{error:#}"
+        );
+        // Two people without homes yet are believable.
+        check_some_home_exists(homes[..2].to_vec(), &homes_settings)
+            .await
+            .unwrap();
+        // One home is enough to show the tree is there.
+        std::fs::create_dir(&homes[1]).unwrap();
+        check_some_home_exists(homes, &homes_settings)
+            .await
+            .unwrap();
+    }
 }

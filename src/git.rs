@@ -6,6 +6,7 @@
 //! writes a ref, an object or a file. When a revision is not in the clone it says so, with the
 //! `git fetch` command that would bring it, because in CI that is almost always a shallow clone.
 
+use std::io::Read as _;
 use std::path::{Component, Path, PathBuf};
 
 /// A git problem, with what the operator can do about it in the message.
@@ -264,17 +265,103 @@ impl Repo {
     }
 
     /// The file at `path` in the working tree, as it is on disk now; `None` when it is not there.
+    ///
+    /// Read as git would store it: a symbolic link, at the file or at any directory on the way
+    /// to it inside the repository, is refused, never followed. A pull request can make
+    /// `access-groups.toml` a link to `/etc/shadow` or to a CI secret, and `diff` quotes lines of
+    /// the policy in its report (which is posted as a comment). A FIFO or device is refused
+    /// without blocking.
     pub fn working_tree_file(&self, path: &Path) -> Result<Option<Vec<u8>>, GitError> {
         let root = self
             .workdir()
             .ok_or_else(|| GitError::Bare(self.repo.path().to_path_buf()))?;
         let full = root.join(path);
-        match std::fs::read(&full) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(GitError::Io { path: full, source }),
+        let not_a_file = |what| GitError::NotAFile {
+            rev: "the working tree".to_owned(),
+            path: path.to_path_buf(),
+            what,
+        };
+        let file = match open_without_symlinks(root, path) {
+            Ok(file) => file,
+            Err(error) => {
+                // Which errno a symlink on the way gives depends on where it is and on the
+                // kernel; ask the tree what is there.
+                let mut prefix = root.to_path_buf();
+                for component in path.components() {
+                    prefix.push(component);
+                    if std::fs::symlink_metadata(&prefix)
+                        .is_ok_and(|meta| meta.file_type().is_symlink())
+                    {
+                        return Err(not_a_file("a symbolic link (or inside one)"));
+                    }
+                }
+                return match error.raw_os_error() {
+                    Some(libc::ENOENT | libc::ENOTDIR) => Ok(None),
+                    _ => Err(GitError::Io {
+                        path: full,
+                        source: error,
+                    }),
+                };
+            }
+        };
+        let meta = file.metadata().map_err(|source| GitError::Io {
+            path: full.clone(),
+            source,
+        })?;
+        if meta.is_dir() {
+            return Err(not_a_file("a directory"));
         }
+        if !meta.is_file() {
+            return Err(not_a_file("a special file"));
+        }
+        let mut bytes = Vec::new();
+        (&file)
+            .read_to_end(&mut bytes)
+            .map_err(|source| GitError::Io { path: full, source })?;
+        Ok(Some(bytes))
     }
+}
+
+/// Opens `path` below `root` one component at a time with `O_NOFOLLOW`, so no symlink inside the
+/// repository is followed (the root itself may be reached through one).
+fn open_without_symlinks(root: &Path, path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut current = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(root)?;
+    let names: Vec<&std::ffi::OsStr> = path
+        .components()
+        .map(|component| match component {
+            Component::Normal(name) => Ok(name),
+            _ => Err(std::io::Error::from_raw_os_error(libc::EINVAL)),
+        })
+        .collect::<Result<_, _>>()?;
+    for (i, name) in names.iter().enumerate() {
+        let last = i + 1 == names.len();
+        let flags = libc::O_RDONLY
+            | libc::O_NOFOLLOW
+            | libc::O_CLOEXEC
+            | libc::O_NONBLOCK
+            | if last {
+                libc::O_NOCTTY
+            } else {
+                libc::O_DIRECTORY
+            };
+        let name = std::ffi::CString::new(name.as_bytes())
+            .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidInput, error))?;
+        // SAFETY: `current` is an open directory that outlives the call and `name` is
+        // NUL-terminated; openat has no other preconditions.
+        let fd = unsafe { libc::openat(current.as_raw_fd(), name.as_ptr(), flags) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: openat just returned this descriptor to us and nothing else owns it.
+        current = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+    Ok(current)
 }
 
 fn canonical(path: &Path) -> Result<PathBuf, GitError> {
@@ -354,6 +441,49 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn the_working_tree_file_is_never_read_through_a_symlink() {
+        let outside = tempfile::tempdir().unwrap();
+        let secret = outside.path().join("secret");
+        std::fs::write(&secret, "AWS_SECRET_ACCESS_KEY=hunter2").unwrap();
+        std::fs::create_dir(outside.path().join("dir")).unwrap();
+        std::fs::write(outside.path().join("dir/a.toml"), "AWS_SECRET=x").unwrap();
+        let dir = repo_with(&[("p/a.toml", "first")]);
+        let repo = Repo::discover(dir.path()).unwrap();
+        let symlinked = |result: Result<Option<Vec<u8>>, GitError>| match result {
+            Err(GitError::NotAFile { what, .. }) => what.contains("symbolic link"),
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+
+        // The policy file itself is a link to a secret.
+        std::fs::remove_file(dir.path().join("p/a.toml")).unwrap();
+        std::os::unix::fs::symlink(&secret, dir.path().join("p/a.toml")).unwrap();
+        assert!(symlinked(repo.working_tree_file(Path::new("p/a.toml"))));
+
+        // A directory on the way is.
+        std::fs::remove_file(dir.path().join("p/a.toml")).unwrap();
+        std::fs::remove_dir(dir.path().join("p")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("dir"), dir.path().join("p")).unwrap();
+        assert!(symlinked(repo.working_tree_file(Path::new("p/a.toml"))));
+
+        // A FIFO is refused without blocking; a missing file is still just missing.
+        std::fs::remove_file(dir.path().join("p")).unwrap();
+        std::fs::create_dir(dir.path().join("p")).unwrap();
+        let fifo =
+            std::ffi::CString::new(dir.path().join("p/a.toml").as_os_str().as_encoded_bytes())
+                .unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        assert!(matches!(
+            repo.working_tree_file(Path::new("p/a.toml")),
+            Err(GitError::NotAFile {
+                what: "a special file",
+                ..
+            })
+        ));
+        assert_eq!(repo.working_tree_file(Path::new("p/b.toml")).unwrap(), None);
     }
 
     #[test]

@@ -19,6 +19,11 @@
 //!   by the user or root and not group/world-writable (sshd's walk). Inside the home, because uids on
 //!   this machine are not the AD uids: a link to `/home/someone/...` on the harvesting host could be
 //!   owned by a local account that happens to share the uid.
+//!   The link is resolved from the home's open descriptor, never by path (`openat2` with
+//!   `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`, checked against a component-by-component `O_NOFOLLOW`
+//!   walk that also stands alone where `openat2` is missing), so swapping a directory on the way
+//!   for a symlink mid-read cannot make keyhole read outside the home. An absolute link counts only
+//!   when it names the home by its path on this machine.
 //! - Whose uid must own the files: AD's `uidNumber` by default; with `[homes] owner = "nss"` the
 //!   uid this host's name service gives the account ([`nss_uid`]), which is what NFS clients that
 //!   map SIDs with SSSD or winbind see when the publisher is joined like them. A name the service
@@ -531,7 +536,7 @@ fn read_checked(home: &Path, uid: u32) -> Result<String, HarvestOutcome> {
     ) {
         Ok(file) => read_file(file, uid, Place::AuthorizedKeys, &keys_path),
         Err(error) if error.raw_os_error() == Some(libc::ELOOP) => {
-            read_through_symlink(home, &keys_path, uid)
+            read_through_symlink(&home_dir, home, &ssh_dir, uid)
         }
         Err(error) => Err(missing_or_unknown(&error, &keys_path)),
     }
@@ -539,41 +544,254 @@ fn read_checked(home: &Path, uid: u32) -> Result<String, HarvestOutcome> {
 
 /// A symlinked `authorized_keys`: allowed when it resolves inside the home, every directory on the
 /// way there is sound, and the target itself passes the file checks.
-fn read_through_symlink(home: &Path, link: &Path, uid: u32) -> Result<String, HarvestOutcome> {
-    let target = std::fs::canonicalize(link).map_err(|error| match error.raw_os_error() {
+///
+/// The link is resolved from the home's open descriptor, never by path: a path checked and then
+/// opened can be raced (swap a directory on the way for a symlink to `/` between the check and
+/// the open, and the open reads outside the home). [`open_beneath`] walks the tree one component
+/// at a time with `O_NOFOLLOW`, following each symlink itself and refusing any that leaves the
+/// home; the file is then opened again with `openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`
+/// where the kernel has it, and both must be the same file. An absolute link is honoured only when
+/// it names a place inside this home by the home's path on this machine.
+fn read_through_symlink(
+    home_dir: &File,
+    home: &Path,
+    ssh_dir: &File,
+    uid: u32,
+) -> Result<String, HarvestOutcome> {
+    let link_path = home.join(".ssh/authorized_keys");
+    let link = read_link_at(ssh_dir, "authorized_keys")
+        .map_err(|error| missing_or_unknown(&error, &link_path))?;
+    let beneath = if link.is_absolute() {
+        match link.strip_prefix(home) {
+            Ok(inside) if inside.as_os_str().is_empty() => {
+                return Err(HarvestOutcome::Rejected(Rejection::SymlinkOutsideHome {
+                    target: link,
+                }));
+            }
+            Ok(inside) => inside.to_path_buf(),
+            Err(_) => {
+                return Err(HarvestOutcome::Rejected(Rejection::SymlinkOutsideHome {
+                    target: link,
+                }));
+            }
+        }
+    } else {
+        Path::new(".ssh").join(&link)
+    };
+    let opened = open_beneath(
+        home_dir,
+        &beneath,
+        libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
+    )
+    .map_err(|error| match error.raw_os_error() {
+        // Named as an operator would look for it: the link's text read from `.ssh`, `..`s folded.
+        Some(libc::EXDEV) => HarvestOutcome::Rejected(Rejection::SymlinkOutsideHome {
+            target: lexical(&home.join(".ssh").join(&link)),
+        }),
         Some(libc::ELOOP) => HarvestOutcome::Rejected(Rejection::SymlinkLoop {
             place: Place::AuthorizedKeys,
         }),
         // A dangling link is a missing file, as for sshd.
-        _ => missing_or_unknown(&error, link),
+        _ => missing_or_unknown(&error, &link_path),
     })?;
-    let real_home = std::fs::canonicalize(home).map_err(|error| unknown(&error, home))?;
-    if !target.starts_with(&real_home) || target == real_home {
-        return Err(HarvestOutcome::Rejected(Rejection::SymlinkOutsideHome {
-            target,
-        }));
+    // sshd's walk: every directory from the home down to the file, on what was opened.
+    for (dir, file) in &opened.dirs {
+        let path = home.join(dir);
+        let meta = file.metadata().map_err(|error| unknown(&error, &path))?;
+        check_ownership_and_mode(&meta, uid, Place::LinkTargetDir(path))?;
     }
-    // The home itself was checked already; everything below it on the way to the target is not.
-    for dir in target
-        .ancestors()
-        .skip(1)
-        .take_while(|dir| *dir != real_home)
-    {
-        let meta = std::fs::metadata(dir).map_err(|error| missing_or_unknown(&error, dir))?;
-        check_ownership_and_mode(&meta, uid, Place::LinkTargetDir(dir.to_path_buf()))?;
+    let target = home.join(&opened.path);
+    read_file(opened.file, uid, Place::LinkTarget(target.clone()), &target)
+}
+
+/// `path` with `.` dropped and each `..` folding the component before it, without asking the
+/// filesystem (which is what could be lying).
+fn lexical(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
     }
-    // The canonical path has no symlinks left; if one appears now, the tree is being raced.
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
-        .open(&target)
-        .map_err(|error| match error.raw_os_error() {
-            Some(libc::ELOOP) => HarvestOutcome::Rejected(Rejection::Symlink {
-                place: Place::LinkTarget(target.clone()),
-            }),
-            _ => missing_or_unknown(&error, &target),
-        })?;
-    read_file(file, uid, Place::LinkTarget(target.clone()), &target)
+    out
+}
+
+/// A file opened beneath a directory, with the directories on the way to it.
+struct Beneath {
+    file: File,
+    /// The file's path relative to the directory it was opened beneath, symlinks resolved.
+    path: PathBuf,
+    /// Each directory between that directory and the file (relative path, open descriptor).
+    dirs: Vec<(PathBuf, File)>,
+}
+
+/// How many symlinks one resolution may follow (the kernel's own limit).
+const MAX_SYMLINKS: usize = 40;
+
+/// Opens `path` beneath `root` (see [`read_through_symlink`]): `EXDEV` when it would leave
+/// `root`, by `..` or by a symlink (an absolute one always), `ELOOP` past [`MAX_SYMLINKS`].
+fn open_beneath(root: &File, path: &Path, flags: libc::c_int) -> io::Result<Beneath> {
+    let walked = walk_beneath(root, path, flags)?;
+    match openat2_beneath(root, path, flags) {
+        // The kernel resolved it beneath `root` on its own; the walk must have found the same file,
+        // or the tree changed in between and neither answer can be trusted.
+        Ok(file) => {
+            let (ours, kernels) = (walked.file.metadata()?, file.metadata()?);
+            if (ours.dev(), ours.ino()) != (kernels.dev(), kernels.ino()) {
+                return Err(io::Error::other(
+                    "the directories changed while they were being read",
+                ));
+            }
+            Ok(Beneath { file, ..walked })
+        }
+        // openat2 (Linux 5.6) is missing, or a seccomp filter refuses it: the walk alone is the
+        // same guarantee, made one component at a time.
+        Err(error) if matches!(error.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => {
+            Ok(walked)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// The component-by-component resolution: every name opened with `O_NOFOLLOW` relative to the
+/// directory descriptor before it; a symlink is read with `readlinkat` and its target spliced
+/// into what is left to resolve; `..` steps back to a directory already opened, never above
+/// `root`.
+fn walk_beneath(root: &File, path: &Path, flags: libc::c_int) -> io::Result<Beneath> {
+    let mut pending = std::collections::VecDeque::new();
+    push_components(&mut pending, path)?;
+    let mut dirs: Vec<(PathBuf, File)> = Vec::new();
+    let mut links = 0;
+    while let Some(name) = pending.pop_front() {
+        if name == ".." {
+            if dirs.pop().is_none() {
+                return Err(io::Error::from_raw_os_error(libc::EXDEV));
+            }
+            continue;
+        }
+        let parent = dirs.last().map_or(root, |(_, dir)| dir);
+        let parent_path = dirs
+            .last()
+            .map_or_else(PathBuf::new, |(dir, _)| dir.clone());
+        let last = pending.is_empty();
+        let open_flags = if last {
+            flags | libc::O_NOFOLLOW
+        } else {
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_NONBLOCK
+        };
+        match open_at_os(parent, &name, open_flags) {
+            Ok(file) if last => {
+                return Ok(Beneath {
+                    file,
+                    path: parent_path.join(&name),
+                    dirs,
+                });
+            }
+            Ok(dir) => dirs.push((parent_path.join(&name), dir)),
+            // A symlink, or (for a directory) possibly something else: only a readable link
+            // is followed; anything else keeps the open's error.
+            Err(error) if matches!(error.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
+                let Ok(target) = read_link_at_os(parent, &name) else {
+                    return Err(error);
+                };
+                links += 1;
+                if links > MAX_SYMLINKS {
+                    return Err(io::Error::from_raw_os_error(libc::ELOOP));
+                }
+                let rest = std::mem::take(&mut pending);
+                push_components(&mut pending, &target)?;
+                pending.extend(rest);
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    // The path ended in `..`: that names a directory, not a file.
+    Err(io::Error::from_raw_os_error(libc::EISDIR))
+}
+
+/// Appends `path`'s components to `pending`; an absolute path leaves the root (`EXDEV`).
+fn push_components(
+    pending: &mut std::collections::VecDeque<std::ffi::OsString>,
+    path: &Path,
+) -> io::Result<()> {
+    for component in path.components() {
+        match component {
+            Component::Normal(name) => pending.push_back(name.to_os_string()),
+            Component::ParentDir => pending.push_back("..".into()),
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(io::Error::from_raw_os_error(libc::EXDEV));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The kernel's `struct open_how` (linux/openat2.h); libc's is `non_exhaustive`, so it cannot be
+/// built here. The size passed with it tells the kernel which version this is.
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// `openat2(root, path, flags, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`: the kernel refuses
+/// (`EXDEV`) any resolution that would leave `root`, however the tree changes meanwhile.
+fn openat2_beneath(root: &File, path: &Path, flags: libc::c_int) -> io::Result<File> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
+    let how = OpenHow {
+        flags: u64::try_from(flags | libc::O_CLOEXEC).unwrap_or_default(),
+        mode: 0,
+        resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: `root` is an open descriptor that outlives the call, `path` is NUL-terminated,
+    // and `how` is a live `struct open_how` whose size is passed with it.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            path.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(io::Error::other)?;
+    // SAFETY: openat2 just returned this descriptor to us and nothing else owns it.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// `readlinkat(2)` of `name` in an open directory.
+fn read_link_at(dir: &File, name: &str) -> io::Result<PathBuf> {
+    read_link_at_os(dir, std::ffi::OsStr::new(name))
+}
+
+fn read_link_at_os(dir: &File, name: &std::ffi::OsStr) -> io::Result<PathBuf> {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let name = CString::new(name.as_bytes())
+        .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
+    let mut buffer = vec![0_u8; libc::PATH_MAX as usize];
+    // SAFETY: `dir` is open, `name` is NUL-terminated, and `buffer` has the length passed.
+    let length = unsafe {
+        libc::readlinkat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            buffer.as_mut_ptr().cast(),
+            buffer.len(),
+        )
+    };
+    let length = usize::try_from(length).map_err(|_| io::Error::last_os_error())?;
+    buffer.truncate(length);
+    Ok(PathBuf::from(std::ffi::OsString::from_vec(buffer)))
 }
 
 /// Checks an open file by its descriptor and reads at most [`AUTHORIZED_KEYS_LIMIT`] bytes.
@@ -656,8 +874,13 @@ fn unknown(error: &io::Error, path: &Path) -> HarvestOutcome {
 /// `openat(2)` relative to an open directory, so the directory that was checked is the one the
 /// name is looked up in. Always `O_CLOEXEC`.
 fn open_at(dir: &File, name: &str, flags: libc::c_int) -> io::Result<File> {
-    let name =
-        CString::new(name).map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
+    open_at_os(dir, std::ffi::OsStr::new(name), flags)
+}
+
+fn open_at_os(dir: &File, name: &std::ffi::OsStr, flags: libc::c_int) -> io::Result<File> {
+    use std::os::unix::ffi::OsStrExt;
+    let name = CString::new(name.as_bytes())
+        .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
     // SAFETY: `dir` is an open descriptor that outlives the call and `name` is NUL-terminated;
     // openat has no other preconditions.
     let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_CLOEXEC) };
@@ -888,6 +1111,135 @@ mod tests {
                 mode: 0o775
             }
         );
+    }
+
+    /// The swap the security review described: `authorized_keys -> ../dotfiles/keys`, and while
+    /// keyhole reads, another thread keeps exchanging `dotfiles` (a real directory) with a symlink
+    /// to a directory outside the home holding a file the user owns. Whatever the interleaving,
+    /// what is read is the file inside the home, or nothing.
+    fn race_a_directory_swap(read: impl Fn(&Fixture) -> Option<String>) {
+        use std::sync::atomic::AtomicBool;
+        const INSIDE: &str = "inside the home\n";
+        const OUTSIDE: &str = "OUTSIDE the home\n";
+        let fixture = Fixture::new();
+        let outside = fixture._dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        set(&outside, UID, 0o755);
+        std::fs::write(outside.join("keys"), OUTSIDE).unwrap();
+        set(&outside.join("keys"), UID, 0o600);
+        std::fs::create_dir(fixture.path("dotfiles")).unwrap();
+        set(&fixture.path("dotfiles"), UID, 0o755);
+        std::fs::write(fixture.path("dotfiles/keys"), INSIDE).unwrap();
+        set(&fixture.path("dotfiles/keys"), UID, 0o600);
+        symlink(&outside, fixture.path("swap")).unwrap();
+        fixture.link_keys_to(Path::new("../dotfiles/keys"));
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let swapper = {
+            let stop = Arc::clone(&stop);
+            let dotfiles = CString::new(fixture.path("dotfiles").as_os_str().as_bytes()).unwrap();
+            let swap = CString::new(fixture.path("swap").as_os_str().as_bytes()).unwrap();
+            std::thread::spawn(move || {
+                let mut swaps = 0_u64;
+                while !stop.load(Ordering::Relaxed) {
+                    // SAFETY: both paths are NUL-terminated; RENAME_EXCHANGE swaps two names
+                    // atomically.
+                    let done = unsafe {
+                        libc::renameat2(
+                            libc::AT_FDCWD,
+                            dotfiles.as_ptr(),
+                            libc::AT_FDCWD,
+                            swap.as_ptr(),
+                            libc::RENAME_EXCHANGE,
+                        )
+                    };
+                    // The fixture is gone once the reader has failed; stop then.
+                    if done != 0 {
+                        break;
+                    }
+                    swaps += 1;
+                }
+                swaps
+            })
+        };
+        let started = Instant::now();
+        let (mut reads, mut inside) = (0, 0);
+        while reads < 20_000 && started.elapsed() < Duration::from_secs(3) {
+            let text = read(&fixture);
+            reads += 1;
+            assert_ne!(
+                text.as_deref(),
+                Some(OUTSIDE),
+                "read {reads} read a file outside the home"
+            );
+            if text.as_deref() == Some(INSIDE) {
+                inside += 1;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        let swaps = swapper.join().unwrap();
+        // The race was run, and reads through the link still work when the tree holds still.
+        assert!(swaps > 100 && reads > 100, "{swaps} swaps, {reads} reads");
+        assert!(
+            inside > 0,
+            "none of {reads} reads got the file inside the home"
+        );
+    }
+
+    #[test]
+    fn a_directory_swapped_for_a_symlink_mid_read_never_reads_outside_the_home() {
+        race_a_directory_swap(|fixture| match fixture.read() {
+            HarvestOutcome::Keys(text) => Some(text),
+            _ => None,
+        });
+    }
+
+    #[test]
+    fn the_component_walk_alone_never_leaves_the_home_either() {
+        // What runs where openat2 is missing (ENOSYS): the walk must hold by itself.
+        race_a_directory_swap(|fixture| {
+            let home = File::open(&fixture.home).ok()?;
+            let walked = walk_beneath(
+                &home,
+                Path::new(".ssh/authorized_keys"),
+                libc::O_RDONLY | libc::O_NONBLOCK,
+            )
+            .ok()?;
+            let mut text = String::new();
+            (&walked.file).read_to_string(&mut text).ok()?;
+            Some(text)
+        });
+    }
+
+    #[test]
+    fn the_walk_refuses_what_openat2_refuses() {
+        let fixture = Fixture::new();
+        let home = File::open(&fixture.home).unwrap();
+        let flags = libc::O_RDONLY | libc::O_NONBLOCK;
+        let errno = |path: &str| {
+            walk_beneath(&home, Path::new(path), flags)
+                .err()
+                .and_then(|error| error.raw_os_error())
+        };
+        assert_eq!(errno("../bob/.ssh/authorized_keys"), Some(libc::EXDEV));
+        assert_eq!(errno(".ssh/../../x"), Some(libc::EXDEV));
+        symlink("/etc", fixture.path("etc")).unwrap();
+        assert_eq!(errno("etc/passwd"), Some(libc::EXDEV));
+        symlink("loop", fixture.path("loop")).unwrap();
+        assert_eq!(errno("loop"), Some(libc::ELOOP));
+        assert_eq!(errno(".ssh/missing"), Some(libc::ENOENT));
+        symlink(".ssh/./../.ssh/authorized_keys", fixture.path("keys")).unwrap();
+        let walked = walk_beneath(&home, Path::new("keys"), flags).unwrap();
+        assert_eq!(walked.path, Path::new(".ssh/authorized_keys"));
+        assert_eq!(walked.dirs.len(), 1);
+        // And openat2, where the kernel has it, agrees.
+        match openat2_beneath(&home, Path::new("etc/passwd"), flags) {
+            Err(error) if error.raw_os_error() == Some(libc::ENOSYS) => {}
+            other => assert_eq!(
+                other.err().and_then(|e| e.raw_os_error()),
+                Some(libc::EXDEV)
+            ),
+        }
     }
 
     #[test]

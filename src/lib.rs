@@ -19,6 +19,7 @@ pub mod instance;
 pub mod keys;
 pub mod lock;
 pub mod logging;
+pub mod markdown;
 pub mod memory;
 pub mod metrics;
 pub mod plan;

@@ -19,6 +19,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::diagnostic::{Diagnostic, Severity};
+use crate::markdown::{self, code, prose};
 use crate::policy::{self, AccessGroup, Deny, Policy, Principals, counts, plural};
 use crate::resolve::{Exclusion, Member, Resolution, VIA_SEPARATOR, Via};
 
@@ -783,11 +784,12 @@ pub const MARKDOWN_MARKER: &str = "<!-- keyhole-diff -->";
 /// The Markdown report, to be posted as a pull-request comment.
 pub fn markdown(report: &Report) -> String {
     // The marker lets a CI job find and update its earlier comment instead of adding another.
+    // Branch names and paths are the pull request author's to choose.
     let mut out = format!(
-        "{MARKDOWN_MARKER}\n### keyhole: access change\n\n`{}` → `{}` · `{}`: **{}**\n",
-        report.base.label(),
-        report.head.label(),
-        report.head.path,
+        "{MARKDOWN_MARKER}\n### keyhole: access change\n\n{} → {} · {}: **{}**\n",
+        code(&report.base.label()),
+        code(&report.head.label()),
+        code(&report.head.path),
         report.summary()
     );
     if !report.head.diagnostics.is_empty() {
@@ -806,16 +808,24 @@ pub fn markdown(report: &Report) -> String {
                 ),
             ),
         };
-        let _ = writeln!(out, "\n> [!{kind}]\n> {headline}\n>\n> ```text");
-        for d in &report.head.diagnostics {
-            let _ = writeln!(out, "> {}", diagnostic_line(d));
+        // Diagnostics quote the policy file: a line of backticks in it must not end the block.
+        let lines: Vec<String> = report
+            .head
+            .diagnostics
+            .iter()
+            .map(|d| diagnostic_line(d).replace(['\n', '\r'], " "))
+            .collect();
+        let fence = markdown::fence_for(lines.iter().map(String::as_str));
+        let _ = writeln!(out, "\n> [!{kind}]\n> {headline}\n>\n> {fence}text");
+        for line in &lines {
+            let _ = writeln!(out, "> {line}");
         }
-        out.push_str("> ```\n");
+        let _ = writeln!(out, "> {fence}");
     }
     if !report.notes.is_empty() {
         out.push_str("\n> [!NOTE]\n");
         for note in &report.notes {
-            let _ = writeln!(out, "> {}", note.replace('\n', " "));
+            let _ = writeln!(out, "> {}", prose(note));
         }
     }
     if report.head.status == Status::Unreadable {
@@ -884,7 +894,7 @@ pub fn markdown(report: &Report) -> String {
                 rows.push([
                     "🔻 loses access".to_owned(),
                     code(&person.name),
-                    format!("{}{}", escape(&why(&person.via)), excluded_suffix(person)),
+                    prose(&format!("{}{}", why(&person.via), excluded_suffix(person))),
                 ]);
             }
         }
@@ -894,27 +904,27 @@ pub fn markdown(report: &Report) -> String {
                 rows.push([
                     "🔺 gains access".to_owned(),
                     code(&person.name),
-                    escape(&why(&person.via)),
+                    prose(&why(&person.via)),
                 ]);
             }
         }
         if let Some(description) = &group.description {
             rows.push([
                 "✏️ description".to_owned(),
-                escape(&quoted(&description.head)),
-                format!("was {}", escape(&quoted(&description.base))),
+                prose(&quoted(&description.head)),
+                format!("was {}", prose(&quoted(&description.base))),
             ]);
         }
         table(
             &mut out,
-            &format!("`{}`: {}", escape(name), group.change.as_str()),
+            &format!("{}: {}", code(name), group.change.as_str()),
             &rows,
         );
     }
     if !report.warnings.is_empty() {
         out.push_str("\n<details><summary>Directory warnings</summary>\n\n");
         for warning in &report.warnings {
-            let _ = writeln!(out, "- {}", escape(warning));
+            let _ = writeln!(out, "- {}", prose(warning));
         }
         out.push_str("\n</details>\n");
     }
@@ -961,16 +971,6 @@ fn table(out: &mut String, title: &str, rows: &[[String; 3]]) {
     if folded {
         out.push_str("\n</details>\n");
     }
-}
-
-/// A name in a code span, safe inside a table cell.
-fn code(text: &str) -> String {
-    format!("`{}`", escape(&text.replace('`', "'")))
-}
-
-/// Keeps text from breaking a Markdown table.
-fn escape(text: &str) -> String {
-    text.replace('|', "\\|").replace('\n', " ")
 }
 
 #[cfg(test)]
@@ -1239,6 +1239,51 @@ users = ["mallory"]
             warnings: vec![],
             notes: vec![],
         }
+    }
+
+    #[test]
+    fn markdown_renders_nothing_a_policy_author_or_ad_wrote_as_markdown() {
+        let hostile =
+            "[x](https://evil.example) ![i](https://evil.example/p.png) @corp/admins <img src=x>";
+        let base = parse(BASE);
+        let mut head = base.clone();
+        let web = head.access_groups.get_mut("web").unwrap();
+        web.description = Some(format!("Web {hostile}"));
+        web.principals.users = names(&["bob", "carol", "mal`lory"]);
+        let mut diff = diff_policies(&base, &head);
+        diff.add_people(BTreeMap::from([(
+            "web".to_owned(),
+            PeopleDiff {
+                lost: vec![],
+                gained: vec![PersonChange {
+                    name: "eve".into(),
+                    via: names(&[&format!("AD {hostile}")]),
+                    excluded: None,
+                }],
+            },
+        )]));
+        let mut report = report(diff, true);
+        report.head.revision = Some(format!("pr`{hostile}"));
+        report.warnings = vec![format!("AD group {hostile} has no members")];
+        report.head.status = Status::Invalid;
+        report.head.diagnostics = vec![DiagnosticEntry {
+            file: "p.toml".into(),
+            line: 1,
+            column: 1,
+            severity: Severity::Error,
+            message: "unknown key ```\n> [!NOTE]\n> @everyone".into(),
+        }];
+        let markdown = markdown(&report);
+        let live = crate::markdown::live_text(&markdown);
+        for construct in ["](https://", "![i]", "<img", "@corp", "@everyone", "`"] {
+            assert!(
+                !live.contains(construct),
+                "{construct:?} is live in:\n{markdown}"
+            );
+        }
+        assert!(markdown.contains("``mal`lory``"), "{markdown}");
+        // The quoted diagnostic cannot close its block: the fence is longer than its backticks.
+        assert!(markdown.contains("> ````text\n"), "{markdown}");
     }
 
     #[test]

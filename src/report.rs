@@ -5,6 +5,7 @@
 
 use std::fmt::Write as _;
 
+use crate::markdown::{code, prose};
 use crate::plan::{Action, GroupPlan, Plan};
 
 fn action_word(action: Action) -> &'static str {
@@ -82,38 +83,40 @@ pub fn text(plan: &Plan) -> String {
     out
 }
 
+/// The Markdown report. Every name, reason and problem text goes through [`crate::markdown`]:
+/// they hold AD names and quoted key comments, and reach pull-request comments.
 pub fn markdown(plan: &Plan) -> String {
     let mut out = format!("**keyhole plan:** {}\n", summary(plan));
     if plan.guard.refused {
         out.push_str("\n> [!WARNING]\n> The safety guard would refuse this publish:\n");
         for reason in &plan.guard.reasons {
-            let _ = writeln!(out, "> - {reason}");
+            let _ = writeln!(out, "> - {}", prose(reason));
         }
     }
     for (name, group) in changed(plan) {
-        let _ = writeln!(out, "\n### `{name}`: {}\n", action_word(group.action));
+        let _ = writeln!(out, "\n### {}: {}\n", code(name), action_word(group.action));
         out.push_str("| change | who / key | why |\n|---|---|---|\n");
         for user in &group.removed_users {
             let _ = writeln!(
                 out,
                 "| ➖ removed | {} | {} |",
-                escape(&user.name),
-                escape(&user.reason)
+                code(&user.name),
+                prose(&user.reason)
             );
         }
         for user in &group.added_users {
             let _ = writeln!(
                 out,
                 "| ➕ added | {} | {} |",
-                escape(&user.name),
-                escape(&user.reason)
+                code(&user.name),
+                prose(&user.reason)
             );
         }
         for fingerprint in &group.removed_fingerprints {
-            let _ = writeln!(out, "| ➖ key | `{fingerprint}` | |");
+            let _ = writeln!(out, "| ➖ key | {} | |", code(fingerprint));
         }
         for fingerprint in &group.added_fingerprints {
-            let _ = writeln!(out, "| ➕ key | `{fingerprint}` | |");
+            let _ = writeln!(out, "| ➕ key | {} | |", code(fingerprint));
         }
     }
     if !plan.problems.is_empty() {
@@ -122,8 +125,8 @@ pub fn markdown(plan: &Plan) -> String {
             let _ = writeln!(
                 out,
                 "- **{}**: {}",
-                escape(&problem.user),
-                escape(&problem.reason)
+                code(&problem.user),
+                prose(&problem.reason)
             );
         }
         out.push_str("\n</details>\n");
@@ -131,7 +134,66 @@ pub fn markdown(plan: &Plan) -> String {
     out
 }
 
-/// Keeps names from breaking a Markdown table.
-fn escape(text: &str) -> String {
-    text.replace('|', "\\|").replace('\n', " ")
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{Guard, UserChange};
+    use crate::render::Problem;
+
+    /// A plan whose every user-controlled field carries Markdown an attacker would like rendered
+    /// in a pull-request comment: a link, an image, a mention, HTML, a pipe, backticks.
+    fn hostile_plan() -> Plan {
+        let hostile = "[click](https://evil.example) ![x](https://evil.example/p.png) @corp/admins <img src=x> a|b `c`";
+        let change = UserChange {
+            name: format!("mallory{hostile}"),
+            reason: format!("member of {hostile}"),
+        };
+        let group = GroupPlan {
+            action: Action::Update,
+            added_users: vec![change.clone()],
+            removed_users: vec![change],
+            added_fingerprints: vec![],
+            removed_fingerprints: vec![],
+            next: None,
+            rendered: true,
+            users_before: 1,
+        };
+        Plan {
+            groups: [(format!("web`{hostile}"), group)].into(),
+            problems: vec![Problem {
+                user: format!("eve{hostile}"),
+                reason: format!("authorized_keys line 1: invalid: unknown key type \"{hostile}\""),
+            }],
+            guard: Guard {
+                refused: true,
+                reasons: vec![format!("group {hostile} loses everyone")],
+            },
+            index: crate::index::Index::empty(),
+            owners: None,
+            resign: false,
+            rewrite: false,
+            people: 0,
+            keys: 0,
+        }
+    }
+
+    #[test]
+    fn markdown_renders_nothing_a_user_wrote_as_markdown() {
+        let report = markdown(&hostile_plan());
+        let live = crate::markdown::live_text(&report);
+        for construct in ["](", "![", "<img", "https://", "@corp", "`"] {
+            assert!(
+                !live.contains(construct),
+                "{construct:?} is live in:\n{report}"
+            );
+        }
+        // A table row keeps its four cell borders: no pipe from the text splits it.
+        for line in live
+            .lines()
+            .filter(|l| l.starts_with("| ➕") || l.starts_with("| ➖"))
+        {
+            assert_eq!(line.matches('|').count(), 4, "{line}");
+        }
+        assert!(report.contains("member of"), "{report}");
+    }
 }

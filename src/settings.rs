@@ -40,6 +40,9 @@ pub struct Settings {
     s3: Option<S3Settings>,
     /// `[keys]`: what the keys stage accepts.
     pub keys: KeyPolicy,
+    /// `[keys] max_keys_per_user`: keys published per person; later lines are dropped, each with a
+    /// problem.
+    pub max_keys_per_user: usize,
     pub safety: SafetySettings,
     pub signing: Option<SigningSettings>,
     instance: Option<InstanceSettings>,
@@ -132,6 +135,9 @@ pub struct HomesSettings {
     pub concurrency: usize,
     /// Whose uid the files in a home must belong to.
     pub owner: OwnerSource,
+    /// `[homes] sentinel`: a file, relative to `root`, that exists only while the homes are
+    /// mounted; when it is missing the run fails before anything is written.
+    pub sentinel: Option<PathBuf>,
 }
 
 /// `[homes] owner`: where the uid that must own a user's home, `.ssh` and `authorized_keys`
@@ -351,6 +357,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("homes", "concurrency", Kind::Integer),
     ("homes", "owner", Kind::Text),
     ("homes", "nss_suffix", Kind::Text),
+    ("homes", "sentinel", Kind::Text),
     ("s3", "bucket", Kind::Text),
     ("s3", "prefix", Kind::Text),
     ("s3", "region", Kind::Text),
@@ -361,6 +368,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("keys", "allowed_types", Kind::List),
     ("keys", "min_rsa_bits", Kind::Integer),
     ("keys", "forbidden_options", Kind::List),
+    ("keys", "max_keys_per_user", Kind::Integer),
     ("safety", "max_removed_fraction", Kind::Float),
     ("safety", "max_removed_users", Kind::Integer),
     ("safety", "lock_file", Kind::Text),
@@ -490,6 +498,7 @@ struct RawHomes {
     concurrency: Option<i64>,
     owner: Option<String>,
     nss_suffix: Option<String>,
+    sentinel: Option<String>,
 }
 
 /// `url = "ldaps://dc1"` as well as `url = ["ldaps://dc1", "ldaps://dc2"]`.
@@ -518,6 +527,7 @@ struct RawKeys {
     allowed_types: Option<Vec<String>>,
     min_rsa_bits: Option<i64>,
     forbidden_options: Option<Vec<String>>,
+    max_keys_per_user: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -674,7 +684,14 @@ impl RawSettings {
             .map(|raw| validate_ldap(raw, password_env, lock_file.as_deref(), &mut check));
         let homes = validate_homes(self.homes.unwrap_or_default(), &mut check);
         let s3 = self.s3.and_then(|raw| validate_s3(raw, &mut check));
-        let keys = validate_keys(self.keys.unwrap_or_default(), &mut check);
+        let raw_keys = self.keys.unwrap_or_default();
+        let max_keys_per_user = check.positive(
+            "keys",
+            "max_keys_per_user",
+            raw_keys.max_keys_per_user,
+            i64::from(keys::DEFAULT_MAX_KEYS_PER_USER),
+        ) as usize;
+        let keys = validate_keys(raw_keys, &mut check);
         let safety = validate_safety(self.safety.unwrap_or_default(), &mut check);
         let signing = self.signing.and_then(|raw| {
             let key_file = check.required("signing", "key_file", raw.key_file)?;
@@ -693,6 +710,7 @@ impl RawSettings {
             homes,
             s3,
             keys,
+            max_keys_per_user,
             safety,
             signing,
             instance,
@@ -832,6 +850,22 @@ fn validate_homes(raw: RawHomes, check: &mut Checker) -> HomesSettings {
                 OwnerSource::UidNumber
             }
         },
+        sentinel: raw.sentinel.as_deref().map(|sentinel| {
+            let sentinel = PathBuf::from(sentinel);
+            // Relative, so it names a file on the mounted filesystem and never one beside it.
+            if sentinel.is_absolute()
+                || sentinel
+                    .components()
+                    .any(|c| !matches!(c, std::path::Component::Normal(_)))
+            {
+                check.error(
+                    S,
+                    "sentinel",
+                    "must be a path relative to homes.root, without `..`",
+                );
+            }
+            sentinel
+        }),
     }
 }
 

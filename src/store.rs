@@ -54,6 +54,15 @@ pub enum StoreError {
     /// Someone else changed the object since it was read (HTTP 412).
     #[error("s3://{bucket}/{key} was changed by someone else (precondition failed)")]
     Conflict { bucket: String, key: String },
+    /// The object is larger than this store reads ([`S3Store::with_max_object_bytes`]).
+    #[error(
+        "GET s3://{bucket}/{key} refused: the object is larger than the {limit} bytes keyhole reads"
+    )]
+    TooLarge {
+        bucket: String,
+        key: String,
+        limit: u64,
+    },
     #[error("{operation} s3://{bucket}/{key} failed: {detail}")]
     Request {
         operation: &'static str,
@@ -95,12 +104,20 @@ pub trait ObjectStore {
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
 }
 
+/// The most a [`S3Store`] reads of one object unless told otherwise. Whoever can write to the
+/// bucket chooses the sizes: without a bound, one huge object would make every instance (and
+/// the publisher) hold it all in memory. Far above any real object: the largest, the owners
+/// object, is about 100 bytes a key, so this is some 600,000 keys.
+pub const MAX_OBJECT_BYTES: u64 = 64 * 1024 * 1024;
+
 /// S3, or an S3-compatible server at `endpoint`.
 #[derive(Clone)]
 pub struct S3Store {
     client: aws_sdk_s3::Client,
     bucket: String,
     sse: Option<ServerSideEncryption>,
+    /// Bodies above this are refused ([`StoreError::TooLarge`]) without being read whole.
+    max_object_bytes: u64,
     pub counts: Arc<RequestCounts>,
 }
 
@@ -159,10 +176,26 @@ impl S3Store {
             config = config.endpoint_url(endpoint);
         }
         S3Store {
+            max_object_bytes: MAX_OBJECT_BYTES,
             client: aws_sdk_s3::Client::from_conf(config.build()),
             bucket: settings.bucket.clone(),
             sse: settings.sse.clone(),
             counts: Arc::default(),
+        }
+    }
+
+    /// The same store, reading at most `limit` bytes of an object (an instance may want less than
+    /// [`MAX_OBJECT_BYTES`]).
+    pub fn with_max_object_bytes(mut self, limit: u64) -> S3Store {
+        self.max_object_bytes = limit;
+        self
+    }
+
+    fn too_large(&self, key: &str) -> StoreError {
+        StoreError::TooLarge {
+            bucket: self.bucket.clone(),
+            key: key.to_owned(),
+            limit: self.max_object_bytes,
         }
     }
 
@@ -221,20 +254,34 @@ impl ObjectStore for S3Store {
         if etag_given.is_some_and(|given| given == etag) {
             return Ok(Fetched::NotModified);
         }
-        let body = output
-            .body
-            .collect()
-            .await
-            .map_err(|error| StoreError::Request {
-                operation: "GET",
-                bucket: self.bucket.clone(),
-                key: key.to_owned(),
-                detail: error.to_string(),
-            })?;
-        Ok(Fetched::Object(StoredObject {
-            body: body.into_bytes().to_vec(),
-            etag,
-        }))
+        // The announced length is checked first, and the bytes as they come, since a server may
+        // announce none (chunked) or the wrong one.
+        let limit = self.max_object_bytes;
+        if output
+            .content_length()
+            .is_some_and(|length| u64::try_from(length).unwrap_or(0) > limit)
+        {
+            return Err(self.too_large(key));
+        }
+        let mut stream = output.body;
+        let mut body = Vec::new();
+        loop {
+            let chunk = stream
+                .try_next()
+                .await
+                .map_err(|error| StoreError::Request {
+                    operation: "GET",
+                    bucket: self.bucket.clone(),
+                    key: key.to_owned(),
+                    detail: error.to_string(),
+                })?;
+            let Some(chunk) = chunk else { break };
+            if u64::try_from(body.len() + chunk.len()).unwrap_or(u64::MAX) > limit {
+                return Err(self.too_large(key));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Fetched::Object(StoredObject { body, etag }))
     }
 
     async fn put(

@@ -557,7 +557,7 @@ fn each_bad_line_costs_only_itself() {
         line(
             "env",
             1,
-            "option \"environment\" is in [keys] forbidden_options",
+            "option \"environment\" is in [keys] forbidden_options (environment variables can change what the login shell or a forced command runs)",
         ),
         ("share.a", shared_reason.clone()),
         ("share.b", shared_reason),
@@ -597,6 +597,24 @@ fn each_bad_line_costs_only_itself() {
     // Dropped lines and odd line endings render the same way every time: nothing to write.
     let again = world.run(&["plan", "--detailed-exitcode"]);
     assert_eq!(again.code, 0, "{again:#?}");
+
+    // A cap on keys per person: crlf's second key goes, and crlf is told which line and why.
+    let mut env = world.stack.publisher.env.clone();
+    env.push(("KEYHOLE_KEYS_MAX_KEYS_PER_USER".to_owned(), "1".to_owned()));
+    let capped = support::keyhole::run_keyhole(
+        &world.stack.publisher.config(),
+        &["plan", "--format", "json"],
+        &env,
+    );
+    assert_eq!(capped.code, 0, "{capped:#?}");
+    let capped_problems = capped.json()["problems"].clone();
+    assert!(
+        capped_problems.as_array().unwrap().contains(&json!({
+            "user": "crlf",
+            "reason": "authorized_keys line 2: more than [keys] max_keys_per_user (1) keys; only the first 1 are published"
+        })),
+        "{capped_problems:#}"
+    );
 }
 
 #[test]

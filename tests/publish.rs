@@ -279,6 +279,29 @@ fn upstream_failures_leave_the_bucket_as_it_was() {
     world.stack.s3.restart();
     assert_eq!(world.stack.s3.objects(), published);
 
+    // The NFS homes unmounted: the mount point is an empty directory. That is an outage, not
+    // six people without keys: nothing is written and the run fails.
+    let root = world.stack.homes.root().to_path_buf();
+    let mounted = root.with_extension("mounted");
+    std::fs::rename(&root, &mounted).unwrap();
+    std::fs::create_dir(&root).unwrap();
+    let unmounted = world.run(&["publish"]);
+    assert_eq!(unmounted.code, 1, "{unmounted:#?}");
+    assert!(
+        unmounted
+            .stderr
+            .contains("is empty: the homes look unmounted"),
+        "{}",
+        unmounted.stderr
+    );
+    assert_eq!(
+        world.stack.s3.objects(),
+        published,
+        "an unmounted NFS changed the bucket"
+    );
+    std::fs::remove_dir(&root).unwrap();
+    std::fs::rename(&mounted, &root).unwrap();
+
     world.stack.dc.stop();
     let ad_down = world.run(&["publish"]);
     assert_eq!(ad_down.code, 1, "{ad_down:#?}");

@@ -74,4 +74,29 @@ async fn conditional_writes_detect_a_concurrent_publisher_and_reads_skip_unchang
     assert_eq!(store.get(key, None).await.unwrap(), Fetched::Missing);
     // Four PUT attempts (two refused) and one DELETE.
     assert_eq!(store.counts.writes(), 5);
+
+    // Whoever writes to the bucket chooses object sizes; a reader refuses one past its bound
+    // instead of holding it all in memory.
+    let big = "ssh/web/huge";
+    store
+        .put(big, vec![b'k'; 4097], Precondition::None)
+        .await
+        .unwrap();
+    let small = store.clone().with_max_object_bytes(4096);
+    let refused = small.get(big, None).await;
+    assert!(
+        matches!(refused, Err(StoreError::TooLarge { limit: 4096, .. })),
+        "{:?}",
+        refused.map(|_| "read it whole")
+    );
+    let exact = "ssh/web/exact";
+    store
+        .put(exact, vec![b'k'; 4096], Precondition::None)
+        .await
+        .unwrap();
+    match small.get(exact, None).await.unwrap() {
+        Fetched::Object(object) => assert_eq!(object.body.len(), 4096),
+        other => panic!("expected the object, got {other:?}"),
+    }
+    assert_eq!(keyhole::store::MAX_OBJECT_BYTES, 64 * 1024 * 1024);
 }

@@ -494,11 +494,12 @@ fn markdown(report: &Report) -> String {
     if !report.findings.is_empty() {
         out.push_str("\n| finding | object | detail |\n|---|---|---|\n");
         for finding in &report.findings {
+            // Object names and details come from the bucket: anyone who can write to it.
             out.push_str(&format!(
-                "| {} | `{}` | {} |\n",
+                "| {} | {} | {} |\n",
                 finding.kind.name(),
-                finding.key,
-                finding.detail.replace('|', "\\|")
+                crate::markdown::code(&finding.key),
+                crate::markdown::prose(&finding.detail)
             ));
         }
     }
@@ -763,5 +764,30 @@ mod tests {
                 serde_json::json!(kind.name())
             );
         }
+    }
+
+    #[test]
+    fn markdown_quotes_object_names_and_details_from_the_bucket_as_inert_text() {
+        // A bucket writer names an object so that the report, pasted in a PR, links, pings, or
+        // breaks out of its table.
+        let report = Report {
+            bucket: "keys".into(),
+            prefix: "ssh/".into(),
+            generation: Some(1),
+            signature_checked: true,
+            findings: vec![Finding {
+                kind: FindingKind::Extra,
+                key: "ssh/x`| [y](https://evil.example) @corp/admins".into(),
+                detail: "![p](https://evil.example/p.png) <img src=x> @alice | www.evil.example"
+                    .into(),
+            }],
+            ok: false,
+        };
+        let text = markdown(&report);
+        let row = text.lines().find(|l| l.starts_with("| extra")).unwrap();
+        assert_eq!(
+            row,
+            "| extra | ``ssh/x`\\| [y](https://evil.example) @corp/admins`` | \\!\\[p\\]\\(https\\:\u{200B}\\/\\/evil\\.example\\/p\\.png\\) \\<img src\\=x\\> @\u{200B}alice \\| www\u{200B}\\.evil\\.example |"
+        );
     }
 }

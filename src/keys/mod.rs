@@ -38,8 +38,16 @@ pub const DEFAULT_ALLOWED_TYPES: &[&str] = &[
 /// (`ssh-dss` is decodable but always refused, so it is not listed.)
 pub const SUPPORTED_KEY_TYPES: &[&str] = DEFAULT_ALLOWED_TYPES;
 
-/// The `[keys] forbidden_options` default.
-pub const DEFAULT_FORBIDDEN_OPTIONS: &[&str] = &["environment"];
+/// The `[keys] forbidden_options` default. `environment` can change what a forced command or the
+/// login shell does (`LD_PRELOAD`, `PATH`) where sshd's `PermitUserEnvironment` is on;
+/// `cert-authority` turns the key into a CA: anyone holding a certificate it signs logs in, past
+/// `[deny] fingerprints` and past attribution (sshd's `%f` is then the certificate's key).
+pub const DEFAULT_FORBIDDEN_OPTIONS: &[&str] = &["cert-authority", "environment"];
+
+/// The `[keys] max_keys_per_user` default: more than anyone needs for their devices and security
+/// keys, few enough that one member cannot fill a group file (and every instance's cache) with
+/// thousands of lines.
+pub const DEFAULT_MAX_KEYS_PER_USER: u32 = 32;
 
 /// The `[keys] min_rsa_bits` default.
 pub const DEFAULT_MIN_RSA_BITS: u32 = 2048;
@@ -188,6 +196,10 @@ pub enum DropReason {
     },
     /// The lowercase name of the forbidden option.
     ForbiddenOption(String),
+    /// The person already has `[keys] max_keys_per_user` keys from earlier lines.
+    TooManyKeys {
+        max: usize,
+    },
 }
 
 impl DropReason {
@@ -218,9 +230,30 @@ impl fmt::Display for DropReason {
                 )
             }
             Self::ForbiddenOption(name) => {
-                write!(f, "option \"{name}\" is in [keys] forbidden_options")
+                write!(f, "option \"{name}\" is in [keys] forbidden_options")?;
+                match forbidden_because(name) {
+                    Some(why) => write!(f, " ({why})"),
+                    None => Ok(()),
+                }
             }
+            Self::TooManyKeys { max } => write!(
+                f,
+                "more than [keys] max_keys_per_user ({max}) keys; only the first {max} are published"
+            ),
         }
+    }
+}
+
+/// Why a default-forbidden option is dangerous, in words for the owner of the dropped line.
+fn forbidden_because(name: &str) -> Option<&'static str> {
+    match name {
+        "cert-authority" => {
+            Some("a member's own CA would let in any key they sign, past [deny] and attribution")
+        }
+        "environment" => {
+            Some("environment variables can change what the login shell or a forced command runs")
+        }
+        _ => None,
     }
 }
 
@@ -245,6 +278,27 @@ pub struct ParsedKeys {
     pub keys: Vec<AuthorizedKey>,
     /// In file order.
     pub dropped: Vec<DroppedLine>,
+    /// The line of each kept key (parallel to `keys`), for [`ParsedKeys::limit_keys`].
+    #[serde(skip)]
+    key_lines: Vec<usize>,
+}
+
+impl ParsedKeys {
+    /// Keeps the first `max` keys in file order; every later one is dropped as
+    /// [`DropReason::TooManyKeys`], so the owner is told which lines did not make it.
+    pub fn limit_keys(&mut self, max: usize) {
+        if self.keys.len() <= max {
+            return;
+        }
+        self.keys.truncate(max);
+        for line in self.key_lines.drain(max..) {
+            self.dropped.push(DroppedLine {
+                line,
+                reason: DropReason::TooManyKeys { max },
+            });
+        }
+        self.dropped.sort_by_key(|dropped| dropped.line);
+    }
 }
 
 /// Parses an authorized_keys file given as text.
@@ -279,6 +333,7 @@ pub fn parse_authorized_keys_bytes(bytes: &[u8], policy: &KeyPolicy) -> ParsedKe
                 None => {
                     kept_at.insert(key.fingerprint.clone(), number);
                     parsed.keys.push(key);
+                    parsed.key_lines.push(number);
                     continue;
                 }
             },
@@ -317,6 +372,18 @@ fn parse_line(raw: &str, policy: &KeyPolicy) -> Result<AuthorizedKey, DropReason
         )));
     }
 
+    // Direction overrides make a comment or a forced command read, in a report, a review or a
+    // terminal, differently from what it is; line and paragraph separators break a line where
+    // sshd does not. Refused rather than stripped: the published line is always what the user
+    // wrote, so what a reviewer sees is what sshd gets.
+    if let Some((column, c)) = raw.chars().enumerate().find(|&(_, c)| is_deceptive(c)) {
+        return Err(invalid(format!(
+            "invisible text-direction or line-separator character U+{:04X} at column {}",
+            u32::from(c),
+            column + 1
+        )));
+    }
+
     let first = first_token(line);
     let (options, rest) = if is_sshd_key_type(first) {
         (None, line)
@@ -340,6 +407,16 @@ fn parse_line(raw: &str, policy: &KeyPolicy) -> Result<AuthorizedKey, DropReason
         Some(text) => options::parse_options(text).map_err(invalid_options)?,
         None => Vec::new(),
     };
+
+    // sshd checks this when the key is used, not while parsing, but the outcome is the same: the
+    // line never lets its owner in (auth2-pubkeyfile.c: "principals on non-CA key").
+    let has = |name: &str| parsed_options.iter().any(|option| option.name == name);
+    if has("principals") && !has("cert-authority") {
+        return Err(invalid(
+            "principals=\"...\" is honoured only with cert-authority; sshd refuses this key"
+                .to_string(),
+        ));
+    }
 
     let key_type = first_token(rest);
     let rest = skip_blanks(&rest[key_type.len()..]);
@@ -386,6 +463,21 @@ fn parse_line(raw: &str, policy: &KeyPolicy) -> Result<AuthorizedKey, DropReason
         comment: (!comment.is_empty()).then(|| comment.replace('\t', " ")),
         fingerprint: Fingerprint::of(&key),
     })
+}
+
+/// Bidirectional controls (U+202A–U+202E embeddings and overrides, U+2066–U+2069 isolates, the
+/// LRM/RLM/ALM marks) and U+2028/U+2029 line and paragraph separators.
+fn is_deceptive(c: char) -> bool {
+    matches!(
+        c,
+        '\u{202A}'..='\u{202E}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{200E}'
+            | '\u{200F}'
+            | '\u{061C}'
+            | '\u{2028}'
+            | '\u{2029}'
+    )
 }
 
 /// Decodes the blob and checks it is a well-formed key of the stated type, as sshd's

@@ -310,6 +310,24 @@ fn forbidden_options_drop_the_line_case_insensitively() {
 }
 
 #[test]
+fn cert_authority_is_forbidden_by_default_and_the_report_says_why() {
+    // A member's own CA: every certificate it signs would log in, and neither [deny]
+    // fingerprints nor attribution would ever see the certificate's key.
+    let reason = dropped(&format!("cert-authority,principals=\"ec2-user\" {ED25519}"));
+    assert_eq!(reason, DropReason::ForbiddenOption("cert-authority".into()));
+    assert_eq!(
+        reason.to_string(),
+        "option \"cert-authority\" is in [keys] forbidden_options (a member's own CA would let \
+         in any key they sign, past [deny] and attribution)"
+    );
+    assert!(
+        DropReason::ForbiddenOption("environment".into())
+            .to_string()
+            .contains("forbidden_options (environment variables can change")
+    );
+}
+
+#[test]
 fn flags_are_forbidden_by_their_written_name() {
     let policy = KeyPolicy {
         forbidden_options: ["no-pty".to_string(), "port-forwarding".to_string()].into(),
@@ -630,8 +648,8 @@ fn reasons_read_well_and_serialize_with_a_kind() {
         "invalid: key data is not valid base64"
     );
     assert_eq!(
-        DropReason::ForbiddenOption("environment".into()).to_string(),
-        "option \"environment\" is in [keys] forbidden_options"
+        DropReason::ForbiddenOption("no-pty".into()).to_string(),
+        "option \"no-pty\" is in [keys] forbidden_options"
     );
     let json = |reason: DropReason| serde_json::to_value(reason).unwrap_or_default();
     assert_eq!(
@@ -657,7 +675,7 @@ fn the_default_policy_is_the_spec_default() {
     assert_eq!(policy.min_rsa_bits, 2048);
     assert_eq!(
         policy.forbidden_options,
-        BTreeSet::from(["environment".to_string()])
+        BTreeSet::from(["cert-authority".to_string(), "environment".to_string()])
     );
     assert_eq!(policy.allowed_types.len(), 7);
     assert!(!policy.allowed_types.contains("ssh-dss"));
@@ -666,4 +684,67 @@ fn the_default_policy_is_the_spec_default() {
             .allowed_types
             .contains("sk-ecdsa-sha2-nistp256@openssh.com")
     );
+}
+
+#[test]
+fn bidi_overrides_and_line_separators_are_refused_wherever_they_are() {
+    for c in [
+        '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}', '\u{2066}', '\u{2067}',
+        '\u{2068}', '\u{2069}', '\u{2028}', '\u{2029}', '\u{200F}',
+    ] {
+        // In the comment: "alice@laptop" shown reversed or on two lines in a report.
+        let why = invalid_text(&format!("{ED25519} alice{c}@laptop"));
+        assert!(
+            why.starts_with(&format!(
+                "invisible text-direction or line-separator character U+{:04X} at column",
+                u32::from(c)
+            )),
+            "{why}"
+        );
+        // In a forced command, where it would disguise what runs.
+        let why = invalid_text(&format!("command=\"echo {c}safe\" {ED25519}"));
+        assert!(why.starts_with("invisible text-direction"), "{why}");
+    }
+    // Other non-ASCII text in a comment is fine.
+    assert_eq!(
+        kept(&format!("{ED25519} José's clé 🔑")).comment.as_deref(),
+        Some("alice@laptop José's clé 🔑")
+    );
+}
+
+#[test]
+fn keys_past_max_keys_per_user_are_dropped_with_their_lines() {
+    let text = format!("{ED25519}\n# note\n{ECDSA256}\n{ECDSA384}\nbogus\n{ECDSA521}\n");
+    let mut parsed = parse(&text);
+    assert_eq!(parsed.keys.len(), 4);
+    parsed.limit_keys(2);
+    assert_eq!(
+        parsed
+            .keys
+            .iter()
+            .map(|key| key.key_type.as_str())
+            .collect::<Vec<_>>(),
+        ["ssh-ed25519", "ecdsa-sha2-nistp256"]
+    );
+    let lines: Vec<(usize, String)> = parsed
+        .dropped
+        .iter()
+        .map(|dropped| (dropped.line, dropped.reason.to_string()))
+        .collect();
+    let too_many = "more than [keys] max_keys_per_user (2) keys; only the first 2 are published";
+    assert_eq!(lines[0], (2, "comment".to_string()));
+    assert_eq!(lines[1], (4, too_many.to_string()));
+    assert!(lines[2].1.starts_with("invalid:"), "{lines:?}");
+    assert_eq!(lines[3], (6, too_many.to_string()));
+    assert!(DropReason::TooManyKeys { max: 2 }.is_problem());
+    // At or under the cap nothing changes.
+    let mut under = parse(&text);
+    under.limit_keys(4);
+    assert_eq!(under, parse(&text));
+}
+
+#[test]
+fn principals_without_cert_authority_is_refused_as_sshd_refuses_it() {
+    let why = invalid_text(&format!(r#"principals="alice" {ED25519}"#));
+    assert!(why.contains("honoured only with cert-authority"), "{why}");
 }
