@@ -202,7 +202,12 @@ fn each_family_of_invalid_settings_exits_78() {
     std::fs::write(&config, without_instance).unwrap();
     let output = keyhole(
         dir.path(),
-        &["--config", config.to_str().unwrap(), "authorized-keys", "ec2-user"],
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "authorized-keys",
+            "ec2-user",
+        ],
         &[],
     );
     assert_eq!(code(&output), 78, "{output:?}");
@@ -235,7 +240,13 @@ fn only_the_login_user_gets_keys_anyone_else_gets_nothing_and_0() {
     let config = config.to_str().unwrap();
     for args in [
         &["--config", config, "authorized-keys", "root"][..],
-        &["--config", config, "authorized-keys", "nobody", "SHA256:abc"],
+        &[
+            "--config",
+            config,
+            "authorized-keys",
+            "nobody",
+            "SHA256:abc",
+        ],
         &["--config", config, "authorized-keys", "ec2-user2"],
         &["--config", config, "authorized-keys", "EC2-USER"],
     ] {

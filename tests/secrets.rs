@@ -90,12 +90,20 @@ fn no_secret_appears_in_output_logs_or_metrics_at_trace_level() {
     let (run, shown) = traced_publish(&stack, &[]);
     assert_eq!(run.code, 0, "{run:#?}");
     // Trace logging really was on (else this proves nothing): the JSON lines carry TRACE events.
-    assert!(shown.contains("\"level\":\"TRACE\""), "no trace lines: {}", run.stderr);
+    assert!(
+        shown.contains("\"level\":\"TRACE\""),
+        "no trace lines: {}",
+        run.stderr
+    );
     assert!(shown.contains("keyhole_publish"), "no metrics: {shown}");
     assert_none_of(&secrets, &shown, "successful");
 
     // Failure after the bind: S3 is down.
-    stack.homes.write("bob", 21001, &format!("{}\n", stack.homes.key("bob2", "ed25519").line));
+    stack.homes.write(
+        "bob",
+        21001,
+        &format!("{}\n", stack.homes.key("bob2", "ed25519").line),
+    );
     stack.s3.stop();
     let (run, shown) = traced_publish(&stack, &[]);
     assert_eq!(run.code, 1, "{run:#?}");
