@@ -10,6 +10,7 @@
 
 pub mod homes;
 pub mod keyhole;
+pub mod ports;
 pub mod s3;
 pub mod samba;
 pub mod sshd;
