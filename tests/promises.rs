@@ -96,12 +96,17 @@ struct World {
 
 impl World {
     fn new() -> World {
+        World::with_validity("7d")
+    }
+
+    /// A world whose publisher signs for `validity`.
+    fn with_validity(validity: &str) -> World {
         let stack = Stack::start(&company(), POLICY);
         let keys = stack.give_keys(PEOPLE);
         let (key_file, verify_key) = stack.publisher.signing_key();
         stack.write_settings(Extra {
             sections: &format!(
-                "\n[signing]\nkey_file = \"{}\"\nvalidity = \"7d\"\n",
+                "\n[signing]\nkey_file = \"{}\"\nvalidity = \"{validity}\"\n",
                 key_file.display()
             ),
             ..Extra::default()
@@ -570,4 +575,51 @@ fn the_guard_refuses_with_3_and_leaves_the_bucket_byte_for_byte() {
             .unwrap()
             .contains_key("web-prod")
     );
+}
+
+/// README "Signing": a no-change publish past half of `validity` writes the index again with a
+/// new `not_after` (and a new generation), so an instance reading S3 at every login never sees
+/// the index expire while the publisher runs on its timer.
+#[test]
+fn a_short_validity_is_re_signed_on_schedule_and_never_seen_expired() {
+    let world = World::with_validity("20s");
+    let started = std::time::Instant::now();
+    let index = || world.stack.s3.object("ssh/index.json").unwrap();
+    let first = index();
+    let dir = tempfile::tempdir().unwrap();
+    let instance = world.instance(dir.path());
+    let p1 = world.keys["p1"].line.clone();
+    assert!(instance.login().contains(&p1));
+    let objects = |world: &World| -> Vec<String> {
+        world
+            .stack
+            .s3
+            .keys()
+            .into_iter()
+            .filter(|key| !key.ends_with("index.json"))
+            .collect()
+    };
+    let group_objects = objects(&world);
+    let mut resigned_at = None;
+    // The publisher on a timer, past the index's whole validity; a login after every run.
+    while started.elapsed() < std::time::Duration::from_secs(32) {
+        let run = world.publish();
+        assert_eq!(run.code, 0, "{run:#?}");
+        let served = instance.login();
+        assert!(served.contains(&p1), "at {:?}: {served}", started.elapsed());
+        if resigned_at.is_none() && index() != first {
+            resigned_at = Some(started.elapsed());
+            // Re-signed, nothing else: a new generation and not_after, the same objects.
+            assert_eq!(world.generation(), 2);
+            assert_eq!(objects(&world), group_objects);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    let resigned_at = resigned_at.expect("the index was never re-signed");
+    // Not before half of the validity (10 s; not_after has whole seconds).
+    assert!(
+        resigned_at >= std::time::Duration::from_secs(8),
+        "re-signed after {resigned_at:?}"
+    );
+    assert!(world.generation() >= 2);
 }
