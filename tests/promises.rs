@@ -198,6 +198,12 @@ struct Instance {
 }
 
 impl Instance {
+    /// `keyhole refresh`: exit 0 only when the bucket's index checks out (signature, not
+    /// expired, no rollback) and the cache is brought up to date.
+    fn refresh(&self) -> Run {
+        run_keyhole(&self.config, &["refresh"], &self.env)
+    }
+
     /// The key lines served to a login of `ec2-user` (exit 0 asserted).
     fn login(&self) -> String {
         let run = run_keyhole(&self.config, &["authorized-keys", "ec2-user"], &self.env);
@@ -605,6 +611,14 @@ fn a_short_validity_is_re_signed_on_schedule_and_never_seen_expired() {
     while started.elapsed() < std::time::Duration::from_secs(32) {
         let run = world.publish();
         assert_eq!(run.code, 0, "{run:#?}");
+        // The instance takes the bucket's index at every refresh: it never finds it expired.
+        let refreshed = instance.refresh();
+        assert_eq!(
+            refreshed.code,
+            0,
+            "at {:?}: {refreshed:#?}",
+            started.elapsed()
+        );
         let served = instance.login();
         assert!(served.contains(&p1), "at {:?}: {served}", started.elapsed());
         if resigned_at.is_none() && index() != first {
