@@ -124,6 +124,10 @@ fn publish_help_names_the_index_conflict_as_75() {
     );
 }
 
+/// One invalid-settings case: its family, the settings text (`None`: no file), extra
+/// environment, and what stderr must name.
+type Case<'a> = (&'a str, Option<String>, Vec<(&'a str, &'a str)>, &'a str);
+
 /// Every way the settings can be wrong ends a run with 78 before it connects anywhere, with a
 /// message naming the problem, for the publisher and for the instance.
 #[test]
@@ -132,7 +136,7 @@ fn each_family_of_invalid_settings_exits_78() {
     let valid = valid_settings(dir.path());
     let config = dir.path().join("keyhole.toml");
     // (family, settings text or None for no file, extra environment, what stderr must name)
-    let cases: Vec<(&str, Option<String>, Vec<(&str, &str)>, &str)> = vec![
+    let cases: Vec<Case<'_>> = vec![
         ("missing file", None, vec![], "reading the settings file"),
         (
             "TOML syntax",

@@ -220,10 +220,10 @@ fn relay(client: TcpStream, upstream: SocketAddr, state: &Mutex<State>) -> io::R
         let _ = client.shutdown(Shutdown::Both);
         return Ok(());
     }
-    if fault == Some(Fault::DamageBody) {
-        if let Some(last) = body.last_mut() {
-            *last ^= 0x01;
-        }
+    if fault == Some(Fault::DamageBody)
+        && let Some(last) = body.last_mut()
+    {
+        *last ^= 0x01;
     }
     let mut server = TcpStream::connect_timeout(&upstream, Duration::from_secs(5))?;
     let mut upstream_head = head.concat();
