@@ -74,7 +74,8 @@ Exit codes:
   2   --detailed-exitcode and there are changes
   3   refused by the safety guard (--force overrides)
   64  usage error
-  75  another publish holds the lock
+  75  another publish holds the lock, or another publisher committed an index during this
+      run (nothing of this run is served)
   78  configuration or policy invalid";
 
 #[cfg(test)]

@@ -900,7 +900,6 @@ mod tests {
     use std::os::unix::fs::{PermissionsExt, chown, symlink};
     use std::sync::Mutex;
     use std::sync::mpsc;
-    use std::time::Instant;
 
     const UID: u32 = 1001;
     const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl bob@laptop\n";
@@ -1490,7 +1489,6 @@ mod tests {
             concurrency: 1,
             read_timeout: Duration::from_millis(200),
         };
-        let started = Instant::now();
         let outcomes = within_5s(harvest_with(
             users(&["bob", "carol", "dave", "erin"]),
             &settings,
@@ -1502,7 +1500,6 @@ mod tests {
             },
         ))
         .await;
-        let elapsed = started.elapsed();
         gate.open();
 
         assert!(
@@ -1513,8 +1510,8 @@ mod tests {
         for user in ["carol", "dave", "erin"] {
             assert_eq!(outcomes[user], keys_of(&Path::new("/nfs/home").join(user)));
         }
-        // With concurrency 1, the others could only run because the hung read gave up its permit.
-        assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
+        // With concurrency 1, the others could only be harvested because the hung read (held until
+        // the harvest returned) gave up its permit: no wall clock needed to see it.
     }
 
     #[tokio::test]
@@ -1529,7 +1526,6 @@ mod tests {
         };
         let names: Vec<String> = (0..20).map(|n| format!("user{n}")).collect();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        let started = Instant::now();
         let outcomes = within_5s(harvest_with(
             users(&names),
             &settings,
@@ -1540,7 +1536,6 @@ mod tests {
             },
         ))
         .await;
-        let elapsed = started.elapsed();
         gate.open();
 
         assert_eq!(outcomes.len(), 20);
@@ -1551,8 +1546,8 @@ mod tests {
         );
         let calls = calls.load(Ordering::SeqCst);
         // Twice the concurrency are abandoned before giving up; a race at a wave's end may add one.
+        // (The other reads were never started: that, not how long it took, is the promise.)
         assert!((4..=6).contains(&calls), "{calls} reads were started");
-        assert!(elapsed < Duration::from_secs(1), "took {elapsed:?}");
     }
 
     #[tokio::test]

@@ -633,6 +633,148 @@ mod tests {
         );
     }
 
+    /// The guard's verdict on `groups`, each `(name, published users, users still there)`, under
+    /// `fraction` and `max_users`; deleted groups as `(name, published users)`.
+    fn verdict(
+        groups: &[(&str, &[&str], &[&str])],
+        deleted_groups: &[(&str, &[&str])],
+        fraction: f64,
+        max_users: usize,
+    ) -> Guard {
+        let specs: Vec<GroupSpec<'_>> = groups
+            .iter()
+            .map(|(name, _, after)| (*name, *after, &[][..]))
+            .collect();
+        let resolution = resolution(&specs);
+        let names: Vec<&str> = groups.iter().map(|(name, _, _)| *name).collect();
+        let policy = policy(&names);
+        let no_denials = BTreeMap::new();
+        let safety = SafetySettings {
+            max_removed_fraction: fraction,
+            max_removed_users: max_users,
+            lock_file: PathBuf::from("/nonexistent"),
+        };
+        let inputs = Inputs {
+            resolution: &resolution,
+            policy: &policy,
+            safety: &safety,
+            denied_keys: &no_denials,
+        };
+        let mut plan = plan_of(BTreeMap::new());
+        for (name, before, after) in groups {
+            let group = compare(name, &file(after), Some(&published(before)), &inputs);
+            plan.groups.insert(name.to_string(), group);
+        }
+        for (name, before) in deleted_groups {
+            plan.groups
+                .insert(name.to_string(), deleted(&published(before)));
+        }
+        judge(&plan, &safety)
+    }
+
+    #[test]
+    fn the_fraction_is_strict_exactly_the_fraction_passes_one_more_is_refused() {
+        // 1 of 4 is exactly 25%: allowed (`>`, not `>=`).
+        let one_of_four = verdict(
+            &[("web", &["a", "b", "c", "d"], &["a", "b", "c"])],
+            &[],
+            0.25,
+            20,
+        );
+        assert!(!one_of_four.refused, "{one_of_four:?}");
+        // 2 of 4 is 50%: refused, and the reason names the group and the numbers.
+        let two_of_four = verdict(
+            &[("web", &["a", "b", "c", "d"], &["a", "b"])],
+            &[],
+            0.25,
+            20,
+        );
+        assert_eq!(
+            two_of_four.reasons,
+            ["access group web would lose 2 of its 4 users (50% > max_removed_fraction 25%)"]
+        );
+        // A fraction that is not a power of two: 3 of 10 is exactly 30%, 4 of 10 is not.
+        let ten = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
+        let three_of_ten = verdict(&[("web", &ten, &ten[3..])], &[], 0.3, 20);
+        assert!(!three_of_ten.refused, "{three_of_ten:?}");
+        let four_of_ten = verdict(&[("web", &ten, &ten[4..])], &[], 0.3, 20);
+        assert!(four_of_ten.refused, "{four_of_ten:?}");
+    }
+
+    #[test]
+    fn groups_of_three_are_not_judged_by_the_fraction_groups_of_four_are() {
+        // Two of three (67%) is not judged: one of three is already a third.
+        let three = verdict(&[("web", &["a", "b", "c"], &["a"])], &[], 0.25, 20);
+        assert!(!three.refused, "{three:?}");
+        // Even all three leaving.
+        let all_three = verdict(&[("web", &["a", "b", "c"], &[])], &[], 0.25, 20);
+        assert!(!all_three.refused, "{all_three:?}");
+        let four = verdict(&[("web", &["a", "b", "c", "d"], &["a"])], &[], 0.25, 20);
+        assert!(four.refused, "{four:?}");
+    }
+
+    #[test]
+    fn max_removed_users_counts_people_across_small_groups_once_each() {
+        // 21 groups of two, each losing one person: no group is judged by the fraction (too
+        // small), but 21 people lose access in total: refused.
+        let names: Vec<String> = (0..21).map(|i| format!("g{i:02}")).collect();
+        let people: Vec<[String; 2]> = (0..21)
+            .map(|i| [format!("stay{i}"), format!("leave{i}")])
+            .collect();
+        let people: Vec<[&str; 2]> = people
+            .iter()
+            .map(|[a, b]| [a.as_str(), b.as_str()])
+            .collect();
+        let groups: Vec<(&str, &[&str], &[&str])> = names
+            .iter()
+            .zip(&people)
+            .map(|(name, pair)| (name.as_str(), &pair[..], &pair[..1]))
+            .collect();
+        let refused = verdict(&groups, &[], 0.25, 20);
+        assert_eq!(
+            refused.reasons,
+            ["21 users would lose access (> max_removed_users 20)"]
+        );
+        // Exactly max_removed_users (20) is allowed.
+        let twenty = verdict(&groups[..20], &[], 0.25, 20);
+        assert!(!twenty.refused, "{twenty:?}");
+        // One person leaving 21 groups is one person, not 21.
+        let one: Vec<(&str, &[&str], &[&str])> = names
+            .iter()
+            .map(|name| (name.as_str(), &["stay", "leave"][..], &["stay"][..]))
+            .collect();
+        let one = verdict(&one, &[], 0.25, 20);
+        assert!(!one.refused, "{one:?}");
+    }
+
+    #[test]
+    fn deleting_an_access_group_of_four_is_refused_of_three_is_not() {
+        let four = verdict(&[], &[("old", &["a", "b", "c", "d"])], 0.25, 20);
+        assert_eq!(
+            four.reasons,
+            ["access group old would lose 4 of its 4 users (100% > max_removed_fraction 25%)"]
+        );
+        let three = verdict(&[], &[("old", &["a", "b", "c"])], 0.25, 20);
+        assert!(!three.refused, "{three:?}");
+        // Deleted groups count towards max_removed_users too.
+        let many: Vec<String> = (0..21).map(|i| format!("p{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let deleted_small: Vec<(String, Vec<&str>)> = many
+            .chunks(3)
+            .enumerate()
+            .map(|(i, chunk)| (format!("old{i}"), chunk.to_vec()))
+            .collect();
+        let deleted_small: Vec<(&str, &[&str])> = deleted_small
+            .iter()
+            .map(|(name, users)| (name.as_str(), &users[..]))
+            .collect();
+        let seven_groups_of_three = verdict(&[], &deleted_small, 0.25, 20);
+        assert_eq!(
+            seven_groups_of_three.reasons,
+            ["21 users would lose access (> max_removed_users 20)"]
+        );
+    }
+
     #[test]
     fn the_owners_object_is_written_only_when_it_changes() {
         let owners = Owners::from([("SHA256:a".to_string(), "a".to_string())]);

@@ -11,6 +11,7 @@
 pub mod fault_proxy;
 pub mod homes;
 pub mod keyhole;
+pub mod ports;
 pub mod s3;
 pub mod samba;
 pub mod sshd;

@@ -1,14 +1,15 @@
-//! A throwaway S3 server for tests: `s3s-fs` on 127.0.0.1 at a free port, storing objects as
+//! A throwaway S3 server for tests: `s3s-fs` on 127.0.0.1 at a free port (see `ports`), storing objects as
 //! files under a temp dir, killed on `Drop`. It checks SigV4 signatures and SHA-256 checksums and
 //! honours conditional writes, like S3 itself.
 //!
 //! Assertions read the bucket straight from disk (s3s-fs keeps each object as a plain file at
 //! `<root>/<bucket>/<key>`), so a test sees what was stored, not what keyhole says it stored.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+use super::ports::{Started, free_port, wait_listening};
 
 pub const BUCKET: &str = "keyhole-test";
 pub const ACCESS_KEY: &str = "keyhole-test-access";
@@ -31,29 +32,40 @@ impl S3Server {
             root,
             port,
         };
-        server.spawn();
+        server.spawn_on(true);
         server
     }
 
-    fn spawn(&mut self) {
-        let child = Command::new("s3s-fs")
-            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-            .arg(self.root.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting s3s-fs (scripts/test installs it)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let address = SocketAddr::from(([127, 0, 0, 1], self.port));
-        while TcpStream::connect_timeout(&address, Duration::from_millis(100)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "s3s-fs did not start listening on {address}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+    /// Starts s3s-fs on `self.port`; on a fresh start (`any_port`), again on another port when
+    /// that one was taken before s3s-fs could bind it. Returns once s3s-fs itself (not another
+    /// process) listens on the port.
+    fn spawn_on(&mut self, any_port: bool) {
+        for _attempt in 0..5 {
+            let mut child = Command::new("s3s-fs")
+                .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+                .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+                .arg(self.root.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("starting s3s-fs (scripts/test installs it)");
+            match wait_listening(&mut child, self.port, Duration::from_secs(10)) {
+                Started::Listening => {
+                    self.child = Some(child);
+                    return;
+                }
+                Started::Exited(reason) if any_port => {
+                    eprintln!("s3s-fs {reason}; trying another port");
+                    self.port = free_port();
+                }
+                Started::Exited(reason) => panic!("s3s-fs {reason} (restarting on the same port)"),
+            }
         }
+        panic!("s3s-fs could not listen on 127.0.0.1 after 5 ports");
+    }
+
+    fn spawn(&mut self) {
+        self.spawn_on(false);
     }
 
     pub fn endpoint(&self) -> String {
@@ -233,11 +245,4 @@ impl Drop for S3Server {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("finding a free port on 127.0.0.1")
 }

@@ -7,11 +7,12 @@
 //! settings and the test S3 credentials) lives in a fresh 0755 directory under /run, never under
 //! the world-writable /tmp.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::ports::{Started, free_port, wait_listening};
 
 pub struct Sshd {
     child: Child,
@@ -23,6 +24,12 @@ impl Sshd {
     /// Starts sshd, letting `login_user` in with the keys `keyhole authorized-keys` prints when run
     /// with `config` and the environment `env` (e.g. AWS credentials for the test S3).
     pub fn start(config: &Path, env: &[(String, String)]) -> Sshd {
+        Sshd::start_with(config, env, "")
+    }
+
+    /// [`Sshd::start`] with `prelude` (sshd_config lines) first: sshd keeps the first value of
+    /// each keyword, so e.g. an `AuthorizedKeysFile` here replaces the default `none`.
+    pub fn start_with(config: &Path, env: &[(String, String)], prelude: &str) -> Sshd {
         // /run, not the target dir: a checkout under /tmp (world-writable) would fail sshd's
         // check of the command's parent directories.
         let dir = tempfile::Builder::new()
@@ -58,49 +65,55 @@ impl Sshd {
         .unwrap();
         std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
 
-        let port = free_port();
+        // A port freed for sshd may be taken before sshd binds it: sshd then exits ("Cannot bind
+        // any address") and is started again on another port. Ready means sshd itself listens.
         let sshd_config = root.join("sshd_config");
-        std::fs::write(
-            &sshd_config,
-            format!(
-                "ListenAddress 127.0.0.1:{port}\n\
-                 HostKey {host_key}\n\
-                 PidFile none\n\
-                 UsePAM no\n\
-                 PermitRootLogin prohibit-password\n\
-                 PasswordAuthentication no\n\
-                 KbdInteractiveAuthentication no\n\
-                 PubkeyAuthentication yes\n\
-                 StrictModes yes\n\
-                 AuthorizedKeysFile none\n\
-                 AuthorizedKeysCommand {wrapper} %u %f\n\
-                 AuthorizedKeysCommandUser nobody\n\
-                 LogLevel VERBOSE\n",
-                host_key = host_key.display(),
-                wrapper = wrapper.display(),
-            ),
-        )
-        .unwrap();
+        let mut started = None;
+        for _attempt in 0..5 {
+            let port = free_port();
+            std::fs::write(
+                &sshd_config,
+                format!(
+                    "{prelude}ListenAddress 127.0.0.1:{port}\n\
+                     HostKey {host_key}\n\
+                     PidFile none\n\
+                     UsePAM no\n\
+                     PermitRootLogin prohibit-password\n\
+                     PasswordAuthentication no\n\
+                     KbdInteractiveAuthentication no\n\
+                     PubkeyAuthentication yes\n\
+                     StrictModes yes\n\
+                     AuthorizedKeysFile none\n\
+                     AuthorizedKeysCommand {wrapper} %u %f\n\
+                     AuthorizedKeysCommandUser nobody\n\
+                     LogLevel VERBOSE\n",
+                    host_key = host_key.display(),
+                    wrapper = wrapper.display(),
+                ),
+            )
+            .unwrap();
 
-        let log = std::fs::File::create(root.join("sshd.log")).unwrap();
-        let child = Command::new("/usr/sbin/sshd")
-            .args(["-D", "-e", "-f"])
-            .arg(&sshd_config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting sshd (scripts/test installs openssh-server)");
-        let address = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect_timeout(&address, Duration::from_millis(100)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "sshd did not listen on {address}: {}",
-                std::fs::read_to_string(root.join("sshd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
+            let log = std::fs::File::create(root.join("sshd.log")).unwrap();
+            let mut child = Command::new("/usr/sbin/sshd")
+                .args(["-D", "-e", "-f"])
+                .arg(&sshd_config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("starting sshd (scripts/test installs openssh-server)");
+            match wait_listening(&mut child, port, Duration::from_secs(10)) {
+                Started::Listening => {
+                    started = Some((child, port));
+                    break;
+                }
+                Started::Exited(reason) => eprintln!(
+                    "sshd {reason}: {}",
+                    std::fs::read_to_string(root.join("sshd.log")).unwrap_or_default()
+                ),
+            }
         }
+        let (child, port) = started.expect("sshd could not listen on 127.0.0.1 after 5 ports");
         Sshd { child, port, dir }
     }
 
@@ -148,11 +161,4 @@ impl Drop for Sshd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("finding a free port on 127.0.0.1")
 }

@@ -1,0 +1,201 @@
+//! An LDAP operation that times out after the bind (README: the run fails, nothing is
+//! published): the real Samba DC behind a small TCP proxy on 127.0.0.1 that relays LDAPS
+//! faithfully until the client has sent its search, then stops relaying the server's answer
+//! (the DC is alive, the answer never arrives: a hung DC, a stalled link). keyhole must give up
+//! after `[ldap] timeout`, exit 1 with a message naming the timeout and what it was doing, and
+//! write nothing. (A cut in the middle of a paged search is tests/faults.rs's, on another
+//! branch.)
+//!
+//! The proxy counts the client's TLS records (5-byte headers, never decrypted): in TLS 1.3 the
+//! client's encrypted records are all of type application_data (23): its Finished, then the
+//! bind, then the first search. From the third such record on, nothing more goes back to the
+//! client. Under TLS 1.2 the third is a later search; either way the bind has been answered.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use support::keyhole::ldap_section;
+use support::samba::{Fixture, UserSpec};
+use support::stack::Stack;
+
+const POLICY: &str = "[access_groups.web-prod]\ngroups = [\"Web Team\"]\n";
+
+/// Relays `upstream` on a port of 127.0.0.1 (bound here and kept), stalling the server's
+/// answers once the client has sent `stall_after` application-data records on a connection.
+struct StallProxy {
+    address: SocketAddr,
+    stalled: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl StallProxy {
+    fn start(upstream: SocketAddr, stall_after: usize) -> StallProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stalled = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (counter, stopping) = (Arc::clone(&stalled), Arc::clone(&stop));
+        thread::spawn(move || {
+            while !stopping.load(Ordering::SeqCst) {
+                let Ok((client, _)) = listener.accept() else {
+                    thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                let counter = Arc::clone(&counter);
+                thread::spawn(move || relay(client, upstream, stall_after, &counter));
+            }
+        });
+        StallProxy {
+            address,
+            stalled,
+            stop,
+        }
+    }
+}
+
+impl Drop for StallProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn relay(client: TcpStream, upstream: SocketAddr, stall_after: usize, stalled: &AtomicUsize) {
+    let Ok(server) = TcpStream::connect(upstream) else {
+        return;
+    };
+    let hold = Arc::new(AtomicBool::new(false));
+    // Server to client, until the hold.
+    let (mut from_server, mut to_client) =
+        (server.try_clone().unwrap(), client.try_clone().unwrap());
+    let holding = Arc::clone(&hold);
+    thread::spawn(move || {
+        let mut buffer = [0u8; 16384];
+        while let Ok(n) = from_server.read(&mut buffer) {
+            if n == 0 || holding.load(Ordering::SeqCst) {
+                break;
+            }
+            if to_client.write_all(&buffer[..n]).is_err() {
+                break;
+            }
+        }
+    });
+    // Client to server, reading TLS record headers to count application-data records.
+    let (mut from_client, mut to_server) = (client, server);
+    let mut application_records = 0;
+    let mut header = [0u8; 5];
+    loop {
+        if from_client.read_exact(&mut header).is_err() {
+            break;
+        }
+        let length = usize::from(u16::from_be_bytes([header[3], header[4]]));
+        let mut body = vec![0; length];
+        if from_client.read_exact(&mut body).is_err() {
+            break;
+        }
+        if header[0] == 23 {
+            application_records += 1;
+            if application_records >= stall_after && !hold.swap(true, Ordering::SeqCst) {
+                stalled.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        if to_server.write_all(&header).is_err() || to_server.write_all(&body).is_err() {
+            break;
+        }
+    }
+    let _ = to_server.shutdown(Shutdown::Both);
+}
+
+#[test]
+fn an_ldap_search_that_never_answers_times_out_fails_the_run_and_writes_nothing() {
+    let fixture = Fixture::new()
+        .user(UserSpec::unix("bob", 21001, "/home/bob"))
+        .group("Web Team", &["bob"]);
+    let stack = Stack::start(&fixture, POLICY);
+    stack.give_keys(&[("bob", 21001)]);
+    let first = stack.run(&["publish"]);
+    assert_eq!(first.code, 0, "{first:#?}");
+    let before: Vec<(String, Option<String>)> = stack
+        .s3
+        .keys()
+        .into_iter()
+        .map(|key| {
+            let body = stack.s3.object(&key);
+            (key, body)
+        })
+        .collect();
+    stack.homes.write(
+        "bob",
+        21001,
+        &format!("{}\n", stack.homes.key("bob-new", "ed25519").line),
+    );
+
+    let upstream: SocketAddr = stack
+        .dc
+        .ldaps_url()
+        .trim_start_matches("ldaps://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let proxy = StallProxy::start(upstream, 3);
+    let ldap = ldap_section(
+        &stack.dc,
+        &format!("ldaps://{}", proxy.address),
+        &stack.dc.ca_file(),
+    )
+    .replace("timeout = \"10s\"", "timeout = \"3s\"");
+    let settings = std::fs::read_to_string(stack.publisher.config()).unwrap();
+    let rest = &settings[settings.find("\n[s3]").unwrap()..];
+    stack.publisher.write_settings(&format!("{ldap}{rest}"));
+
+    // The run must end by itself; a hung keyhole is killed after 60 s and fails the test.
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_keyhole"));
+    command
+        .arg("--config")
+        .arg(stack.publisher.config())
+        .arg("publish")
+        .envs(stack.publisher.env.iter().map(|(k, v)| (k, v)))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("keyhole publish did not give up on a silent DC within 60 s");
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        proxy.stalled.load(Ordering::SeqCst) > 0,
+        "the proxy never stalled: {stderr}"
+    );
+    assert!(stderr.contains("3s"), "the timeout is named: {stderr}");
+    assert!(
+        stderr.contains("search"),
+        "what timed out is named: {stderr}"
+    );
+    let after: Vec<(String, Option<String>)> = stack
+        .s3
+        .keys()
+        .into_iter()
+        .map(|key| {
+            let body = stack.s3.object(&key);
+            (key, body)
+        })
+        .collect();
+    assert_eq!(after, before, "nothing may be written");
+}
