@@ -43,6 +43,24 @@ pub struct Settings {
     pub safety: SafetySettings,
     pub signing: Option<SigningSettings>,
     instance: Option<InstanceSettings>,
+    /// `[canary]`: the audit canary (on the publisher: which key to ship; on the auditor: how to
+    /// probe).
+    pub canary: Option<CanarySettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CanarySettings {
+    /// Holds `current` and `previous` (OpenSSH Ed25519 private keys) and their `.pub`.
+    pub key_dir: PathBuf,
+    /// Passed to ssh as `-F` after keyhole's own options (bastions' IdentityFile, aliases).
+    pub ssh_config: Option<PathBuf>,
+    /// The pinned host keys (`UserKnownHostsFile`); probes never accept an unknown host key.
+    pub known_hosts: Option<PathBuf>,
+    /// The instances' login user, logged in as by probes.
+    pub login_user: String,
+    /// Probes in flight at once (a bastion's sshd drops connections past `MaxStartups`).
+    pub concurrency: usize,
+    pub connect_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -250,6 +268,10 @@ impl Settings {
     }
 
     /// `[instance]`, or an error naming the section.
+    pub fn canary(&self) -> anyhow::Result<&CanarySettings> {
+        self.section(self.canary.as_ref(), "canary")
+    }
+
     pub fn instance(&self) -> anyhow::Result<&InstanceSettings> {
         self.section(self.instance.as_ref(), "instance")
     }
@@ -344,6 +366,12 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("instance", "fetch_timeout", Kind::Text),
     ("instance", "verify_key", Kind::Text),
     ("instance", "allow_unsigned", Kind::Bool),
+    ("canary", "key_dir", Kind::Text),
+    ("canary", "ssh_config", Kind::Text),
+    ("canary", "known_hosts", Kind::Text),
+    ("canary", "login_user", Kind::Text),
+    ("canary", "concurrency", Kind::Integer),
+    ("canary", "connect_timeout", Kind::Text),
 ];
 
 /// Environment variables that start with `KEYHOLE_` but are not settings overrides.
@@ -433,6 +461,18 @@ pub struct RawSettings {
     safety: Option<RawSafety>,
     signing: Option<RawSigning>,
     instance: Option<RawInstance>,
+    canary: Option<RawCanary>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCanary {
+    key_dir: Option<String>,
+    ssh_config: Option<String>,
+    known_hosts: Option<String>,
+    login_user: Option<String>,
+    concurrency: Option<i64>,
+    connect_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -642,6 +682,27 @@ impl RawSettings {
         let instance = self
             .instance
             .and_then(|raw| validate_instance(raw, &mut check));
+        let canary = self.canary.and_then(|raw| {
+            const S: &str = "canary";
+            let key_dir = check.required(S, "key_dir", raw.key_dir)?;
+            let concurrency = raw.concurrency.unwrap_or(10);
+            if concurrency < 1 {
+                check.error(S, "concurrency", "must be at least 1");
+            }
+            Some(CanarySettings {
+                key_dir: check.path(&key_dir),
+                ssh_config: raw.ssh_config.as_deref().map(|p| check.path(p)),
+                known_hosts: raw.known_hosts.as_deref().map(|p| check.path(p)),
+                login_user: raw.login_user.unwrap_or_else(|| "ec2-user".to_owned()),
+                concurrency: usize::try_from(concurrency).unwrap_or(1).max(1),
+                connect_timeout: check.duration(
+                    S,
+                    "connect_timeout",
+                    raw.connect_timeout.as_deref(),
+                    "5s",
+                ),
+            })
+        });
         Settings {
             path: path.to_path_buf(),
             policy,
@@ -652,6 +713,7 @@ impl RawSettings {
             safety,
             signing,
             instance,
+            canary,
         }
     }
 }
