@@ -104,7 +104,11 @@ impl Plan {
 
     /// Whether a publish of this plan writes anything at all.
     pub fn writes(&self) -> bool {
-        self.has_changes() || self.owners.is_some() || self.canary_changed || self.resign || self.rewrite
+        self.has_changes()
+            || self.owners.is_some()
+            || self.canary_changed
+            || self.resign
+            || self.rewrite
     }
 
     /// The access groups a publish of this plan writes, each with the SHA-256 its file must have.

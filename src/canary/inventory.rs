@@ -32,9 +32,7 @@ pub struct Target {
 pub fn read(path: &Path) -> anyhow::Result<Vec<Target>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the inventory {}", path.display()))?;
-    parse(&text).map_err(|(line, problem)| {
-        anyhow::anyhow!("{}:{line}: {problem}", path.display())
-    })
+    parse(&text).map_err(|(line, problem)| anyhow::anyhow!("{}:{line}: {problem}", path.display()))
 }
 
 /// Parses inventory text; an error is (line number, problem).
@@ -52,7 +50,9 @@ pub fn parse(text: &str) -> Result<Vec<Target>, (usize, String)> {
             _ => {
                 return Err((
                     number + 1,
-                    format!("expected `host[:port]` or `host[:port] via [user@]bastion[:port]`, found `{line}`"),
+                    format!(
+                        "expected `host[:port]` or `host[:port] via [user@]bastion[:port]`, found `{line}`"
+                    ),
                 ));
             }
         };

@@ -59,7 +59,10 @@ pub fn shipped_line(key_dir: &Path) -> Option<String> {
     };
     let parsed = keys::parse_authorized_keys(&text, &any_key_policy());
     let Some(key) = parsed.keys.first() else {
-        tracing::warn!("{} holds no public key: no canary is shipped", path.display());
+        tracing::warn!(
+            "{} holds no public key: no canary is shipped",
+            path.display()
+        );
         return None;
     };
     Some(format!(

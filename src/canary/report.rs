@@ -78,7 +78,12 @@ impl Report {
 
     pub fn text(&self) -> String {
         let mut out = String::new();
-        let width = self.hosts.iter().map(|h| h.probe.host.len()).max().unwrap_or(0);
+        let width = self
+            .hosts
+            .iter()
+            .map(|h| h.probe.host.len())
+            .max()
+            .unwrap_or(0);
         for host in &self.hosts {
             let _ = write!(
                 out,
@@ -101,7 +106,10 @@ impl Report {
     }
 
     pub fn markdown(&self) -> String {
-        let mut out = format!("**{}**\n\n| host | result | detail |\n|---|---|---|\n", self.summary());
+        let mut out = format!(
+            "**{}**\n\n| host | result | detail |\n|---|---|---|\n",
+            self.summary()
+        );
         for host in &self.hosts {
             let _ = writeln!(
                 out,
@@ -124,10 +132,17 @@ impl Report {
         let mut summary = format!(
             "canary: {} host(s): {}",
             self.hosts.len(),
-            if counts.is_empty() { "none".to_owned() } else { counts.join(", ") }
+            if counts.is_empty() {
+                "none".to_owned()
+            } else {
+                counts.join(", ")
+            }
         );
         if let Some(latency) = &self.latency {
-            for (what, stats) in [("grant", &latency.grant), ("revocation", &latency.revocation)] {
+            for (what, stats) in [
+                ("grant", &latency.grant),
+                ("revocation", &latency.revocation),
+            ] {
                 if let Some(stats) = stats {
                     let _ = write!(
                         summary,
@@ -146,7 +161,11 @@ impl Report {
             "# HELP keyhole_canary_hosts Hosts per canary probe result.\n# TYPE keyhole_canary_hosts gauge\n",
         );
         for (verdict, n) in self.counts() {
-            let _ = writeln!(text, "keyhole_canary_hosts{{result=\"{}\"}} {n}", verdict.name());
+            let _ = writeln!(
+                text,
+                "keyhole_canary_hosts{{result=\"{}\"}} {n}",
+                verdict.name()
+            );
         }
         let _ = writeln!(
             text,
@@ -158,10 +177,15 @@ impl Report {
             "# TYPE keyhole_canary_last_run_timestamp_seconds gauge\nkeyhole_canary_last_run_timestamp_seconds {now_seconds}"
         );
         if let Some(latency) = &self.latency {
-            for (what, stats) in [("grant", &latency.grant), ("revocation", &latency.revocation)] {
+            for (what, stats) in [
+                ("grant", &latency.grant),
+                ("revocation", &latency.revocation),
+            ] {
                 if let Some(stats) = stats {
                     let _ = writeln!(text, "# TYPE keyhole_canary_{what}_seconds gauge");
-                    for (quantile, value) in [("0.5", stats.median), ("0.95", stats.p95), ("1", stats.max)] {
+                    for (quantile, value) in
+                        [("0.5", stats.median), ("0.95", stats.p95), ("1", stats.max)]
+                    {
                         let _ = writeln!(
                             text,
                             "keyhole_canary_{what}_seconds{{quantile=\"{quantile}\"}} {value:.3}"
@@ -197,7 +221,10 @@ pub fn stats(values: &[f64]) -> Option<Stats> {
 fn escape_markdown(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        if matches!(c, '|' | '`' | '*' | '_' | '[' | ']' | '<' | '>' | '#' | '!' | '@' | '\\') {
+        if matches!(
+            c,
+            '|' | '`' | '*' | '_' | '[' | ']' | '<' | '>' | '#' | '!' | '@' | '\\'
+        ) {
             out.push('\\');
         }
         if !c.is_control() {
@@ -224,7 +251,10 @@ mod tests {
 
     #[test]
     fn the_json_shape_is_the_contract() {
-        let report = Report::of_probe(vec![host("web-1", Verdict::Ok), host("db-1", Verdict::NotRevoked)]);
+        let report = Report::of_probe(vec![
+            host("web-1", Verdict::Ok),
+            host("db-1", Verdict::NotRevoked),
+        ]);
         assert!(!report.ok);
         let json: serde_json::Value = serde_json::from_str(&report.json()).unwrap();
         assert_eq!(
@@ -238,7 +268,11 @@ mod tests {
             })
         );
         assert_eq!(report.counts()[&Verdict::NotRevoked], 1);
-        assert!(report.text().contains("canary: 2 host(s): 1 ok, 1 not_revoked"));
+        assert!(
+            report
+                .text()
+                .contains("canary: 2 host(s): 1 ok, 1 not_revoked")
+        );
     }
 
     #[test]

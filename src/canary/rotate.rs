@@ -33,7 +33,16 @@ pub fn rotate(key_dir: &Path) -> anyhow::Result<()> {
         }
     }
     let made = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "keyhole-canary", "-f"])
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "keyhole-canary",
+            "-f",
+        ])
         .arg(&fresh)
         .output()
         .context("running ssh-keygen (the OpenSSH client tools are needed)")?;
@@ -71,8 +80,14 @@ mod tests {
         let first = std::fs::read_to_string(keys.join("current.pub")).unwrap();
         assert!(!keys.join("previous").exists());
         rotate(&keys).unwrap();
-        assert_eq!(std::fs::read_to_string(keys.join("previous.pub")).unwrap(), first);
-        assert_ne!(std::fs::read_to_string(keys.join("current.pub")).unwrap(), first);
+        assert_eq!(
+            std::fs::read_to_string(keys.join("previous.pub")).unwrap(),
+            first
+        );
+        assert_ne!(
+            std::fs::read_to_string(keys.join("current.pub")).unwrap(),
+            first
+        );
         assert_eq!(
             std::fs::metadata(&keys).unwrap().permissions().mode() & 0o777,
             0o700

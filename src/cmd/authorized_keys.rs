@@ -83,16 +83,12 @@ pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
     stdout.flush()?;
 
     if let Some(fingerprint) = &args.fingerprint {
-        let who = instance::attribution_of(
-            &cache,
-            &served,
-            verified.canary.as_deref(),
-            fingerprint,
-        )?
-        .map_or_else(
-            || "a key keyhole does not serve".to_owned(),
-            |attribution| attribution.describe(),
-        );
+        let who =
+            instance::attribution_of(&cache, &served, verified.canary.as_deref(), fingerprint)?
+                .map_or_else(
+                    || "a key keyhole does not serve".to_owned(),
+                    |attribution| attribution.describe(),
+                );
         // sshd asks for the keys when a client merely offers one, before any signature proves
         // the client holds it: this line says which key was offered, not who logged in. sshd's
         // own "Accepted publickey for USER from ADDR port P ssh2: TYPE SHA256:…" line, with the

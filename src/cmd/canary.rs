@@ -124,7 +124,10 @@ fn output(report: &Report, probe: &Probe) -> anyhow::Result<()> {
 /// Runs this binary's `publish` with the same settings.
 fn publish(settings: &Settings, global: &GlobalArgs) -> anyhow::Result<()> {
     let binary = std::env::current_exe().context("finding the keyhole binary")?;
-    let config = global.config.clone().unwrap_or_else(|| settings.path.clone());
+    let config = global
+        .config
+        .clone()
+        .unwrap_or_else(|| settings.path.clone());
     let status = Command::new(binary)
         .arg("--config")
         .arg(&config)
@@ -139,7 +142,9 @@ fn publish(settings: &Settings, global: &GlobalArgs) -> anyhow::Result<()> {
             tracing::warn!("publish exited 1 (see its log); probing the canary it committed");
             Ok(())
         }
-        other => bail!("keyhole publish failed (exit {other:?}): the new canary key was not published"),
+        other => {
+            bail!("keyhole publish failed (exit {other:?}): the new canary key was not published")
+        }
     }
 }
 
@@ -158,7 +163,11 @@ fn converge(
     let mut revoked: Vec<Option<f64>> = vec![None; targets.len()];
     loop {
         let pending: Vec<usize> = (0..targets.len())
-            .filter(|&i| hosts[i].as_ref().is_none_or(|h| h.probe.result != Verdict::Ok))
+            .filter(|&i| {
+                hosts[i]
+                    .as_ref()
+                    .is_none_or(|h| h.probe.result != Verdict::Ok)
+            })
             .collect();
         if pending.is_empty() {
             break;
@@ -181,7 +190,11 @@ fn converge(
         if published.elapsed() + interval > deadline {
             break;
         }
-        std::thread::sleep(interval.max(Duration::from_millis(100)).min(ROUND_INTERVAL * 12));
+        std::thread::sleep(
+            interval
+                .max(Duration::from_millis(100))
+                .min(ROUND_INTERVAL * 12),
+        );
     }
     let hosts: Vec<HostReport> = hosts.into_iter().flatten().collect();
     let ok = hosts.iter().all(|h| h.probe.result == Verdict::Ok);
