@@ -61,6 +61,22 @@ pub struct CanarySettings {
     /// Probes in flight at once (a bastion's sshd drops connections past `MaxStartups`).
     pub concurrency: usize,
     pub connect_timeout: Duration,
+    /// `probe --ec2-tag`: where DescribeInstances goes (default: AWS's), in which region
+    /// (default: `[s3] region`), which address of an instance is probed, and an optional
+    /// bastion (ProxyJump) for every discovered instance.
+    pub ec2_endpoint: Option<String>,
+    pub ec2_region: Option<String>,
+    pub ec2_address: Ec2Address,
+    pub ec2_via: Option<String>,
+}
+
+/// Which address of a discovered instance a probe connects to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ec2Address {
+    PrivateIp,
+    PublicIp,
+    PrivateDnsName,
+    PublicDnsName,
 }
 
 #[derive(Debug, Clone)]
@@ -372,6 +388,10 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("canary", "login_user", Kind::Text),
     ("canary", "concurrency", Kind::Integer),
     ("canary", "connect_timeout", Kind::Text),
+    ("canary", "ec2_endpoint", Kind::Text),
+    ("canary", "ec2_region", Kind::Text),
+    ("canary", "ec2_address", Kind::Text),
+    ("canary", "ec2_via", Kind::Text),
 ];
 
 /// Environment variables that start with `KEYHOLE_` but are not settings overrides.
@@ -473,6 +493,10 @@ struct RawCanary {
     login_user: Option<String>,
     concurrency: Option<i64>,
     connect_timeout: Option<String>,
+    ec2_endpoint: Option<String>,
+    ec2_region: Option<String>,
+    ec2_address: Option<String>,
+    ec2_via: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -689,6 +713,20 @@ impl RawSettings {
             if concurrency < 1 {
                 check.error(S, "concurrency", "must be at least 1");
             }
+            let ec2_address = match raw.ec2_address.as_deref().unwrap_or("private_ip") {
+                "private_ip" => Ec2Address::PrivateIp,
+                "public_ip" => Ec2Address::PublicIp,
+                "private_dns_name" => Ec2Address::PrivateDnsName,
+                "public_dns_name" => Ec2Address::PublicDnsName,
+                other => {
+                    check.error(
+                        S,
+                        "ec2_address",
+                        format!("must be private_ip, public_ip, private_dns_name or public_dns_name, not {other:?}"),
+                    );
+                    Ec2Address::PrivateIp
+                }
+            };
             Some(CanarySettings {
                 key_dir: check.path(&key_dir),
                 ssh_config: raw.ssh_config.as_deref().map(|p| check.path(p)),
@@ -701,6 +739,10 @@ impl RawSettings {
                     raw.connect_timeout.as_deref(),
                     "5s",
                 ),
+                ec2_endpoint: raw.ec2_endpoint,
+                ec2_region: raw.ec2_region,
+                ec2_address,
+                ec2_via: raw.ec2_via,
             })
         });
         Settings {

@@ -405,3 +405,144 @@ fn host_key_mismatch_and_bastion_failures_are_told_apart() {
         "{report:#}"
     );
 }
+
+/// `--ec2-tag`: the running instances with the tag, found with DescribeInstances against moto's
+/// EC2 on 127.0.0.1 (the only EC2 that can run here). moto's instances have 10.x addresses that
+/// are not on this machine: the test only lists them (`--list`), it never connects to them.
+#[test]
+fn ec2_discovery_finds_the_running_tagged_instances() {
+    let moto = Moto::start();
+    moto.python(
+        r#"
+ids = lambda team, n: [i["InstanceId"] for i in ec2.run_instances(ImageId=ami, MinCount=n, MaxCount=n,
+    TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "Team", "Value": team}]}])["Instances"]]
+web = ids("web", 3)
+db = ids("db", 1)
+ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1)
+ec2.stop_instances(InstanceIds=[web[2]])
+print(" ".join(web + db))
+"#,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("keyhole.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[canary]\nkey_dir = \"{}\"\nec2_endpoint = \"{}\"\nec2_region = \"us-east-1\"\nec2_via = \"ops@jump\"\n",
+            dir.path().join("keys").display(),
+            moto.endpoint()
+        ),
+    )
+    .unwrap();
+    let list = |selector: &str| {
+        let run = support::keyhole::run_keyhole(
+            &config,
+            &["canary", "probe", "--ec2-tag", selector, "--list"],
+            &moto.env(),
+        );
+        assert_eq!(run.code, 0, "{run:#?}");
+        run.stdout
+    };
+    let web = list("Team=web");
+    let lines: Vec<&str> = web.lines().collect();
+    assert_eq!(lines.len(), 2, "the two running web instances: {web}");
+    for line in &lines {
+        // host:22 via the bastion, then the instance ID as a comment.
+        let (address, rest) = line.split_once(":22 via ops@jump  # i-").expect(line);
+        assert!(address.starts_with("10."), "{line}");
+        assert!(rest.ends_with(address), "{line}");
+    }
+    assert_eq!(list("Team").lines().count(), 3, "any Team tag, running");
+    let none = support::keyhole::run_keyhole(
+        &config,
+        &["canary", "probe", "--ec2-tag", "Team=nobody", "--list"],
+        &moto.env(),
+    );
+    assert_eq!(none.code, 1, "{none:#?}");
+    assert!(none.stderr.contains("no hosts to probe"), "{}", none.stderr);
+}
+
+/// moto's server on 127.0.0.1 (installed by scripts/test), killed on drop.
+struct Moto {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Moto {
+    fn start() -> Moto {
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .unwrap()
+                .port();
+            let mut child = Command::new("python3")
+                .args([
+                    "-m",
+                    "moto.server",
+                    "-H",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("moto (scripts/test installs moto[server])");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // the port was taken meanwhile: try another
+                }
+                // Ready means moto answers, not just that something listens.
+                let probe = Command::new("python3")
+                    .args([
+                        "-c",
+                        &format!("import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/moto-api/')"),
+                    ])
+                    .output()
+                    .unwrap();
+                if probe.status.success() {
+                    return Moto { child, port };
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            let _ = child.kill();
+        }
+        panic!("moto did not start");
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID".into(), "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), "testing".into()),
+            ("AWS_CONFIG_FILE".into(), "/nonexistent".into()),
+            ("AWS_SHARED_CREDENTIALS_FILE".into(), "/nonexistent".into()),
+            ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+        ]
+    }
+
+    /// Runs `script` with `ec2` (a boto3 client for this server) and `ami` (one of its images).
+    fn python(&self, script: &str) -> String {
+        let prelude = format!(
+            "import boto3\nec2 = boto3.client('ec2', endpoint_url='{}', region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing')\nami = ec2.describe_images()['Images'][0]['ImageId']\n",
+            self.endpoint()
+        );
+        let output = Command::new("python3")
+            .args(["-c", &format!("{prelude}{script}")])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -4,6 +4,7 @@
 #   samba, ldap-utils, openssl   a throwaway Samba AD DC with its own CA (tests/support/samba.rs)
 #   openssh-server/-client       the real-sshd end-to-end test
 #   s3s-fs (crates.io)           the local S3 server; see the README for why this one
+#   moto[server] (PyPI)          EC2's DescribeInstances for `canary probe --ec2-tag` (tests/canary.rs)
 
 S3S_FS_VERSION=0.14.1
 
@@ -36,6 +37,10 @@ keyhole_install_prereqs() {
   if ! command -v s3s-fs >/dev/null 2>&1; then
     echo "installing: s3s-fs ${S3S_FS_VERSION} (cargo install, a few minutes)" >&2
     cargo install --locked --quiet "s3s-fs@${S3S_FS_VERSION}" --features binary
+  fi
+  if ! python3 -c 'import moto.server, boto3' >/dev/null 2>&1; then
+    echo "installing: moto[server] (pip)" >&2
+    python3 -m pip install --quiet 'moto[server]>=5.1.5'
   fi
   export PATH="$HOME/.cargo/bin:$PATH"
 }

@@ -44,8 +44,22 @@ enum Action {
 #[derive(Debug, clap::Args)]
 struct Probe {
     /// The hosts: one `host[:port] [via [user@]bastion[:port] | via ALIAS]` a line, # comments.
-    #[arg(long, value_name = "FILE")]
-    inventory: PathBuf,
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "ec2_tag",
+        conflicts_with = "ec2_tag"
+    )]
+    inventory: Option<PathBuf>,
+
+    /// The hosts: running EC2 instances with this tag (KEY, or KEY=VALUE), found with
+    /// DescribeInstances; probed at their private IP unless [canary] ec2_address says otherwise.
+    #[arg(long, value_name = "KEY[=VALUE]")]
+    ec2_tag: Option<crate::canary::ec2::TagSelector>,
+
+    /// Print the hosts that would be probed, as inventory lines, and probe nothing.
+    #[arg(long)]
+    list: bool,
 
     /// text, json ({"hosts": [{"host", "result", "detail", "seconds"}], "ok"}) or markdown.
     #[arg(long, value_enum, default_value_t = Format::Text)]
@@ -79,14 +93,22 @@ pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
             return Ok(Exit::Success);
         }
         Action::Probe(probe) => {
-            let targets = inventory::read(&probe.inventory)?;
+            let targets = targets(&settings, &probe)?;
+            if probe.list {
+                print!("{}", listing(&targets));
+                return Ok(Exit::Success);
+            }
             let prober = Prober::new(canary)?;
             let report = Report::of_probe(prober.probe_all(&targets, &Keys::of(&canary.key_dir)?));
             output(&report, &probe)?;
             report
         }
         Action::Run(run) => {
-            let targets = inventory::read(&run.probe.inventory)?;
+            let targets = targets(&settings, &run.probe)?;
+            if run.probe.list {
+                print!("{}", listing(&targets));
+                return Ok(Exit::Success);
+            }
             let prober = Prober::new(canary)?;
             crate::canary::rotate::rotate(&canary.key_dir)?;
             let keys = Keys::of(&canary.key_dir)?;
@@ -101,6 +123,49 @@ pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
     } else {
         Exit::Failure
     })
+}
+
+/// The hosts to probe: the inventory file, or the EC2 instances with the tag.
+fn targets(settings: &Settings, probe: &Probe) -> anyhow::Result<Vec<Target>> {
+    let targets = match (&probe.inventory, &probe.ec2_tag) {
+        (Some(path), _) => inventory::read(path)?,
+        (None, Some(selector)) => {
+            let canary = settings.canary()?;
+            let region = settings.s3().ok().and_then(|s3| s3.region.clone());
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+                .block_on(crate::canary::ec2::discover(
+                    canary,
+                    region.as_deref(),
+                    selector,
+                ))?
+        }
+        (None, None) => bail!("give --inventory FILE or --ec2-tag KEY[=VALUE]"),
+    };
+    if targets.is_empty() {
+        bail!("no hosts to probe");
+    }
+    Ok(targets)
+}
+
+/// Targets as inventory lines (what `--list` prints).
+fn listing(targets: &[Target]) -> String {
+    targets
+        .iter()
+        .map(|target| {
+            let host = if target.host.contains(':') {
+                format!("[{}]:{}", target.host, target.port)
+            } else {
+                format!("{}:{}", target.host, target.port)
+            };
+            match &target.via {
+                Some(via) => format!("{host} via {via}  # {}\n", target.name),
+                None => format!("{host}  # {}\n", target.name),
+            }
+        })
+        .collect()
 }
 
 fn output(report: &Report, probe: &Probe) -> anyhow::Result<()> {
