@@ -507,6 +507,7 @@ impl Moto {
                 std::thread::sleep(std::time::Duration::from_millis(200));
             }
             let _ = child.kill();
+            let _ = child.wait();
         }
         panic!("moto did not start");
     }
