@@ -63,6 +63,11 @@ pub struct Index {
     /// production) cannot replay one's index into the other.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment: Option<String>,
+    /// The audit canary's authorized_keys line (`restrict,command=…`), served by every instance
+    /// to its login user (see `canary`). In the index rather than in every group's file, so a
+    /// rotation rewrites one small object, signed like the rest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<String>,
 }
 
 /// The name of a deployment, as an index records it: `s3://{bucket}/{prefix}`.
@@ -176,6 +181,7 @@ impl Index {
             groups: BTreeMap::new(),
             owners: None,
             deployment: None,
+            canary: None,
         }
     }
 

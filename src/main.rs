@@ -34,6 +34,7 @@ enum Command {
     Whois(cmd::whois::Args),
     AuthorizedKeys(cmd::authorized_keys::Args),
     Refresh(cmd::refresh::Args),
+    Canary(cmd::canary::Args),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +74,8 @@ fn dispatch(command: Command, global: &cmd::GlobalArgs) -> anyhow::Result<Exit> 
         Command::AuthorizedKeys(args) => cmd::authorized_keys::run(args, global),
         Command::Refresh(args) => cmd::refresh::run(args, global),
         Command::Check(args) => cmd::check::run(args, global),
+        // Probes are ssh processes, run on threads: no runtime.
+        Command::Canary(args) => cmd::canary::run(args, global),
         Command::Diff(args) => block_on(cmd::diff::run(args, global)),
         Command::Members(args) => block_on(cmd::members::run(args, global)),
         Command::Plan(args) => block_on(cmd::plan::run(args, global)),

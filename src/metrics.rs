@@ -127,13 +127,19 @@ pub fn write(path: &Path, run: &RunMetrics) -> anyhow::Result<()> {
         text.lines()
             .find_map(|line| line.strip_prefix(LAST_SUCCESS)?.trim().parse().ok())
     });
+    write_atomically(path, &render(run, previous))
+}
+
+/// Replaces the textfile at `path` with `text` (a temporary file in the same directory, then a
+/// rename), so the node exporter never reads half a file.
+pub fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
     let directory = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let mut file = tempfile::NamedTempFile::new_in(directory)
         .with_context(|| format!("writing metrics in {}", directory.display()))?;
-    file.write_all(render(run, previous).as_bytes())?;
+    file.write_all(text.as_bytes())?;
     file.persist(path)
         .with_context(|| format!("replacing the metrics file {}", path.display()))?;
     Ok(())

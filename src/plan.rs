@@ -87,6 +87,9 @@ pub struct Plan {
     /// publish over a bucket in the legacy layout.
     #[serde(skip)]
     pub rewrite: bool,
+    /// The canary line differs from the published one (a rotation): the index is written.
+    #[serde(skip)]
+    pub canary_changed: bool,
     /// People and keys published after this plan (for the metrics).
     #[serde(skip)]
     pub people: usize,
@@ -101,7 +104,11 @@ impl Plan {
 
     /// Whether a publish of this plan writes anything at all.
     pub fn writes(&self) -> bool {
-        self.has_changes() || self.owners.is_some() || self.resign || self.rewrite
+        self.has_changes()
+            || self.owners.is_some()
+            || self.canary_changed
+            || self.resign
+            || self.rewrite
     }
 
     /// The access groups a publish of this plan writes, each with the SHA-256 its file must have.
@@ -504,6 +511,7 @@ mod tests {
             owners: None,
             resign: false,
             rewrite: false,
+            canary_changed: false,
             people: 0,
             keys: 0,
         };

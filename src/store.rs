@@ -140,32 +140,39 @@ impl Timeouts {
     };
 }
 
+/// The AWS configuration every client is built from: the standard credential chain, the one TLS
+/// stack (rustls + ring, see DEPENDENCIES.md: forgetting the HTTP client compiles but panics at
+/// run time), `timeouts`, and `region` when given.
+pub async fn aws_shared_config(region: Option<&str>, timeouts: Timeouts) -> aws_config::SdkConfig {
+    use aws_config::retry::RetryConfig;
+    use aws_config::timeout::TimeoutConfig;
+    use aws_smithy_http_client::tls;
+
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https();
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(http)
+        .retry_config(RetryConfig::standard().with_max_attempts(timeouts.attempts))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(timeouts.connect)
+                .operation_timeout(timeouts.operation)
+                .build(),
+        );
+    if let Some(region) = region {
+        loader = loader.region(aws_config::Region::new(region.to_owned()));
+    }
+    loader.load().await
+}
+
 impl S3Store {
     /// Builds the client from the standard AWS chain (environment, profile, instance role) and
     /// the `[s3]` settings.
     pub async fn connect(settings: &S3Settings, timeouts: Timeouts) -> S3Store {
-        use aws_config::retry::RetryConfig;
-        use aws_config::timeout::TimeoutConfig;
-        use aws_smithy_http_client::tls;
-
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(
-                tls::rustls_provider::CryptoMode::Ring,
-            ))
-            .build_https();
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .http_client(http)
-            .retry_config(RetryConfig::standard().with_max_attempts(timeouts.attempts))
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(timeouts.connect)
-                    .operation_timeout(timeouts.operation)
-                    .build(),
-            );
-        if let Some(region) = &settings.region {
-            loader = loader.region(aws_config::Region::new(region.clone()));
-        }
-        let shared = loader.load().await;
+        let shared = aws_shared_config(settings.region.as_deref(), timeouts).await;
         let mut config =
             aws_sdk_s3::config::Builder::from(&shared).force_path_style(settings.force_path_style);
         if shared.region().is_none() {

@@ -525,6 +525,7 @@ async fn a_cache_file_edited_on_disk_is_not_served() {
             &host.settings,
         )
         .unwrap()
+        .groups
         .into_iter()
         .map(|(group, cached)| (group, cached.is_some()))
         .collect::<Vec<_>>()

@@ -1,6 +1,7 @@
 //! The shipped systemd units pass `systemd-analyze verify` (with ExecStart pointed at the built
 //! binary, since /usr/local/bin/keyhole is not installed here), and say what they promise:
-//! oneshot services, hardened, timers on the right schedule.
+//! oneshot services, hardened, timers on the right schedule (publisher, instance refresh, audit
+//! canary).
 
 use std::path::Path;
 use std::process::Command;
@@ -10,6 +11,8 @@ const UNITS: &[&str] = &[
     "keyhole-publish.timer",
     "keyhole-refresh.service",
     "keyhole-refresh.timer",
+    "keyhole-canary.service",
+    "keyhole-canary.timer",
 ];
 
 fn unit(name: &str) -> String {
@@ -57,7 +60,11 @@ fn the_units_verify_cleanly() {
 
 #[test]
 fn the_units_are_hardened_and_scheduled_as_documented() {
-    for service in ["keyhole-publish.service", "keyhole-refresh.service"] {
+    for service in [
+        "keyhole-publish.service",
+        "keyhole-refresh.service",
+        "keyhole-canary.service",
+    ] {
         let text = unit(service);
         for line in [
             "Type=oneshot",
@@ -86,5 +93,13 @@ fn the_units_are_hardened_and_scheduled_as_documented() {
         unit("keyhole-refresh.timer")
             .lines()
             .any(|l| l == "OnUnitActiveSec=60s")
+    );
+    let canary = unit("keyhole-canary.service");
+    assert!(canary.contains(" canary run --inventory "), "{canary}");
+    assert!(canary.lines().any(|l| l == "StateDirectoryMode=0700"));
+    assert!(
+        unit("keyhole-canary.timer")
+            .lines()
+            .any(|l| l == "OnCalendar=hourly")
     );
 }

@@ -6,6 +6,7 @@
 #   dnsmasq-base                 a real DNS server for the [ldap] srv discovery test
 #   libnss-wrapper               a test NSS source for [homes] owner = "nss" (no edit of /etc/passwd)
 #   s3s-fs (crates.io)           the local S3 server; see the README for why this one
+#   moto[server] (PyPI)          EC2's DescribeInstances for `canary probe --ec2-tag` (tests/canary.rs)
 
 S3S_FS_VERSION=0.14.1
 
@@ -40,6 +41,10 @@ keyhole_install_prereqs() {
   if ! command -v s3s-fs >/dev/null 2>&1; then
     echo "installing: s3s-fs ${S3S_FS_VERSION} (cargo install, a few minutes)" >&2
     cargo install --locked --quiet "s3s-fs@${S3S_FS_VERSION}" --features binary
+  fi
+  if ! python3 -c 'import moto.server, boto3' >/dev/null 2>&1; then
+    echo "installing: moto[server] (pip)" >&2
+    python3 -m pip install --quiet 'moto[server]>=5.1.5'
   fi
   export PATH="$HOME/.cargo/bin:$PATH"
 }

@@ -116,13 +116,16 @@ pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
 
     let verifier = verifier(instance)?;
     let deployment = deployment(&settings)?;
-    let groups =
+    let verified =
         instance::verified_for_serving(&cache, &deployment, verifier.as_ref(), groups, instance)
             .unwrap_or_else(|error| {
                 tracing::error!("serving no keys: {error:#}");
-                Vec::new()
+                instance::Verified {
+                    groups: Vec::new(),
+                    canary: None,
+                }
             });
-    let (served, refused) = instance::servable(groups, instance, SystemTime::now());
+    let (served, refused) = instance::servable(verified.groups, instance, SystemTime::now());
     let mut stdout = std::io::stdout().lock();
     for (_, body) in &served {
         for line in body.split(|&b| b == b'\n') {
@@ -132,13 +135,21 @@ pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
             }
         }
     }
+    // The audit canary, after the people's keys, and only alongside them: a host that fails
+    // closed serves no canary either, so the probe sees it.
+    if let Some(canary) = verified.canary.as_deref().filter(|_| !served.is_empty()) {
+        stdout.write_all(canary.as_bytes())?;
+        stdout.write_all(b"\n")?;
+    }
     stdout.flush()?;
 
     if let Some(fingerprint) = &args.fingerprint {
-        let who = instance::attribution_of(&cache, &served, fingerprint)?.map_or_else(
-            || "a key keyhole does not serve".to_owned(),
-            |attribution| attribution.describe(),
-        );
+        let who =
+            instance::attribution_of(&cache, &served, verified.canary.as_deref(), fingerprint)?
+                .map_or_else(
+                    || "a key keyhole does not serve".to_owned(),
+                    |attribution| attribution.describe(),
+                );
         // sshd asks for the keys when a client merely offers one, before any signature proves
         // the client holds it: this line says which key was offered, not who logged in. sshd's
         // own "Accepted publickey for USER from ADDR port P ssh2: TYPE SHA256:…" line, with the

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 pub mod authorized_keys;
+pub mod canary;
 pub mod check;
 pub mod diff;
 pub mod members;

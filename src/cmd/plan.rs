@@ -162,6 +162,7 @@ pub(crate) async fn prepare(
             owners: None,
             resign: false,
             rewrite: published.index.is_legacy(),
+            canary_changed: false,
             people: 0,
             keys: 0,
         },
@@ -175,6 +176,11 @@ pub(crate) async fn prepare(
     prepared.carried = carried_files(&prepared, selection).await?;
     let mut plan = plan_groups(&prepared, selection, &settings.safety).await?;
     plan.rewrite = prepared.plan.rewrite;
+    plan.index.canary = settings
+        .canary
+        .as_ref()
+        .and_then(|canary| crate::canary::shipped_line(&canary.key_dir));
+    plan.canary_changed = plan.index.canary != prepared.published.index.canary;
     let published_index = &prepared.published.index;
     plan.index.generation = if plan.writes() {
         prepared.published.next_generation(start.min_generation)?
@@ -327,6 +333,7 @@ async fn plan_groups(
         owners: crate::plan::owners_change(&owners, published),
         resign: false,
         rewrite: false,
+        canary_changed: false,
         people: owners.values().collect::<BTreeSet<_>>().len(),
         keys: owners.len(),
     };

@@ -425,6 +425,7 @@ async fn publish_denials(
     index.generation = prepared.published.next_generation(start.min_generation)?;
     index.not_after = prepared.plan.index.not_after.clone();
     index.deployment = prepared.plan.index.deployment.clone();
+    index.canary = prepared.plan.index.canary.clone();
     commit(prepared, &index, signer).await?;
     Ok(written)
 }

@@ -93,6 +93,9 @@ impl Attribution {
                 }
             })
             .collect();
+        if grants.is_empty() {
+            return printable(&self.user);
+        }
         printable(&format!("{} ({})", self.user, grants.join("; ")))
     }
 }
@@ -454,16 +457,25 @@ fn trust_unsigned(instance: &InstanceSettings, verifier: Option<&Verifier>) -> a
     }
 }
 
+/// What may be given to sshd, checked against the cached index.
+#[derive(Debug)]
+pub struct Verified {
+    /// This host's groups; `None` for a group whose cached file does not check out.
+    pub groups: Vec<(String, Option<Cached>)>,
+    /// The audit canary's line, from the verified index.
+    pub canary: Option<String>,
+}
+
 /// Checks, at serving time, what is about to be given to sshd against the cached index: its
 /// signature again (with `verifier`), its deployment, and each group's SHA-256. A cache file
-/// edited on disk, body and header together, is refused here. Returns the groups that check out.
+/// edited on disk, body and header together, is refused here.
 pub fn verified_for_serving(
     cache: &Cache,
     deployment: &str,
     verifier: Option<&Verifier>,
     groups: Vec<(String, Option<Cached>)>,
     instance: &InstanceSettings,
-) -> anyhow::Result<Vec<(String, Option<Cached>)>> {
+) -> anyhow::Result<Verified> {
     trust_unsigned(instance, verifier)?;
     let Some(cached) = cache.read(INDEX)? else {
         bail!("no cached index to check the cached group files against");
@@ -472,7 +484,7 @@ pub fn verified_for_serving(
     index
         .check_deployment(deployment, verifier.is_some())
         .context("refusing the cached index")?;
-    Ok(groups
+    let groups = groups
         .into_iter()
         .map(|(group, cached)| {
             let expected = index
@@ -491,7 +503,11 @@ pub fn verified_for_serving(
             });
             (group, cached)
         })
-        .collect())
+        .collect();
+    Ok(Verified {
+        groups,
+        canary: index.canary,
+    })
 }
 
 /// Rebuilds the attribution file from this host's verified group files, unless it was built
@@ -545,8 +561,15 @@ fn attribution_sources(bodies: &[(String, Vec<u8>)]) -> String {
 pub fn attribution_of(
     cache: &Cache,
     served: &[(String, Vec<u8>)],
+    canary: Option<&str>,
     fingerprint: &str,
 ) -> anyhow::Result<Option<Attribution>> {
+    if canary.and_then(crate::canary::fingerprint).as_deref() == Some(fingerprint) {
+        return Ok(Some(Attribution {
+            user: crate::canary::NAME.to_owned(),
+            groups: BTreeMap::new(),
+        }));
+    }
     let built_from = cache.read(ATTRIBUTION)?.map(|cached| cached.meta.etag);
     if built_from.as_deref() == Some(attribution_sources(served).as_str()) {
         return cache.attribution(fingerprint);
