@@ -403,6 +403,7 @@ mod tests {
             home_prefix: PathBuf::from("/home"),
             read_timeout: Duration::from_secs(5),
             concurrency: 4,
+            owner: OwnerSource::UidNumber,
             sentinel: sentinel.map(PathBuf::from),
         }
     }

@@ -900,6 +900,7 @@ mod tests {
     use std::os::unix::fs::{PermissionsExt, chown, symlink};
     use std::sync::Mutex;
     use std::sync::mpsc;
+    use std::time::Instant;
 
     const UID: u32 = 1001;
     const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl bob@laptop\n";

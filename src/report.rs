@@ -172,6 +172,7 @@ mod tests {
             owners: None,
             resign: false,
             rewrite: false,
+            canary_changed: false,
             people: 0,
             keys: 0,
         }

@@ -409,6 +409,7 @@ fn host_key_mismatch_and_bastion_failures_are_told_apart() {
 /// `--ec2-tag`: the running instances with the tag, found with DescribeInstances against moto's
 /// EC2 on 127.0.0.1 (the only EC2 that can run here). moto's instances have 10.x addresses that
 /// are not on this machine: the test only lists them (`--list`), it never connects to them.
+#[cfg(feature = "ec2")]
 #[test]
 fn ec2_discovery_finds_the_running_tagged_instances() {
     let moto = Moto::start();
@@ -463,11 +464,13 @@ print(" ".join(web + db))
 }
 
 /// moto's server on 127.0.0.1 (installed by scripts/test), killed on drop.
+#[cfg(feature = "ec2")]
 struct Moto {
     child: std::process::Child,
     port: u16,
 }
 
+#[cfg(feature = "ec2")]
 impl Moto {
     fn start() -> Moto {
         for _ in 0..5 {
@@ -541,6 +544,7 @@ impl Moto {
     }
 }
 
+#[cfg(feature = "ec2")]
 impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();

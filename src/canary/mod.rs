@@ -18,6 +18,7 @@
 //! `previous` and their `.pub`. The private keys are only ever used by the probe's `ssh -i`; a
 //! stolen one gives its holder a shell that prints the marker and exits.
 
+#[cfg(feature = "ec2")]
 pub mod ec2;
 pub mod inventory;
 pub mod probe;

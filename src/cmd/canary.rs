@@ -44,16 +44,21 @@ enum Action {
 #[derive(Debug, clap::Args)]
 struct Probe {
     /// The hosts: one `host[:port] [via [user@]bastion[:port] | via ALIAS]` a line, # comments.
-    #[arg(
-        long,
-        value_name = "FILE",
-        required_unless_present = "ec2_tag",
-        conflicts_with = "ec2_tag"
+    #[cfg_attr(
+        feature = "ec2",
+        arg(
+            long,
+            value_name = "FILE",
+            required_unless_present = "ec2_tag",
+            conflicts_with = "ec2_tag"
+        )
     )]
+    #[cfg_attr(not(feature = "ec2"), arg(long, value_name = "FILE", required = true))]
     inventory: Option<PathBuf>,
 
     /// The hosts: running EC2 instances with this tag (KEY, or KEY=VALUE), found with
     /// DescribeInstances; probed at their private IP unless [canary] ec2_address says otherwise.
+    #[cfg(feature = "ec2")]
     #[arg(long, value_name = "KEY[=VALUE]")]
     ec2_tag: Option<crate::canary::ec2::TagSelector>,
 
@@ -127,27 +132,39 @@ pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
 
 /// The hosts to probe: the inventory file, or the EC2 instances with the tag.
 fn targets(settings: &Settings, probe: &Probe) -> anyhow::Result<Vec<Target>> {
-    let targets = match (&probe.inventory, &probe.ec2_tag) {
-        (Some(path), _) => inventory::read(path)?,
-        (None, Some(selector)) => {
-            let canary = settings.canary()?;
-            let region = settings.s3().ok().and_then(|s3| s3.region.clone());
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?
-                .block_on(crate::canary::ec2::discover(
-                    canary,
-                    region.as_deref(),
-                    selector,
-                ))?
-        }
-        (None, None) => bail!("give --inventory FILE or --ec2-tag KEY[=VALUE]"),
+    let targets = match &probe.inventory {
+        Some(path) => inventory::read(path)?,
+        None => discovered(settings, probe)?,
     };
     if targets.is_empty() {
         bail!("no hosts to probe");
     }
     Ok(targets)
+}
+
+/// The hosts of `--ec2-tag`.
+#[cfg(feature = "ec2")]
+fn discovered(settings: &Settings, probe: &Probe) -> anyhow::Result<Vec<Target>> {
+    let Some(selector) = &probe.ec2_tag else {
+        bail!("give --inventory FILE or --ec2-tag KEY[=VALUE]");
+    };
+    let canary = settings.canary()?;
+    let region = settings.s3().ok().and_then(|s3| s3.region.clone());
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(crate::canary::ec2::discover(
+            canary,
+            region.as_deref(),
+            selector,
+        ))
+}
+
+/// Without the `ec2` feature there is no discovery: the inventory is required by clap.
+#[cfg(not(feature = "ec2"))]
+fn discovered(_: &Settings, _: &Probe) -> anyhow::Result<Vec<Target>> {
+    bail!("give --inventory FILE (--ec2-tag needs a keyhole built with --features ec2)")
 }
 
 /// Targets as inventory lines (what `--list` prints).
