@@ -845,9 +845,16 @@ fn lock_waiting(path: &Path, purpose: &str, describe: impl Fn(&str) -> String) -
             return file;
         }
         if Instant::now() >= next_report {
+            let holder = holder(path);
+            // A sibling test of this binary needs no ending: it is this run's own work.
+            let how_to_end = if holder.starts_with(&format!("pid {} ", std::process::id())) {
+                "it is another test of this run; Ctrl-C ends the run"
+            } else {
+                "to stop waiting, end that process or this test run (Ctrl-C)"
+            };
             report_wait(&format!(
-                "{} ({}s so far); to stop waiting, end that process or this test run (Ctrl-C)",
-                describe(&holder(path)),
+                "{} ({}s so far); {how_to_end}",
+                describe(&holder),
                 started.elapsed().as_secs()
             ));
             next_report = Instant::now() + WAIT_REPORT_EVERY;
