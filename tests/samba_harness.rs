@@ -539,3 +539,42 @@ fn a_start_that_has_to_wait_says_for_what_and_how_to_end_it() {
         "it did not say how to end the wait:\n{said}"
     );
 }
+
+/// Run only as the child of `a_test_wanting_more_dcs_than_the_cap_fails_instead_of_hanging`.
+#[test]
+#[ignore = "a helper: a_test_wanting_more_dcs_than_the_cap_fails_instead_of_hanging runs it"]
+fn greedy_child_starts_two_dcs() {
+    if std::env::var_os(WAITING_CHILD).is_some() {
+        let fixture = Fixture::new().user(UserSpec::new("Jane.Doe"));
+        let _first = SambaDc::start(&fixture);
+        let _second = SambaDc::start(&fixture);
+    }
+}
+
+/// A test holding as many DCs as the cap allows that asks for one more would wait for itself
+/// forever: it fails at once, saying why.
+#[test]
+fn a_test_wanting_more_dcs_than_the_cap_fails_instead_of_hanging() {
+    let started = Instant::now();
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "--ignored", "greedy_child_starts_two_dcs"])
+        .env(WAITING_CHILD, "1")
+        .env("KEYHOLE_SAMBA_MAX_DCS", "1")
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!output.status.success(), "{said}");
+    assert!(
+        said.contains(
+            "this test already holds 1 Samba DCs and at most 1 run at once \
+             (KEYHOLE_SAMBA_MAX_DCS); it would wait for itself"
+        ),
+        "{said}"
+    );
+    // One DC start (and maybe a wait for 127.0.0.2 and a template build), not a hang.
+    assert!(started.elapsed() < Duration::from_secs(120));
+}

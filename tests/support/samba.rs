@@ -34,9 +34,12 @@
 //!   (`std::thread::available_parallelism`) or `KEYHOLE_SAMBA_MAX_DCS`. That matches libtest's
 //!   default of one test thread per CPU: within a test binary the DC-backed tests run in
 //!   parallel without waiting. A start that finds every address taken (by another test run on
-//!   the machine, or more test threads than the cap) waits for one, and after a few seconds says
-//!   on stderr, past libtest's output capture, which processes hold them and how to end the wait.
-//!   An address something outside the harness listens on is skipped (and named in that message).
+//!   the machine, or more test threads than the cap) waits for one, and after 3 s says on stderr,
+//!   past libtest's output capture, which processes hold them and how to end the wait (after 30 s
+//!   when only other tests of the same binary hold them: that is the run's own work).
+//!   Waiting tests line up behind `$TMPDIR/keyhole-samba-dc-queue.lock`, so the one that has
+//!   waited longest gets the next free address. An address something outside the harness
+//!   listens on is skipped (and named in that message).
 //!   A test may hold more than one `SambaDc` at a time, up to the cap; beyond it, it panics
 //!   rather than wait for itself.
 //! - **Ready means a real bind.** `start` returns only once an `ldapsearch` over LDAPS, checking
@@ -105,8 +108,11 @@ const FIRST_TEST_OCTET: u8 = 2;
 const LAST_TEST_OCTET: u8 = 252;
 /// Overrides the cap on concurrently running DCs (default: the number of CPUs).
 const MAX_DCS_VAR: &str = "KEYHOLE_SAMBA_MAX_DCS";
-/// How long a wait (for an address or a template someone else builds) stays silent.
+/// How long a wait for another process (an address, a template it builds) stays silent.
 const QUIET_WAIT: Duration = Duration::from_secs(3);
+/// The same when only other tests of this run are in the way: in a cold run that is normal
+/// and there is nothing to act on, so it is said only when it lasts.
+const QUIET_SIBLING_WAIT: Duration = Duration::from_secs(30);
 /// How often a long wait repeats what it waits for.
 const WAIT_REPORT_EVERY: Duration = Duration::from_secs(30);
 const WAIT_POLL: Duration = Duration::from_millis(100);
@@ -658,19 +664,40 @@ impl AddressLease {
             .take(cap)
             .map(|octet| Ipv4Addr::new(127, 0, 0, octet))
             .collect();
-        let started = Instant::now();
-        let mut next_report = started + QUIET_WAIT;
+        // Waiters line up here: the one in front polls for an address, the others wait their
+        // turn. Without it a test starting right after another ended would take that address
+        // every time, and a test that waits could wait for ever.
+        let _in_line = lock_waiting(
+            &queue_path(),
+            "first in line for a Samba DC address",
+            |first| {
+                format!(
+                    "waiting for a loopback address for a Samba DC, behind {first}; the addresses \
+                 ({MAX_DCS_VAR}={cap}):\n  {}\n",
+                    addresses
+                        .iter()
+                        .map(|&address| format!("{address}: {}", holder(&lease_path(address))))
+                        .collect::<Vec<_>>()
+                        .join("\n  ")
+                )
+            },
+        );
+        let mut report = WaitReport::new();
         loop {
             let mut taken = Vec::new();
+            let mut only_siblings = true;
             for &address in &addresses {
                 let path = lease_path(address);
                 let Some(lock) = try_lock(&path) else {
-                    taken.push(format!("{address}: {}", holder(&path)));
+                    let holder = holder(&path);
+                    only_siblings &= held_by_this_process(&holder);
+                    taken.push(format!("{address}: {holder}"));
                     continue;
                 };
                 // Ours now, but a samba started by hand on this address would make ours fail to
                 // bind: leave that address alone (the lock closes with `lock`).
                 if listens(address) {
+                    only_siblings = false;
                     taken.push(format!(
                         "{address}: something outside the test harness listens on \
                          {address}:{LDAPS_PORT} (see `ss -ltnp 'src {address}'`; stop it to \
@@ -685,16 +712,15 @@ impl AddressLease {
                     _lock: lock,
                 };
             }
-            if Instant::now() >= next_report {
+            if report.due(only_siblings) {
                 report_wait(&format!(
                     "waiting {}s for a loopback address for a Samba DC. At most {cap} DCs run at \
                      once ({MAX_DCS_VAR}, default: the number of CPUs) and every address is \
                      taken:\n  {}\nThis test goes on as soon as one of them ends; to stop \
                      waiting, end those processes or this test run (Ctrl-C).",
-                    started.elapsed().as_secs(),
+                    report.waited_secs(),
                     taken.join("\n  ")
                 ));
-                next_report = Instant::now() + WAIT_REPORT_EVERY;
             }
             thread::sleep(WAIT_POLL);
         }
@@ -717,6 +743,11 @@ fn max_dcs() -> usize {
         Err(_) => thread::available_parallelism().map_or(1, usize::from),
     };
     cap.clamp(1, available)
+}
+
+/// `$TMPDIR/keyhole-samba-dc-queue.lock`: held by the test first in line for an address.
+fn queue_path() -> PathBuf {
+    std::env::temp_dir().join("keyhole-samba-dc-queue.lock")
 }
 
 /// `$TMPDIR/keyhole-samba-dc-127.0.0.N.lock`; `scripts/demo` locks its 127.0.0.254 the same way.
@@ -837,17 +868,17 @@ fn ensure_template(dir: &Path, build: impl FnOnce(&Path)) {
 /// closes), and records in the file who holds it and for what. Waits longer than a few seconds
 /// are reported with `describe(holder)`.
 fn lock_waiting(path: &Path, purpose: &str, describe: impl Fn(&str) -> String) -> File {
-    let started = Instant::now();
-    let mut next_report = started + QUIET_WAIT;
+    let mut report = WaitReport::new();
     loop {
         if let Some(file) = try_lock(path) {
             write_holder(&file, purpose);
             return file;
         }
-        if Instant::now() >= next_report {
-            let holder = holder(path);
-            // A sibling test of this binary needs no ending: it is this run's own work.
-            let how_to_end = if holder.starts_with(&format!("pid {} ", std::process::id())) {
+        let holder = holder(path);
+        let sibling = held_by_this_process(&holder);
+        if report.due(sibling) {
+            // A sibling test needs no ending: it is this run's own work.
+            let how_to_end = if sibling {
                 "it is another test of this run; Ctrl-C ends the run"
             } else {
                 "to stop waiting, end that process or this test run (Ctrl-C)"
@@ -855,12 +886,49 @@ fn lock_waiting(path: &Path, purpose: &str, describe: impl Fn(&str) -> String) -
             report_wait(&format!(
                 "{} ({}s so far); {how_to_end}",
                 describe(&holder),
-                started.elapsed().as_secs()
+                report.waited_secs()
             ));
-            next_report = Instant::now() + WAIT_REPORT_EVERY;
         }
         thread::sleep(WAIT_POLL);
     }
+}
+
+/// When a wait should say what it waits for: once it has lasted [`QUIET_WAIT`] (or
+/// [`QUIET_SIBLING_WAIT`] while only this run's own tests are in the way), then every
+/// [`WAIT_REPORT_EVERY`].
+struct WaitReport {
+    started: Instant,
+    last: Option<Instant>,
+}
+
+impl WaitReport {
+    fn new() -> WaitReport {
+        WaitReport {
+            started: Instant::now(),
+            last: None,
+        }
+    }
+
+    fn due(&mut self, only_siblings: bool) -> bool {
+        let due = match self.last {
+            Some(last) => last.elapsed() >= WAIT_REPORT_EVERY,
+            None if only_siblings => self.started.elapsed() >= QUIET_SIBLING_WAIT,
+            None => self.started.elapsed() >= QUIET_WAIT,
+        };
+        if due {
+            self.last = Some(Instant::now());
+        }
+        due
+    }
+
+    fn waited_secs(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+}
+
+/// Whether a lock holder's record (see [`write_holder`]) names this process.
+fn held_by_this_process(holder: &str) -> bool {
+    holder.starts_with(&format!("pid {} (", std::process::id()))
 }
 
 /// An exclusive `flock` on `path` if nobody holds one, else `None`. flock rather than
