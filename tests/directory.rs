@@ -244,7 +244,7 @@ fn starttls_works_and_connection_failures_name_their_cause() {
     assert!(
         wrong_ca
             .stderr
-            .contains("cannot connect to ldaps://127.0.0.1:636"),
+            .contains(&format!("cannot connect to {}", dc.ldaps_url())),
         "{}",
         wrong_ca.stderr
     );
@@ -280,7 +280,7 @@ fn starttls_works_and_connection_failures_name_their_cause() {
     assert_eq!(down.code, 1, "{down:#?}");
     assert!(
         down.stderr
-            .contains("cannot connect to ldaps://127.0.0.1:636"),
+            .contains(&format!("cannot connect to {}", dc.ldaps_url())),
         "{}",
         down.stderr
     );

@@ -306,9 +306,10 @@ fn upstream_failures_leave_the_bucket_as_it_was() {
     let ad_down = world.run(&["publish"]);
     assert_eq!(ad_down.code, 1, "{ad_down:#?}");
     assert!(
-        ad_down
-            .stderr
-            .contains("reading Active Directory: cannot connect to ldaps://127.0.0.1:636"),
+        ad_down.stderr.contains(&format!(
+            "reading Active Directory: cannot connect to {}",
+            world.stack.dc.ldaps_url()
+        )),
         "{}",
         ad_down.stderr
     );

@@ -1,12 +1,15 @@
 //! Smoke tests of the Samba AD test harness itself (`tests/support/samba.rs`,
 //! `scripts/samba-dc`): the directory the integration tests rely on really looks the way the
-//! fixture says, over both LDAPS and StartTLS, as the non-admin service account.
+//! fixture says, over both LDAPS and StartTLS, as the non-admin service account; DCs run side by
+//! side, each on a loopback address of its own; and a start that has to wait says why.
 
 mod support;
 
-use std::net::{SocketAddr, TcpStream};
-use std::process::Command;
-use std::time::Duration;
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use support::samba::{Fixture, SambaDc, Transport, UserSpec};
 
@@ -199,7 +202,7 @@ fn fixture_entries_look_as_intended_over_ldaps_and_starttls() {
     // Stopped: nothing answers any more.
     dc.stop();
     assert!(dc.pid().is_none());
-    let ldaps: SocketAddr = ([127, 0, 0, 1], 636).into();
+    let ldaps = SocketAddr::from((dc.address(), 636));
     assert!(TcpStream::connect_timeout(&ldaps, Duration::from_secs(1)).is_err());
     dc.stop(); // idempotent
 }
@@ -377,4 +380,201 @@ fn rustls_accepts_the_dc_certificate_only_with_the_harness_ca() {
             assert!(error.contains("UnknownIssuer"), "{url}: {error:?}");
         }
     });
+}
+
+/// The listening TCP sockets of process `pid`, as `ss` shows them ("127.0.0.2:636").
+fn listening_sockets(pid: u32) -> Vec<String> {
+    let output = Command::new("ss").args(["-ltnpH"]).output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.contains(&format!("pid={pid},")))
+        .map(|line| line.split_whitespace().nth(3).unwrap().to_owned())
+        .collect()
+}
+
+/// `openssl s_client` to `dc`, checking its certificate against its CA for the IP `expected`.
+fn certificate_verifies_for(dc: &SambaDc, expected: Ipv4Addr) -> bool {
+    let output = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("{}:636", dc.address())])
+        .args(["-verify_ip", &expected.to_string(), "-verify_return_error"])
+        .arg("-CAfile")
+        .arg(dc.ca_file())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    output.status.success()
+}
+
+/// Two DCs at once, each on its own loopback address: what lets DC-backed tests run in parallel
+/// and beside a running `scripts/demo`. Each listens only on its address, its certificate is for
+/// that address only (the clones share their template's CA, so the address is what tells them
+/// apart), and neither sees the other's changes.
+#[test]
+fn dcs_run_side_by_side_each_on_its_own_address_and_certificate() {
+    let fixture = Fixture::new().user(UserSpec::unix("Jane.Doe", 10001, "/home/jane.doe"));
+    let first = SambaDc::start(&fixture);
+    let second = SambaDc::start(&fixture);
+    assert_ne!(first.address(), second.address());
+
+    for dc in [&first, &second] {
+        let address = dc.address();
+        assert!(address.is_loopback(), "{address}");
+        // 127.0.0.1 is for older checkouts of the harness (and anything else on the machine),
+        // .253 and .254 for scripts/bench and scripts/demo.
+        assert_ne!(address, Ipv4Addr::LOCALHOST);
+        assert!(address.octets()[3] < 253, "{address}");
+        assert!(dc.ldaps_url().starts_with(&format!("ldaps://{address}:")));
+
+        let mut sockets = listening_sockets(dc.pid().unwrap());
+        sockets.sort();
+        let expected: Vec<String> = [3268, 3269, 389, 636]
+            .iter()
+            .map(|port| format!("{address}:{port}"))
+            .collect();
+        assert_eq!(sockets, expected, "samba listens beyond {address}");
+        assert_eq!(uac(dc, "Jane.Doe") & UF_ACCOUNTDISABLE, 0);
+    }
+
+    assert!(certificate_verifies_for(&first, first.address()));
+    assert!(
+        !certificate_verifies_for(&second, first.address()),
+        "the second DC's certificate is also valid for the first DC's address"
+    );
+
+    first.modify(&format!(
+        "dn: {}\nchangetype: modify\nreplace: userAccountControl\nuserAccountControl: 514\n",
+        first.user_dn("Jane.Doe")
+    ));
+    assert_ne!(uac(&first, "Jane.Doe") & UF_ACCOUNTDISABLE, 0);
+    assert_eq!(
+        uac(&second, "Jane.Doe") & UF_ACCOUNTDISABLE,
+        0,
+        "a change on one DC showed on the other"
+    );
+}
+
+/// Set by `a_start_that_has_to_wait_says_for_what_and_how_to_end_it` for the child it runs.
+const WAITING_CHILD: &str = "KEYHOLE_TEST_WAITING_CHILD";
+
+/// Run only as that test's child (it returns at once otherwise): starts a DC, which waits.
+#[test]
+#[ignore = "a helper: a_start_that_has_to_wait_says_for_what_and_how_to_end_it runs it"]
+fn waiting_child_starts_a_dc() {
+    if std::env::var_os(WAITING_CHILD).is_some() {
+        let _dc = SambaDc::start(&Fixture::new().user(UserSpec::new("Jane.Doe")));
+    }
+}
+
+/// When every address is taken, `SambaDc::start` waits, and says (past libtest's capture) who
+/// holds the addresses and how to end the wait, instead of hanging silently. The child runs with
+/// a private `TMPDIR`, so the lock held here blocks nobody else.
+#[test]
+fn a_start_that_has_to_wait_says_for_what_and_how_to_end_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lock_path = tmp.path().join("keyhole-samba-dc-127.0.0.2.lock");
+    std::fs::write(
+        &lock_path,
+        "pid 4242 (some-other-test-binary, test holds_the_dc) a Samba DC\nsince 0\n",
+    )
+    .unwrap();
+    let lock = std::fs::File::open(&lock_path).unwrap();
+    // SAFETY: flock(2) on a descriptor we own.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "--ignored", "waiting_child_starts_a_dc"])
+        .env(WAITING_CHILD, "1")
+        .env("TMPDIR", tmp.path())
+        .env("KEYHOLE_SAMBA_MAX_DCS", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The fixture template may have to be built first (~10 s on a busy machine).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut said = String::new();
+    // The address report ends with how to end the wait; a template-build report may come first.
+    let reported = |said: &str| {
+        said.find("loopback address for a Samba DC")
+            .is_some_and(|at| said[at..].contains("(Ctrl-C)"))
+    };
+    while !reported(&said) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match received.recv_timeout(left) {
+            Ok(line) => {
+                said.push_str(&line);
+                said.push('\n');
+            }
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(lock);
+
+    assert!(
+        said.contains("waiting") && said.contains("loopback address for a Samba DC"),
+        "the waiting start did not say what it waits for:\n{said}"
+    );
+    assert!(
+        said.contains("127.0.0.2: pid 4242 (some-other-test-binary, test holds_the_dc)"),
+        "it did not name the holder:\n{said}"
+    );
+    assert!(
+        said.contains("At most 1 DCs run at once (KEYHOLE_SAMBA_MAX_DCS"),
+        "it did not name the cap:\n{said}"
+    );
+    assert!(
+        said.contains("end those processes or this test run (Ctrl-C)"),
+        "it did not say how to end the wait:\n{said}"
+    );
+}
+
+/// Run only as the child of `a_test_wanting_more_dcs_than_the_cap_fails_instead_of_hanging`.
+#[test]
+#[ignore = "a helper: a_test_wanting_more_dcs_than_the_cap_fails_instead_of_hanging runs it"]
+fn greedy_child_starts_two_dcs() {
+    if std::env::var_os(WAITING_CHILD).is_some() {
+        let fixture = Fixture::new().user(UserSpec::new("Jane.Doe"));
+        let _first = SambaDc::start(&fixture);
+        let _second = SambaDc::start(&fixture);
+    }
+}
+
+/// A test holding as many DCs as the cap allows that asks for one more would wait for itself
+/// forever: it fails at once, saying why.
+#[test]
+fn a_test_wanting_more_dcs_than_the_cap_fails_instead_of_hanging() {
+    let started = Instant::now();
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "--ignored", "greedy_child_starts_two_dcs"])
+        .env(WAITING_CHILD, "1")
+        .env("KEYHOLE_SAMBA_MAX_DCS", "1")
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!output.status.success(), "{said}");
+    assert!(
+        said.contains(
+            "this test already holds 1 Samba DCs and at most 1 run at once \
+             (KEYHOLE_SAMBA_MAX_DCS); it would wait for itself"
+        ),
+        "{said}"
+    );
+    // One DC start (and maybe a wait for 127.0.0.2 and a template build), not a hang.
+    assert!(started.elapsed() < Duration::from_secs(120));
 }

@@ -1,7 +1,8 @@
-//! A throwaway Samba AD domain controller on 127.0.0.1 for integration tests, filled from a
-//! [`Fixture`] and killed on `Drop`. It owns only its temp directories and the samba process it
-//! started; it never touches the machine's own Samba setup, never talks to anything but
-//! 127.0.0.1, and is for tests only (it panics instead of returning errors).
+//! A throwaway Samba AD domain controller on a loopback address of its own (127.0.0.2 and up) for
+//! integration tests, filled from a [`Fixture`] and killed on `Drop`. It owns only its temp
+//! directories, the samba process it started and the address it leased; it never touches the
+//! machine's own Samba setup, never talks to anything outside 127.0.0.0/8, and is for tests only
+//! (it panics instead of returning errors).
 //!
 //! # Design
 //!
@@ -19,10 +20,28 @@
 //! - **A fresh copy per DC.** Each [`SambaDc`] runs from its own `samba-dc clone` of the fixture
 //!   template in a temp dir (`cp` + rewriting the absolute paths in smb.conf, the only file that
 //!   holds them), so what one test changes (a lockout, a disabled user) never leaks into another.
-//! - **One DC at a time.** Samba's LDAP ports (389, 636, 3268, 3269) are fixed, so [`SambaDc::start`]
-//!   takes an exclusive `flock` on `$TMPDIR/keyhole-samba-dc.lock` and holds it until `Drop`:
-//!   parallel tests and test binaries queue up instead of colliding. A test therefore must not
-//!   hold two `SambaDc`s at once (it would wait for itself forever).
+//! - **An address per DC.** Samba's LDAP ports (389, 636, 3268, 3269) are fixed, but Linux routes
+//!   all of 127.0.0.0/8 to the loopback interface, so each DC listens on an address of its own
+//!   (`interfaces = 127.0.0.N/8`, `bind interfaces only`) with a certificate for `IP:127.0.0.N`.
+//!   [`SambaDc::start`] leases the address with an exclusive `flock` on
+//!   `$TMPDIR/keyhole-samba-dc-127.0.0.N.lock` and holds it until `Drop`, so tests in parallel
+//!   threads and in other test binaries or runs never collide. 127.0.0.1 is never used (it belongs
+//!   to older checkouts of this harness, which lock `keyhole-samba-dc.lock` for it, and to
+//!   anything else on the machine), nor are 127.0.0.253 (`scripts/bench`) and 127.0.0.254
+//!   (`scripts/demo`): a running demo never makes a test wait.
+//! - **At most one DC per CPU.** Starting samba costs 1-3 s of CPU and a running DC ~100 MB, so the
+//!   addresses handed out are 127.0.0.2 up to 127.0.0.(1 + cap), the cap being the number of CPUs
+//!   (`std::thread::available_parallelism`) or `KEYHOLE_SAMBA_MAX_DCS`. That matches libtest's
+//!   default of one test thread per CPU: within a test binary the DC-backed tests run in
+//!   parallel without waiting. A start that finds every address taken (by another test run on
+//!   the machine, or more test threads than the cap) waits for one, and after 3 s says on stderr,
+//!   past libtest's output capture, which processes hold them and how to end the wait (after 30 s
+//!   when only other tests of the same binary hold them: that is the run's own work).
+//!   Waiting tests line up behind `$TMPDIR/keyhole-samba-dc-queue.lock`, so the one that has
+//!   waited longest gets the next free address. An address something outside the harness
+//!   listens on is skipped (and named in that message).
+//!   A test may hold more than one `SambaDc` at a time, up to the cap; beyond it, it panics
+//!   rather than wait for itself.
 //! - **Ready means a real bind.** `start` returns only once an `ldapsearch` over LDAPS, checking
 //!   the DC's certificate against its CA, binds as the service account.
 //! - **No leftovers.** Samba runs as one process (`-M single`) in its own process group with
@@ -57,8 +76,9 @@
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt as _;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
@@ -80,8 +100,28 @@ pub const LOCKOUT_THRESHOLD: u32 = 3;
 const LDAP_PORT: u16 = 389;
 const LDAPS_PORT: u16 = 636;
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-const PORT_FREE_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The last octet of the first test address: 127.0.0.1 is left to everything else.
+const FIRST_TEST_OCTET: u8 = 2;
+/// 127.0.0.253 and .254 are `scripts/bench`'s and `scripts/demo`'s; tests never take them.
+const LAST_TEST_OCTET: u8 = 252;
+/// Overrides the cap on concurrently running DCs (default: the number of CPUs).
+const MAX_DCS_VAR: &str = "KEYHOLE_SAMBA_MAX_DCS";
+/// How long a wait for another process (an address, a template it builds) stays silent.
+const QUIET_WAIT: Duration = Duration::from_secs(3);
+/// The same when only other tests of this run are in the way: in a cold run that is normal
+/// and there is nothing to act on, so it is said only when it lasts.
+const QUIET_SIBLING_WAIT: Duration = Duration::from_secs(30);
+/// How often a long wait repeats what it waits for.
+const WAIT_REPORT_EVERY: Duration = Duration::from_secs(30);
+const WAIT_POLL: Duration = Duration::from_millis(100);
+
+thread_local! {
+    /// Addresses this thread (one test, under libtest) holds: a test that wants more DCs than the
+    /// cap would otherwise wait for itself forever.
+    static HELD_BY_THIS_THREAD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
 
 /// What the directory holds besides the built-in accounts and `svc-keyhole`.
 ///
@@ -207,9 +247,9 @@ impl UserSpec {
 /// How a client reaches the DC. Both verify the server certificate against [`SambaDc::ca_file`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
-    /// `ldaps://127.0.0.1:636`.
+    /// [`SambaDc::ldaps_url`], e.g. `ldaps://127.0.0.2:636`.
     Ldaps,
-    /// `ldap://127.0.0.1:389` with a mandatory StartTLS (`-ZZ`).
+    /// [`SambaDc::ldap_url`] with a mandatory StartTLS (`-ZZ`).
     StartTls,
 }
 
@@ -247,7 +287,7 @@ pub struct Timings {
     pub provision: Option<Duration>,
     /// `samba-dc clone` + `populate`, if this start had to build the fixture template.
     pub populate: Option<Duration>,
-    /// Waiting for the one-DC-at-a-time lock.
+    /// Waiting for a free address (the cap on concurrently running DCs).
     pub lock_wait: Duration,
     /// Copying the fixture template into this DC's own directory.
     pub clone: Duration,
@@ -255,16 +295,22 @@ pub struct Timings {
     pub start: Duration,
 }
 
-/// A running Samba AD DC on 127.0.0.1, serving its own copy of a fixture.
+/// A running Samba AD DC on its own loopback address, serving its own copy of a fixture.
 pub struct SambaDc {
     /// `Some` while samba runs; `stop` takes it.
     process: Option<SambaProcess>,
     dir: PathBuf,
     /// Removes `dir` on drop (unless `KEYHOLE_KEEP_SAMBA` is set).
     _temp: Option<tempfile::TempDir>,
-    /// Held until drop so no other DC binds the fixed ports meanwhile.
-    _port_lock: File,
+    /// Held until drop (after samba is gone), so no other DC takes the address meanwhile.
+    lease: AddressLease,
     timings: Timings,
+}
+
+/// An address leased to one DC: the `flock` on its lock file is the lease.
+struct AddressLease {
+    address: Ipv4Addr,
+    _lock: File,
 }
 
 struct SambaProcess {
@@ -274,14 +320,15 @@ struct SambaProcess {
 }
 
 impl SambaDc {
-    /// Starts a DC serving `fixture` and waits until LDAPS answers a bind as the service account.
-    /// Blocks while another DC (from any test or test binary) is running. Panics on failure.
+    /// Starts a DC serving `fixture` on a free test address and waits until LDAPS answers a bind
+    /// as the service account. Blocks while the cap on running DCs is reached (see the module
+    /// doc). Panics on failure.
     pub fn start(fixture: &Fixture) -> SambaDc {
         let mut timings = Timings::default();
         let template = fixture_template(fixture, &mut timings);
 
         let waited = Instant::now();
-        let port_lock = lock_exclusive(&std::env::temp_dir().join("keyhole-samba-dc.lock"));
+        let lease = AddressLease::take();
         timings.lock_wait = waited.elapsed();
 
         let cloned = Instant::now();
@@ -290,7 +337,8 @@ impl SambaDc {
             .tempdir()
             .expect("creating a temp dir for the DC");
         let dir = temp.path().join("dc");
-        run_script(&["clone", path_str(&template), path_str(&dir)]);
+        let address = lease.address.to_string();
+        run_script(&["clone", path_str(&template), path_str(&dir), &address]);
         timings.clone = cloned.elapsed();
 
         let temp = if std::env::var_os("KEYHOLE_KEEP_SAMBA").is_some() {
@@ -305,7 +353,7 @@ impl SambaDc {
             process: None,
             dir,
             _temp: temp,
-            _port_lock: port_lock,
+            lease,
             timings,
         };
         let started = Instant::now();
@@ -315,18 +363,23 @@ impl SambaDc {
         dc
     }
 
-    /// `ldaps://127.0.0.1:636`.
+    /// The loopback address this DC (and only this DC) listens on, e.g. 127.0.0.2.
+    pub fn address(&self) -> Ipv4Addr {
+        self.lease.address
+    }
+
+    /// `ldaps://ADDRESS:636`, e.g. `ldaps://127.0.0.2:636`.
     pub fn ldaps_url(&self) -> String {
-        format!("ldaps://127.0.0.1:{LDAPS_PORT}")
+        format!("ldaps://{}:{LDAPS_PORT}", self.address())
     }
 
-    /// `ldap://127.0.0.1:389`; Samba refuses simple binds here unless StartTLS came first.
+    /// `ldap://ADDRESS:389`; Samba refuses simple binds here unless StartTLS came first.
     pub fn ldap_url(&self) -> String {
-        format!("ldap://127.0.0.1:{LDAP_PORT}")
+        format!("ldap://{}:{LDAP_PORT}", self.address())
     }
 
-    /// The PEM CA certificate that signed the DC's certificate (SANs `IP:127.0.0.1`,
-    /// `DNS:localhost`).
+    /// The PEM CA certificate that signed the DC's certificate (whose only subjectAltName is
+    /// `IP:` [`SambaDc::address`]).
     pub fn ca_file(&self) -> PathBuf {
         self.dir.join("tls/ca.pem")
     }
@@ -485,8 +538,9 @@ impl SambaDc {
         u32::from_le_bytes(tail)
     }
 
-    /// Stops samba but keeps the directory and the lock, so a test can check how keyhole behaves
-    /// when the DC does not answer (and no other DC takes its place meanwhile). Idempotent.
+    /// Stops samba but keeps the directory and the address, so a test can check how keyhole
+    /// behaves when the DC does not answer (and no other DC takes its place meanwhile).
+    /// Idempotent.
     pub fn stop(&mut self) {
         if let Some(process) = self.process.take() {
             process.terminate();
@@ -534,7 +588,6 @@ impl SambaDc {
 
     /// Spawns samba and waits until an LDAPS bind as the service account succeeds.
     fn spawn(&mut self) {
-        wait_for_free_port();
         let log_path = self.dir.join("log/samba.out");
         let log = File::create(&log_path).expect("creating the samba log file");
         let mut child = Command::new(script())
@@ -593,8 +646,119 @@ impl SambaDc {
 impl Drop for SambaDc {
     fn drop(&mut self) {
         self.stop();
-        // The temp dir goes next (field drop), then the port lock.
+        // The temp dir goes next (field drop), then the address lease.
     }
+}
+
+impl AddressLease {
+    /// Leases the first free test address, waiting (and saying why) while none is free.
+    fn take() -> AddressLease {
+        let cap = max_dcs();
+        let held = HELD_BY_THIS_THREAD.with(std::cell::Cell::get);
+        assert!(
+            held < cap,
+            "this test already holds {held} Samba DCs and at most {cap} run at once ({MAX_DCS_VAR}); \
+             it would wait for itself"
+        );
+        let addresses: Vec<Ipv4Addr> = (FIRST_TEST_OCTET..)
+            .take(cap)
+            .map(|octet| Ipv4Addr::new(127, 0, 0, octet))
+            .collect();
+        // Waiters line up here: the one in front polls for an address, the others wait their
+        // turn. Without it a test starting right after another ended would take that address
+        // every time, and a test that waits could wait for ever.
+        let _in_line = lock_waiting(
+            &queue_path(),
+            "first in line for a Samba DC address",
+            |first| {
+                format!(
+                    "waiting for a loopback address for a Samba DC, behind {first}; the addresses \
+                 ({MAX_DCS_VAR}={cap}):\n  {}\n",
+                    addresses
+                        .iter()
+                        .map(|&address| format!("{address}: {}", holder(&lease_path(address))))
+                        .collect::<Vec<_>>()
+                        .join("\n  ")
+                )
+            },
+        );
+        let mut report = WaitReport::new();
+        loop {
+            let mut taken = Vec::new();
+            let mut only_siblings = true;
+            for &address in &addresses {
+                let path = lease_path(address);
+                let Some(lock) = try_lock(&path) else {
+                    let holder = holder(&path);
+                    only_siblings &= held_by_this_process(&holder);
+                    taken.push(format!("{address}: {holder}"));
+                    continue;
+                };
+                // Ours now, but a samba started by hand on this address would make ours fail to
+                // bind: leave that address alone (the lock closes with `lock`).
+                if listens(address) {
+                    only_siblings = false;
+                    taken.push(format!(
+                        "{address}: something outside the test harness listens on \
+                         {address}:{LDAPS_PORT} (see `ss -ltnp 'src {address}'`; stop it to \
+                         free the address)"
+                    ));
+                    continue;
+                }
+                write_holder(&lock, "a Samba DC");
+                HELD_BY_THIS_THREAD.with(|count| count.set(count.get() + 1));
+                return AddressLease {
+                    address,
+                    _lock: lock,
+                };
+            }
+            if report.due(only_siblings) {
+                report_wait(&format!(
+                    "waiting {}s for a loopback address for a Samba DC. At most {cap} DCs run at \
+                     once ({MAX_DCS_VAR}, default: the number of CPUs) and every address is \
+                     taken:\n  {}\nThis test goes on as soon as one of them ends; to stop \
+                     waiting, end those processes or this test run (Ctrl-C).",
+                    report.waited_secs(),
+                    taken.join("\n  ")
+                ));
+            }
+            thread::sleep(WAIT_POLL);
+        }
+    }
+}
+
+impl Drop for AddressLease {
+    fn drop(&mut self) {
+        HELD_BY_THIS_THREAD.with(|count| count.set(count.get().saturating_sub(1)));
+    }
+}
+
+/// The cap on concurrently running test DCs: `KEYHOLE_SAMBA_MAX_DCS`, else the number of CPUs.
+fn max_dcs() -> usize {
+    let available = usize::from(LAST_TEST_OCTET - FIRST_TEST_OCTET) + 1;
+    let cap = match std::env::var(MAX_DCS_VAR) {
+        Ok(value) => value.trim().parse::<usize>().unwrap_or_else(|_| {
+            panic!("{MAX_DCS_VAR}={value:?} is not a number of DCs (1 to {available})")
+        }),
+        Err(_) => thread::available_parallelism().map_or(1, usize::from),
+    };
+    cap.clamp(1, available)
+}
+
+/// `$TMPDIR/keyhole-samba-dc-queue.lock`: held by the test first in line for an address.
+fn queue_path() -> PathBuf {
+    std::env::temp_dir().join("keyhole-samba-dc-queue.lock")
+}
+
+/// `$TMPDIR/keyhole-samba-dc-127.0.0.N.lock`; `scripts/demo` locks its 127.0.0.254 the same way.
+fn lease_path(address: Ipv4Addr) -> PathBuf {
+    std::env::temp_dir().join(format!("keyhole-samba-dc-{address}.lock"))
+}
+
+/// Whether something accepts connections on `address`'s LDAPS port.
+fn listens(address: Ipv4Addr) -> bool {
+    let socket = SocketAddr::from((address, LDAPS_PORT));
+    TcpStream::connect_timeout(&socket, Duration::from_millis(200)).is_ok()
 }
 
 impl SambaProcess {
@@ -629,7 +793,9 @@ fn fixture_template(fixture: &Fixture, timings: &mut Timings) -> PathBuf {
         // does not grow by ~50 MB per edit of the script.
         prune_templates_except(&cache, &script_hash);
         let provisioned = Instant::now();
-        run_script(&["provision", path_str(partial)]);
+        // Templates never run: each DC's clone moves to the address it leased.
+        let placeholder = Ipv4Addr::new(127, 0, 0, FIRST_TEST_OCTET).to_string();
+        run_script(&["provision", path_str(partial), &placeholder]);
         timings.provision = Some(provisioned.elapsed());
     });
 
@@ -675,7 +841,17 @@ fn ensure_template(dir: &Path, build: impl FnOnce(&Path)) {
     if dir.exists() {
         return;
     }
-    let _building = lock_exclusive(&dir.with_extension("lock"));
+    let _building = lock_waiting(
+        &dir.with_extension("lock"),
+        "building a Samba template",
+        |holder| {
+            format!(
+                "waiting for another test to finish building the Samba template {} (provisioning \
+                 takes ~10 s, a large fixture up to a minute), held by {holder}",
+                dir.display()
+            )
+        },
+    );
     if dir.exists() {
         return; // someone else built it while we waited
     }
@@ -688,43 +864,150 @@ fn ensure_template(dir: &Path, build: impl FnOnce(&Path)) {
     fs::rename(&partial, dir).expect("moving the finished template into place");
 }
 
-/// Blocks until this process holds an exclusive `flock` on `path`; released when the file closes.
-fn lock_exclusive(path: &Path) -> File {
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .unwrap_or_else(|e| panic!("opening lock file {}: {e}", path.display()));
-    // flock rather than File::lock: the crate's MSRV (1.88) predates File::lock.
+/// Blocks until this thread holds an exclusive `flock` on `path` (released when the file
+/// closes), and records in the file who holds it and for what. Waits longer than a few seconds
+/// are reported with `describe(holder)`.
+fn lock_waiting(path: &Path, purpose: &str, describe: impl Fn(&str) -> String) -> File {
+    let mut report = WaitReport::new();
     loop {
-        // SAFETY: flock(2) on a descriptor we own; no memory is passed.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-        if rc == 0 {
+        if let Some(file) = try_lock(path) {
+            write_holder(&file, purpose);
             return file;
         }
-        let err = std::io::Error::last_os_error();
-        assert!(
-            err.kind() == std::io::ErrorKind::Interrupted,
-            "locking {}: {err}",
-            path.display()
-        );
+        let holder = holder(path);
+        let sibling = held_by_this_process(&holder);
+        if report.due(sibling) {
+            // A sibling test needs no ending: it is this run's own work.
+            let how_to_end = if sibling {
+                "it is another test of this run; Ctrl-C ends the run"
+            } else {
+                "to stop waiting, end that process or this test run (Ctrl-C)"
+            };
+            report_wait(&format!(
+                "{} ({}s so far); {how_to_end}",
+                describe(&holder),
+                report.waited_secs()
+            ));
+        }
+        thread::sleep(WAIT_POLL);
     }
 }
 
-/// Waits until nothing listens on 127.0.0.1:636: a DC from a previous test is gone by the time
-/// its lock is released, but one started outside this harness would make samba fail to bind.
-fn wait_for_free_port() {
-    let address = SocketAddr::from(([127, 0, 0, 1], LDAPS_PORT));
-    let deadline = Instant::now() + PORT_FREE_TIMEOUT;
-    while TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok() {
-        assert!(
-            Instant::now() < deadline,
-            "something else has listened on {address} for {PORT_FREE_TIMEOUT:?}; \
-             is a samba running outside the test harness? (`ss -ltnp 'sport = :636'`)"
-        );
-        thread::sleep(Duration::from_millis(200));
+/// When a wait should say what it waits for: once it has lasted [`QUIET_WAIT`] (or
+/// [`QUIET_SIBLING_WAIT`] while only this run's own tests are in the way), then every
+/// [`WAIT_REPORT_EVERY`].
+struct WaitReport {
+    started: Instant,
+    last: Option<Instant>,
+}
+
+impl WaitReport {
+    fn new() -> WaitReport {
+        WaitReport {
+            started: Instant::now(),
+            last: None,
+        }
     }
+
+    fn due(&mut self, only_siblings: bool) -> bool {
+        let due = match self.last {
+            Some(last) => last.elapsed() >= WAIT_REPORT_EVERY,
+            None if only_siblings => self.started.elapsed() >= QUIET_SIBLING_WAIT,
+            None => self.started.elapsed() >= QUIET_WAIT,
+        };
+        if due {
+            self.last = Some(Instant::now());
+        }
+        due
+    }
+
+    fn waited_secs(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+}
+
+/// Whether a lock holder's record (see [`write_holder`]) names this process.
+fn held_by_this_process(holder: &str) -> bool {
+    holder.starts_with(&format!("pid {} (", std::process::id()))
+}
+
+/// An exclusive `flock` on `path` if nobody holds one, else `None`. flock rather than
+/// `File::try_lock`: the crate's MSRV (1.88) predates it. Locks taken through separate opens
+/// exclude each other even within one process, so threads of one test binary queue up too.
+fn try_lock(path: &Path) -> Option<File> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("opening lock file {}: {e}", path.display()));
+    loop {
+        // SAFETY: flock(2) on a descriptor we own; no memory is passed.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Some(file);
+        }
+        let err = std::io::Error::last_os_error();
+        match err.kind() {
+            std::io::ErrorKind::Interrupted => continue,
+            std::io::ErrorKind::WouldBlock => return None,
+            _ => panic!("locking {}: {err}", path.display()),
+        }
+    }
+}
+
+/// Records in a lock file we hold who holds it, for the wait messages of others.
+fn write_holder(lock: &File, purpose: &str) {
+    let program = std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            exe.file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "?".to_owned());
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs());
+    // libtest names each test's thread after the test.
+    let test = thread::current().name().unwrap_or("?").to_owned();
+    let record = format!(
+        "pid {} ({program}, test {test}) {purpose}\nsince {since}\n",
+        std::process::id()
+    );
+    // Informational only: a failure to record leaves "did not say who it is" for waiters.
+    let _ = lock.set_len(0);
+    let _ = lock.write_all_at(record.as_bytes(), 0);
+}
+
+/// Who holds a lock file, as its holder recorded it: "pid 123 (directory-4f…, test x) a Samba
+/// DC, for 12 s". Best effort: the record may be half written or from an older harness.
+fn holder(path: &Path) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let mut lines = text.lines();
+    let who = lines.next().filter(|line| !line.is_empty());
+    let since = lines
+        .next()
+        .and_then(|line| line.strip_prefix("since "))
+        .and_then(|secs| secs.trim().parse::<u64>().ok());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs());
+    match (who, since) {
+        (Some(who), Some(since)) => format!("{who}, for {} s", now.saturating_sub(since)),
+        (Some(who), None) => who.to_owned(),
+        _ => format!(
+            "held by a process that did not say who it is (lock {})",
+            path.display()
+        ),
+    }
+}
+
+/// Writes past libtest's output capture (which takes only `print!`/`eprint!`), so a waiting
+/// test run says why it waits instead of hanging silently.
+fn report_wait(message: &str) {
+    let test = thread::current().name().unwrap_or("?").to_owned();
+    let _ = writeln!(std::io::stderr(), "samba-dc [{test}]: {message}");
 }
 
 fn script() -> PathBuf {
