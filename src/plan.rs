@@ -451,10 +451,7 @@ mod tests {
 
     fn policy(groups: &[&str]) -> Policy {
         Policy {
-            everywhere: Principals {
-                users: vec![],
-                groups: vec![],
-            },
+            everywhere: Principals::default(),
             access_groups: groups
                 .iter()
                 .map(|name| {
@@ -466,7 +463,9 @@ mod tests {
                             principals: Principals {
                                 users: vec![],
                                 groups: vec!["Team".into()],
+                                ..Principals::default()
                             },
+                            options: vec![],
                         },
                     )
                 })
@@ -475,6 +474,7 @@ mod tests {
                 users: vec![],
                 fingerprints: vec![],
             },
+            automation: BTreeMap::new(),
         }
     }
 

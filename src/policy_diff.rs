@@ -402,7 +402,11 @@ fn best_effort(text: &str) -> Option<Policy> {
         items
             .into_iter()
             .flatten()
-            .filter_map(toml::Value::as_str)
+            // `{ name = "carol", until = ... }` entries count by their name.
+            .filter_map(|item| {
+                item.as_str()
+                    .or_else(|| item.get("name").and_then(toml::Value::as_str))
+            })
             .filter(|name| seen.insert(name.to_lowercase()))
             .map(str::to_owned)
             .collect()
@@ -410,6 +414,7 @@ fn best_effort(text: &str) -> Option<Policy> {
     let principals = |table: Option<&toml::Value>| Principals {
         users: strings(table, "users"),
         groups: strings(table, "groups"),
+        ..Principals::default()
     };
     let everywhere = root.get("everywhere");
     let deny = root.get("deny");
@@ -427,6 +432,7 @@ fn best_effort(text: &str) -> Option<Policy> {
                     .and_then(toml::Value::as_str)
                     .map(str::to_owned),
                 principals: principals(group),
+                options: strings(group, "options"),
             };
             (name.clone(), access_group)
         })
@@ -438,6 +444,7 @@ fn best_effort(text: &str) -> Option<Policy> {
             users: strings(deny.filter(|v| v.is_table()), "users"),
             fingerprints: strings(deny.filter(|v| v.is_table()), "fingerprints"),
         },
+        automation: BTreeMap::new(),
     })
 }
 
@@ -447,6 +454,7 @@ pub fn empty_policy() -> Policy {
         everywhere: Principals::default(),
         access_groups: BTreeMap::new(),
         deny: Deny::default(),
+        automation: BTreeMap::new(),
     }
 }
 
@@ -1094,6 +1102,7 @@ users = ["mallory", "trent"]
         Member {
             name: name.into(),
             via: names(via).into(),
+            until: None,
         }
     }
 
