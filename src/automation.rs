@@ -10,7 +10,7 @@
 //! revoking the account, and `check` reports it at the `key_files` entry's `FILE:LINE:COL`.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::diagnostic::{Diagnostic, Severity};
 use crate::keys::{self, AuthorizedKey, KeyPolicy};
@@ -108,7 +108,7 @@ pub fn read_keys(policy_path: &Path, checked: &Checked, key_policy: &KeyPolicy) 
 }
 
 /// The file's bytes, refusing one that resolves outside `root` (a symlink out of the repository).
-fn read_inside(path: &PathBuf, root: Option<&Path>) -> Result<Vec<u8>, String> {
+fn read_inside(path: &Path, root: Option<&Path>) -> Result<Vec<u8>, String> {
     let real = path.canonicalize().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => "no such file".to_owned(),
         _ => e.to_string(),

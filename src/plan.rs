@@ -6,9 +6,9 @@
 //! file hashes to what the index records is `unchanged`, costs no request at all, and is never
 //! rendered into text (see `render::Digest`). Only for a group that changed is the published
 //! file read, to say who and which keys come and go, each with a reason a person can act on
-//! (disabled, left group X, no longer in policy, denied, …). Removals caused by `[deny]` are the
-//! only ones the guard never holds back: when it refuses the rest, they are still published
-//! ([`deny_only`]).
+//! (disabled, left group X, no longer in policy, denied, …). Removals caused by `[deny]` or by a
+//! grant past its `until` (`expired_grant`) are the only ones the guard never holds back: when it
+//! refuses the rest, they are still published ([`deny_only`]).
 //!
 //! This module is pure: the caller fetches (and checks against the index) the published files it
 //! asks for, and passes `now`-free inputs in.
@@ -241,9 +241,10 @@ pub fn owners_change(owners: &Owners, published: &Index) -> Option<Vec<u8>> {
     (published.owners.as_deref() != Some(sha256_hex(&json).as_str())).then_some(json)
 }
 
-/// Whether this removal is one the guard never holds back.
-fn unguarded(change: &UserChange) -> bool {
-    change.reason == Exclusion::Denied.as_str()
+/// Whether this removal is one the guard never holds back: `[deny]`, and a grant whose `until`
+/// has passed (the policy said when access ends; holding it back would extend it).
+pub fn unguarded(change: &UserChange) -> bool {
+    change.reason == Exclusion::Denied.as_str() || change.reason == Exclusion::ExpiredGrant.as_str()
 }
 
 /// The published file with only the unguarded removals applied: the blocks of people removed for
