@@ -182,7 +182,10 @@ pub fn compare(
             .difference(&before_users)
             .map(|user| UserChange {
                 name: (*user).to_owned(),
-                reason: "new member".into(),
+                reason: match until_of(inputs, name, user) {
+                    Some(until) => format!("new member (until {until})"),
+                    None => "new member".into(),
+                },
             })
             .collect(),
         removed_users: before_users
@@ -208,6 +211,23 @@ pub fn compare(
         rendered: true,
         users_before: before_users.len(),
     }
+}
+
+/// When `user`'s access to `group` ends, if it is time-limited (shown with the change).
+fn until_of<'a>(
+    inputs: &'a Inputs<'_>,
+    group: &str,
+    user: &str,
+) -> Option<&'a crate::policy::Until> {
+    inputs
+        .resolution
+        .access_groups
+        .get(group)?
+        .users
+        .iter()
+        .find(|member| member.name == user)?
+        .until
+        .as_ref()
 }
 
 /// An access group that is published but no longer in the policy.
