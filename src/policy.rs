@@ -2032,4 +2032,102 @@ bogus = 1
         std::fs::write(&path, "[access_groups.web]\nusers = [\"bob\"]\n").unwrap();
         assert_eq!(load(&path).unwrap().policy.access_groups.len(), 1);
     }
+
+    #[test]
+    fn grants_with_an_end_date_are_read_with_when_they_end() {
+        let text = "[everywhere]\ngroups = [{ name = \"Helpers\", until = 2027-03-31T18:00:00+02:00 }]\n\
+                    [access_groups.web]\nusers = [\"bob\", { name = \"Carol\", until = 2027-03-31 }]\n";
+        let checked = check(text).unwrap();
+        let web = &checked.policy.access_groups["web"].principals;
+        assert_eq!(web.users, ["bob", "Carol"]);
+        let carol = web.user_until("carol").unwrap();
+        assert_eq!(carol.text, "2027-03-31");
+        // Through the end of that day, UTC: 2027-04-01T00:00:00Z.
+        assert_eq!(carol.ends_at, 1_806_537_600);
+        let helpers = checked.policy.everywhere.group_until("helpers").unwrap();
+        assert_eq!(helpers.ends_at, 1_806_537_600 - 8 * 3600);
+        let at = |secs: i64| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64);
+        assert!(!carol.has_ended(at(1_806_537_599)));
+        assert!(carol.has_ended(at(1_806_537_600)));
+        assert!(carol.ends_within(
+            at(1_806_537_600 - 86_400),
+            std::time::Duration::from_secs(86_400)
+        ));
+        assert_eq!(checked.grants.len(), 2);
+        assert_eq!(
+            checked.grants[1].what,
+            "user `Carol` in [access_groups.web]"
+        );
+        assert_eq!((checked.grants[1].line, checked.grants[1].column), (4, 26));
+    }
+
+    #[test]
+    fn bad_grant_entries_are_errors_at_their_position() {
+        let text = with_group(
+            "users = [{ name = \"a\", until = \"2027-03-31\" }, { name = \"b\" }, { until = 2027-01-01 }, { name = \"c\", until = 2027-01-01T10:00:00 }, { name = \"d\", until = 2027-01-01, why = 1 }]",
+        );
+        let errors = errors(&text);
+        assert_eq!(errors.len(), 5, "{errors:?}");
+        assert!(
+            errors[0].contains("must be a TOML date, written without quotes"),
+            "{errors:?}"
+        );
+        assert!(errors[1].contains("has no `until`"), "{errors:?}");
+        assert!(errors[2].contains("needs a `name`"), "{errors:?}");
+        assert!(
+            errors[3].contains("a local date-time is ambiguous"),
+            "{errors:?}"
+        );
+        assert!(errors[4].contains("unknown key `why`"), "{errors:?}");
+    }
+
+    #[test]
+    fn automation_accounts_are_validated() {
+        let good = "[access_groups.web]\nusers = [\"bob\"]\n[automation.ci]\nkey_files = [\"keys/ci.pub\"]\naccess_groups = [\"web\"]\nowner = \"CI Team\"\nad_account = \"svc-ci\"\n";
+        let checked = check(good).unwrap();
+        let ci = &checked.policy.automation["ci"];
+        assert_eq!(ci.member(), "automation:ci");
+        assert_eq!(ci.via(), "owner CI Team");
+        assert!(ci.grants("web") && !ci.grants("db"));
+        assert_eq!(ci.ad_account.as_deref(), Some("svc-ci"));
+        assert_eq!(checked.key_files[0].path, "keys/ci.pub");
+        let bad = "[access_groups.web]\nusers = [\"bob\"]\n\
+                   [automation.CI]\nkey_files = [\"/root/.ssh/id.pub\"]\neverywhere = true\naccess_groups = [\"web\"]\nowner = \"a > b\"\n\
+                   [automation.x]\nkey_files = []\nad_account = \"a:b\"\n";
+        let errors = errors(bad);
+        let expected = [
+            "p.toml:3:13: error: invalid automation account name `CI`",
+            "p.toml:3:13: error: [automation.CI] has both `everywhere = true` and `access_groups`",
+            "p.toml:4:14: error: key file \"/root/.ssh/id.pub\" in [automation.CI]: write the path relative",
+            "p.toml:7:9: error: `owner` in [automation.CI]: '>' is not allowed",
+            "p.toml:8:13: error: [automation.x] grants nothing",
+            "p.toml:8:13: error: [automation.x] has no `owner`",
+            "p.toml:9:13: error: `key_files` in [automation.x] is empty",
+            "p.toml:10:14: error: `ad_account` \"a:b\" in [automation.x]: `:` is not allowed",
+        ];
+        assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+        for (error, expected) in errors.iter().zip(expected) {
+            assert!(
+                error.starts_with(expected),
+                "{error:?} does not start with {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn access_group_options_are_validated_as_restrictions() {
+        let checked = check(&with_group(
+            "users = [\"bob\"]\noptions = ['from=\"10.20.0.0/16\"', \"no-pty\"]",
+        ))
+        .unwrap();
+        assert_eq!(
+            checked.policy.access_groups["web"].options,
+            ["from=\"10.20.0.0/16\"", "no-pty"]
+        );
+        let errors = errors(&with_group(
+            "users = [\"bob\"]\noptions = ['from=\"10.20.0.0/16\"', 'from=\"10.0.0.0/8\"']",
+        ));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("given more than once"), "{errors:?}");
+    }
 }

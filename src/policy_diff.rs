@@ -736,7 +736,18 @@ impl Report {
                 .collect();
             parts.push(format!("access groups: {}", counts.join(", ")));
         }
-        if !self.diff.everywhere.is_empty() {
+        let mut automation: BTreeMap<GroupChange, usize> = BTreeMap::new();
+        for account in self.diff.automation.values() {
+            *automation.entry(account.change).or_default() += 1;
+        }
+        if !automation.is_empty() {
+            let counts: Vec<String> = automation
+                .iter()
+                .map(|(change, count)| format!("{count} {}", change.as_str()))
+                .collect();
+            parts.push(format!("automation accounts: {}", counts.join(", ")));
+        }
+        if !self.diff.everywhere.is_empty() || !self.diff.everywhere_until.is_empty() {
             parts.push("[everywhere] changed".to_owned());
         }
         if !self.diff.deny.is_empty() {

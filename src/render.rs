@@ -649,4 +649,89 @@ mod tests {
         assert!(problems[1].reason.contains("is published for bob"));
         assert_eq!(renderer.owners(), owners);
     }
+
+    #[test]
+    fn group_options_restrict_every_line_of_their_group_only_and_conflicts_are_reported() {
+        let policy = crate::policy::parse(
+            std::path::Path::new("p.toml"),
+            "[access_groups.ops]\nusers = [\"x\"]\noptions = ['from=\"10.20.0.0/16\"', \"no-pty\"]\n\
+             [access_groups.web]\nusers = [\"x\"]\n",
+        )
+        .unwrap()
+        .policy;
+        let narrow = format!("from=\"192.168.0.0/16\" {ED_B}");
+        let keys = BTreeMap::from([
+            ("alice".to_string(), keys_of(ED_A)),
+            ("bob".to_string(), keys_of(&narrow)),
+        ]);
+        let members = Membership::through_team(&["alice", "bob"]);
+        let resolution = Resolution {
+            access_groups: BTreeMap::from([
+                ("ops".to_string(), members.clone()),
+                ("web".to_string(), members.clone()),
+            ]),
+            warnings: vec![],
+        };
+        let none = BTreeSet::new();
+        let renderer = Renderer::new(&keys, &none, None).restrict(&policy, &resolution);
+        let ops = file(&renderer, "ops", &members, None);
+        assert_eq!(
+            ops.body,
+            format!(
+                "# keyhole access group ops: generated, do not edit\n# alice via Team\nfrom=\"10.20.0.0/16\",no-pty {ED_A}\n"
+            )
+        );
+        // bob's own from= has nothing in common with the group's: left out of ops only.
+        let web = file(&renderer, "web", &members, None);
+        assert_eq!(web.users, ["alice", "bob"]);
+        assert!(web.body.contains(&narrow));
+        let problems = renderer.problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].user, "bob");
+        assert!(
+            problems[0]
+                .reason
+                .contains("left out of access group ops: the key's from=\"192.168.0.0/16\""),
+            "{problems:?}"
+        );
+        // A carried line (unreadable home) gets the group's options merged again, once.
+        let published = PublishedFile::parse(ops.body.as_bytes());
+        let unknown = BTreeMap::from([("alice".to_string(), UserKeys::Unknown("timeout".into()))]);
+        let renderer = Renderer::new(&unknown, &none, None).restrict(&policy, &resolution);
+        let alice = Membership::through_team(&["alice"]);
+        assert_eq!(
+            file(&renderer, "ops", &alice, Some(&published)).body,
+            ops.body
+        );
+    }
+
+    #[test]
+    fn an_automation_key_pasted_by_a_person_stays_with_the_account() {
+        let keys = BTreeMap::from([
+            ("automation:ci".to_string(), keys_of(ED_A)),
+            ("bob".to_string(), keys_of(&format!("{ED_A}\n{ED_B}"))),
+        ]);
+        assert_eq!(contested(&keys), BTreeSet::from([fingerprint_of(ED_A)]));
+        let owners = Owners::from([(fingerprint_of(ED_A), "automation:ci".to_string())]);
+        let none = BTreeSet::new();
+        let renderer = Renderer::new(&keys, &none, Some(&owners));
+        let web = file(
+            &renderer,
+            "web",
+            &Membership::through_team(&["automation:ci", "bob"]),
+            None,
+        );
+        assert_eq!(
+            web.keys,
+            [
+                ("automation:ci".to_string(), fingerprint_of(ED_A)),
+                ("bob".to_string(), fingerprint_of(ED_B))
+            ]
+        );
+        assert!(
+            renderer.problems()[0]
+                .reason
+                .contains("is published for automation:ci")
+        );
+    }
 }

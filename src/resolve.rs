@@ -809,4 +809,125 @@ mod tests {
             ]
         );
     }
+
+    fn until(days_after_now: i64) -> Until {
+        Until {
+            ends_at: crate::policy::unix_seconds(now()) + days_after_now * 86_400,
+            text: format!("in {days_after_now} days"),
+        }
+    }
+
+    #[test]
+    fn an_ended_grant_excludes_unless_another_grant_still_counts() {
+        let snap = snapshot(
+            vec![user("carol"), user("dave"), user("erin"), user("fay")],
+            vec![
+                group("Helpers", 1100, &["erin", "fay"]),
+                group("Team", 1101, &["fay"]),
+            ],
+        );
+        let mut web = principals(&["carol", "dave", "ghost"], &["Helpers", "Team"]);
+        web.users_until.insert("carol".into(), until(1));
+        web.users_until.insert("dave".into(), until(-1));
+        web.users_until.insert("ghost".into(), until(-1));
+        web.groups_until.insert("helpers".into(), until(-1));
+        let pol = policy(&[("web", web)], principals(&[], &[]), &[]);
+        let resolution = resolve(&pol, &snap, now());
+        let web = &resolution.access_groups["web"];
+        let users: Vec<_> = web
+            .users
+            .iter()
+            .map(|m| (m.name.as_str(), m.until.as_ref().map(|u| u.text.as_str())))
+            .collect();
+        // carol's grant ends tomorrow; fay lost Helpers but is still in Team.
+        assert_eq!(users, [("carol", Some("in 1 days")), ("fay", None)]);
+        let excluded: Vec<_> = web
+            .excluded
+            .iter()
+            .map(|e| (e.name.as_str(), e.reason))
+            .collect();
+        assert_eq!(
+            excluded,
+            [
+                ("dave", Exclusion::ExpiredGrant),
+                ("erin", Exclusion::ExpiredGrant),
+                ("ghost", Exclusion::ExpiredGrant),
+            ]
+        );
+        // The latest end wins; one entry that never ends makes the access unending.
+        let mut db = principals(&["carol"], &["Helpers"]);
+        db.users_until.insert("carol".into(), until(3));
+        db.groups_until.insert("helpers".into(), until(9));
+        let pol = policy(&[("db", db)], principals(&["erin"], &[]), &[]);
+        let resolution = resolve(&pol, &snap, now());
+        let db: Vec<_> = resolution.access_groups["db"]
+            .users
+            .iter()
+            .map(|m| (m.name.as_str(), m.until.as_ref().map(|u| u.text.clone())))
+            .collect();
+        assert_eq!(
+            db,
+            [
+                ("carol", Some("in 3 days".to_owned())),
+                ("erin", None),
+                ("fay", Some("in 9 days".to_owned()))
+            ]
+        );
+    }
+
+    #[test]
+    fn automation_accounts_follow_their_ad_account() {
+        let mut disabled = user("svc-old");
+        disabled.account_control = 514;
+        let snap = snapshot(vec![user("svc-ci"), disabled], vec![]);
+        let mut pol = policy(
+            &[("web", principals(&[], &[])), ("db", principals(&[], &[]))],
+            principals(&[], &[]),
+            &[],
+        );
+        let account = |name: &str, groups: &[&str], everywhere: bool, ad: Option<&str>| {
+            crate::policy::Automation {
+                name: name.into(),
+                key_files: vec![],
+                access_groups: groups.iter().map(|g| g.to_string()).collect(),
+                everywhere,
+                owner: "ops".into(),
+                ad_account: ad.map(str::to_owned),
+            }
+        };
+        for automation in [
+            account("ci", &["web"], false, Some("SVC-CI")),
+            account("old", &[], true, Some("svc-old")),
+            account("gone", &["db"], false, Some("svc-gone")),
+            account("plain", &[], true, None),
+        ] {
+            pol.automation.insert(automation.name.clone(), automation);
+        }
+        let resolution = resolve(&pol, &snap, now());
+        assert_eq!(
+            members(&resolution, "web"),
+            [
+                ("automation:ci".into(), vec!["owner ops".to_string()]),
+                ("automation:plain".into(), vec!["owner ops".to_string()])
+            ]
+        );
+        let excluded = |group: &str| -> Vec<(String, Exclusion)> {
+            resolution.access_groups[group]
+                .excluded
+                .iter()
+                .map(|e| (e.name.clone(), e.reason))
+                .collect()
+        };
+        assert_eq!(
+            excluded("web"),
+            [("automation:old".into(), Exclusion::Disabled)]
+        );
+        assert_eq!(
+            excluded("db"),
+            [
+                ("automation:gone".into(), Exclusion::NotFound),
+                ("automation:old".into(), Exclusion::Disabled)
+            ]
+        );
+    }
 }
