@@ -668,4 +668,35 @@ mod tests {
         index.owners = Some(sha256_hex(&json));
         assert_eq!(owners_change(&owners, &index), None);
     }
+
+    #[test]
+    fn an_expired_grant_is_never_held_back_by_the_guard() {
+        // d's grant ended, e left the group: the guard holds e, never d.
+        let resolution =
+            resolution(&[("web", &["a", "b", "c"], &[("d", Exclusion::ExpiredGrant)])]);
+        let policy = policy(&["web"]);
+        let no_denials = BTreeMap::new();
+        let inputs = Inputs {
+            resolution: &resolution,
+            policy: &policy,
+            safety: &SafetySettings {
+                max_removed_users: 0,
+                ..safety()
+            },
+            denied_keys: &no_denials,
+        };
+        let before = published(&["a", "b", "c", "d", "e"]);
+        let group = compare("web", &file(&["a", "b", "c"]), Some(&before), &inputs);
+        assert_eq!(group.removed_users[0].reason, "expired_grant");
+        let mut plan = plan_of(BTreeMap::from([("web".to_string(), group.clone())]));
+        plan.guard = judge(&plan, inputs.safety);
+        assert!(plan.guard.refused);
+        assert_eq!(
+            plan.guard.reasons,
+            ["1 users would lose access (> max_removed_users 0)"]
+        );
+        let (body, _) = deny_only("web", &group, &before, &BTreeSet::new()).unwrap();
+        let after = PublishedFile::parse(body.as_bytes());
+        assert_eq!(after.users().collect::<Vec<_>>(), ["a", "b", "c", "e"]);
+    }
 }
