@@ -696,6 +696,20 @@ impl Checker<'_> {
         self.unknown_keys(table, DENY_KEYS, "[deny]");
         if let Some(users) = table.get("users") {
             draft.deny_users = self.principal_list(users, PrincipalKind::User, "[deny]");
+            // A denial that ends would be a grant in disguise; and an ignored date would mislead.
+            let dated: Vec<Range<usize>> = draft
+                .deny_users
+                .iter()
+                .filter(|user| user.until.is_some())
+                .map(|user| user.span.clone())
+                .collect();
+            for span in dated {
+                self.error(
+                    span,
+                    "[deny] entries cannot end (`until`): remove the user from [deny] when the \
+                     denial is over",
+                );
+            }
         }
         if let Some(fingerprints) = table.get("fingerprints") {
             draft.deny_fingerprints = self.fingerprints(fingerprints);
