@@ -151,7 +151,7 @@ async fn publish(
         if denied.is_empty() {
             tracing::error!("nothing was written");
         } else {
-            tracing::warn!(groups = ?denied, "published the [deny] and expired-grant removals only; the rest waits for --force");
+            tracing::warn!(groups = ?denied, "published the [deny] removals only (and grants past their until); the rest waits for --force");
         }
         return Ok(Exit::GuardRefused);
     }
