@@ -2096,6 +2096,18 @@ bogus = 1
     }
 
     #[test]
+    fn a_deny_entry_cannot_end() {
+        let text = "[access_groups.web]\nusers = [\"bob\"]\n[deny]\nusers = [{ name = \"eve\", until = 2027-01-01 }]\n";
+        assert_eq!(
+            errors(text),
+            [
+                "p.toml:4:19: error: [deny] entries cannot end (`until`): remove the user from [deny] \
+              when the denial is over"
+            ]
+        );
+    }
+
+    #[test]
     fn automation_accounts_are_validated() {
         let good = "[access_groups.web]\nusers = [\"bob\"]\n[automation.ci]\nkey_files = [\"keys/ci.pub\"]\naccess_groups = [\"web\"]\nowner = \"CI Team\"\nad_account = \"svc-ci\"\n";
         let checked = check(good).unwrap();
