@@ -4,6 +4,12 @@
 //!
 //! Only people who are members of at least one access group have their homes read: the cost of a
 //! run grows with the people who have access, not with the size of the directory.
+//!
+//! Automation accounts that are members have their keys read from the policy repository
+//! (`automation`) and join the same map as people's keys, so every later rule (deny, contested
+//! keys, group options) treats them alike. A key file that cannot be read stops the run
+//! (exit 78) before anything is written: the reviewed policy is incomplete, and publishing it
+//! would revoke the account by accident.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -125,6 +131,34 @@ pub async fn gather(settings: &Settings, now: SystemTime) -> anyhow::Result<Gath
     }
 
     let mut keys = BTreeMap::new();
+    let automation = crate::automation::read_keys(&settings.policy, &checked, &settings.keys);
+    if automation.unreadable {
+        let listed: Vec<String> = automation
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == crate::diagnostic::Severity::Error)
+            .map(ToString::to_string)
+            .collect();
+        return Err(crate::exit::coded(
+            crate::exit::Exit::Invalid,
+            anyhow::anyhow!(
+                "an automation key file cannot be read; nothing was published:\n{}",
+                listed.join("\n")
+            ),
+        ));
+    }
+    for (member, automation_keys) in automation.keys {
+        if members.contains(member.as_str()) {
+            keys.insert(member, UserKeys::Known(automation_keys));
+        }
+    }
+    problems.extend(
+        automation
+            .problems
+            .into_iter()
+            .filter(|(member, _)| members.contains(member.as_str()))
+            .map(|(user, reason)| Problem { user, reason }),
+    );
     for (user, outcome) in outcomes {
         let problem = |reason: String| Problem {
             user: user.clone(),

@@ -6,6 +6,7 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod automation;
 pub mod canary;
 pub mod cmd;
 pub mod diagnostic;

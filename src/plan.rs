@@ -6,9 +6,9 @@
 //! file hashes to what the index records is `unchanged`, costs no request at all, and is never
 //! rendered into text (see `render::Digest`). Only for a group that changed is the published
 //! file read, to say who and which keys come and go, each with a reason a person can act on
-//! (disabled, left group X, no longer in policy, denied, …). Removals caused by `[deny]` are the
-//! only ones the guard never holds back: when it refuses the rest, they are still published
-//! ([`deny_only`]).
+//! (disabled, left group X, no longer in policy, denied, …). Removals caused by `[deny]` or by a
+//! grant past its `until` (`expired_grant`) are the only ones the guard never holds back: when it
+//! refuses the rest, they are still published ([`deny_only`]).
 //!
 //! This module is pure: the caller fetches (and checks against the index) the published files it
 //! asks for, and passes `now`-free inputs in.
@@ -189,7 +189,10 @@ pub fn compare(
             .difference(&before_users)
             .map(|user| UserChange {
                 name: (*user).to_owned(),
-                reason: "new member".into(),
+                reason: match until_of(inputs, name, user) {
+                    Some(until) => format!("new member (until {until})"),
+                    None => "new member".into(),
+                },
             })
             .collect(),
         removed_users: before_users
@@ -215,6 +218,23 @@ pub fn compare(
         rendered: true,
         users_before: before_users.len(),
     }
+}
+
+/// When `user`'s access to `group` ends, if it is time-limited (shown with the change).
+fn until_of<'a>(
+    inputs: &'a Inputs<'_>,
+    group: &str,
+    user: &str,
+) -> Option<&'a crate::policy::Until> {
+    inputs
+        .resolution
+        .access_groups
+        .get(group)?
+        .users
+        .iter()
+        .find(|member| member.name == user)?
+        .until
+        .as_ref()
 }
 
 /// An access group that is published but no longer in the policy.
@@ -248,9 +268,10 @@ pub fn owners_change(owners: &Owners, published: &Index) -> Option<Vec<u8>> {
     (published.owners.as_deref() != Some(sha256_hex(&json).as_str())).then_some(json)
 }
 
-/// Whether this removal is one the guard never holds back.
-fn unguarded(change: &UserChange) -> bool {
-    change.reason == Exclusion::Denied.as_str()
+/// Whether this removal is one the guard never holds back: `[deny]`, and a grant whose `until`
+/// has passed (the policy said when access ends; holding it back would extend it).
+pub fn unguarded(change: &UserChange) -> bool {
+    change.reason == Exclusion::Denied.as_str() || change.reason == Exclusion::ExpiredGrant.as_str()
 }
 
 /// The published file with only the unguarded removals applied: the blocks of people removed for
@@ -452,10 +473,7 @@ mod tests {
 
     fn policy(groups: &[&str]) -> Policy {
         Policy {
-            everywhere: Principals {
-                users: vec![],
-                groups: vec![],
-            },
+            everywhere: Principals::default(),
             access_groups: groups
                 .iter()
                 .map(|name| {
@@ -467,7 +485,9 @@ mod tests {
                             principals: Principals {
                                 users: vec![],
                                 groups: vec!["Team".into()],
+                                ..Principals::default()
                             },
+                            options: vec![],
                         },
                     )
                 })
@@ -476,6 +496,7 @@ mod tests {
                 users: vec![],
                 fingerprints: vec![],
             },
+            automation: BTreeMap::new(),
         }
     }
 
@@ -790,5 +811,36 @@ mod tests {
         let json = owners_change(&owners, &index).unwrap();
         index.owners = Some(sha256_hex(&json));
         assert_eq!(owners_change(&owners, &index), None);
+    }
+
+    #[test]
+    fn an_expired_grant_is_never_held_back_by_the_guard() {
+        // d's grant ended, e left the group: the guard holds e, never d.
+        let resolution =
+            resolution(&[("web", &["a", "b", "c"], &[("d", Exclusion::ExpiredGrant)])]);
+        let policy = policy(&["web"]);
+        let no_denials = BTreeMap::new();
+        let inputs = Inputs {
+            resolution: &resolution,
+            policy: &policy,
+            safety: &SafetySettings {
+                max_removed_users: 0,
+                ..safety()
+            },
+            denied_keys: &no_denials,
+        };
+        let before = published(&["a", "b", "c", "d", "e"]);
+        let group = compare("web", &file(&["a", "b", "c"]), Some(&before), &inputs);
+        assert_eq!(group.removed_users[0].reason, "expired_grant");
+        let mut plan = plan_of(BTreeMap::from([("web".to_string(), group.clone())]));
+        plan.guard = judge(&plan, inputs.safety);
+        assert!(plan.guard.refused);
+        assert_eq!(
+            plan.guard.reasons,
+            ["1 users would lose access (> max_removed_users 0)"]
+        );
+        let (body, _) = deny_only("web", &group, &before, &BTreeSet::new()).unwrap();
+        let after = PublishedFile::parse(body.as_bytes());
+        assert_eq!(after.users().collect::<Vec<_>>(), ["a", "b", "c", "e"]);
     }
 }

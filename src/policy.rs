@@ -9,6 +9,19 @@
 //!
 //! Names are kept as written. AD compares sAMAccountNames case-insensitively, so every consumer
 //! must too; the validation here already treats `Bob` and `bob` as the same principal.
+//!
+//! Three features beyond names (README "Automation accounts, expiring grants, restrictions"):
+//! - A user or group entry may be `{ name = "carol", until = 2027-03-31 }`: the grant counts
+//!   through the end of that day, UTC (an RFC 3339 time with an offset, `until =
+//!   2027-03-31T18:00:00Z`, ends it at that instant instead; a local time without an offset is
+//!   refused as ambiguous). Parsing is pure: whether a grant has ended is decided by whoever
+//!   holds the clock (`resolve`, `check`).
+//! - `[automation.NAME]`: keys from files next to the policy, published as the member
+//!   `automation:NAME` (`:` can never be in an AD sAMAccountName, so it never collides with a
+//!   person). Key file paths must be relative and stay inside the policy's directory: the
+//!   policy must not be able to publish, say, `/root/.ssh/id_ed25519.pub` of the publisher host.
+//! - `[access_groups.X] options = [...]`: restrictions added to every key line of the group (see
+//!   `keys::merge` for which options and how they merge).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -33,6 +46,148 @@ pub struct Policy {
     pub access_groups: BTreeMap<String, AccessGroup>,
     /// Removed everywhere, whatever AD or the rest of the policy says.
     pub deny: Deny,
+    /// Automation accounts by name (without the `automation:` prefix).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub automation: BTreeMap<String, Automation>,
+}
+
+/// How an automation account's member name starts in group files, reports and `whois`.
+pub const AUTOMATION_PREFIX: &str = "automation:";
+
+/// `[automation.NAME]`: an account with keys from the policy repository instead of a home.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Automation {
+    pub name: String,
+    /// As written: relative to the policy file's directory.
+    pub key_files: Vec<String>,
+    /// Empty when `everywhere`.
+    pub access_groups: Vec<String>,
+    pub everywhere: bool,
+    /// The person or team answerable for it.
+    pub owner: String,
+    /// The AD account that must be enabled for the keys to be published.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ad_account: Option<String>,
+}
+
+impl Automation {
+    /// The member name the account has in group files: `automation:NAME`.
+    pub fn member(&self) -> String {
+        format!("{AUTOMATION_PREFIX}{}", self.name)
+    }
+
+    /// The `via` chain shown for the account: who answers for it.
+    pub fn via(&self) -> String {
+        format!("owner {}", self.owner)
+    }
+
+    /// Whether the account's keys go to `access_group`.
+    pub fn grants(&self, access_group: &str) -> bool {
+        self.everywhere || self.access_groups.iter().any(|g| g == access_group)
+    }
+}
+
+/// When a grant ends. Ordered by the instant.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Until {
+    /// Seconds since the Unix epoch from which the grant no longer counts.
+    pub ends_at: i64,
+    /// As written in the policy: `2027-03-31`.
+    pub text: String,
+}
+
+impl Until {
+    pub fn has_ended(&self, now: std::time::SystemTime) -> bool {
+        unix_seconds(now) >= self.ends_at
+    }
+
+    /// Whether the grant ends within `window` of `now` (or already has).
+    pub fn ends_within(&self, now: std::time::SystemTime, window: std::time::Duration) -> bool {
+        unix_seconds(now).saturating_add(i64::try_from(window.as_secs()).unwrap_or(i64::MAX))
+            >= self.ends_at
+    }
+}
+
+impl fmt::Display for Until {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl Serialize for Until {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.text)
+    }
+}
+
+/// Seconds since the Unix epoch (negative before it).
+pub fn unix_seconds(time: std::time::SystemTime) -> i64 {
+    match time.duration_since(std::time::UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
+        Err(before) => -i64::try_from(before.duration().as_secs()).unwrap_or(i64::MAX),
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let month_index = (month + 9) % 12;
+    let day_of_year = (153 * month_index + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+/// The instant a TOML date or offset date-time `until` ends a grant, or why it cannot.
+fn until_of(datetime: &toml::value::Datetime) -> Result<i64, String> {
+    let Some(date) = datetime.date else {
+        return Err("`until` needs a date, like `until = 2027-03-31`".into());
+    };
+    let (year, month, day) = (
+        i64::from(date.year),
+        i64::from(date.month),
+        i64::from(date.day),
+    );
+    let days = days_from_civil(year, month, day);
+    match (datetime.time, datetime.offset) {
+        // Through the end of that day, UTC.
+        (None, _) => Ok((days + 1) * 86_400),
+        (Some(time), Some(offset)) => {
+            let offset_minutes = match offset {
+                toml::value::Offset::Z => 0,
+                toml::value::Offset::Custom { minutes } => i64::from(minutes),
+            };
+            Ok(days * 86_400
+                + i64::from(time.hour) * 3600
+                + i64::from(time.minute) * 60
+                + i64::from(time.second)
+                - offset_minutes * 60)
+        }
+        (Some(_), None) => Err(
+            "a local date-time is ambiguous: write a date (`until = 2027-03-31`, through the end of that day UTC) or a time with an offset (`2027-03-31T18:00:00Z`)"
+                .into(),
+        ),
+    }
+}
+
+/// A time-limited entry of the policy, with where it is, for `check`'s warnings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// `user `carol` in [access_groups.web]`.
+    pub what: String,
+    pub until: Until,
+    pub line: usize,
+    pub column: usize,
+}
+
+/// An automation key file entry, with where it is written, for `check`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyFileEntry {
+    pub automation: String,
+    pub path: String,
+    pub line: usize,
+    pub column: usize,
 }
 
 /// AD principals by sAMAccountName, in file order. Compare them case-insensitively.
@@ -41,6 +196,24 @@ pub struct Principals {
     pub users: Vec<String>,
     /// Groups whose members (nested, transitively) are granted access.
     pub groups: Vec<String>,
+    /// End dates of time-limited user entries, by lower-cased name.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub users_until: BTreeMap<String, Until>,
+    /// End dates of time-limited group entries, by lower-cased name.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub groups_until: BTreeMap<String, Until>,
+}
+
+impl Principals {
+    /// When the entry for user `name` ends, if it does.
+    pub fn user_until(&self, name: &str) -> Option<&Until> {
+        self.users_until.get(&name.to_lowercase())
+    }
+
+    /// When the entry for group `name` ends, if it does.
+    pub fn group_until(&self, name: &str) -> Option<&Until> {
+        self.groups_until.get(&name.to_lowercase())
+    }
 }
 
 /// One access group: the unit a server is configured with, and one published authorized_keys file.
@@ -49,6 +222,9 @@ pub struct AccessGroup {
     pub name: String,
     pub description: Option<String>,
     pub principals: Principals,
+    /// Restrictions added to every key line of the group, each as written (see `keys::merge`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
 }
 
 /// The incident-response list: these users and keys get no access anywhere.
@@ -64,6 +240,10 @@ pub struct Deny {
 pub struct Checked {
     pub policy: Policy,
     pub warnings: Vec<Diagnostic>,
+    /// Every time-limited entry, for `check`'s clean-up warnings (which need the clock).
+    pub grants: Vec<Grant>,
+    /// Every automation key file entry, for `check` to read offline.
+    pub key_files: Vec<KeyFileEntry>,
 }
 
 /// The policy has at least one error. Holds every diagnostic, errors and warnings, sorted by
@@ -161,21 +341,33 @@ pub fn parse(path: &Path, text: &str) -> Result<Checked, Invalid> {
     let draft = checker.root(root.get_ref());
     checker.cross_check(&draft);
 
-    let mut diagnostics = checker.diagnostics;
+    let mut diagnostics = std::mem::take(&mut checker.diagnostics);
     // Stable: problems found at the same spot keep the order they were found in.
     diagnostics.sort_by_key(|d| (d.line, d.column));
     if diagnostic::has_errors(&diagnostics) {
         return Err(Invalid { diagnostics });
     }
+    let grants = checker.grants(&draft);
+    let key_files = checker.key_file_entries(&draft);
     Ok(Checked {
         policy: draft.into_policy(),
         warnings: diagnostics,
+        grants,
+        key_files,
     })
 }
 
-const ROOT_KEYS: &[&str] = &["everywhere", "access_groups", "deny"];
+const ROOT_KEYS: &[&str] = &["everywhere", "access_groups", "deny", "automation"];
 const EVERYWHERE_KEYS: &[&str] = &["users", "groups"];
-const ACCESS_GROUP_KEYS: &[&str] = &["description", "users", "groups"];
+const ACCESS_GROUP_KEYS: &[&str] = &["description", "users", "groups", "options"];
+const AUTOMATION_KEYS: &[&str] = &[
+    "key_files",
+    "access_groups",
+    "everywhere",
+    "owner",
+    "ad_account",
+];
+const GRANT_KEYS: &[&str] = &["name", "until"];
 const DENY_KEYS: &[&str] = &["users", "fingerprints"];
 
 /// Characters AD forbids in a sAMAccountName.
@@ -189,6 +381,8 @@ const FINGERPRINT_PREFIX: &str = "SHA256:";
 struct Named {
     name: String,
     span: Range<usize>,
+    /// For a `{ name = ..., until = ... }` entry: when it ends.
+    until: Option<Until>,
 }
 
 impl Named {
@@ -206,7 +400,15 @@ struct DraftPrincipals {
 
 impl DraftPrincipals {
     fn into_principals(self) -> Principals {
+        let until = |names: &[Named]| -> BTreeMap<String, Until> {
+            names
+                .iter()
+                .filter_map(|n| Some((n.key(), n.until.clone()?)))
+                .collect()
+        };
         Principals {
+            users_until: until(&self.users),
+            groups_until: until(&self.groups),
             users: self.users.into_iter().map(|n| n.name).collect(),
             groups: self.groups.into_iter().map(|n| n.name).collect(),
         }
@@ -218,6 +420,17 @@ struct DraftAccessGroup {
     name: String,
     description: Option<String>,
     principals: DraftPrincipals,
+    options: Vec<Named>,
+}
+
+#[derive(Debug)]
+struct DraftAutomation {
+    name: Named,
+    key_files: Vec<Named>,
+    access_groups: Vec<Named>,
+    everywhere: bool,
+    owner: String,
+    ad_account: Option<String>,
 }
 
 /// What was read from the file, with spans kept for the checks that span several tables.
@@ -227,6 +440,7 @@ struct Draft {
     access_groups: Vec<DraftAccessGroup>,
     deny_users: Vec<Named>,
     deny_fingerprints: Vec<Named>,
+    automation: Vec<DraftAutomation>,
 }
 
 impl Draft {
@@ -241,6 +455,7 @@ impl Draft {
                         name: group.name.clone(),
                         description: group.description,
                         principals: group.principals.into_principals(),
+                        options: group.options.into_iter().map(|n| n.name).collect(),
                     };
                     (group.name, access_group)
                 })
@@ -249,6 +464,21 @@ impl Draft {
                 users: self.deny_users.into_iter().map(|n| n.name).collect(),
                 fingerprints: self.deny_fingerprints.into_iter().map(|n| n.name).collect(),
             },
+            automation: self
+                .automation
+                .into_iter()
+                .map(|a| {
+                    let automation = Automation {
+                        name: a.name.name.clone(),
+                        key_files: a.key_files.into_iter().map(|n| n.name).collect(),
+                        access_groups: a.access_groups.into_iter().map(|n| n.name).collect(),
+                        everywhere: a.everywhere,
+                        owner: a.owner,
+                        ad_account: a.ad_account,
+                    };
+                    (a.name.name, automation)
+                })
+                .collect(),
         }
     }
 }
@@ -307,6 +537,11 @@ impl Checker<'_> {
                 "deny" => {
                     if let Some(table) = self.table(key, value, "deny", "[deny]") {
                         self.deny(table, &mut draft);
+                    }
+                }
+                "automation" => {
+                    if let Some(table) = self.table(key, value, "automation", "[automation.NAME]") {
+                        draft.automation = self.automations(table);
                     }
                 }
                 unknown => self.unknown_root_key(key.span(), unknown, value),
@@ -443,10 +678,15 @@ impl Checker<'_> {
                     ),
                 );
             }
+            let options = match group.get("options") {
+                Some(value) => self.group_options(value, &context),
+                None => Vec::new(),
+            };
             groups.push(DraftAccessGroup {
                 name: name.to_owned(),
                 description,
                 principals,
+                options,
             });
         }
         groups
@@ -456,6 +696,20 @@ impl Checker<'_> {
         self.unknown_keys(table, DENY_KEYS, "[deny]");
         if let Some(users) = table.get("users") {
             draft.deny_users = self.principal_list(users, PrincipalKind::User, "[deny]");
+            // A denial that ends would be a grant in disguise; and an ignored date would mislead.
+            let dated: Vec<Range<usize>> = draft
+                .deny_users
+                .iter()
+                .filter(|user| user.until.is_some())
+                .map(|user| user.span.clone())
+                .collect();
+            for span in dated {
+                self.error(
+                    span,
+                    "[deny] entries cannot end (`until`): remove the user from [deny] when the \
+                     denial is over",
+                );
+            }
         }
         if let Some(fingerprints) = table.get("fingerprints") {
             draft.deny_fingerprints = self.fingerprints(fingerprints);
@@ -484,7 +738,7 @@ impl Checker<'_> {
             PrincipalKind::User => "users",
             PrincipalKind::Group => "groups",
         };
-        let items = match self.string_list(value, key, context) {
+        let items = match self.grant_list(value, key, context) {
             Some(items) => items,
             None => return Vec::new(),
         };
@@ -536,6 +790,348 @@ impl Checker<'_> {
         names
     }
 
+    /// The items of a `users`/`groups` list: strings, or `{ name = "...", until = DATE }` tables.
+    /// Wrong types are reported and skipped.
+    fn grant_list(
+        &mut self,
+        value: &Spanned<DeValue<'_>>,
+        key: &str,
+        context: &str,
+    ) -> Option<Vec<Named>> {
+        let DeValue::Array(array) = value.get_ref() else {
+            return self.string_list(value, key, context);
+        };
+        let mut items = Vec::new();
+        for item in array.iter() {
+            match item.get_ref() {
+                DeValue::String(text) => items.push(Named {
+                    name: text.to_string(),
+                    span: item.span(),
+                    until: None,
+                }),
+                DeValue::Table(table) => {
+                    let entry_context = format!("an entry of `{key}` in {context}");
+                    self.unknown_keys(table, GRANT_KEYS, &entry_context);
+                    let name = match table.get("name").map(|n| (n.get_ref(), n.span())) {
+                        Some((DeValue::String(text), span)) => Some((text.to_string(), span)),
+                        Some((other, span)) => {
+                            self.error(
+                                span,
+                                format!(
+                                    "`name` in {entry_context} must be a string; found {}",
+                                    a(other.type_str())
+                                ),
+                            );
+                            None
+                        }
+                        None => {
+                            self.error(
+                                item.span(),
+                                format!(
+                                    "{entry_context} needs a `name`, like `{{ name = \"carol\", until = 2027-03-31 }}`"
+                                ),
+                            );
+                            None
+                        }
+                    };
+                    let until = match table.get("until") {
+                        Some(until) => match until.get_ref() {
+                            DeValue::Datetime(datetime) => match until_of(datetime) {
+                                Ok(ends_at) => Some(Until {
+                                    ends_at,
+                                    text: datetime.to_string(),
+                                }),
+                                Err(problem) => {
+                                    self.error(until.span(), format!("{problem} ({entry_context})"));
+                                    None
+                                }
+                            },
+                            DeValue::String(text) => {
+                                self.error(
+                                    until.span(),
+                                    format!(
+                                        "`until` in {entry_context} must be a TOML date, written without quotes: `until = {text}`"
+                                    ),
+                                );
+                                None
+                            }
+                            other => {
+                                self.error(
+                                    until.span(),
+                                    format!(
+                                        "`until` in {entry_context} must be a date, like `until = 2027-03-31`; found {}",
+                                        a(other.type_str())
+                                    ),
+                                );
+                                None
+                            }
+                        },
+                        None => {
+                            self.error(
+                                item.span(),
+                                format!(
+                                    "{entry_context} has no `until`: write the plain name when the grant does not end"
+                                ),
+                            );
+                            None
+                        }
+                    };
+                    if let (Some((name, span)), Some(until)) = (name, until) {
+                        items.push(Named {
+                            name,
+                            span,
+                            until: Some(until),
+                        });
+                    }
+                }
+                other => self.error(
+                    item.span(),
+                    format!(
+                        "`{key}` in {context} must hold only names or `{{ name = ..., until = ... }}` tables; found {}",
+                        a(other.type_str())
+                    ),
+                ),
+            }
+        }
+        Some(items)
+    }
+
+    /// An access group's `options`: each entry validated as sshd would read it, and only
+    /// restrictions allowed.
+    fn group_options(&mut self, value: &Spanned<DeValue<'_>>, context: &str) -> Vec<Named> {
+        let Some(items) = self.string_list(value, "options", context) else {
+            return Vec::new();
+        };
+        let mut valid = Vec::new();
+        for item in items {
+            match crate::keys::merge::group_option_problem(&item.name) {
+                Some(problem) => self.error(
+                    item.span.clone(),
+                    format!("option {:?} in {context}: {problem}", item.name),
+                ),
+                None => valid.push(item),
+            }
+        }
+        let all: Vec<String> = valid.iter().map(|n| n.name.clone()).collect();
+        if let Err(problem) = crate::keys::merge::parse_group_options(&all)
+            && let Some(first) = valid.first()
+        {
+            self.error(
+                first.span.clone(),
+                format!("`options` in {context}: {problem}"),
+            );
+            return Vec::new();
+        }
+        valid
+    }
+
+    /// `[automation.NAME]` tables.
+    fn automations(&mut self, table: &DeTable<'_>) -> Vec<DraftAutomation> {
+        let mut automations = Vec::new();
+        for (key, value) in table.iter() {
+            let name: &str = key.get_ref();
+            if let Some(problem) = access_group_name_problem(name) {
+                self.error(
+                    key.span(),
+                    problem.replace("access group name", "automation account name"),
+                );
+            }
+            let path = format!("automation.{}", display_key(name));
+            let context = format!("[{path}]");
+            let Some(entry) = self.table(key, value, &path, &context) else {
+                continue;
+            };
+            self.unknown_keys(entry, AUTOMATION_KEYS, &context);
+            let key_files = match entry.get("key_files") {
+                Some(value) => self.key_files(value, &context),
+                None => {
+                    self.error(
+                        key.span(),
+                        format!(
+                            "{context} has no `key_files`: list the public key files, relative to the policy, e.g. `key_files = [\"automation/{name}.pub\"]`"
+                        ),
+                    );
+                    Vec::new()
+                }
+            };
+            let access_groups = match entry.get("access_groups") {
+                Some(value) => self
+                    .string_list(value, "access_groups", &context)
+                    .unwrap_or_default(),
+                None => Vec::new(),
+            };
+            let everywhere = match entry.get("everywhere") {
+                Some(value) => match value.get_ref() {
+                    DeValue::Boolean(flag) => *flag,
+                    other => {
+                        self.error(
+                            value.span(),
+                            format!(
+                                "`everywhere` in {context} must be true or false; found {}",
+                                a(other.type_str())
+                            ),
+                        );
+                        false
+                    }
+                },
+                None => false,
+            };
+            let declared_groups = entry.get("access_groups").is_some();
+            if everywhere && declared_groups {
+                self.error(
+                    key.span(),
+                    format!(
+                        "{context} has both `everywhere = true` and `access_groups`: choose one"
+                    ),
+                );
+            } else if !everywhere && access_groups.is_empty() && !declared_groups {
+                self.error(
+                    key.span(),
+                    format!(
+                        "{context} grants nothing: give it `access_groups = [...]` or `everywhere = true`"
+                    ),
+                );
+            }
+            let owner = match entry.get("owner").map(|o| (o.get_ref(), o.span())) {
+                Some((DeValue::String(text), span)) => {
+                    if let Some(problem) = owner_problem(text) {
+                        self.error(span, format!("`owner` in {context}: {problem}"));
+                    }
+                    text.to_string()
+                }
+                Some((other, span)) => {
+                    self.error(
+                        span,
+                        format!(
+                            "`owner` in {context} must be a string; found {}",
+                            a(other.type_str())
+                        ),
+                    );
+                    String::new()
+                }
+                None => {
+                    self.error(
+                        key.span(),
+                        format!(
+                            "{context} has no `owner`: name the person or team answerable for it"
+                        ),
+                    );
+                    String::new()
+                }
+            };
+            let ad_account = match entry.get("ad_account").map(|o| (o.get_ref(), o.span())) {
+                Some((DeValue::String(text), span)) => {
+                    if let Some(problem) = principal_name_problem(text) {
+                        self.error(
+                            span,
+                            format!("`ad_account` {:?} in {context}: {problem}", text.as_ref()),
+                        );
+                    }
+                    Some(text.to_string())
+                }
+                Some((other, span)) => {
+                    self.error(
+                        span,
+                        format!(
+                            "`ad_account` in {context} must be a string; found {}",
+                            a(other.type_str())
+                        ),
+                    );
+                    None
+                }
+                None => None,
+            };
+            automations.push(DraftAutomation {
+                name: Named {
+                    name: name.to_owned(),
+                    span: key.span(),
+                    until: None,
+                },
+                key_files,
+                access_groups,
+                everywhere,
+                owner,
+                ad_account,
+            });
+        }
+        automations
+    }
+
+    /// An automation account's `key_files`: relative paths that stay inside the policy's
+    /// directory.
+    fn key_files(&mut self, value: &Spanned<DeValue<'_>>, context: &str) -> Vec<Named> {
+        let Some(items) = self.string_list(value, "key_files", context) else {
+            return Vec::new();
+        };
+        if items.is_empty() {
+            self.error(
+                value.span(),
+                format!("`key_files` in {context} is empty: the account would have no key"),
+            );
+        }
+        let mut files = Vec::new();
+        for item in items {
+            match key_file_problem(&item.name) {
+                Some(problem) => self.error(
+                    item.span.clone(),
+                    format!("key file {:?} in {context}: {problem}", item.name),
+                ),
+                None => files.push(item),
+            }
+        }
+        files
+    }
+
+    /// Every time-limited entry, with its position.
+    fn grants(&self, draft: &Draft) -> Vec<Grant> {
+        let mut grants = Vec::new();
+        let mut add = |principals: &DraftPrincipals, context: &str| {
+            for (names, kind) in [
+                (&principals.users, PrincipalKind::User),
+                (&principals.groups, PrincipalKind::Group),
+            ] {
+                for named in names {
+                    if let Some(until) = &named.until {
+                        let (line, column) =
+                            diagnostic::line_column(self.source.text, named.span.start);
+                        grants.push(Grant {
+                            what: format!("{} `{}` in {context}", kind.noun(), named.name),
+                            until: until.clone(),
+                            line,
+                            column,
+                        });
+                    }
+                }
+            }
+        };
+        add(&draft.everywhere, "[everywhere]");
+        for group in &draft.access_groups {
+            add(
+                &group.principals,
+                &format!("[access_groups.{}]", display_key(&group.name)),
+            );
+        }
+        grants
+    }
+
+    fn key_file_entries(&self, draft: &Draft) -> Vec<KeyFileEntry> {
+        draft
+            .automation
+            .iter()
+            .flat_map(|automation| {
+                automation.key_files.iter().map(|file| {
+                    let (line, column) = diagnostic::line_column(self.source.text, file.span.start);
+                    KeyFileEntry {
+                        automation: automation.name.name.clone(),
+                        path: file.name.clone(),
+                        line,
+                        column,
+                    }
+                })
+            })
+            .collect()
+    }
+
     /// The string items of an array value; wrong types are reported and skipped.
     fn string_list(
         &mut self,
@@ -573,6 +1169,7 @@ impl Checker<'_> {
                 DeValue::String(text) => items.push(Named {
                     name: text.to_string(),
                     span: item.span(),
+                    until: None,
                 }),
                 other => self.error(
                     item.span(),
@@ -620,6 +1217,28 @@ impl Checker<'_> {
 
     /// Problems that need more than one table: redundant entries and entries `[deny]` overrides.
     fn cross_check(&mut self, draft: &Draft) {
+        for automation in &draft.automation {
+            for group in &automation.access_groups {
+                if !draft.access_groups.iter().any(|g| g.name == group.name) {
+                    let known: Vec<&str> = draft
+                        .access_groups
+                        .iter()
+                        .map(|g| g.name.as_str())
+                        .collect();
+                    let hint = did_you_mean(&group.name, &known)
+                        .map(|k| format!("; did you mean `{k}`?"))
+                        .unwrap_or_default();
+                    self.error(
+                        group.span.clone(),
+                        format!(
+                            "[automation.{}] names access group `{}`, which the policy does not define{hint}",
+                            automation.name.name, group.name
+                        ),
+                    );
+                }
+            }
+        }
+
         let everywhere_users = by_key(&draft.everywhere.users);
         let everywhere_groups = by_key(&draft.everywhere.groups);
         let denied = by_key(&draft.deny_users);
@@ -776,6 +1395,52 @@ fn principal_name_problem(name: &str) -> Option<String> {
     None
 }
 
+/// Why an automation `owner` would garble the group file line it is shown in, or `None`.
+fn owner_problem(owner: &str) -> Option<String> {
+    let allowed = |c: char| c.is_alphanumeric() || " ._@-".contains(c);
+    if owner.trim().is_empty() {
+        return Some("the owner is empty".into());
+    }
+    if owner.trim() != owner {
+        return Some("remove the leading or trailing whitespace".into());
+    }
+    if let Some(bad) = owner.chars().find(|c| !allowed(*c)) {
+        return Some(format!(
+            "{bad:?} is not allowed (letters, digits, spaces and `._@-`: a person, a team or an e-mail address)"
+        ));
+    }
+    if owner.contains(" via ") {
+        return Some("`via` cannot be a word of the owner".into());
+    }
+    None
+}
+
+/// Why an automation key file path is not a relative path inside the policy's directory.
+fn key_file_problem(path: &str) -> Option<String> {
+    use std::path::Component;
+    if path.is_empty() {
+        return Some("the path is empty".into());
+    }
+    let parsed = Path::new(path);
+    for component in parsed.components() {
+        match component {
+            Component::Normal(_) | Component::CurDir => {}
+            Component::ParentDir => {
+                return Some(
+                    "`..` is not allowed: key files live next to the policy, in its repository"
+                        .into(),
+                );
+            }
+            Component::RootDir | Component::Prefix(_) => {
+                return Some(
+                    "write the path relative to the policy file, in the policy repository".into(),
+                );
+            }
+        }
+    }
+    None
+}
+
 /// Why `fingerprint` is not an OpenSSH SHA-256 key fingerprint, or `None` when it is one.
 fn fingerprint_problem(fingerprint: &str) -> Option<String> {
     let expected = "expected `SHA256:` and 43 characters of unpadded base64, as `ssh-keygen -lf` \
@@ -916,7 +1581,9 @@ fingerprints = ["{FINGERPRINT}"]
             principals: Principals {
                 users: vec!["bob".into(), "carol".into()],
                 groups: vec!["Web Team".into(), "SRE".into()],
+                ..Principals::default()
             },
+            options: vec![],
         };
         let db = AccessGroup {
             name: "db".into(),
@@ -924,7 +1591,9 @@ fingerprints = ["{FINGERPRINT}"]
             principals: Principals {
                 users: vec![],
                 groups: vec!["DBA".into()],
+                ..Principals::default()
             },
+            options: vec![],
         };
         assert_eq!(
             checked.policy,
@@ -932,12 +1601,14 @@ fingerprints = ["{FINGERPRINT}"]
                 everywhere: Principals {
                     users: vec!["alice.admin".into()],
                     groups: vec!["Linux Admins".into()],
+                    ..Principals::default()
                 },
                 access_groups: BTreeMap::from([("web-prod".into(), web), ("db".into(), db)]),
                 deny: Deny {
                     users: vec!["mallory".into()],
                     fingerprints: vec![FINGERPRINT.into()],
                 },
+                automation: BTreeMap::new(),
             }
         );
     }
@@ -995,7 +1666,7 @@ users = ["x"]
             errors(&with_group("users = [\"bob\"]\nservers = [\"web1\"]")),
             vec![
                 "p.toml:3:1: error: unknown key `servers` in [access_groups.web]; expected one of \
-                 `description`, `users`, `groups`"
+                 `description`, `users`, `groups`, `options`"
             ]
         );
     }
@@ -1030,8 +1701,8 @@ fingerprints = "x"
                  string",
                 "p.toml:4:9: error: `users` in [access_groups.web] must be a list of strings; found \
                  a string (write `users = [\"bob\"]`)",
-                "p.toml:5:18: error: `groups` in [access_groups.web] must hold only strings; found \
-                 an integer",
+                "p.toml:5:18: error: `groups` in [access_groups.web] must hold only names or `{ \
+                 name = ..., until = ... }` tables; found an integer",
                 "p.toml:6:15: error: `description` in [access_groups.web] must be a string; found \
                  an integer",
                 "p.toml:8:16: error: `fingerprints` in [deny] must be a list of strings; found a \
@@ -1374,5 +2045,115 @@ bogus = 1
 
         std::fs::write(&path, "[access_groups.web]\nusers = [\"bob\"]\n").unwrap();
         assert_eq!(load(&path).unwrap().policy.access_groups.len(), 1);
+    }
+
+    #[test]
+    fn grants_with_an_end_date_are_read_with_when_they_end() {
+        let text = "[everywhere]\ngroups = [{ name = \"Helpers\", until = 2027-03-31T18:00:00+02:00 }]\n\
+                    [access_groups.web]\nusers = [\"bob\", { name = \"Carol\", until = 2027-03-31 }]\n";
+        let checked = check(text).unwrap();
+        let web = &checked.policy.access_groups["web"].principals;
+        assert_eq!(web.users, ["bob", "Carol"]);
+        let carol = web.user_until("carol").unwrap();
+        assert_eq!(carol.text, "2027-03-31");
+        // Through the end of that day, UTC: 2027-04-01T00:00:00Z.
+        assert_eq!(carol.ends_at, 1_806_537_600);
+        let helpers = checked.policy.everywhere.group_until("helpers").unwrap();
+        assert_eq!(helpers.ends_at, 1_806_537_600 - 8 * 3600);
+        let at = |secs: i64| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64);
+        assert!(!carol.has_ended(at(1_806_537_599)));
+        assert!(carol.has_ended(at(1_806_537_600)));
+        assert!(carol.ends_within(
+            at(1_806_537_600 - 86_400),
+            std::time::Duration::from_secs(86_400)
+        ));
+        assert_eq!(checked.grants.len(), 2);
+        assert_eq!(
+            checked.grants[1].what,
+            "user `Carol` in [access_groups.web]"
+        );
+        assert_eq!((checked.grants[1].line, checked.grants[1].column), (4, 26));
+    }
+
+    #[test]
+    fn bad_grant_entries_are_errors_at_their_position() {
+        let text = with_group(
+            "users = [{ name = \"a\", until = \"2027-03-31\" }, { name = \"b\" }, { until = 2027-01-01 }, { name = \"c\", until = 2027-01-01T10:00:00 }, { name = \"d\", until = 2027-01-01, why = 1 }]",
+        );
+        let errors = errors(&text);
+        assert_eq!(errors.len(), 5, "{errors:?}");
+        assert!(
+            errors[0].contains("must be a TOML date, written without quotes"),
+            "{errors:?}"
+        );
+        assert!(errors[1].contains("has no `until`"), "{errors:?}");
+        assert!(errors[2].contains("needs a `name`"), "{errors:?}");
+        assert!(
+            errors[3].contains("a local date-time is ambiguous"),
+            "{errors:?}"
+        );
+        assert!(errors[4].contains("unknown key `why`"), "{errors:?}");
+    }
+
+    #[test]
+    fn a_deny_entry_cannot_end() {
+        let text = "[access_groups.web]\nusers = [\"bob\"]\n[deny]\nusers = [{ name = \"eve\", until = 2027-01-01 }]\n";
+        assert_eq!(
+            errors(text),
+            [
+                "p.toml:4:19: error: [deny] entries cannot end (`until`): remove the user from [deny] \
+              when the denial is over"
+            ]
+        );
+    }
+
+    #[test]
+    fn automation_accounts_are_validated() {
+        let good = "[access_groups.web]\nusers = [\"bob\"]\n[automation.ci]\nkey_files = [\"keys/ci.pub\"]\naccess_groups = [\"web\"]\nowner = \"CI Team\"\nad_account = \"svc-ci\"\n";
+        let checked = check(good).unwrap();
+        let ci = &checked.policy.automation["ci"];
+        assert_eq!(ci.member(), "automation:ci");
+        assert_eq!(ci.via(), "owner CI Team");
+        assert!(ci.grants("web") && !ci.grants("db"));
+        assert_eq!(ci.ad_account.as_deref(), Some("svc-ci"));
+        assert_eq!(checked.key_files[0].path, "keys/ci.pub");
+        let bad = "[access_groups.web]\nusers = [\"bob\"]\n\
+                   [automation.CI]\nkey_files = [\"/root/.ssh/id.pub\"]\neverywhere = true\naccess_groups = [\"web\"]\nowner = \"a > b\"\n\
+                   [automation.x]\nkey_files = []\nad_account = \"a:b\"\n";
+        let errors = errors(bad);
+        let expected = [
+            "p.toml:3:13: error: invalid automation account name `CI`",
+            "p.toml:3:13: error: [automation.CI] has both `everywhere = true` and `access_groups`",
+            "p.toml:4:14: error: key file \"/root/.ssh/id.pub\" in [automation.CI]: write the path relative",
+            "p.toml:7:9: error: `owner` in [automation.CI]: '>' is not allowed",
+            "p.toml:8:13: error: [automation.x] grants nothing",
+            "p.toml:8:13: error: [automation.x] has no `owner`",
+            "p.toml:9:13: error: `key_files` in [automation.x] is empty",
+            "p.toml:10:14: error: `ad_account` \"a:b\" in [automation.x]: `:` is not allowed",
+        ];
+        assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+        for (error, expected) in errors.iter().zip(expected) {
+            assert!(
+                error.starts_with(expected),
+                "{error:?} does not start with {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn access_group_options_are_validated_as_restrictions() {
+        let checked = check(&with_group(
+            "users = [\"bob\"]\noptions = ['from=\"10.20.0.0/16\"', \"no-pty\"]",
+        ))
+        .unwrap();
+        assert_eq!(
+            checked.policy.access_groups["web"].options,
+            ["from=\"10.20.0.0/16\"", "no-pty"]
+        );
+        let errors = errors(&with_group(
+            "users = [\"bob\"]\noptions = ['from=\"10.20.0.0/16\"', 'from=\"10.0.0.0/8\"']",
+        ));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("given more than once"), "{errors:?}");
     }
 }

@@ -8,6 +8,12 @@
 //! resolutions made against the same directory snapshot: per access group, who gains and who loses
 //! access, with the `via` chain that gives (or gave) it, exactly as `keyhole members` shows it.
 //!
+//! Beyond names, both levels show the policy's other features: end dates (`until`) added,
+//! changed or removed on any entry, an access group's `options` (its restrictions), and
+//! automation accounts created, deleted or changed (key files, access groups, owner, AD
+//! account). Each of these changes access, so each counts for `--detailed-exitcode`. A person
+//! gaining access through a time-limited entry is shown with its end date.
+//!
 //! AD names are case-insensitive, so `bob` → `Bob` is no change. A policy that does not validate
 //! is still diffed from a best-effort reading ([`read`]) so a reviewer sees what it would do, but
 //! the reading is labelled as such and never reaches `publish`, which validates for itself.
@@ -20,7 +26,9 @@ use serde::Serialize;
 
 use crate::diagnostic::{Diagnostic, Severity};
 use crate::markdown::{self, code, prose};
-use crate::policy::{self, AccessGroup, Deny, Policy, Principals, counts, plural};
+use crate::policy::{
+    self, AccessGroup, Automation, Deny, Policy, Principals, Until, counts, plural,
+};
 use crate::resolve::{Exclusion, Member, Resolution, VIA_SEPARATOR, Via};
 
 /// Names that appear in one version and not in the other. Sorted case-insensitively.
@@ -88,6 +96,39 @@ impl GroupChange {
     }
 }
 
+/// An entry whose end date appears, changes or goes away (an entry added with an end date, or
+/// removed with one, is listed too).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UntilChange {
+    /// `user` or `group`.
+    pub kind: &'static str,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head: Option<String>,
+}
+
+/// A field of an automation account that changed, as text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldChange {
+    pub base: String,
+    pub head: String,
+}
+
+/// One automation account that changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AutomationDiff {
+    pub change: GroupChange,
+    pub key_files: Changes,
+    /// `*` stands for `everywhere = true`.
+    pub access_groups: Changes,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<FieldChange>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ad_account: Option<FieldChange>,
+}
+
 /// A description edit: not an access change, but shown so the diff is complete.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DescriptionChange {
@@ -104,6 +145,12 @@ pub struct AccessGroupDiff {
     pub groups: Changes,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<DescriptionChange>,
+    /// End dates added, changed or removed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub until: Vec<UntilChange>,
+    /// The group's `options` (restrictions) added and removed.
+    #[serde(skip_serializing_if = "Changes::is_empty")]
+    pub options: Changes,
     /// Only with `--resolve`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub people: Option<PeopleDiff>,
@@ -136,13 +183,22 @@ pub struct PersonChange {
     /// policy no longer reaches them at all.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub excluded: Option<Exclusion>,
+    /// On a gain, when the access ends (a time-limited entry).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<Until>,
 }
 
 /// The policy-level difference between two policies.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct PolicyDiff {
     pub everywhere: PrincipalsDiff,
+    /// End dates of `[everywhere]` entries added, changed or removed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub everywhere_until: Vec<UntilChange>,
     pub deny: DenyDiff,
+    /// Only automation accounts with a change.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub automation: BTreeMap<String, AutomationDiff>,
     /// Only access groups with a change.
     pub access_groups: BTreeMap<String, AccessGroupDiff>,
 }
@@ -152,11 +208,15 @@ impl PolicyDiff {
     /// count, and neither does a change of letter case.
     pub fn changes_access(&self) -> bool {
         !self.everywhere.is_empty()
+            || !self.everywhere_until.is_empty()
             || !self.deny.is_empty()
+            || !self.automation.is_empty()
             || self.access_groups.values().any(|group| {
                 matches!(group.change, GroupChange::Created | GroupChange::Deleted)
                     || !group.users.is_empty()
                     || !group.groups.is_empty()
+                    || !group.until.is_empty()
+                    || !group.options.is_empty()
             })
     }
 
@@ -174,6 +234,8 @@ impl PolicyDiff {
                     users: Changes::default(),
                     groups: Changes::default(),
                     description: None,
+                    until: Vec::new(),
+                    options: Changes::default(),
                     people: None,
                 })
                 .people = Some(change);
@@ -198,7 +260,13 @@ pub fn diff_policies(base: &Policy, head: &Policy) -> PolicyDiff {
                         base: before.description.clone(),
                         head: after.description.clone(),
                     });
-                if principals.is_empty() && description.is_none() {
+                let until = until_changes(&before.principals, &after.principals);
+                let options = changes(&before.options, &after.options, str::to_owned);
+                if principals.is_empty()
+                    && description.is_none()
+                    && until.is_empty()
+                    && options.is_empty()
+                {
                     continue;
                 }
                 AccessGroupDiff {
@@ -206,6 +274,8 @@ pub fn diff_policies(base: &Policy, head: &Policy) -> PolicyDiff {
                     users: principals.users,
                     groups: principals.groups,
                     description,
+                    until,
+                    options,
                     people: None,
                 }
             }
@@ -215,7 +285,33 @@ pub fn diff_policies(base: &Policy, head: &Policy) -> PolicyDiff {
         };
         access_groups.insert(name.clone(), diff);
     }
+    let mut automation = BTreeMap::new();
+    let names: BTreeSet<&String> = base
+        .automation
+        .keys()
+        .chain(head.automation.keys())
+        .collect();
+    for name in names {
+        let (before, after) = (base.automation.get(name), head.automation.get(name));
+        let change = match (before, after) {
+            (Some(_), Some(_)) => GroupChange::Modified,
+            (Some(_), None) => GroupChange::Deleted,
+            (None, Some(_)) => GroupChange::Created,
+            (None, None) => continue,
+        };
+        let diff = automation_diff(change, before, after);
+        let unchanged = diff.key_files.is_empty()
+            && diff.access_groups.is_empty()
+            && diff.owner.is_none()
+            && diff.ad_account.is_none();
+        if change == GroupChange::Modified && unchanged {
+            continue;
+        }
+        automation.insert(name.clone(), diff);
+    }
     PolicyDiff {
+        everywhere_until: until_changes(&base.everywhere, &head.everywhere),
+        automation,
         everywhere: principals(&base.everywhere, &head.everywhere),
         deny: DenyDiff {
             users: changes(&base.deny.users, &head.deny.users, str::to_lowercase),
@@ -234,17 +330,100 @@ fn none() -> Principals {
     Principals::default()
 }
 
+/// Every entry whose end date differs between `base` and `head` (missing entries have none).
+fn until_changes(base: &Principals, head: &Principals) -> Vec<UntilChange> {
+    let mut out = Vec::new();
+    for (kind, before, after, names) in [
+        (
+            "user",
+            &base.users_until,
+            &head.users_until,
+            base.users.iter().chain(&head.users),
+        ),
+        (
+            "group",
+            &base.groups_until,
+            &head.groups_until,
+            base.groups.iter().chain(&head.groups),
+        ),
+    ] {
+        let mut seen = BTreeSet::new();
+        for name in names {
+            let key = name.to_lowercase();
+            if !seen.insert(key.clone()) {
+                continue;
+            }
+            let (was, is) = (before.get(&key), after.get(&key));
+            if was.map(|u| &u.text) != is.map(|u| &u.text) {
+                out.push(UntilChange {
+                    kind,
+                    name: name.clone(),
+                    base: was.map(|u| u.text.clone()),
+                    head: is.map(|u| u.text.clone()),
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| by_name(&a.name, &b.name));
+    out
+}
+
+/// What changed in one automation account; a missing side counts as empty.
+fn automation_diff(
+    change: GroupChange,
+    before: Option<&Automation>,
+    after: Option<&Automation>,
+) -> AutomationDiff {
+    let groups = |a: Option<&Automation>| -> Vec<String> {
+        match a {
+            Some(a) if a.everywhere => vec!["*".to_owned()],
+            Some(a) => a.access_groups.clone(),
+            None => Vec::new(),
+        }
+    };
+    let files = |a: Option<&Automation>| a.map(|a| a.key_files.clone()).unwrap_or_default();
+    let field = |get: fn(&Automation) -> String| -> Option<FieldChange> {
+        let (was, is) = (
+            before.map(get).unwrap_or_default(),
+            after.map(get).unwrap_or_default(),
+        );
+        (was != is).then_some(FieldChange {
+            base: was,
+            head: is,
+        })
+    };
+    AutomationDiff {
+        change,
+        key_files: changes(&files(before), &files(after), str::to_owned),
+        access_groups: changes(&groups(before), &groups(after), str::to_owned),
+        owner: field(|a| a.owner.clone()),
+        ad_account: field(|a| a.ad_account.clone().unwrap_or_default()),
+    }
+}
+
 fn whole(
     change: GroupChange,
     group: &AccessGroup,
     diff: impl Fn(&Principals) -> PrincipalsDiff,
 ) -> AccessGroupDiff {
     let principals = diff(&group.principals);
+    let (until, options) = match change {
+        GroupChange::Deleted => (
+            until_changes(&group.principals, &none()),
+            changes(&group.options, &[], str::to_owned),
+        ),
+        _ => (
+            until_changes(&none(), &group.principals),
+            changes(&[], &group.options, str::to_owned),
+        ),
+    };
     AccessGroupDiff {
         change,
         users: principals.users,
         groups: principals.groups,
         description: None,
+        until,
+        options,
         people: None,
     }
 }
@@ -309,6 +488,7 @@ pub fn diff_resolutions(base: &Resolution, head: &Resolution) -> BTreeMap<String
                 name: m.name.clone(),
                 via: m.via.to_vec(),
                 excluded: excluded_now.get(&m.name.to_lowercase()).copied(),
+                until: None,
             })
             .collect();
         let gained: Vec<PersonChange> = after
@@ -319,6 +499,7 @@ pub fn diff_resolutions(base: &Resolution, head: &Resolution) -> BTreeMap<String
                 name: m.name.clone(),
                 via: m.via.to_vec(),
                 excluded: None,
+                until: m.until.clone(),
             })
             .collect();
         let people = PeopleDiff { lost, gained };
@@ -403,7 +584,11 @@ fn best_effort(text: &str) -> Option<Policy> {
         items
             .into_iter()
             .flatten()
-            .filter_map(toml::Value::as_str)
+            // `{ name = "carol", until = ... }` entries count by their name.
+            .filter_map(|item| {
+                item.as_str()
+                    .or_else(|| item.get("name").and_then(toml::Value::as_str))
+            })
             .filter(|name| seen.insert(name.to_lowercase()))
             .map(str::to_owned)
             .collect()
@@ -411,6 +596,7 @@ fn best_effort(text: &str) -> Option<Policy> {
     let principals = |table: Option<&toml::Value>| Principals {
         users: strings(table, "users"),
         groups: strings(table, "groups"),
+        ..Principals::default()
     };
     let everywhere = root.get("everywhere");
     let deny = root.get("deny");
@@ -428,6 +614,7 @@ fn best_effort(text: &str) -> Option<Policy> {
                     .and_then(toml::Value::as_str)
                     .map(str::to_owned),
                 principals: principals(group),
+                options: strings(group, "options"),
             };
             (name.clone(), access_group)
         })
@@ -439,6 +626,7 @@ fn best_effort(text: &str) -> Option<Policy> {
             users: strings(deny.filter(|v| v.is_table()), "users"),
             fingerprints: strings(deny.filter(|v| v.is_table()), "fingerprints"),
         },
+        automation: BTreeMap::new(),
     })
 }
 
@@ -448,6 +636,7 @@ pub fn empty_policy() -> Policy {
         everywhere: Principals::default(),
         access_groups: BTreeMap::new(),
         deny: Deny::default(),
+        automation: BTreeMap::new(),
     }
 }
 
@@ -548,7 +737,18 @@ impl Report {
                 .collect();
             parts.push(format!("access groups: {}", counts.join(", ")));
         }
-        if !self.diff.everywhere.is_empty() {
+        let mut automation: BTreeMap<GroupChange, usize> = BTreeMap::new();
+        for account in self.diff.automation.values() {
+            *automation.entry(account.change).or_default() += 1;
+        }
+        if !automation.is_empty() {
+            let counts: Vec<String> = automation
+                .iter()
+                .map(|(change, count)| format!("{count} {}", change.as_str()))
+                .collect();
+            parts.push(format!("automation accounts: {}", counts.join(", ")));
+        }
+        if !self.diff.everywhere.is_empty() || !self.diff.everywhere_until.is_empty() {
             parts.push("[everywhere] changed".to_owned());
         }
         if !self.diff.deny.is_empty() {
@@ -654,9 +854,37 @@ pub fn text(report: &Report) -> String {
         return out;
     }
     for (title, diff) in [("[everywhere]", &report.diff.everywhere)] {
-        if !diff.is_empty() {
+        if !diff.is_empty() || !report.diff.everywhere_until.is_empty() {
             let _ = writeln!(out, "\n{title} (every access group)");
             principal_lines(&mut out, &diff.users, &diff.groups);
+            until_lines(&mut out, &report.diff.everywhere_until);
+        }
+    }
+    for (name, automation) in &report.diff.automation {
+        let _ = writeln!(out, "\n[automation.{name}]: {}", automation.change.as_str());
+        for (what, changes) in [
+            ("key file", &automation.key_files),
+            ("access group", &automation.access_groups),
+        ] {
+            for item in &changes.removed {
+                let _ = writeln!(out, "  - {what} {}", everywhere_star(item));
+            }
+            for item in &changes.added {
+                let _ = writeln!(out, "  + {what} {}", everywhere_star(item));
+            }
+        }
+        for (what, field) in [
+            ("owner", &automation.owner),
+            ("ad_account", &automation.ad_account),
+        ] {
+            if let Some(field) = field {
+                let _ = writeln!(
+                    out,
+                    "  ~ {what}: {} -> {}",
+                    or_none(&field.base),
+                    or_none(&field.head)
+                );
+            }
         }
     }
     if !report.diff.deny.is_empty() {
@@ -686,6 +914,13 @@ pub fn text(report: &Report) -> String {
             );
         }
         principal_lines(&mut out, &group.users, &group.groups);
+        until_lines(&mut out, &group.until);
+        for option in &group.options.removed {
+            let _ = writeln!(out, "  - option {option}");
+        }
+        for option in &group.options.added {
+            let _ = writeln!(out, "  + option {option}");
+        }
         if let Some(people) = &group.people {
             person_lines(&mut out, "loses access", "-", &people.lost);
             person_lines(&mut out, "gains access", "+", &people.gained);
@@ -698,6 +933,37 @@ pub fn text(report: &Report) -> String {
         }
     }
     out
+}
+
+fn until_lines(out: &mut String, changes: &[UntilChange]) {
+    for change in changes {
+        let _ = writeln!(
+            out,
+            "  ~ {} {} until: {} -> {}",
+            change.kind,
+            change.name,
+            or_none(change.base.as_deref().unwrap_or_default()),
+            or_none(change.head.as_deref().unwrap_or_default())
+        );
+    }
+}
+
+/// `(none)` for an empty field.
+fn or_none(text: &str) -> String {
+    if text.is_empty() {
+        "(none)".to_owned()
+    } else {
+        text.to_owned()
+    }
+}
+
+/// `*` (an automation account's `everywhere = true`) spelt out.
+fn everywhere_star(item: &str) -> &str {
+    if item == "*" {
+        "* (everywhere = true)"
+    } else {
+        item
+    }
 }
 
 fn principal_lines(out: &mut String, users: &Changes, groups: &Changes) {
@@ -728,11 +994,19 @@ fn person_lines(out: &mut String, title: &str, sign: &str, people: &[PersonChang
     for person in people {
         let _ = writeln!(
             out,
-            "    {sign} {:width$}  {}{}",
+            "    {sign} {:width$}  {}{}{}",
             person.name,
             why(&person.via),
-            excluded_suffix(person)
+            excluded_suffix(person),
+            until_suffix(person)
         );
+    }
+}
+
+fn until_suffix(person: &PersonChange) -> String {
+    match &person.until {
+        Some(until) => format!(" (until {until})"),
+        None => String::new(),
     }
 }
 
@@ -831,14 +1105,54 @@ pub fn markdown(report: &Report) -> String {
     if report.head.status == Status::Unreadable {
         return out;
     }
-    if !report.diff.everywhere.is_empty() {
+    if !report.diff.everywhere.is_empty() || !report.diff.everywhere_until.is_empty() {
         let mut rows = Vec::new();
         principal_rows(
             &mut rows,
             &report.diff.everywhere.users,
             &report.diff.everywhere.groups,
         );
+        until_rows(&mut rows, &report.diff.everywhere_until);
         table(&mut out, "`[everywhere]` (every access group)", &rows);
+    }
+    for (name, automation) in &report.diff.automation {
+        let mut rows = Vec::new();
+        for (what, changes) in [
+            ("key file", &automation.key_files),
+            ("access group", &automation.access_groups),
+        ] {
+            for item in &changes.removed {
+                rows.push([
+                    format!("➖ {what} removed"),
+                    code(everywhere_star(item)),
+                    String::new(),
+                ]);
+            }
+            for item in &changes.added {
+                rows.push([
+                    format!("➕ {what} added"),
+                    code(everywhere_star(item)),
+                    String::new(),
+                ]);
+            }
+        }
+        for (what, field) in [
+            ("owner", &automation.owner),
+            ("ad_account", &automation.ad_account),
+        ] {
+            if let Some(field) = field {
+                rows.push([
+                    format!("✏️ {what}"),
+                    code(&or_none(&field.head)),
+                    format!("was {}", code(&or_none(&field.base))),
+                ]);
+            }
+        }
+        table(
+            &mut out,
+            &format!("automation {}: {}", code(name), automation.change.as_str()),
+            &rows,
+        );
     }
     if !report.diff.deny.is_empty() {
         let deny = &report.diff.deny;
@@ -904,9 +1218,24 @@ pub fn markdown(report: &Report) -> String {
                 rows.push([
                     "🔺 gains access".to_owned(),
                     code(&person.name),
-                    prose(&why(&person.via)),
+                    format!("{}{}", prose(&why(&person.via)), until_suffix(person)),
                 ]);
             }
+        }
+        until_rows(&mut rows, &group.until);
+        for option in &group.options.removed {
+            rows.push([
+                "➖ restriction removed".to_owned(),
+                code(option),
+                String::new(),
+            ]);
+        }
+        for option in &group.options.added {
+            rows.push([
+                "➕ restriction added".to_owned(),
+                code(option),
+                "on every key line of the group".to_owned(),
+            ]);
         }
         if let Some(description) = &group.description {
             rows.push([
@@ -929,6 +1258,20 @@ pub fn markdown(report: &Report) -> String {
         out.push_str("\n</details>\n");
     }
     out
+}
+
+fn until_rows(rows: &mut Vec<[String; 3]>, changes: &[UntilChange]) {
+    for change in changes {
+        rows.push([
+            format!("⏳ {} end date", change.kind),
+            code(&change.name),
+            format!(
+                "until {} (was {})",
+                or_none(change.head.as_deref().unwrap_or_default()),
+                or_none(change.base.as_deref().unwrap_or_default())
+            ),
+        ]);
+    }
 }
 
 fn principal_rows(rows: &mut Vec<[String; 3]>, users: &Changes, groups: &Changes) {
@@ -1094,6 +1437,7 @@ users = ["mallory", "trent"]
         Member {
             name: name.into(),
             via: names(via).into(),
+            until: None,
         }
     }
 
@@ -1145,12 +1489,14 @@ users = ["mallory", "trent"]
                 PersonChange {
                     name: "carol".into(),
                     via: names(&["Web Team", "Contractors"]),
-                    excluded: None
+                    excluded: None,
+                    until: None
                 },
                 PersonChange {
                     name: "mallory".into(),
                     via: names(&["Web Team"]),
-                    excluded: Some(Exclusion::Denied)
+                    excluded: Some(Exclusion::Denied),
+                    until: None
                 },
             ]
         );
@@ -1159,7 +1505,8 @@ users = ["mallory", "trent"]
             [PersonChange {
                 name: "Erin".into(),
                 via: names(&["everywhere"]),
-                excluded: None
+                excluded: None,
+                until: None
             }]
         );
         assert_eq!(people["old"].lost[0].name, "dave");
@@ -1179,6 +1526,7 @@ users = ["mallory", "trent"]
                     name: "x".into(),
                     via: names(&["everywhere"]),
                     excluded: None,
+                    until: None,
                 }],
             },
         );
@@ -1259,6 +1607,7 @@ users = ["mallory"]
                     name: "eve".into(),
                     via: names(&[&format!("AD {hostile}")]),
                     excluded: None,
+                    until: None,
                 }],
             },
         )]));
@@ -1298,12 +1647,14 @@ users = ["mallory"]
                 name: format!("user{i:02}"),
                 via: names(&["Big"]),
                 excluded: None,
+                until: None,
             })
             .collect();
         let lost = vec![PersonChange {
             name: "carol".into(),
             via: vec![],
             excluded: None,
+            until: None,
         }];
         diff.add_people(BTreeMap::from([(
             "web".to_owned(),

@@ -18,6 +18,14 @@
 //!   pasting a colleague's key must not revoke the colleague. When none of them had it
 //!   published, it is dropped from all: it cannot be attributed to a person.
 //!
+//! An access group with `options` (restrictions such as `from="10.20.0.0/16"`) has them merged
+//! into each of its key lines by `keys::merge`; a key whose own options conflict with the group's
+//! (a different `command=`, a disjoint `from=`) is left out of that group only, with a problem
+//! naming the key and the group. Lines carried over for an unreadable home get the group's
+//! current options merged again (merging identical options changes nothing). Automation accounts
+//! are members like people (`automation:NAME`), so a key in both an automation key file and a
+//! person's file is contested exactly as between two people.
+//!
 //! A group is rendered either into a [`Digest`] (its SHA-256 and counts, without building the
 //! text: how a run finds that nothing changed) or into a [`GroupFile`] (the bytes to write, and
 //! who is in them, for the groups that changed).
@@ -29,8 +37,10 @@ use sha2::{Digest as _, Sha256};
 
 use crate::group_file::{HEADER_PREFIX, PublishedFile, block_header};
 use crate::index::Owners;
-use crate::keys::AuthorizedKey;
-use crate::resolve::{Membership, Via};
+use crate::keys::merge::{self, MergeError};
+use crate::keys::{AuthorizedKey, KeyOption};
+use crate::policy::Policy;
+use crate::resolve::{Membership, Resolution, Via};
 
 /// What the homes and keys stages learnt about one person.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,7 +101,11 @@ impl Sink for Sha256 {
 /// over from the published file.
 enum Lines<'a> {
     Fresh(&'a [&'a AuthorizedKey]),
+    /// Fresh keys with the group's options merged in (keys that conflict left out).
+    Restricted(Vec<(&'a AuthorizedKey, Option<String>)>),
     Carried(Vec<(&'a str, &'a str)>),
+    /// Carried lines with the group's current options merged in again.
+    CarriedRestricted(Vec<(String, &'a str)>),
 }
 
 /// Renders access group files one at a time, so that a run never needs every file in memory at
@@ -104,6 +118,8 @@ pub struct Renderer<'k> {
     denied_fingerprints: &'k BTreeSet<String>,
     problems: Vec<Problem>,
     denied_keys: BTreeMap<String, BTreeSet<String>>,
+    /// Per access group with `options`, those options parsed.
+    group_options: HashMap<String, Vec<KeyOption>>,
 }
 
 /// Fingerprints found in more than one person's known keys: deciding them needs the published
@@ -191,6 +207,54 @@ impl<'k> Renderer<'k> {
             denied_fingerprints,
             problems: problems.into_iter().collect(),
             denied_keys,
+            group_options: HashMap::new(),
+        }
+    }
+
+    /// Applies the access groups' `options` of `policy` to their key lines, reporting every key
+    /// (of a member of `resolution`) that cannot be published in a group because its own options
+    /// conflict with the group's.
+    pub fn restrict(mut self, policy: &Policy, resolution: &Resolution) -> Self {
+        let mut problems: BTreeSet<Problem> = self.problems.drain(..).collect();
+        for (name, group) in &policy.access_groups {
+            if group.options.is_empty() {
+                continue;
+            }
+            let options = match merge::parse_group_options(&group.options) {
+                Ok(options) => options,
+                // `policy::parse` validated them; should they still not parse, nobody in the
+                // group gets a key rather than a key without its restriction.
+                Err(why) => vec![KeyOption {
+                    name: format!("invalid group options: {why}"),
+                    value: None,
+                }],
+            };
+            if let Some(membership) = resolution.access_groups.get(name) {
+                for member in &membership.users {
+                    for key in self.kept.get(member.name.as_str()).into_iter().flatten() {
+                        if let Err(why) = merge::merge(key.options.as_deref(), &options) {
+                            problems.insert(Problem {
+                                user: member.name.clone(),
+                                reason: format!(
+                                    "key {} left out of access group {name}: {why}",
+                                    key.fingerprint.as_str()
+                                ),
+                            });
+                        }
+                    }
+                }
+            }
+            self.group_options.insert(name.clone(), options);
+        }
+        self.problems = problems.into_iter().collect();
+        self
+    }
+
+    /// The options `key` is published with in `group`: its own merged with the group's.
+    fn options_in(&self, group: &str, own: Option<&str>) -> Result<Option<String>, MergeError> {
+        match self.group_options.get(group) {
+            Some(options) => merge::merge(own, options),
+            None => Ok(own.map(str::to_owned)),
         }
     }
 
@@ -260,7 +324,7 @@ impl<'k> Renderer<'k> {
             users.push(member.name.clone());
             via.insert(member.name.clone(), member.via.clone());
         });
-        let keys = self.fingerprints(membership, carried);
+        let keys = self.fingerprints(name, membership, carried);
         GroupFile {
             sha256: sha256_hex(body.as_bytes()),
             body,
@@ -273,17 +337,26 @@ impl<'k> Renderer<'k> {
     /// Every key of the group's file with its owner, in file order.
     fn fingerprints(
         &self,
+        group: &str,
         membership: &Membership,
         carried: Option<&PublishedFile>,
     ) -> Vec<(String, String)> {
         let mut keys = Vec::new();
         for member in &membership.users {
-            match self.lines(&member.name, carried) {
+            match self.lines(group, &member.name, carried) {
                 Some(Lines::Fresh(list)) => keys.extend(
                     list.iter()
                         .map(|key| (member.name.clone(), key.fingerprint.as_str().to_owned())),
                 ),
                 Some(Lines::Carried(list)) => keys.extend(
+                    list.iter()
+                        .map(|(_, fp)| (member.name.clone(), (*fp).to_owned())),
+                ),
+                Some(Lines::Restricted(list)) => keys
+                    .extend(list.iter().map(|(key, _)| {
+                        (member.name.clone(), key.fingerprint.as_str().to_owned())
+                    })),
+                Some(Lines::CarriedRestricted(list)) => keys.extend(
                     list.iter()
                         .map(|(_, fp)| (member.name.clone(), (*fp).to_owned())),
                 ),
@@ -295,27 +368,61 @@ impl<'k> Renderer<'k> {
 
     /// The lines a member has in this group: their validated keys, or, when their home could not
     /// be read, what was published for them here (minus denied keys). `None`: no lines.
-    fn lines<'a>(&'a self, user: &str, carried: Option<&'a PublishedFile>) -> Option<Lines<'a>> {
+    fn lines<'a>(
+        &'a self,
+        group: &str,
+        user: &str,
+        carried: Option<&'a PublishedFile>,
+    ) -> Option<Lines<'a>> {
         let lines = match self.kept.get(user) {
+            Some(list) if self.group_options.contains_key(group) => Lines::Restricted(
+                list.iter()
+                    .filter_map(|key| {
+                        let options = self.options_in(group, key.options.as_deref()).ok()?;
+                        Some((*key, options))
+                    })
+                    .collect(),
+            ),
             Some(list) => Lines::Fresh(list),
             // Unknown, or (never in a run) no entry at all: never "no keys".
             None => {
                 let block = carried.and_then(|file| file.block(user))?;
-                Lines::Carried(
-                    block
-                        .keys
-                        .iter()
-                        .filter_map(|(line, fp)| Some((line.as_str(), fp.as_deref()?)))
-                        .filter(|(_, fp)| !self.denied_fingerprints.contains(*fp))
-                        .collect(),
-                )
+                let published = block
+                    .keys
+                    .iter()
+                    .filter_map(|(line, fp)| Some((line.as_str(), fp.as_deref()?)))
+                    .filter(|(_, fp)| !self.denied_fingerprints.contains(*fp));
+                if self.group_options.contains_key(group) {
+                    Lines::CarriedRestricted(
+                        published
+                            .filter_map(|(line, fp)| Some((self.restrict_line(group, line)?, fp)))
+                            .collect(),
+                    )
+                } else {
+                    Lines::Carried(published.collect())
+                }
             }
         };
         let empty = match &lines {
             Lines::Fresh(list) => list.is_empty(),
+            Lines::Restricted(list) => list.is_empty(),
             Lines::Carried(list) => list.is_empty(),
+            Lines::CarriedRestricted(list) => list.is_empty(),
         };
         (!empty).then_some(lines)
+    }
+
+    /// A published line with the group's options merged into its own; `None` when they conflict
+    /// or the line no longer parses.
+    fn restrict_line(&self, group: &str, line: &str) -> Option<String> {
+        let key = crate::keys::parse_authorized_keys(line, &crate::group_file::any_key_policy())
+            .keys
+            .pop()?;
+        let options = self.options_in(group, key.options.as_deref()).ok()?;
+        let mut out = String::new();
+        push_key_with(&mut out, options.as_deref(), &key);
+        out.pop();
+        Some(out)
     }
 
     /// Writes the group's file into `sink`, calling `person` for each person with keys in it.
@@ -331,7 +438,7 @@ impl<'k> Renderer<'k> {
         sink.push(name);
         sink.push(": generated, do not edit\n");
         for member in &membership.users {
-            let Some(lines) = self.lines(&member.name, carried) else {
+            let Some(lines) = self.lines(name, &member.name, carried) else {
                 continue;
             };
             sink.push(&block_header(&member.name, &member.via));
@@ -349,6 +456,19 @@ impl<'k> Renderer<'k> {
                     }
                     list.len()
                 }
+                Lines::Restricted(list) => {
+                    for (key, options) in &list {
+                        push_key_with(sink, options.as_deref(), key);
+                    }
+                    list.len()
+                }
+                Lines::CarriedRestricted(list) => {
+                    for (line, _) in &list {
+                        sink.push(line);
+                        sink.push("\n");
+                    }
+                    list.len()
+                }
             };
             person(member, count);
         }
@@ -357,7 +477,12 @@ impl<'k> Renderer<'k> {
 
 /// A key line as `AuthorizedKey::line` spells it, written piecewise (no allocation).
 fn push_key(sink: &mut impl Sink, key: &AuthorizedKey) {
-    if let Some(options) = &key.options {
+    push_key_with(sink, key.options.as_deref(), key);
+}
+
+/// A key line with `options` in place of the key's own.
+fn push_key_with(sink: &mut impl Sink, options: Option<&str>, key: &AuthorizedKey) {
+    if let Some(options) = options {
         sink.push(options);
         sink.push(" ");
     }
@@ -512,5 +637,90 @@ mod tests {
         assert_eq!(problems[1].user, "eve");
         assert!(problems[1].reason.contains("is published for bob"));
         assert_eq!(renderer.owners(), owners);
+    }
+
+    #[test]
+    fn group_options_restrict_every_line_of_their_group_only_and_conflicts_are_reported() {
+        let policy = crate::policy::parse(
+            std::path::Path::new("p.toml"),
+            "[access_groups.ops]\nusers = [\"x\"]\noptions = ['from=\"10.20.0.0/16\"', \"no-pty\"]\n\
+             [access_groups.web]\nusers = [\"x\"]\n",
+        )
+        .unwrap()
+        .policy;
+        let narrow = format!("from=\"192.168.0.0/16\" {ED_B}");
+        let keys = BTreeMap::from([
+            ("alice".to_string(), keys_of(ED_A)),
+            ("bob".to_string(), keys_of(&narrow)),
+        ]);
+        let members = Membership::through_team(&["alice", "bob"]);
+        let resolution = Resolution {
+            access_groups: BTreeMap::from([
+                ("ops".to_string(), members.clone()),
+                ("web".to_string(), members.clone()),
+            ]),
+            warnings: vec![],
+        };
+        let none = BTreeSet::new();
+        let renderer = Renderer::new(&keys, &none, None).restrict(&policy, &resolution);
+        let ops = file(&renderer, "ops", &members, None);
+        assert_eq!(
+            ops.body,
+            format!(
+                "# keyhole access group ops: generated, do not edit\n# alice via Team\nfrom=\"10.20.0.0/16\",no-pty {ED_A}\n"
+            )
+        );
+        // bob's own from= has nothing in common with the group's: left out of ops only.
+        let web = file(&renderer, "web", &members, None);
+        assert_eq!(web.users, ["alice", "bob"]);
+        assert!(web.body.contains(&narrow));
+        let problems = renderer.problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].user, "bob");
+        assert!(
+            problems[0]
+                .reason
+                .contains("left out of access group ops: the key's from=\"192.168.0.0/16\""),
+            "{problems:?}"
+        );
+        // A carried line (unreadable home) gets the group's options merged again, once.
+        let published = PublishedFile::parse(ops.body.as_bytes());
+        let unknown = BTreeMap::from([("alice".to_string(), UserKeys::Unknown("timeout".into()))]);
+        let renderer = Renderer::new(&unknown, &none, None).restrict(&policy, &resolution);
+        let alice = Membership::through_team(&["alice"]);
+        assert_eq!(
+            file(&renderer, "ops", &alice, Some(&published)).body,
+            ops.body
+        );
+    }
+
+    #[test]
+    fn an_automation_key_pasted_by_a_person_stays_with_the_account() {
+        let keys = BTreeMap::from([
+            ("automation:ci".to_string(), keys_of(ED_A)),
+            ("bob".to_string(), keys_of(&format!("{ED_A}\n{ED_B}"))),
+        ]);
+        assert_eq!(contested(&keys), BTreeSet::from([fingerprint_of(ED_A)]));
+        let owners = Owners::from([(fingerprint_of(ED_A), "automation:ci".to_string())]);
+        let none = BTreeSet::new();
+        let renderer = Renderer::new(&keys, &none, Some(&owners));
+        let web = file(
+            &renderer,
+            "web",
+            &Membership::through_team(&["automation:ci", "bob"]),
+            None,
+        );
+        assert_eq!(
+            web.keys,
+            [
+                ("automation:ci".to_string(), fingerprint_of(ED_A)),
+                ("bob".to_string(), fingerprint_of(ED_B))
+            ]
+        );
+        assert!(
+            renderer.problems()[0]
+                .reason
+                .contains("is published for automation:ci")
+        );
     }
 }

@@ -10,8 +10,15 @@
 //!
 //! Names in the policy match AD case-insensitively (as AD itself does); output always uses the
 //! spelling AD has.
+//!
+//! A time-limited entry (`until`) counts only before its end: a person reached only through
+//! ended entries is excluded as `expired_grant`; one who still has another way in keeps it, and
+//! [`Member::until`] is the latest end among the entries that still count (`None` when one of
+//! them never ends). Automation accounts (`[automation.NAME]`) become members named
+//! `automation:NAME`, excluded like a person when their `ad_account` is disabled, locked,
+//! expired, denied or missing.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -19,7 +26,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::directory::{AccountState, Dn, FileTime, LockoutDuration, Snapshot, User};
-use crate::policy::{Policy, Principals};
+use crate::policy::{Policy, Principals, Until};
 
 /// The `via` marker for people who get access through `[everywhere]`.
 pub const EVERYWHERE: &str = "everywhere";
@@ -48,6 +55,10 @@ pub struct Membership {
 pub struct Member {
     pub name: String,
     pub via: Via,
+    /// When the access ends: the latest end of the time-limited entries that give it, `None`
+    /// when one of them does not end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<Until>,
 }
 
 /// A chain of group names. Shared, not copied: every person reached through the same nested
@@ -66,6 +77,7 @@ impl Membership {
                 .map(|user| Member {
                     name: (*user).to_owned(),
                     via: Arc::clone(&team),
+                    until: None,
                 })
                 .collect(),
             excluded: Vec::new(),
@@ -88,6 +100,8 @@ pub enum Exclusion {
     Expired,
     NotFound,
     Denied,
+    /// Reached only through policy entries whose `until` has passed.
+    ExpiredGrant,
 }
 
 impl Exclusion {
@@ -98,6 +112,7 @@ impl Exclusion {
             Exclusion::Expired => "expired",
             Exclusion::NotFound => "not_found",
             Exclusion::Denied => "denied",
+            Exclusion::ExpiredGrant => "expired_grant",
         }
     }
 }
@@ -110,7 +125,9 @@ pub fn resolve(policy: &Policy, snapshot: &Snapshot, now: SystemTime) -> Resolut
         .access_groups
         .iter()
         .map(|(name, group)| {
-            let membership = resolver.membership(&group.principals, &policy.everywhere, &denied);
+            let mut membership =
+                resolver.membership(&group.principals, &policy.everywhere, &denied);
+            resolver.automation(policy, name, &denied, &mut membership);
             (name.clone(), membership)
         })
         .collect();
@@ -128,6 +145,7 @@ type Reached = Rc<Vec<(usize, Via)>>;
 struct Resolver<'s> {
     snapshot: &'s Snapshot,
     now: FileTime,
+    clock: SystemTime,
     lockout: LockoutDuration,
     users_by_name: HashMap<String, usize>,
     groups_by_name: HashMap<String, usize>,
@@ -180,6 +198,7 @@ impl<'s> Resolver<'s> {
         Resolver {
             snapshot,
             now: FileTime::from_system_time(now),
+            clock: now,
             lockout: snapshot
                 .domain
                 .as_ref()
@@ -206,7 +225,18 @@ impl<'s> Resolver<'s> {
         // For each user, the best way in: the access group's own grants before [everywhere],
         // then the shortest chain, then the alphabetically first one.
         let mut best: BTreeMap<usize, (u8, Via)> = BTreeMap::new();
-        let mut offer = |user: usize, rank: u8, via: Via| {
+        // Per user, when the entries that still count end (`None`: one of them never does).
+        let mut ends: HashMap<usize, Option<Until>> = HashMap::new();
+        // Users some ended entry reaches.
+        let mut ended: BTreeSet<usize> = BTreeSet::new();
+        let mut ended_not_found: Vec<String> = Vec::new();
+        let mut offer = |user: usize, rank: u8, via: Via, until: Option<&Until>| {
+            let end = ends.entry(user).or_insert_with(|| until.cloned());
+            match (end.as_ref(), until) {
+                (Some(current), Some(until)) if until > current => *end = Some(until.clone()),
+                (Some(_), None) => *end = None,
+                _ => {}
+            }
             let candidate = (rank, via);
             match best.get(&user) {
                 Some(current) if by_preference(current) <= by_preference(&candidate) => {}
@@ -219,6 +249,16 @@ impl<'s> Resolver<'s> {
         for (rank, principals) in [(0, own), (1, everywhere)] {
             let via_everywhere = rank == 1;
             for name in &principals.users {
+                let until = principals.user_until(name);
+                if until.is_some_and(|until| until.has_ended(self.clock)) {
+                    match self.users_by_name.get(&name.to_lowercase()) {
+                        Some(&user) => {
+                            ended.insert(user);
+                        }
+                        None => ended_not_found.push(name.clone()),
+                    }
+                    continue;
+                }
                 match self.users_by_name.get(&name.to_lowercase()) {
                     Some(&user) => {
                         let via = if via_everywhere {
@@ -226,7 +266,7 @@ impl<'s> Resolver<'s> {
                         } else {
                             &self.direct
                         };
-                        offer(user, rank, Arc::clone(via))
+                        offer(user, rank, Arc::clone(via), until)
                     }
                     None => {
                         let is_group = self.groups_by_name.contains_key(&name.to_lowercase());
@@ -241,18 +281,35 @@ impl<'s> Resolver<'s> {
                     self.warn_missing("group", name, is_user);
                     continue;
                 };
+                let until = principals.group_until(name);
+                if until.is_some_and(|until| until.has_ended(self.clock)) {
+                    ended.extend(self.expand(group).iter().map(|(user, _)| *user));
+                    continue;
+                }
                 for (user, chain) in self.expand(group).iter() {
                     let via = if via_everywhere {
                         self.through_everywhere(chain)
                     } else {
                         Arc::clone(chain)
                     };
-                    offer(*user, rank, via);
+                    offer(*user, rank, via, until);
                 }
             }
         }
 
         let mut membership = Membership::default();
+        for &user in ended.iter().filter(|user| !best.contains_key(user)) {
+            let record: &User = &self.snapshot.users[user];
+            let reason = if denied.contains(&record.name.to_lowercase()) {
+                Exclusion::Denied
+            } else {
+                Exclusion::ExpiredGrant
+            };
+            membership.excluded.push(Excluded {
+                name: record.name.clone(),
+                reason,
+            });
+        }
         for (user, (_, via)) in best {
             let record: &User = &self.snapshot.users[user];
             let exclusion = if denied.contains(&record.name.to_lowercase()) {
@@ -269,6 +326,7 @@ impl<'s> Resolver<'s> {
                 None => membership.users.push(Member {
                     name: record.name.clone(),
                     via,
+                    until: ends.get(&user).cloned().flatten(),
                 }),
                 Some(reason) => membership.excluded.push(Excluded {
                     name: record.name.clone(),
@@ -284,11 +342,78 @@ impl<'s> Resolver<'s> {
                 name,
                 reason: Exclusion::NotFound,
             }));
+        ended_not_found.sort_by_key(|name| name.to_lowercase());
+        ended_not_found.dedup_by_key(|name| name.to_lowercase());
+        membership.excluded.extend(
+            ended_not_found
+                .into_iter()
+                .filter(|name| {
+                    !membership
+                        .excluded
+                        .iter()
+                        .any(|e| e.name.eq_ignore_ascii_case(name))
+                })
+                .map(|name| Excluded {
+                    name,
+                    reason: Exclusion::ExpiredGrant,
+                })
+                .collect::<Vec<_>>(),
+        );
         membership.users.sort_by(|a, b| by_name(&a.name, &b.name));
         membership
             .excluded
             .sort_by(|a, b| by_name(&a.name, &b.name));
         membership
+    }
+
+    /// Adds the automation accounts granted `access_group` to its membership: a member when its
+    /// `ad_account` (if any) is an active, undenied AD user, excluded with the reason otherwise.
+    fn automation(
+        &mut self,
+        policy: &Policy,
+        access_group: &str,
+        denied: &HashSet<String>,
+        membership: &mut Membership,
+    ) {
+        let mut added = false;
+        for automation in policy.automation.values() {
+            if !automation.grants(access_group) {
+                continue;
+            }
+            added = true;
+            let exclusion = match &automation.ad_account {
+                None => None,
+                Some(account) => match self.users_by_name.get(&account.to_lowercase()) {
+                    None => {
+                        let is_group = self.groups_by_name.contains_key(&account.to_lowercase());
+                        self.warn_missing("user", account, is_group);
+                        Some(Exclusion::NotFound)
+                    }
+                    Some(_) if denied.contains(&account.to_lowercase()) => Some(Exclusion::Denied),
+                    Some(&user) => match self.snapshot.users[user].state(self.now, self.lockout) {
+                        AccountState::Active => None,
+                        AccountState::Disabled => Some(Exclusion::Disabled),
+                        AccountState::Locked => Some(Exclusion::Locked),
+                        AccountState::Expired => Some(Exclusion::Expired),
+                    },
+                },
+            };
+            let name = automation.member();
+            match exclusion {
+                None => membership.users.push(Member {
+                    name,
+                    via: Arc::from([automation.via()]),
+                    until: None,
+                }),
+                Some(reason) => membership.excluded.push(Excluded { name, reason }),
+            }
+        }
+        if added {
+            membership.users.sort_by(|a, b| by_name(&a.name, &b.name));
+            membership
+                .excluded
+                .sort_by(|a, b| by_name(&a.name, &b.name));
+        }
     }
 
     /// `chain` with `"everywhere"` in front: the chain of a person `[everywhere]` reaches.
@@ -437,6 +562,7 @@ mod tests {
         Principals {
             users: users.iter().map(|s| s.to_string()).collect(),
             groups: groups.iter().map(|s| s.to_string()).collect(),
+            ..Principals::default()
         }
     }
 
@@ -452,6 +578,7 @@ mod tests {
                             name: name.to_string(),
                             description: None,
                             principals: principals.clone(),
+                            options: vec![],
                         },
                     )
                 })
@@ -460,6 +587,7 @@ mod tests {
                 users: deny.iter().map(|s| s.to_string()).collect(),
                 fingerprints: vec![],
             },
+            automation: BTreeMap::new(),
         }
     }
 
@@ -678,6 +806,127 @@ mod tests {
             resolution.warnings,
             [
                 "AD user \"Web Team\" named in the policy does not exist (there is an AD group of that name: list it under groups)"
+            ]
+        );
+    }
+
+    fn until(days_after_now: i64) -> Until {
+        Until {
+            ends_at: crate::policy::unix_seconds(now()) + days_after_now * 86_400,
+            text: format!("in {days_after_now} days"),
+        }
+    }
+
+    #[test]
+    fn an_ended_grant_excludes_unless_another_grant_still_counts() {
+        let snap = snapshot(
+            vec![user("carol"), user("dave"), user("erin"), user("fay")],
+            vec![
+                group("Helpers", 1100, &["erin", "fay"]),
+                group("Team", 1101, &["fay"]),
+            ],
+        );
+        let mut web = principals(&["carol", "dave", "ghost"], &["Helpers", "Team"]);
+        web.users_until.insert("carol".into(), until(1));
+        web.users_until.insert("dave".into(), until(-1));
+        web.users_until.insert("ghost".into(), until(-1));
+        web.groups_until.insert("helpers".into(), until(-1));
+        let pol = policy(&[("web", web)], principals(&[], &[]), &[]);
+        let resolution = resolve(&pol, &snap, now());
+        let web = &resolution.access_groups["web"];
+        let users: Vec<_> = web
+            .users
+            .iter()
+            .map(|m| (m.name.as_str(), m.until.as_ref().map(|u| u.text.as_str())))
+            .collect();
+        // carol's grant ends tomorrow; fay lost Helpers but is still in Team.
+        assert_eq!(users, [("carol", Some("in 1 days")), ("fay", None)]);
+        let excluded: Vec<_> = web
+            .excluded
+            .iter()
+            .map(|e| (e.name.as_str(), e.reason))
+            .collect();
+        assert_eq!(
+            excluded,
+            [
+                ("dave", Exclusion::ExpiredGrant),
+                ("erin", Exclusion::ExpiredGrant),
+                ("ghost", Exclusion::ExpiredGrant),
+            ]
+        );
+        // The latest end wins; one entry that never ends makes the access unending.
+        let mut db = principals(&["carol"], &["Helpers"]);
+        db.users_until.insert("carol".into(), until(3));
+        db.groups_until.insert("helpers".into(), until(9));
+        let pol = policy(&[("db", db)], principals(&["erin"], &[]), &[]);
+        let resolution = resolve(&pol, &snap, now());
+        let db: Vec<_> = resolution.access_groups["db"]
+            .users
+            .iter()
+            .map(|m| (m.name.as_str(), m.until.as_ref().map(|u| u.text.clone())))
+            .collect();
+        assert_eq!(
+            db,
+            [
+                ("carol", Some("in 3 days".to_owned())),
+                ("erin", None),
+                ("fay", Some("in 9 days".to_owned()))
+            ]
+        );
+    }
+
+    #[test]
+    fn automation_accounts_follow_their_ad_account() {
+        let mut disabled = user("svc-old");
+        disabled.account_control = 514;
+        let snap = snapshot(vec![user("svc-ci"), disabled], vec![]);
+        let mut pol = policy(
+            &[("web", principals(&[], &[])), ("db", principals(&[], &[]))],
+            principals(&[], &[]),
+            &[],
+        );
+        let account = |name: &str, groups: &[&str], everywhere: bool, ad: Option<&str>| {
+            crate::policy::Automation {
+                name: name.into(),
+                key_files: vec![],
+                access_groups: groups.iter().map(|g| g.to_string()).collect(),
+                everywhere,
+                owner: "ops".into(),
+                ad_account: ad.map(str::to_owned),
+            }
+        };
+        for automation in [
+            account("ci", &["web"], false, Some("SVC-CI")),
+            account("old", &[], true, Some("svc-old")),
+            account("gone", &["db"], false, Some("svc-gone")),
+            account("plain", &[], true, None),
+        ] {
+            pol.automation.insert(automation.name.clone(), automation);
+        }
+        let resolution = resolve(&pol, &snap, now());
+        assert_eq!(
+            members(&resolution, "web"),
+            [
+                ("automation:ci".into(), vec!["owner ops".to_string()]),
+                ("automation:plain".into(), vec!["owner ops".to_string()])
+            ]
+        );
+        let excluded = |group: &str| -> Vec<(String, Exclusion)> {
+            resolution.access_groups[group]
+                .excluded
+                .iter()
+                .map(|e| (e.name.clone(), e.reason))
+                .collect()
+        };
+        assert_eq!(
+            excluded("web"),
+            [("automation:old".into(), Exclusion::Disabled)]
+        );
+        assert_eq!(
+            excluded("db"),
+            [
+                ("automation:gone".into(), Exclusion::NotFound),
+                ("automation:old".into(), Exclusion::Disabled)
             ]
         );
     }

@@ -14,7 +14,8 @@ use crate::settings::Settings;
 use crate::{directory, policy};
 
 /// Show who gets access to each access group (directly, through which nested group chain, or
-/// everywhere) and who is excluded and why (disabled, locked, expired, not found, denied).
+/// everywhere; automation accounts with their owner; the end date of time-limited grants) and
+/// who is excluded and why (disabled, locked, expired, not found, denied, expired_grant).
 ///
 /// Reads the policy and Active Directory; writes nothing.
 #[derive(Debug, clap::Args)]
@@ -26,6 +27,11 @@ pub struct Args {
     /// Report format (json is stable; see the README).
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
+
+    /// For tests only (hidden): judge `until` dates and AD account states as of this RFC 3339
+    /// time instead of the clock.
+    #[arg(long, hide = true, value_name = "RFC3339", value_parser = humantime::parse_rfc3339)]
+    now: Option<SystemTime>,
 }
 
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
@@ -46,7 +52,11 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
         .await
         .context("reading Active Directory")?;
 
-    let mut resolution = resolve(&checked.policy, &snapshot, SystemTime::now());
+    let mut resolution = resolve(
+        &checked.policy,
+        &snapshot,
+        args.now.unwrap_or_else(SystemTime::now),
+    );
     if let Some(wanted) = &args.access_group {
         resolution.access_groups.retain(|name, _| name == wanted);
     }
@@ -84,7 +94,11 @@ fn text(resolution: &Resolution) -> String {
             } else {
                 format!("via {}", member.via.join(VIA_SEPARATOR))
             };
-            let _ = writeln!(out, "  + {:width$}  {why}", member.name);
+            let until = match &member.until {
+                Some(until) => format!(" (until {until})"),
+                None => String::new(),
+            };
+            let _ = writeln!(out, "  + {:width$}  {why}{until}", member.name);
         }
         for excluded in &membership.excluded {
             let _ = writeln!(out, "  - {}  ({})", excluded.name, excluded.reason.as_str());

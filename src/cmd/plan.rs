@@ -31,11 +31,20 @@ pub struct Args {
     /// Exit 2 when there are changes, 0 when there are none.
     #[arg(long)]
     detailed_exitcode: bool,
+
+    /// For tests only (hidden): evaluate the policy's `until` dates and AD account expiry and
+    /// lockout as of this RFC 3339 time instead of the clock. Signing always uses the clock.
+    #[arg(long, hide = true, value_name = "RFC3339", value_parser = humantime::parse_rfc3339)]
+    now: Option<std::time::SystemTime>,
 }
 
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
     let settings = Settings::load(global.config.as_deref())?;
-    let prepared = prepare(&settings, None, Start::default()).await?;
+    let start = Start {
+        now: args.now,
+        ..Start::default()
+    };
+    let prepared = prepare(&settings, None, start).await?;
     print!("{}", format_plan(&prepared.plan, args.format));
     if prepared.gathered.has_unknown() {
         tracing::error!(
@@ -106,6 +115,7 @@ impl Prepared {
     /// The renderer of this run's group files (a publish renders again the files it writes).
     pub fn renderer(&self) -> Renderer<'_> {
         Renderer::new(&self.gathered.keys, &self.denied, self.owners.as_ref())
+            .restrict(&self.gathered.checked.policy, &self.gathered.resolution)
     }
 }
 
@@ -114,6 +124,8 @@ impl Prepared {
 pub(crate) struct Start {
     /// The lowest generation the next index may have (after the index was lost).
     pub min_generation: Option<u64>,
+    /// The time the policy and AD are judged at (`--now`, tests only); `None`: the clock.
+    pub now: Option<SystemTime>,
 }
 
 pub(crate) async fn prepare(
@@ -122,7 +134,7 @@ pub(crate) async fn prepare(
     start: Start,
 ) -> anyhow::Result<Prepared> {
     let s3 = settings.s3()?;
-    let gathered = gather(settings, SystemTime::now()).await?;
+    let gathered = gather(settings, start.now.unwrap_or_else(SystemTime::now)).await?;
     let store = S3Store::connect(s3, Timeouts::PUBLISHER).await;
     let layout = Layout {
         prefix: s3.prefix.clone(),

@@ -13,8 +13,9 @@
 //! objects it wrote are named by no index, and the next publish that changes those groups prunes
 //! them).
 //!
-//! When the safety guard refuses a publish, the removals it never holds back (`[deny]`) are still
-//! published: each affected group's published file with just those people and keys removed.
+//! When the safety guard refuses a publish, the removals it never holds back (`[deny]`, and grants
+//! past their `until`) are still published: each affected group's published file with just those
+//! people and keys removed.
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::PathBuf;
@@ -66,6 +67,11 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     min_generation: Option<u64>,
 
+    /// For tests only (hidden): evaluate the policy's `until` dates and AD account expiry and
+    /// lockout as of this RFC 3339 time instead of the clock. Signing always uses the clock.
+    #[arg(long, hide = true, value_name = "RFC3339", value_parser = humantime::parse_rfc3339)]
+    now: Option<std::time::SystemTime>,
+
     /// Give up (exit 1, nothing published) if the run has not reached the index write (the
     /// commit) within this long, e.g. "4m".
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
@@ -114,6 +120,7 @@ async fn publish(
     let selected = (!selection.is_empty()).then_some(&selection);
     let start = super::plan::Start {
         min_generation: args.min_generation,
+        now: args.now,
     };
     let mut prepared = within(
         deadline,
@@ -147,7 +154,7 @@ async fn publish(
         if denied.is_empty() {
             tracing::error!("nothing was written");
         } else {
-            tracing::warn!(groups = ?denied, "published the [deny] removals only; the rest waits for --force");
+            tracing::warn!(groups = ?denied, "published the [deny] removals only (and grants past their until); the rest waits for --force");
         }
         return Ok(Exit::GuardRefused);
     }
@@ -358,7 +365,7 @@ async fn prune(prepared: &Prepared) {
     }
 }
 
-/// When the guard refuses: commits only the `[deny]` removals, as each affected group's published
+/// When the guard refuses: commits only the `[deny]` and expired-grant removals, as each affected group's published
 /// file minus the denied people and keys. Returns the groups written.
 async fn publish_denials(
     prepared: &Prepared,
@@ -371,10 +378,7 @@ async fn publish_denials(
         .iter()
         .filter(|(_, group)| group.action == Action::Update)
         .filter(|(_, group)| {
-            group
-                .removed_users
-                .iter()
-                .any(|change| change.reason == crate::resolve::Exclusion::Denied.as_str())
+            group.removed_users.iter().any(crate::plan::unguarded)
                 || group
                     .removed_fingerprints
                     .iter()

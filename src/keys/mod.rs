@@ -12,6 +12,7 @@
 //! from the `ssh-key` crate).
 
 mod fingerprint;
+pub mod merge;
 mod options;
 
 use std::collections::{BTreeSet, HashMap};
@@ -21,6 +22,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
 pub use fingerprint::{Fingerprint, FingerprintError};
+pub use options::KeyOption;
 pub use options::{OptionsError, is_sshd_option_name};
 
 /// The `[keys] allowed_types` default (SPEC.md): what keyhole publishes unless told otherwise.

@@ -119,7 +119,14 @@ impl Sshd {
 
     /// `ssh -i KEY -p PORT USER@127.0.0.1 true`: true when the login succeeded.
     pub fn login(&self, user: &str, private_key: &Path) -> bool {
+        self.login_from(user, private_key, "127.0.0.1")
+    }
+
+    /// Like [`Sshd::login`], from the loopback address `source` (`ssh -b`), e.g. 127.0.0.2: what
+    /// a `from=` restriction is judged against.
+    pub fn login_from(&self, user: &str, private_key: &Path, source: &str) -> bool {
         let output = Command::new("ssh")
+            .args(["-b", source])
             .arg("-i")
             .arg(private_key)
             .args(["-p", &self.port.to_string()])
