@@ -34,6 +34,7 @@ enum Command {
     Whois(cmd::whois::Args),
     AuthorizedKeys(cmd::authorized_keys::Args),
     Refresh(cmd::refresh::Args),
+    Doctor(cmd::doctor::Args),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +70,7 @@ fn dispatch(command: Command, global: &cmd::GlobalArgs) -> anyhow::Result<Exit> 
         // single-threaded one (built by the command itself).
         Command::AuthorizedKeys(args) => cmd::authorized_keys::run(args, global),
         Command::Refresh(args) => cmd::refresh::run(args, global),
+        Command::Doctor(args) => cmd::doctor::run(args, global),
         Command::Check(args) => cmd::check::run(args, global),
         Command::Diff(args) => block_on(cmd::diff::run(args, global)),
         Command::Members(args) => block_on(cmd::members::run(args, global)),

@@ -150,6 +150,7 @@ impl Host {
             max_stale: Duration::from_secs(3600),
             fetch_timeout: Duration::from_secs(3),
             verify_key: Some(bucket.verify_key.clone()),
+            imds: None,
         };
         Host {
             store: S3Store::connect(&s3, Timeouts::PUBLISHER).await,

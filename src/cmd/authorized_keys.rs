@@ -8,6 +8,9 @@
 //! that it fails closed (no keys, exit 1), and sshd falls back to the emergency keys in
 //! `AuthorizedKeysFile`.
 //!
+//! The host's access groups are the static list plus what `refresh` last resolved from EC2
+//! (cached); this command never asks the instance metadata service.
+//!
 //! stdout carries key lines and nothing else, ever; everything else goes to stderr and syslog.
 
 use std::io::Write as _;
@@ -43,6 +46,14 @@ pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
     }
     let cache = Cache::new(&instance.cache_dir);
     let mut groups = instance::cached_groups(&cache, instance)?;
+    if groups.is_empty() {
+        // Only with an EC2 source: `refresh` has not resolved this host's groups (yet). IMDS is
+        // never asked from here: a login must not wait on it.
+        tracing::error!(
+            "this host has no access groups yet: `keyhole refresh` resolves them from EC2 (see its log); serving no keys"
+        );
+        return Ok(Exit::Failure);
+    }
     if !instance::all_fresh(&groups, instance, SystemTime::now()) {
         match fetch(&settings, &cache, instance.fetch_timeout) {
             Ok(_) => groups = instance::cached_groups(&cache, instance)?,

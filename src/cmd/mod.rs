@@ -7,6 +7,7 @@ use std::path::PathBuf;
 pub mod authorized_keys;
 pub mod check;
 pub mod diff;
+pub mod doctor;
 pub mod members;
 pub mod plan;
 pub mod publish;

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod homes;
+pub mod imds;
 pub mod keyhole;
 pub mod s3;
 pub mod samba;
