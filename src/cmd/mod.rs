@@ -8,6 +8,7 @@ pub mod authorized_keys;
 pub mod canary;
 pub mod check;
 pub mod diff;
+pub mod doctor;
 pub mod members;
 pub mod plan;
 pub mod publish;

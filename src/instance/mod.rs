@@ -38,6 +38,10 @@ use crate::settings::InstanceSettings;
 use crate::signing::{self, Verifier};
 use crate::store::{Fetched, ObjectStore};
 
+pub mod doctor;
+pub mod host_groups;
+pub mod imds;
+
 const INDEX: &str = "index";
 const ATTRIBUTION: &str = "attribution";
 /// What keyhole before the index cached; removed by the first refresh that caches an index.
@@ -603,10 +607,13 @@ pub fn cached_groups(
     cache: &Cache,
     instance: &InstanceSettings,
 ) -> anyhow::Result<Vec<(String, Option<Cached>)>> {
-    instance
-        .access_groups
-        .iter()
-        .map(|group| Ok((group.clone(), cache.group(group)?)))
+    // The static list plus what `refresh` last resolved from EC2: never IMDS itself.
+    host_groups::current(cache, instance)?
+        .into_iter()
+        .map(|group| {
+            let cached = cache.group(&group)?;
+            Ok((group, cached))
+        })
         .collect()
 }
 
@@ -659,6 +666,7 @@ mod tests {
             fetch_timeout: Duration::from_secs(3),
             verify_key: None,
             allow_unsigned: true,
+            imds: None,
         }
     }
 

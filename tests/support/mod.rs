@@ -10,6 +10,7 @@
 
 pub mod fault_proxy;
 pub mod homes;
+pub mod imds;
 pub mod keyhole;
 pub mod ports;
 pub mod s3;
