@@ -100,12 +100,18 @@ impl Host {
 
     /// `keyhole refresh` as the timer runs it: as nobody, the cache's owner.
     fn refresh(&self) -> Run {
+        self.as_nobody(&["refresh"])
+    }
+
+    /// keyhole run as nobody, the cache's owner (keyhole refuses a cache directory owned by
+    /// someone else), as the timer and sshd run it.
+    fn as_nobody(&self, args: &[&str]) -> Run {
         let output = std::process::Command::new("setpriv")
             .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
             .arg(env!("CARGO_BIN_EXE_keyhole"))
             .arg("--config")
             .arg(self.config())
-            .arg("refresh")
+            .args(args)
             .env_clear()
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()
@@ -119,7 +125,7 @@ impl Host {
 
     /// The keys `authorized-keys` serves, as their base64 blobs.
     fn served(&self) -> Vec<String> {
-        let run = run_keyhole(&self.config(), &["authorized-keys", LOGIN_USER], &self.env);
+        let run = self.as_nobody(&["authorized-keys", LOGIN_USER]);
         assert_eq!(run.code, 0, "{run:#?}");
         let mut blobs: Vec<String> = run
             .stdout

@@ -36,7 +36,8 @@ struct StallProxy {
 
 impl StallProxy {
     fn start(upstream: SocketAddr, stall_after: usize) -> StallProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        // On the DC's own address: its certificate names only that IP.
+        let listener = TcpListener::bind((upstream.ip(), 0)).unwrap();
         let address = listener.local_addr().unwrap();
         listener.set_nonblocking(true).unwrap();
         let stalled = Arc::new(AtomicUsize::new(0));

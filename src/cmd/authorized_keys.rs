@@ -237,17 +237,33 @@ pub(crate) fn fetch(
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let result = runtime.block_on(async {
+    let (result, outage) = runtime.block_on(async {
         match tokio::time::timeout(timeout, work).await {
-            Ok(result) => result,
-            Err(_) => anyhow::bail!("S3 did not answer within {timeout:?}"),
+            Ok(result) => {
+                let outage = result.as_ref().err().is_some_and(unreachable);
+                (result, outage)
+            }
+            Err(_) => (
+                Err(anyhow::anyhow!("S3 did not answer within {timeout:?}")),
+                true,
+            ),
         }
     });
+    // Only an outage starts the back-off: an index refused for what it says (a rollback, a bad
+    // signature) comes from a reachable S3, and the next login may well find it fixed.
     match &result {
         Ok(_) => clear_failure(&instance.cache_dir),
-        Err(_) => record_failure(&instance.cache_dir, SystemTime::now()),
+        Err(_) if outage => record_failure(&instance.cache_dir, SystemTime::now()),
+        Err(_) => {}
     }
     result
+}
+
+/// Whether a failed refresh failed to reach S3 (as opposed to refusing what S3 said).
+fn unreachable(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .any(|cause| cause.downcast_ref::<crate::store::StoreError>().is_some())
 }
 
 /// One line to stderr (sshd's log with `-e`) and to syslog (auth facility), where the shared

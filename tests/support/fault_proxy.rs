@@ -85,7 +85,7 @@ impl FaultProxy {
             upstream.ip().is_loopback(),
             "the proxy only relays to loopback"
         );
-        let listener = TcpListener::bind("127.0.0.1:0").expect("binding the fault proxy");
+        let listener = TcpListener::bind((upstream.ip(), 0)).expect("binding the fault proxy");
         let address = listener.local_addr().expect("the proxy's address");
         listener
             .set_nonblocking(true)

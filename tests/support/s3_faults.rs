@@ -84,7 +84,7 @@ impl S3FaultProxy {
             upstream.ip().is_loopback(),
             "the proxy only relays to loopback"
         );
-        let listener = TcpListener::bind("127.0.0.1:0").expect("binding the S3 fault proxy");
+        let listener = TcpListener::bind((upstream.ip(), 0)).expect("binding the S3 fault proxy");
         let address = listener.local_addr().expect("the proxy's address");
         listener
             .set_nonblocking(true)
