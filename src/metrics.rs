@@ -28,6 +28,9 @@ pub struct RunMetrics {
     pub guard_refused: bool,
     pub ldap_searches: usize,
     pub s3_writes: usize,
+    /// Bytes of the object bodies read from and written to S3 (see `store::RequestCounts`).
+    pub s3_bytes_read: usize,
+    pub s3_bytes_written: usize,
 }
 
 impl RunMetrics {
@@ -110,6 +113,16 @@ pub fn render(run: &RunMetrics, previous_success: Option<f64>) -> String {
         "S3 PUT and DELETE requests made by the last publish.",
         run.s3_writes as f64,
     );
+    gauge(
+        "keyhole_publish_s3_read_bytes",
+        "Bytes of S3 object bodies read by the last publish.",
+        run.s3_bytes_read as f64,
+    );
+    gauge(
+        "keyhole_publish_s3_written_bytes",
+        "Bytes of S3 object bodies written by the last publish.",
+        run.s3_bytes_written as f64,
+    );
     out
 }
 
@@ -147,6 +160,8 @@ mod tests {
             guard_refused: exit_code == 3,
             ldap_searches: 3,
             s3_writes: 3,
+            s3_bytes_read: 4096,
+            s3_bytes_written: 512,
         }
     }
 
@@ -159,6 +174,8 @@ mod tests {
         );
         assert!(text.contains("\nkeyhole_publish_duration_seconds 1.5\n"));
         assert!(text.contains("\nkeyhole_publish_users 12\n"));
+        assert!(text.contains("\nkeyhole_publish_s3_read_bytes 4096\n"));
+        assert!(text.contains("\nkeyhole_publish_s3_written_bytes 512\n"));
         let refused = render(&run(3), Some(1_799_999_000.0));
         assert!(
             refused.contains("\nkeyhole_publish_last_success_timestamp_seconds 1799999000\n"),
