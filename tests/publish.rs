@@ -283,8 +283,9 @@ fn pruning_keeps_the_current_and_previous_objects_of_each_touched_group() {
                 .unwrap()
         )
     };
-    let new_key = |name: &str, uid: u32| {
-        let key = world.stack.homes.key(name, "ed25519");
+    let new_key = |name: &str, uid: u32, round: usize| {
+        // A key file of its own per round: ssh-keygen will not overwrite one.
+        let key = world.stack.homes.key(&format!("{name}-{round}"), "ed25519");
         world
             .stack
             .homes
@@ -302,7 +303,7 @@ fn pruning_keeps_the_current_and_previous_objects_of_each_touched_group() {
     let mut previous = [current("web-prod"), current("db-prod")];
     for round in 0..2 {
         // bob is in both groups: two prefixes, one listing of the whole prefix.
-        new_key("bob", 20002);
+        new_key("bob", 20002, round);
         let run = world.run(&["publish"]);
         assert_eq!(run.code, 0, "{run:#?}");
         for (i, group) in ["web-prod", "db-prod"].into_iter().enumerate() {
