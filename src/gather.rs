@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 
@@ -40,6 +40,19 @@ pub struct Gathered {
     pub problems: Vec<Problem>,
     /// The policy repository's commit, when the policy is in one.
     pub policy_commit: Option<String>,
+    /// How long each part took, for the run's phase log line (`cmd::plan::prepare`).
+    pub timings: GatherTimings,
+}
+
+/// Wall time of the parts of [`gather`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GatherTimings {
+    /// The policy and the LDAP read (every page and ranged read).
+    pub directory: Duration,
+    /// Resolving the access groups from the snapshot.
+    pub resolve: Duration,
+    /// Reading the members' homes and parsing their keys.
+    pub homes: Duration,
 }
 
 impl Gathered {
@@ -54,12 +67,18 @@ impl Gathered {
 /// Reads the policy, the directory and the members' homes. Any directory failure is an error;
 /// a home that cannot be read is not (it becomes `UserKeys::Unknown`, and its groups are held).
 pub async fn gather(settings: &Settings, now: SystemTime) -> anyhow::Result<Gathered> {
+    let mut timings = GatherTimings::default();
+    let started = Instant::now();
     let checked = policy::load(&settings.policy)?;
     let policy_commit = policy_commit(&settings.policy);
     let (snapshot, directory_stats) = directory::read_snapshot(settings.ldap()?)
         .await
         .context("reading Active Directory")?;
+    timings.directory = started.elapsed();
+    let started = Instant::now();
     let resolution = resolve(&checked.policy, &snapshot, now);
+    timings.resolve = started.elapsed();
+    let started = Instant::now();
 
     let members: BTreeSet<&str> = resolution
         .access_groups
@@ -198,6 +217,7 @@ pub async fn gather(settings: &Settings, now: SystemTime) -> anyhow::Result<Gath
             };
         keys.insert(user, user_keys);
     }
+    timings.homes = started.elapsed();
     tracing::info!(
         members = members.len(),
         problems = problems.len(),
@@ -210,6 +230,7 @@ pub async fn gather(settings: &Settings, now: SystemTime) -> anyhow::Result<Gath
         keys,
         problems,
         policy_commit,
+        timings,
     })
 }
 

@@ -31,6 +31,9 @@ pub struct RunMetrics {
     /// The run ended because AD refused the bind (or the bind guard kept a refused password
     /// from being tried again).
     pub ldap_bind_refused: bool,
+    /// Bytes of the object bodies read from and written to S3 (see `store::RequestCounts`).
+    pub s3_bytes_read: usize,
+    pub s3_bytes_written: usize,
 }
 
 impl RunMetrics {
@@ -118,6 +121,16 @@ pub fn render(run: &RunMetrics, previous_success: Option<f64>) -> String {
         "1 if the last publish stopped at a bind refused with invalid credentials (now or before, with the same password).",
         f64::from(u8::from(run.ldap_bind_refused)),
     );
+    gauge(
+        "keyhole_publish_s3_read_bytes",
+        "Bytes of S3 object bodies read by the last publish.",
+        run.s3_bytes_read as f64,
+    );
+    gauge(
+        "keyhole_publish_s3_written_bytes",
+        "Bytes of S3 object bodies written by the last publish.",
+        run.s3_bytes_written as f64,
+    );
     out
 }
 
@@ -162,6 +175,8 @@ mod tests {
             ldap_searches: 3,
             s3_writes: 3,
             ldap_bind_refused: false,
+            s3_bytes_read: 4096,
+            s3_bytes_written: 512,
         }
     }
 
@@ -174,6 +189,8 @@ mod tests {
         );
         assert!(text.contains("\nkeyhole_publish_duration_seconds 1.5\n"));
         assert!(text.contains("\nkeyhole_publish_users 12\n"));
+        assert!(text.contains("\nkeyhole_publish_s3_read_bytes 4096\n"));
+        assert!(text.contains("\nkeyhole_publish_s3_written_bytes 512\n"));
         let refused = render(&run(3), Some(1_799_999_000.0));
         assert!(
             refused.contains("\nkeyhole_publish_last_success_timestamp_seconds 1799999000\n"),

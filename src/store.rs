@@ -73,12 +73,16 @@ pub enum StoreError {
 }
 
 /// Counts of requests made, for logs, benchmarks and the "a no-change run writes nothing" tests.
+/// Bytes are object bodies only (what a GET returned, what a PUT sent): the figure that grows
+/// with what is published, not the HTTP headers or LIST pages around it.
 #[derive(Debug, Default)]
 pub struct RequestCounts {
     pub gets: AtomicUsize,
     pub puts: AtomicUsize,
     pub deletes: AtomicUsize,
     pub lists: AtomicUsize,
+    pub bytes_read: AtomicUsize,
+    pub bytes_written: AtomicUsize,
 }
 
 impl RequestCounts {
@@ -288,6 +292,9 @@ impl ObjectStore for S3Store {
             }
             body.extend_from_slice(&chunk);
         }
+        self.counts
+            .bytes_read
+            .fetch_add(body.len(), Ordering::Relaxed);
         Ok(Fetched::Object(StoredObject { body, etag }))
     }
 
@@ -298,6 +305,9 @@ impl ObjectStore for S3Store {
         precondition: Precondition,
     ) -> Result<String, StoreError> {
         self.counts.puts.fetch_add(1, Ordering::Relaxed);
+        self.counts
+            .bytes_written
+            .fetch_add(body.len(), Ordering::Relaxed);
         let mut request = self
             .client
             .put_object()

@@ -261,6 +261,75 @@ fn groups_removed_from_the_policy_are_pruned() {
     assert!(world.manifest()["groups"].get("db-prod").is_none());
 }
 
+/// Pruning after a commit keeps each touched group's current and previous object and removes
+/// anything older or never committed, whether it lists the whole prefix once (two or more groups
+/// touched) or each group's prefix (one group touched).
+#[test]
+fn pruning_keeps_the_current_and_previous_objects_of_each_touched_group() {
+    let world = World::new(POLICY);
+    let s3 = &world.stack.s3;
+    let objects = |group: &str| -> Vec<String> {
+        let prefix = format!("ssh/{group}/");
+        s3.keys()
+            .into_iter()
+            .filter(|key| key.starts_with(&prefix))
+            .collect()
+    };
+    let current = |group: &str| {
+        format!(
+            "ssh/{group}/{}",
+            world.manifest()["groups"][group]["sha256"]
+                .as_str()
+                .unwrap()
+        )
+    };
+    let new_key = |name: &str, uid: u32, round: usize| {
+        // A key file of its own per round: ssh-keygen will not overwrite one.
+        let key = world.stack.homes.key(&format!("{name}-{round}"), "ed25519");
+        world
+            .stack
+            .homes
+            .write(name, uid, &format!("{}\n", key.line));
+    };
+    assert_eq!(world.run(&["publish"]).code, 0);
+    // Objects a run wrote and never committed (it lost the race, or hit its deadline).
+    let leftovers = [
+        format!("ssh/web-prod/{}", "0".repeat(64)),
+        format!("ssh/db-prod/{}", "1".repeat(64)),
+    ];
+    for key in &leftovers {
+        s3.put_object(key, "# never committed\n");
+    }
+    let mut previous = [current("web-prod"), current("db-prod")];
+    for round in 0..2 {
+        // bob is in both groups: two prefixes, one listing of the whole prefix.
+        new_key("bob", 20002, round);
+        let run = world.run(&["publish"]);
+        assert_eq!(run.code, 0, "{run:#?}");
+        for (i, group) in ["web-prod", "db-prod"].into_iter().enumerate() {
+            let mut expected = vec![previous[i].clone(), current(group)];
+            expected.sort();
+            assert_eq!(objects(group), expected, "round {round}, {group}");
+            previous[i] = current(group);
+        }
+    }
+    // carol joins db-prod, her key unchanged: one prefix (the owners object is the same), listed
+    // alone; web-prod is not touched.
+    s3.put_object(&leftovers[1], "# never committed\n");
+    let web_prod = objects("web-prod");
+    world
+        .stack
+        .publisher
+        .write_policy(&POLICY.replace(r#"users = ["bob"]"#, r#"users = ["bob", "carol"]"#));
+    let run = world.run(&["publish"]);
+    assert_eq!(run.code, 0, "{run:#?}");
+    let mut expected = vec![previous[1].clone(), current("db-prod")];
+    expected.sort();
+    assert_eq!(objects("db-prod"), expected);
+    assert_eq!(objects("web-prod"), web_prod);
+    assert_eq!(world.run(&["verify"]).code, 0);
+}
+
 #[test]
 fn upstream_failures_leave_the_bucket_as_it_was() {
     let mut world = World::new(POLICY);

@@ -184,6 +184,22 @@ fn ldap_searches_grow_with_the_directory_not_with_the_access_groups() {
     assert!(taken.len() > 100, "{taken:?}");
     let (again, writes) = world.publish(100);
     assert_eq!((again, writes), (searches_100, 0));
+    // The bytes it read are the index's, O(access groups), and it wrote none.
+    let metrics = std::fs::read_to_string(world.stack.publisher.path("publish-100.prom"))
+        .expect("the metrics file");
+    let index_bytes = s3.object("ssh/index.json").unwrap().len();
+    assert_eq!(
+        (
+            gauge(&metrics, "keyhole_publish_s3_read_bytes"),
+            gauge(&metrics, "keyhole_publish_s3_written_bytes")
+        ),
+        (index_bytes, 0),
+        "{metrics}"
+    );
+    assert!(
+        index_bytes < 300 * 100,
+        "{index_bytes} bytes for 100 access groups"
+    );
     for (key, body) in &taken {
         s3.put_object(key, body);
     }

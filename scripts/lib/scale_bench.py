@@ -58,6 +58,20 @@ def ldap_server_searches(text):
     return len(re.findall(r"ldapsrv_SearchRequest", text))
 
 
+PHASES = ["directory_s", "resolve_s", "homes_s", "s3_read_s", "plan_s", "s3_write_s", "prune_s"]
+
+
+def phase_times(stderr):
+    """The phase durations keyhole logs: "prepared the plan" (directory, resolve, homes, S3 read,
+    plan) and "published" (S3 writes up to the commit, then the prune; present only when
+    something was written)."""
+    phases = {}
+    for name, value in re.findall(r"\b(\w+_s)=([0-9.eE+-]+)", stderr):
+        if name in PHASES:
+            phases[name] = float(value)
+    return phases
+
+
 def run(argv, before=None, metrics=None):
     if before:
         before()
@@ -74,6 +88,7 @@ def run(argv, before=None, metrics=None):
     stderr = done.stderr.decode(errors="replace")
     if done.returncode not in (0, 1, 2):
         sys.exit(f"{' '.join(argv)} exited {done.returncode}:\n{stderr[-3000:]}")
+    phases = phase_times(stderr)
     searches = re.findall(r"searches=(\d+)", stderr)
     ranged = re.findall(r"ranged_reads=(\d+)", stderr)
     sample = {
@@ -83,27 +98,19 @@ def run(argv, before=None, metrics=None):
         "s3_server": s3_requests(log_since(f"{work}/s3.log", s3_offset)),
         "ldap_server": ldap_server_searches(log_since(f"{work}/samba.log", dc_offset)),
         "stderr_tail": stderr[-600:],
+        "phases": phases,
     }
     if metrics and os.path.exists(metrics):
         m = dict(re.findall(r"^(keyhole_publish_\w+) (\S+)$", open(metrics).read(), re.M))
         sample["s3_writes"] = int(float(m["keyhole_publish_s3_writes"]))
         sample["metrics_ldap_searches"] = int(float(m["keyhole_publish_ldap_searches"]))
         sample["groups_changed"] = int(float(m["keyhole_publish_groups_changed"]))
+        sample["s3_bytes_read"] = int(float(m["keyhole_publish_s3_read_bytes"]))
+        sample["s3_bytes_written"] = int(float(m["keyhole_publish_s3_written_bytes"]))
     return sample, done.stdout
 
 
 results = {}
-
-
-def case(name, argv, before=None, metrics=None, repetitions=reps):
-    samples = []
-    for _ in range(repetitions):
-        sample, _ = run(argv, before, metrics)
-        samples.append(sample)
-        print(f"  {name}: {sample['wall']:.2f} s, {sample['rss_mb']:.0f} MB, "
-              f"ldap {sample['ldap_searches']}, s3 {sample['s3_server']}", file=sys.stderr)
-    results[name] = samples
-    return samples
 
 
 def empty_bucket():
@@ -115,26 +122,39 @@ def empty_bucket():
 metrics_file = f"{work}/publish.prom"
 publish = [keyhole, "publish", "--force", "--metrics-file", metrics_file]
 
-print(f"floor: one paged dump of users and groups + every authorized_keys read once", file=sys.stderr)
 floor = ("ldapsearch -LLL -x -H \"$LDAP_URI\" -D \"$BIND_DN\" -y \"$BIND_PW_FILE\" "
          "-E pr=1000/noprompt -b \"$BASE_DN\" "
          "'(|(&(objectCategory=person)(objectClass=user))(objectClass=group))' "
          "sAMAccountName userAccountControl accountExpires lockoutTime uidNumber "
          "unixHomeDirectory primaryGroupID objectSid member >/dev/null && "
          f"find {company}/homes -name authorized_keys -print0 | xargs -0 cat >/dev/null")
-case("floor", ["bash", "-c", floor])
+floor_ldap, floor_homes = floor.split(" && ")
 
-print("keyhole publish, cold (empty bucket)", file=sys.stderr)
-case("publish cold", publish, before=empty_bucket, metrics=metrics_file)
-print("keyhole publish, nothing changed", file=sys.stderr)
-case("publish no-change", publish, metrics=metrics_file)
+# Who is in which access group (and how many memberships there are), from keyhole's resolution.
+# This first read also warms the DC's caches, so the first measured floor is not a cold one.
+print("warming up: keyhole members (resolution, memberships)", file=sys.stderr)
+resolution_sample, resolution_json = run([keyhole, "members", "--format", "json"])
+resolution = json.loads(resolution_json)
+groups_of = {}
+for group, membership in resolution["access_groups"].items():
+    for member in membership["users"]:
+        groups_of.setdefault(member["name"], []).append(group)
+memberships = sum(len(m["users"]) for m in resolution["access_groups"].values())
+del resolution, resolution_json
+print(f"memberships: {memberships:,} ({memberships / facts['users']:.1f} per person)", file=sys.stderr)
+
+
+def bucket_sizes():
+    """index.json and the owners object it names, in bytes (as s3s-fs stores them)."""
+    envelope = json.load(open(f"{bucket_dir}/ssh/index.json"))
+    index = json.loads(envelope["index"])
+    owners = index.get("owners")
+    owners_path = f"{bucket_dir}/ssh/_keyhole/owners/{owners}.json"
+    return (os.path.getsize(f"{bucket_dir}/ssh/index.json"),
+            os.path.getsize(owners_path) if owners and os.path.exists(owners_path) else 0)
+
 
 # One person in a few access groups changes their authorized_keys between runs.
-manifest = json.load(open(f"{bucket_dir}/ssh/manifest.json"))
-groups_of = {}
-for group, entry in manifest["groups"].items():
-    for user in entry["users"]:
-        groups_of.setdefault(user, []).append(group)
 changer = min((u for u, g in groups_of.items() if len(g) >= 2 and u.startswith("emp")),
               key=lambda u: (abs(len(groups_of[u]) - 3), u))
 changer_file = f"{company}/homes/{changer}/.ssh/authorized_keys"
@@ -151,13 +171,33 @@ def change_one_user():
         f.write(original + f"{fresh_keys[turn[0] % len(fresh_keys)]} {changer}@new-laptop\n")
 
 
-print(f"keyhole publish, one user changed ({changer}, in {len(groups_of[changer])} access groups)",
-      file=sys.stderr)
-case("publish one-user-changed", publish, before=change_one_user, metrics=metrics_file)
-print("keyhole plan (nothing changed)", file=sys.stderr)
-case("plan", [keyhole, "plan", "--format", "json"])
-print("keyhole members", file=sys.stderr)
-case("members", [keyhole, "members", "--format", "json"])
+# Each repetition runs every case once, in this order: on a shared machine the load moves, and
+# interleaving puts the floor and keyhole's runs under the same load, so the ratios of one run
+# compare like with like. "plan" runs after the change was published: nothing changed.
+print(f"cases: floor (one paged dump of users and groups + every authorized_keys read once, and "
+      f"each half alone), publish cold (empty bucket), no-change, one user changed ({changer}, in "
+      f"{len(groups_of[changer])} access groups), plan, members", file=sys.stderr)
+CASES = [
+    ("floor", ["bash", "-c", floor], None, None),
+    ("floor: directory", ["bash", "-c", floor_ldap], None, None),
+    ("floor: homes", ["bash", "-c", floor_homes], None, None),
+    ("publish cold", publish, empty_bucket, metrics_file),
+    ("publish no-change", publish, None, metrics_file),
+    ("publish one-user-changed", publish, change_one_user, metrics_file),
+    ("plan", [keyhole, "plan", "--format", "json"], None, None),
+    ("members", [keyhole, "members", "--format", "json"], None, None),
+]
+for name, *_ in CASES:
+    results[name] = []
+for repetition in range(reps):
+    for name, argv, before, metrics in CASES:
+        sample, _ = run(argv, before, metrics)
+        results[name].append(sample)
+        print(f"  {name}: {sample['wall']:.2f} s, {sample['rss_mb']:.0f} MB, "
+              f"ldap {sample['ldap_searches']}, s3 {sample['s3_server']}", file=sys.stderr)
+        if name == "publish no-change" and repetition == 0:
+            index_bytes, owners_bytes = bucket_sizes()
+
 
 def diagnose():
     """Where a no-change publish spends its time and memory (DIAGNOSE=1): the gaps between its
@@ -209,12 +249,15 @@ if os.environ.get("DIAGNOSE"):
     if naive_groups == 0:
         sys.exit(0)
 
-# The naive publisher on the first NAIVE_GROUPS access groups, into its own prefix.
+# The naive publisher on the first NAIVE_GROUPS access groups, into its own prefix (NAIVE_GROUPS=0:
+# not at all).
 total_groups = facts["access_groups"]
 naive_env_groups = min(naive_groups, total_groups)
-print(f"naive shell publisher on {naive_env_groups} of {total_groups} access groups", file=sys.stderr)
+if naive_env_groups:
+    print(f"naive shell publisher on {naive_env_groups} of {total_groups} access groups",
+          file=sys.stderr)
 naive_samples = []
-for _ in range(1):  # minutes per run: once is enough to show the order of magnitude
+for _ in range(1 if naive_env_groups else 0):  # minutes per run: once shows the magnitude
     sample, out = run([f"{here}/naive-publish", f"{company}/naive-policy.tsv", f"{company}/homes",
                        str(naive_env_groups)])
     sample["summary"] = out.decode().strip()
@@ -222,7 +265,7 @@ for _ in range(1):  # minutes per run: once is enough to show the order of magni
     print(f"  naive: {sample['wall']:.2f} s ({sample['summary']})", file=sys.stderr)
 results["naive (measured part)"] = naive_samples
 
-# authorized-keys on an instance of this company: two access groups, signed manifest.
+# authorized-keys on an instance of this company: two access groups, signed index.
 print("keyhole authorized-keys (instance side)", file=sys.stderr)
 instance_env = dict(env, KEYHOLE_CONFIG=f"{work}/instance.toml")
 cache_dir = f"{work}/instance-cache"
@@ -254,14 +297,14 @@ def median(name, key="wall"):
 
 
 floor_s = median("floor")
-naive_measured = statistics.median(s["wall"] for s in naive_samples)
-naive_total = naive_measured * total_groups / naive_env_groups
+naive_measured = statistics.median(s["wall"] for s in naive_samples) if naive_samples else None
+naive_total = naive_measured * total_groups / naive_env_groups if naive_samples else None
 extrapolated = naive_env_groups < total_groups
 keyhole_cold = median("publish cold")
 
 rows = []
-for name in ["floor", "publish cold", "publish no-change", "publish one-user-changed", "plan",
-             "members"]:
+for name in ["floor", "floor: directory", "floor: homes", "publish cold", "publish no-change",
+             "publish one-user-changed", "plan", "members"]:
     samples = results[name]
     walls = [s["wall"] for s in samples]
     ldap = samples[-1]["ldap_searches"]
@@ -277,31 +320,66 @@ for name in ["floor", "publish cold", "publish no-change", "publish one-user-cha
                  "-" if writes is None else str(writes), statistics.median(walls) / floor_s))
 
 out = []
-out.append(f"### {facts['users']:,} users, {facts['access_groups']:,} access groups "
-           f"({reps} repetitions; median, min-max)\n")
+dense = facts.get("density") == "dense"
+out.append(f"### {facts['users']:,} users, {facts['access_groups']:,} access groups"
+           f"{', dense' if dense else ''} ({reps} repetitions; median, min-max)\n")
 out.append(f"Company: {facts['users']:,} users ({facts['disabled']} disabled, {facts['expired']} "
            f"expired, {facts['locked']} locked), {facts['ad_groups']:,} AD groups (largest "
            f"{facts['largest_group']:,} members), {facts['access_groups']:,} access groups, "
-           f"{facts['authorized_keys_files']:,} authorized_keys files, {facts['keys']:,} keys.\n")
+           f"{facts['authorized_keys_files']:,} authorized_keys files, {facts['keys']:,} keys; "
+           f"**{memberships:,} memberships** ({memberships / facts['users']:.1f} per person); "
+           f"index.json {index_bytes:,} bytes ({index_bytes / facts['access_groups']:.0f} per "
+           f"access group), owners object {owners_bytes:,} bytes.\n")
 out.append("| case | median s | min-max s | peak RSS MB | LDAP searches (keyhole counter) | "
            "S3 requests (s3s-fs log) | S3 writes (keyhole metric) | × floor |")
 out.append("|---|---:|---:|---:|---|---|---:|---:|")
 for name, med, lo, hi, rss, ldap, s3, writes, ratio in rows:
     out.append(f"| {name} | {med:.2f} | {lo:.2f}-{hi:.2f} | {rss:.0f} | {ldap} | {s3} | {writes} "
                f"| {ratio:.2f} |")
-naive_note = (f"measured on {naive_env_groups} of {total_groups} access groups in "
-              f"{naive_measured:.1f} s, extrapolated linearly" if extrapolated else
-              f"all {total_groups} access groups")
-out.append(f"| naive shell publisher | {naive_total:.1f} | ({naive_note}) | "
-           f"{max(s['rss_mb'] for s in naive_samples):.0f} (per process) | "
-           f"{naive_samples[-1]['summary']} | "
-           f"{' '.join(f'{k} {v}' for k, v in sorted(naive_samples[-1]['s3_server'].items()))} | - "
-           f"| {naive_total / floor_s:.1f} |")
+if naive_samples:
+    naive_note = (f"measured on {naive_env_groups} of {total_groups} access groups in "
+                  f"{naive_measured:.1f} s, extrapolated linearly" if extrapolated else
+                  f"all {total_groups} access groups")
+    out.append(f"| naive shell publisher | {naive_total:.1f} | ({naive_note}) | "
+               f"{max(s['rss_mb'] for s in naive_samples):.0f} (per process) | "
+               f"{naive_samples[-1]['summary']} | "
+               f"{' '.join(f'{k} {v}' for k, v in sorted(naive_samples[-1]['s3_server'].items()))} "
+               f"| - | {naive_total / floor_s:.1f} |")
 out.append("")
+naive_ratios = (f"; naive / cold publish = {naive_total / keyhole_cold:.1f}; naive / no-change "
+                f"publish = {naive_total / median('publish no-change'):.1f}" if naive_samples else "")
 out.append(f"Ratios: cold publish / floor = {keyhole_cold / floor_s:.2f}; no-change publish / floor "
-           f"= {median('publish no-change') / floor_s:.2f}; naive / cold publish = "
-           f"{naive_total / keyhole_cold:.1f}; naive / no-change publish = "
-           f"{naive_total / median('publish no-change'):.1f}.\n")
+           f"= {median('publish no-change') / floor_s:.2f}{naive_ratios}.\n")
+
+# The phases keyhole logs, median per phase, beside the floor's two halves.
+out.append("Phases (median s; keyhole's own log lines \"prepared the plan\" and \"published\"; "
+           "`plan` includes fetching the published files of changed groups):\n")
+out.append("| case | directory | resolve | homes | S3 read | plan | S3 write | prune | total | "
+           "S3 bytes read | S3 bytes written | peak RSS MB |")
+out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+out.append(f"| floor | {median('floor: directory'):.2f} | - | {median('floor: homes'):.2f} | - | - "
+           f"| - | - | {floor_s:.2f} | - | - | {max(s['rss_mb'] for s in results['floor']):.0f} |")
+
+
+def phase(name, key):
+    values = [s["phases"][key] for s in results[name] if key in s["phases"]]
+    return f"{statistics.median(values):.2f}" if values else "-"
+
+
+def figure(name, key):
+    values = [s[key] for s in results[name] if s.get(key) is not None]
+    return f"{int(statistics.median(values)):,}" if values else "-"
+
+
+for name in ["publish cold", "publish no-change", "publish one-user-changed", "plan"]:
+    cells = " | ".join(phase(name, key) for key in PHASES)
+    out.append(f"| {name} | {cells} | {median(name):.2f} | {figure(name, 's3_bytes_read')} | "
+               f"{figure(name, 's3_bytes_written')} | "
+               f"{max(s['rss_mb'] for s in results[name]):.0f} |")
+out.append("")
+no_change_read = statistics.median(s["s3_bytes_read"] for s in results["publish no-change"])
+out.append(f"S3 bytes read by a no-change publish: {no_change_read:,.0f} = "
+           f"{no_change_read / facts['access_groups']:.0f} per access group (target ≤ 300).\n")
 out.append(f"`authorized-keys` (2 access groups, signed index, process start included): "
            f"cache hit median {statistics.median(hits):.2f} ms (p99 "
            f"{hits[int(len(hits) * 0.99) - 1]:.2f} ms, {len(hits)} runs); cold miss median "
@@ -310,9 +388,11 @@ out.append(f"`authorized-keys` (2 access groups, signed index, process start inc
 text = "\n".join(out)
 print(text)
 # Next to the work directory, which the next run of the same size replaces.
-kept = f"{os.path.dirname(work)}/result-{facts['users']}"
+kept = f"{os.path.dirname(work)}/result-{facts['users']}{'-dense' if dense else ''}"
 with open(f"{kept}.md", "w") as f:
     f.write(text + "\n")
 with open(f"{kept}.json", "w") as f:
     json.dump({"facts": facts, "results": results, "hits_ms": hits, "misses_ms": misses,
-               "naive_total": naive_total, "naive_groups": naive_env_groups}, f, indent=1)
+               "naive_total": naive_total, "naive_groups": naive_env_groups,
+               "memberships": memberships, "index_bytes": index_bytes,
+               "owners_bytes": owners_bytes}, f, indent=1)

@@ -2,7 +2,7 @@
 //! Also home of [`prepare`], the shared first half of `plan` and `publish`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use super::{Format, GlobalArgs};
 use crate::exit::{EXIT_CODES_HELP, Exit};
@@ -135,6 +135,7 @@ pub(crate) async fn prepare(
 ) -> anyhow::Result<Prepared> {
     let s3 = settings.s3()?;
     let gathered = gather(settings, start.now.unwrap_or_else(SystemTime::now)).await?;
+    let s3_started = Instant::now();
     let store = S3Store::connect(s3, Timeouts::PUBLISHER).await;
     let layout = Layout {
         prefix: s3.prefix.clone(),
@@ -186,6 +187,8 @@ pub(crate) async fn prepare(
         carried: HashMap::new(),
     };
     prepared.carried = carried_files(&prepared, selection).await?;
+    let s3_read = s3_started.elapsed();
+    let plan_started = Instant::now();
     let mut plan = plan_groups(&prepared, selection, &settings.safety).await?;
     plan.rewrite = prepared.plan.rewrite;
     plan.index.canary = settings
@@ -217,6 +220,20 @@ pub(crate) async fn prepare(
     problems.dedup();
     plan.problems = problems;
     prepared.plan = plan;
+    // One line with the time of each phase, for operators and `scripts/bench scale`. `plan`
+    // includes fetching the published files of the groups that changed (none on a quiet run).
+    let timings = &prepared.gathered.timings;
+    let counts = &prepared.store.counts;
+    tracing::info!(
+        directory_s = timings.directory.as_secs_f64(),
+        resolve_s = timings.resolve.as_secs_f64(),
+        homes_s = timings.homes.as_secs_f64(),
+        s3_read_s = s3_read.as_secs_f64(),
+        plan_s = plan_started.elapsed().as_secs_f64(),
+        s3_gets = counts.gets.load(std::sync::atomic::Ordering::Relaxed),
+        s3_bytes_read = counts.bytes_read.load(std::sync::atomic::Ordering::Relaxed),
+        "prepared the plan"
+    );
     Ok(prepared)
 }
 

@@ -167,6 +167,7 @@ async fn publish(
     }
     // Load the signing key before writing anything: a missing key must not leave a half publish.
     let signer = load_signer(&settings)?;
+    let writing = Instant::now();
     within(
         deadline,
         "writing the access group files",
@@ -183,11 +184,17 @@ async fn publish(
     }
     within(deadline, "committing the index", async {}).await?;
     commit(&prepared, &plan.index, signer.as_ref()).await?;
+    let written = writing.elapsed();
+    let pruning = Instant::now();
     prune(&prepared).await;
-    figures.s3_writes = prepared.store.counts.writes();
+    count_s3(figures, &prepared);
+    // With "prepared the plan", the time of each phase: the writes up to the commit, the prune.
     tracing::info!(
         generation = plan.index.generation,
         writes = figures.s3_writes,
+        s3_write_s = written.as_secs_f64(),
+        prune_s = pruning.elapsed().as_secs_f64(),
+        s3_bytes_written = figures.s3_bytes_written,
         "published"
     );
     Ok(unknown_exit(&prepared))
@@ -352,11 +359,40 @@ async fn prune(prepared: &Prepared) {
     if previous.is_legacy() {
         doomed.extend(layout.legacy_manifest());
     }
-    for (prefix, keep) in prefixes {
-        match store.list(&prefix).await {
-            Ok(keys) => doomed.extend(keys.into_iter().filter(|key| !keep.contains(key))),
-            Err(error) => tracing::warn!("pruning {prefix}: {error}"),
+    // One LIST per prefix costs a request per group touched: 1,000 sequential LISTs after a cold
+    // publish of 1,000 groups (34 s of a 45 s run against s3s-fs). Listing the whole prefix once
+    // costs one request per 1,000 objects (about two objects a group), so it is used whenever it
+    // is the fewer requests.
+    let pages = (2 * previous.groups.len().max(next.groups.len()) + 2) / 1000 + 1;
+    let mut everything = None;
+    if prefixes.len() > pages {
+        match store.list(&layout.prefix).await {
+            Ok(mut keys) => {
+                keys.sort();
+                everything = Some(keys);
+            }
+            Err(error) => tracing::warn!("pruning {}: {error}", layout.prefix),
         }
+    }
+    for (prefix, keep) in prefixes {
+        let keys = match &everything {
+            Some(keys) => {
+                let start = keys.partition_point(|key| key.as_str() < prefix.as_str());
+                keys[start..]
+                    .iter()
+                    .take_while(|key| key.starts_with(&prefix))
+                    .cloned()
+                    .collect()
+            }
+            None => match store.list(&prefix).await {
+                Ok(keys) => keys,
+                Err(error) => {
+                    tracing::warn!("pruning {prefix}: {error}");
+                    continue;
+                }
+            },
+        };
+        doomed.extend(keys.into_iter().filter(|key| !keep.contains(key)));
     }
     for key in doomed {
         if let Err(error) = store.delete(&key).await {
@@ -447,6 +483,16 @@ fn count(figures: &mut RunMetrics, prepared: &Prepared) {
     figures.problems = plan.problems.len();
     figures.guard_refused = plan.guard.refused;
     figures.ldap_searches = prepared.gathered.directory_stats.searches;
+    count_s3(figures, prepared);
+}
+
+/// The S3 figures so far (called again after the writes).
+fn count_s3(figures: &mut RunMetrics, prepared: &Prepared) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let counts = &prepared.store.counts;
+    figures.s3_writes = counts.writes();
+    figures.s3_bytes_read = counts.bytes_read.load(Relaxed);
+    figures.s3_bytes_written = counts.bytes_written.load(Relaxed);
 }
 
 /// Exit 1 when some members' keys were unknown (only their published keys were kept), else
