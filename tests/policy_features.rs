@@ -257,7 +257,7 @@ fn automation_expiring_grants_and_restrictions_against_real_ad_s3_and_sshd() {
     let log = sshd.log();
     assert!(
         log.contains(&format!(
-            "with {} = automation:jenkins (ops via owner ci-team)",
+            ": {} = automation:jenkins (ops via owner ci-team)",
             jenkins.fingerprint
         )),
         "{log}"
