@@ -257,11 +257,14 @@ fn converge(
         let round: Vec<Target> = pending.iter().map(|&i| targets[i].clone()).collect();
         let at = published.elapsed().as_secs_f64();
         for (i, result) in pending.into_iter().zip(prober.probe_all(&round, keys)) {
+            // When this host's probe finished: an upper bound on when the change arrived there,
+            // which includes the login that made the host refresh.
+            let seen = at + result.seconds;
             if result.granted && granted[i].is_none() {
-                granted[i] = Some(at);
+                granted[i] = Some(seen);
             }
             if result.revoked && revoked[i].is_none() {
-                revoked[i] = Some(at);
+                revoked[i] = Some(seen);
             }
             hosts[i] = Some(HostReport {
                 probe: result,
