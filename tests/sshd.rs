@@ -115,30 +115,9 @@ impl Fleet {
         self.instance.path().join("keyhole.toml")
     }
 
-    /// The AWS credentials the instance finds, as files (sshd passes no environment).
+    /// The AWS credentials the instance finds, as a file (sshd passes no environment).
     fn instance_env(&self) -> Vec<(String, String)> {
-        let credentials = self.instance.path().join("aws-credentials");
-        let env = self.s3.env();
-        let value = |name: &str| env.iter().find(|(k, _)| k == name).unwrap().1.clone();
-        std::fs::write(
-            &credentials,
-            format!(
-                "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
-                value("AWS_ACCESS_KEY_ID"),
-                value("AWS_SECRET_ACCESS_KEY")
-            ),
-        )
-        .unwrap();
-        chown(&credentials, Some(NOBODY), Some(NOBODY)).unwrap();
-        std::fs::set_permissions(&credentials, std::fs::Permissions::from_mode(0o600)).unwrap();
-        vec![
-            (
-                "AWS_SHARED_CREDENTIALS_FILE".into(),
-                credentials.display().to_string(),
-            ),
-            ("AWS_CONFIG_FILE".into(), "/nonexistent".into()),
-            ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
-        ]
+        self.s3.instance_credentials(self.instance.path(), NOBODY)
     }
 
     fn publish(&self, args: &[&str]) -> Run {

@@ -109,6 +109,29 @@ impl S3Server {
         self.root.path().join(BUCKET).join(key)
     }
 
+    /// What an instance's keyhole needs to reach this server when sshd runs it (sshd gives the
+    /// command no environment): a credentials file in `dir`, owned by `owner` and private to it,
+    /// and the variables that point the AWS chain at it and nowhere else.
+    pub fn instance_credentials(&self, dir: &std::path::Path, owner: u32) -> Vec<(String, String)> {
+        use std::os::unix::fs::{PermissionsExt, chown};
+        let credentials = dir.join("aws-credentials");
+        std::fs::write(
+            &credentials,
+            format!("[default]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"),
+        )
+        .unwrap();
+        chown(&credentials, Some(owner), Some(owner)).unwrap();
+        std::fs::set_permissions(&credentials, std::fs::Permissions::from_mode(0o600)).unwrap();
+        vec![
+            (
+                "AWS_SHARED_CREDENTIALS_FILE".into(),
+                credentials.display().to_string(),
+            ),
+            ("AWS_CONFIG_FILE".into(), "/nonexistent".into()),
+            ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+        ]
+    }
+
     /// An object's bytes as stored, or `None`.
     /// What is published, seen as the manifest keyhole once wrote: the signed index's
     /// generation, each group's SHA-256, users, keys and chains (read back from its file), and
