@@ -115,6 +115,8 @@ fn members(stack: &Stack, group: &str, when: &str) -> (Pairs, Pairs) {
 
 struct Instance {
     dir: tempfile::TempDir,
+    /// What sshd's keyhole needs to reach S3 (sshd passes no environment).
+    env: Vec<(String, String)>,
 }
 
 impl Instance {
@@ -134,21 +136,8 @@ impl Instance {
             ),
         )
         .unwrap();
-        let env = stack.s3.env();
-        let value = |name: &str| env.iter().find(|(k, _)| k == name).unwrap().1.clone();
-        let credentials = dir.path().join("aws-credentials");
-        std::fs::write(
-            &credentials,
-            format!(
-                "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
-                value("AWS_ACCESS_KEY_ID"),
-                value("AWS_SECRET_ACCESS_KEY")
-            ),
-        )
-        .unwrap();
-        chown(&credentials, Some(NOBODY), Some(NOBODY)).unwrap();
-        std::fs::set_permissions(&credentials, std::fs::Permissions::from_mode(0o600)).unwrap();
-        Instance { dir }
+        let env = stack.s3.instance_credentials(dir.path(), NOBODY);
+        Instance { dir, env }
     }
 
     fn config(&self) -> PathBuf {
@@ -156,18 +145,7 @@ impl Instance {
     }
 
     fn env(&self) -> Vec<(String, String)> {
-        vec![
-            (
-                "AWS_SHARED_CREDENTIALS_FILE".into(),
-                self.dir
-                    .path()
-                    .join("aws-credentials")
-                    .display()
-                    .to_string(),
-            ),
-            ("AWS_CONFIG_FILE".into(), "/nonexistent".into()),
-            ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
-        ]
+        self.env.clone()
     }
 }
 
