@@ -67,30 +67,9 @@ impl Host {
             ),
         )
         .unwrap();
-        // sshd passes no environment: the S3 credentials are a file readable by nobody.
-        let env = stack.s3.env();
-        let value = |name: &str| env.iter().find(|(k, _)| k == name).unwrap().1.clone();
-        let credentials = dir.path().join("aws-credentials");
-        std::fs::write(
-            &credentials,
-            format!(
-                "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
-                value("AWS_ACCESS_KEY_ID"),
-                value("AWS_SECRET_ACCESS_KEY")
-            ),
-        )
-        .unwrap();
-        chown(&credentials, Some(NOBODY), Some(NOBODY)).unwrap();
-        std::fs::set_permissions(&credentials, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let env = vec![
-            (
-                "AWS_SHARED_CREDENTIALS_FILE".into(),
-                credentials.display().to_string(),
-            ),
-            ("AWS_CONFIG_FILE".into(), "/nonexistent".into()),
-            // The S3 client's credential chain must not wander off to 169.254.169.254.
-            ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
-        ];
+        // sshd passes no environment: the S3 credentials are a file readable by nobody. (The
+        // S3 client's credential chain must not wander off to 169.254.169.254 either.)
+        let env = stack.s3.instance_credentials(dir.path(), NOBODY);
         Host { dir, env }
     }
 
