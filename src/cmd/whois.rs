@@ -65,17 +65,8 @@ fn on_instance(settings: &Settings, fingerprint: &str) -> anyhow::Result<Option<
     let Some((_, index)) = cache.index()? else {
         return Ok(None);
     };
-    if index
-        .canary
-        .as_deref()
-        .and_then(crate::canary::fingerprint)
-        .as_deref()
-        == Some(fingerprint)
-    {
-        return Ok(Some(Attribution {
-            user: crate::canary::NAME.to_owned(),
-            groups: std::collections::BTreeMap::new(),
-        }));
+    if let Some(canary) = Attribution::canary(index.canary.as_deref(), fingerprint) {
+        return Ok(Some(canary));
     }
     match cache.attribution(fingerprint)? {
         Some(attribution) => Ok(Some(attribution)),
@@ -117,17 +108,8 @@ async fn from_bucket(settings: &Settings, fingerprint: &str) -> anyhow::Result<A
     };
     let index = Index::open(&object.body, verifier.as_ref())
         .with_context(|| format!("refusing s3://{}/{}", s3.bucket, layout.index()))?;
-    if index
-        .canary
-        .as_deref()
-        .and_then(crate::canary::fingerprint)
-        .as_deref()
-        == Some(fingerprint)
-    {
-        return Ok(Attribution {
-            user: crate::canary::NAME.to_owned(),
-            groups: BTreeMap::new(),
-        });
+    if let Some(canary) = Attribution::canary(index.canary.as_deref(), fingerprint) {
+        return Ok(canary);
     }
     let published = Published {
         index,

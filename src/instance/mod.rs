@@ -83,6 +83,16 @@ pub struct Attribution {
 }
 
 impl Attribution {
+    /// The audit canary, when `fingerprint` is the canary key of `canary_line` (the line an index
+    /// ships, see `canary`).
+    pub fn canary(canary_line: Option<&str>, fingerprint: &str) -> Option<Attribution> {
+        let canary = canary_line.and_then(crate::canary::fingerprint)?;
+        (canary == fingerprint).then(|| Attribution {
+            user: crate::canary::NAME.to_owned(),
+            groups: BTreeMap::new(),
+        })
+    }
+
     /// `bob (web-prod via Web Team; db-prod)`: what the login line and `whois` print, with any
     /// control character in a name escaped (a name must not forge a log line).
     pub fn describe(&self) -> String {
@@ -568,11 +578,8 @@ pub fn attribution_of(
     canary: Option<&str>,
     fingerprint: &str,
 ) -> anyhow::Result<Option<Attribution>> {
-    if canary.and_then(crate::canary::fingerprint).as_deref() == Some(fingerprint) {
-        return Ok(Some(Attribution {
-            user: crate::canary::NAME.to_owned(),
-            groups: BTreeMap::new(),
-        }));
+    if let Some(canary) = Attribution::canary(canary, fingerprint) {
+        return Ok(Some(canary));
     }
     let built_from = cache.read(ATTRIBUTION)?.map(|cached| cached.meta.etag);
     if built_from.as_deref() == Some(attribution_sources(served).as_str()) {
