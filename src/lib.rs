@@ -18,6 +18,7 @@ pub mod group_file;
 pub mod homes;
 pub mod index;
 pub mod instance;
+pub mod interned;
 pub mod keys;
 pub mod lock;
 pub mod logging;

@@ -13,14 +13,16 @@
 //! This module is pure: the caller fetches (and checks against the index) the published files it
 //! asks for, and passes `now`-free inputs in.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
 use crate::group_file::{Block, HEADER_PREFIX, PublishedFile};
 use crate::index::{Index, IndexGroup, Owners};
+use crate::interned::{Interner, Shared};
 use crate::policy::Policy;
-use crate::render::{Digest, GroupFile, Problem, sha256_hex};
+use crate::render::{Digest, Listing, Problem, sha256_hex};
 use crate::resolve::{EVERYWHERE, Exclusion, Resolution};
 use crate::settings::SafetySettings;
 
@@ -37,10 +39,12 @@ pub enum Action {
     Unchanged,
 }
 
+/// A person joining or leaving a group, and why. Names are shared across the plan (a dense
+/// first publish lists each person once per access group), and the common reasons are static.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UserChange {
-    pub name: String,
-    pub reason: String,
+    pub name: Shared,
+    pub reason: Cow<'static, str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -48,8 +52,8 @@ pub struct GroupPlan {
     pub action: Action,
     pub added_users: Vec<UserChange>,
     pub removed_users: Vec<UserChange>,
-    pub added_fingerprints: Vec<String>,
-    pub removed_fingerprints: Vec<String>,
+    pub added_fingerprints: Vec<Shared>,
+    pub removed_fingerprints: Vec<Shared>,
     /// What the next index records for this group; `None` for a deleted group.
     #[serde(skip)]
     pub next: Option<IndexGroup>,
@@ -171,14 +175,15 @@ pub fn kept(entry: &IndexGroup) -> GroupPlan {
 /// is the published file (checked against the index), `None` for a new group.
 pub fn compare(
     name: &str,
-    file: &GroupFile,
+    file: &Listing<'_>,
     previous: Option<&PublishedFile>,
     inputs: &Inputs<'_>,
+    interner: &mut Interner,
 ) -> GroupPlan {
     let before_users: BTreeSet<&str> = previous.map(|p| p.users().collect()).unwrap_or_default();
-    let after_users: BTreeSet<&str> = file.users.iter().map(String::as_str).collect();
+    let after_users: BTreeSet<&str> = file.users.iter().copied().collect();
     let before_keys: BTreeSet<&str> = previous.map(|p| p.fingerprints()).unwrap_or_default();
-    let after_keys: BTreeSet<&str> = file.keys.iter().map(|(_, fp)| fp.as_str()).collect();
+    let after_keys: BTreeSet<&str> = file.fingerprints.iter().copied().collect();
     GroupPlan {
         action: if previous.is_some() {
             Action::Update
@@ -188,9 +193,9 @@ pub fn compare(
         added_users: after_users
             .difference(&before_users)
             .map(|user| UserChange {
-                name: (*user).to_owned(),
+                name: interner.get(user),
                 reason: match until_of(inputs, name, user) {
-                    Some(until) => format!("new member (until {until})"),
+                    Some(until) => format!("new member (until {until})").into(),
                     None => "new member".into(),
                 },
             })
@@ -198,22 +203,22 @@ pub fn compare(
         removed_users: before_users
             .difference(&after_users)
             .map(|user| UserChange {
-                name: (*user).to_owned(),
+                name: interner.get(user),
                 reason: removal_reason(user, name, previous.and_then(|p| p.block(user)), inputs),
             })
             .collect(),
         added_fingerprints: after_keys
             .difference(&before_keys)
-            .map(|fp| fp.to_string())
+            .map(|fp| interner.get(fp))
             .collect(),
         removed_fingerprints: before_keys
             .difference(&after_keys)
-            .map(|fp| fp.to_string())
+            .map(|fp| interner.get(fp))
             .collect(),
         next: Some(IndexGroup {
             sha256: file.sha256.clone(),
             users: file.users.len(),
-            keys: file.keys.len(),
+            keys: file.fingerprints.len(),
         }),
         rendered: true,
         users_before: before_users.len(),
@@ -238,7 +243,7 @@ fn until_of<'a>(
 }
 
 /// An access group that is published but no longer in the policy.
-pub fn deleted(previous: &PublishedFile) -> GroupPlan {
+pub fn deleted(previous: &PublishedFile, interner: &mut Interner) -> GroupPlan {
     let users: BTreeSet<&str> = previous.users().collect();
     GroupPlan {
         action: Action::Delete,
@@ -247,7 +252,7 @@ pub fn deleted(previous: &PublishedFile) -> GroupPlan {
         removed_users: users
             .into_iter()
             .map(|user| UserChange {
-                name: user.to_owned(),
+                name: interner.get(user),
                 reason: "access group no longer in policy".into(),
             })
             .collect(),
@@ -255,7 +260,7 @@ pub fn deleted(previous: &PublishedFile) -> GroupPlan {
         removed_fingerprints: previous
             .fingerprints()
             .into_iter()
-            .map(str::to_owned)
+            .map(|fp| interner.get(fp))
             .collect(),
         next: None,
         rendered: true,
@@ -287,7 +292,7 @@ pub fn deny_only(
         .removed_users
         .iter()
         .filter(|change| unguarded(change))
-        .map(|change| change.name.as_str())
+        .map(|change| &*change.name)
         .collect();
     let mut body = format!("{HEADER_PREFIX}{name}: generated, do not edit\n");
     let (mut users, mut keys, mut changed) = (0, 0, false);
@@ -339,7 +344,7 @@ fn removal_reason(
     group: &str,
     previous: Option<&Block>,
     inputs: &Inputs<'_>,
-) -> String {
+) -> Cow<'static, str> {
     let (resolution, policy) = (inputs.resolution, inputs.policy);
     let Some(membership) = resolution.access_groups.get(group) else {
         return "access group no longer in policy".into();
@@ -372,7 +377,7 @@ fn removal_reason(
                 .iter()
                 .any(|g| g.eq_ignore_ascii_case(ad_group)) =>
         {
-            format!("left group {ad_group}")
+            format!("left group {ad_group}").into()
         }
         _ => "no longer in policy".into(),
     }
@@ -390,7 +395,7 @@ pub fn judge(plan: &Plan, safety: &SafetySettings) -> Guard {
             .iter()
             .filter(|change| !unguarded(change))
             .collect();
-        everyone_removed.extend(removed.iter().map(|change| change.name.as_str()));
+        everyone_removed.extend(removed.iter().map(|change| &*change.name));
         let before = group.users_before;
         if before >= GUARD_MIN_GROUP_SIZE && !removed.is_empty() {
             let fraction = removed.len() as f64 / before as f64;
@@ -437,23 +442,25 @@ mod tests {
     }
 
     /// A rendered file of these people, each with one (fake) key named after them.
-    fn file(users: &[&str]) -> GroupFile {
-        let body = users
-            .iter()
-            .map(|u| format!("# {u} via Team\nkey-of-{u}\n"))
-            .collect::<String>();
-        GroupFile {
-            sha256: sha256_hex(body.as_bytes()),
-            body,
-            users: users.iter().map(|u| u.to_string()).collect(),
-            via: users
-                .iter()
-                .map(|u| (u.to_string(), vec!["Team".to_string()].into()))
-                .collect(),
-            keys: users
-                .iter()
-                .map(|u| (u.to_string(), format!("SHA256:{u}")))
-                .collect(),
+    struct Rendered<'u> {
+        users: Vec<&'u str>,
+        fingerprints: Vec<String>,
+    }
+
+    impl Rendered<'_> {
+        fn listing(&self) -> Listing<'_> {
+            Listing {
+                sha256: sha256_hex(self.users.join("\n").as_bytes()),
+                users: self.users.clone(),
+                fingerprints: self.fingerprints.iter().map(String::as_str).collect(),
+            }
+        }
+    }
+
+    fn file<'u>(users: &[&'u str]) -> Rendered<'u> {
+        Rendered {
+            users: users.to_vec(),
+            fingerprints: users.iter().map(|u| format!("SHA256:{u}")).collect(),
         }
     }
 
@@ -553,9 +560,10 @@ mod tests {
         };
         let web = compare(
             "web",
-            &file(&["a", "d"]),
+            &file(&["a", "d"]).listing(),
             Some(&published(&["a", "b", "c"])),
             &inputs,
+            &mut Interner::default(),
         );
         assert_eq!(web.action, Action::Update);
         assert_eq!(
@@ -583,9 +591,15 @@ mod tests {
         assert_eq!(web.users_before, 3);
         assert_eq!(web.next.as_ref().unwrap().users, 2);
 
-        let new = compare("new", &file(&["a"]), None, &inputs);
+        let new = compare(
+            "new",
+            &file(&["a"]).listing(),
+            None,
+            &inputs,
+            &mut Interner::default(),
+        );
         assert_eq!(new.action, Action::Create);
-        let old = deleted(&published(&["a"]));
+        let old = deleted(&published(&["a"]), &mut Interner::default());
         assert_eq!(old.action, Action::Delete);
         assert_eq!(
             old.removed_users[0].reason,
@@ -606,7 +620,13 @@ mod tests {
             denied_keys: &no_denials,
         };
         let before = published(&["a", "b", "c", "d", "e"]);
-        let lost_two = compare("web", &file(&["a", "b", "c"]), Some(&before), &inputs);
+        let lost_two = compare(
+            "web",
+            &file(&["a", "b", "c"]).listing(),
+            Some(&before),
+            &inputs,
+            &mut Interner::default(),
+        );
         let plan = plan_of(BTreeMap::from([("web".to_string(), lost_two)]));
         assert!(plan.guard.refused);
         assert_eq!(
@@ -622,7 +642,13 @@ mod tests {
             resolution: &denied,
             ..inputs
         };
-        let lost_to_deny = compare("web", &file(&["a", "b", "c"]), Some(&before), &inputs);
+        let lost_to_deny = compare(
+            "web",
+            &file(&["a", "b", "c"]).listing(),
+            Some(&before),
+            &inputs,
+            &mut Interner::default(),
+        );
         let plan = plan_of(BTreeMap::from([("web".to_string(), lost_to_deny)]));
         assert!(!plan.guard.refused, "{:?}", plan.guard);
     }
@@ -640,7 +666,13 @@ mod tests {
             denied_keys: &no_denials,
         };
         let before = published(&["a", "b", "c", "d", "e"]);
-        let group = compare("web", &file(&["a", "b", "c"]), Some(&before), &inputs);
+        let group = compare(
+            "web",
+            &file(&["a", "b", "c"]).listing(),
+            Some(&before),
+            &inputs,
+            &mut Interner::default(),
+        );
         let (body, entry) = deny_only("web", &group, &before, &BTreeSet::new()).unwrap();
         let after = PublishedFile::parse(body.as_bytes());
         assert_eq!(after.users().collect::<Vec<_>>(), ["a", "b", "c", "e"]);
@@ -650,9 +682,10 @@ mod tests {
         let denied_key = BTreeSet::from(["SHA256:a".to_string()]);
         let unchanged = compare(
             "web",
-            &file(&["a", "b", "c", "d", "e"]),
+            &file(&["a", "b", "c", "d", "e"]).listing(),
             Some(&before),
             &inputs,
+            &mut Interner::default(),
         );
         let (body, _) = deny_only("web", &unchanged, &before, &denied_key).unwrap();
         assert!(!body.contains("# a "), "{body}");
@@ -691,12 +724,20 @@ mod tests {
         };
         let mut plan = plan_of(BTreeMap::new());
         for (name, before, after) in groups {
-            let group = compare(name, &file(after), Some(&published(before)), &inputs);
+            let group = compare(
+                name,
+                &file(after).listing(),
+                Some(&published(before)),
+                &inputs,
+                &mut Interner::default(),
+            );
             plan.groups.insert(name.to_string(), group);
         }
         for (name, before) in deleted_groups {
-            plan.groups
-                .insert(name.to_string(), deleted(&published(before)));
+            plan.groups.insert(
+                name.to_string(),
+                deleted(&published(before), &mut Interner::default()),
+            );
         }
         judge(&plan, &safety)
     }
@@ -830,7 +871,13 @@ mod tests {
             denied_keys: &no_denials,
         };
         let before = published(&["a", "b", "c", "d", "e"]);
-        let group = compare("web", &file(&["a", "b", "c"]), Some(&before), &inputs);
+        let group = compare(
+            "web",
+            &file(&["a", "b", "c"]).listing(),
+            Some(&before),
+            &inputs,
+            &mut Interner::default(),
+        );
         assert_eq!(group.removed_users[0].reason, "expired_grant");
         let mut plan = plan_of(BTreeMap::from([("web".to_string(), group.clone())]));
         plan.guard = judge(&plan, inputs.safety);

@@ -29,7 +29,13 @@ use crate::signing::{Signer, Verifier};
 use crate::store::{Fetched, ObjectStore, S3Store};
 
 /// Published files read at once: enough to hide S3's latency, few enough to keep memory flat.
-const PARALLEL_READS: usize = 8;
+const PARALLEL_READS: u32 = 8;
+
+/// How many keys' worth of published files may be read and parsed but not yet handed on. A parsed
+/// file costs about 600 bytes a person, so eight files of 10,000 people would hold ~50 MB: a
+/// file weighs its key count (the index records it), at least `1/PARALLEL_READS` of the budget,
+/// and a file bigger than the whole budget is read alone.
+const READ_BUDGET_KEYS: u32 = 40_000;
 
 /// The verified published state a run starts from.
 #[derive(Debug)]
@@ -124,8 +130,9 @@ impl Published {
         Ok(Some(PublishedFile::parse(&body)))
     }
 
-    /// Reads the published files of `groups`, `PARALLEL_READS` at a time, handing each to `each`
-    /// as it arrives (so at most that many are in memory).
+    /// Reads the published files of `groups`, `PARALLEL_READS` at a time and within
+    /// `READ_BUDGET_KEYS`, handing each to `each` as it arrives (a file's share of the budget is
+    /// held until `each` has it, so at most the budget is in memory).
     pub async fn files(
         &self,
         store: &S3Store,
@@ -133,19 +140,32 @@ impl Published {
         groups: Vec<String>,
         mut each: impl FnMut(String, Option<PublishedFile>),
     ) -> anyhow::Result<()> {
-        let semaphore = Arc::new(Semaphore::new(PARALLEL_READS));
+        let semaphore = Arc::new(Semaphore::new(READ_BUDGET_KEYS as usize));
         let mut reads = JoinSet::new();
         let mut finish = |done: Result<_, tokio::task::JoinError>| -> anyhow::Result<()> {
-            let (group, file) = done.context("a read task failed")?;
+            let (group, file, _permit) = done.context("a read task failed")?;
             each(group, file?);
             Ok(())
         };
         for group in groups {
-            let permit = Arc::clone(&semaphore).acquire_owned().await?;
+            let entry = self.index.groups.get(&group);
+            let weight = entry
+                .map_or(0, |entry| u32::try_from(entry.keys).unwrap_or(u32::MAX))
+                .clamp(READ_BUDGET_KEYS / PARALLEL_READS, READ_BUDGET_KEYS);
+            // Hand on what has arrived first: its share of the budget is what the next read needs.
             while let Some(done) = reads.try_join_next() {
                 finish(done)?;
             }
-            let key = self.index.groups.get(&group).map(|entry| {
+            let permit = loop {
+                match Arc::clone(&semaphore).try_acquire_many_owned(weight) {
+                    Ok(permit) => break permit,
+                    Err(_) => match reads.join_next().await {
+                        Some(done) => finish(done)?,
+                        None => bail!("read budget exhausted with no read in flight"),
+                    },
+                }
+            };
+            let key = entry.map(|entry| {
                 (
                     layout.group(&self.index, &group, &entry.sha256),
                     entry.sha256.clone(),
@@ -153,14 +173,13 @@ impl Published {
             });
             let store = store.clone();
             reads.spawn(async move {
-                let _permit = permit;
                 let file = match key {
                     Some((key, sha256)) => checked(&store, &key, &sha256)
                         .await
                         .map(|body| Some(PublishedFile::parse(&body))),
                     None => Ok(None),
                 };
-                (group, file)
+                (group, file, permit)
             });
         }
         while let Some(done) = reads.join_next().await {

@@ -72,6 +72,18 @@ pub struct GroupFile {
     pub keys: Vec<(String, String)>,
 }
 
+/// Who and which keys a group's file holds, and its SHA-256, without its text: what a plan
+/// compares with the published file of a group that changed. Borrows from the renderer, the
+/// membership and the carried file, so listing a group of 10,000 people copies no name or key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing<'a> {
+    pub sha256: String,
+    /// Users with at least one key in the file, in file order.
+    pub users: Vec<&'a str>,
+    /// Every key's fingerprint, in file order.
+    pub fingerprints: Vec<&'a str>,
+}
+
 /// What a run needs to know of a group file to decide whether it changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Digest {
@@ -310,6 +322,29 @@ impl<'k> Renderer<'k> {
         }
     }
 
+    /// The group's people and keys and its SHA-256, without building its text.
+    pub fn listing<'a>(
+        &'a self,
+        name: &str,
+        membership: &'a Membership,
+        carried: Option<&'a PublishedFile>,
+    ) -> Listing<'a> {
+        let mut hasher = Sha256::new();
+        let mut users = Vec::new();
+        self.emit(name, membership, carried, &mut hasher, |member, _| {
+            users.push(member.name.as_str());
+        });
+        Listing {
+            sha256: hex::encode(hasher.finalize()),
+            users,
+            fingerprints: self
+                .fingerprints(name, membership, carried)
+                .into_iter()
+                .map(|(_, fingerprint)| fingerprint)
+                .collect(),
+        }
+    }
+
     /// The group's file.
     pub fn file(
         &self,
@@ -324,7 +359,11 @@ impl<'k> Renderer<'k> {
             users.push(member.name.clone());
             via.insert(member.name.clone(), member.via.clone());
         });
-        let keys = self.fingerprints(name, membership, carried);
+        let keys = self
+            .fingerprints(name, membership, carried)
+            .into_iter()
+            .map(|(owner, fingerprint)| (owner.to_owned(), fingerprint.to_owned()))
+            .collect();
         GroupFile {
             sha256: sha256_hex(body.as_bytes()),
             body,
@@ -335,31 +374,29 @@ impl<'k> Renderer<'k> {
     }
 
     /// Every key of the group's file with its owner, in file order.
-    fn fingerprints(
-        &self,
+    fn fingerprints<'a>(
+        &'a self,
         group: &str,
-        membership: &Membership,
-        carried: Option<&PublishedFile>,
-    ) -> Vec<(String, String)> {
+        membership: &'a Membership,
+        carried: Option<&'a PublishedFile>,
+    ) -> Vec<(&'a str, &'a str)> {
         let mut keys = Vec::new();
         for member in &membership.users {
-            match self.lines(group, &member.name, carried) {
-                Some(Lines::Fresh(list)) => keys.extend(
-                    list.iter()
-                        .map(|key| (member.name.clone(), key.fingerprint.as_str().to_owned())),
-                ),
-                Some(Lines::Carried(list)) => keys.extend(
-                    list.iter()
-                        .map(|(_, fp)| (member.name.clone(), (*fp).to_owned())),
-                ),
-                Some(Lines::Restricted(list)) => keys
-                    .extend(list.iter().map(|(key, _)| {
-                        (member.name.clone(), key.fingerprint.as_str().to_owned())
-                    })),
-                Some(Lines::CarriedRestricted(list)) => keys.extend(
-                    list.iter()
-                        .map(|(_, fp)| (member.name.clone(), (*fp).to_owned())),
-                ),
+            let owner = member.name.as_str();
+            match self.lines(group, owner, carried) {
+                Some(Lines::Fresh(list)) => {
+                    keys.extend(list.iter().map(|key| (owner, key.fingerprint.as_str())));
+                }
+                Some(Lines::Carried(list)) => keys.extend(list.iter().map(|(_, fp)| (owner, *fp))),
+                Some(Lines::Restricted(list)) => {
+                    keys.extend(
+                        list.iter()
+                            .map(|(key, _)| (owner, key.fingerprint.as_str())),
+                    );
+                }
+                Some(Lines::CarriedRestricted(list)) => {
+                    keys.extend(list.iter().map(|(_, fp)| (owner, *fp)));
+                }
                 None => {}
             }
         }
@@ -426,13 +463,13 @@ impl<'k> Renderer<'k> {
     }
 
     /// Writes the group's file into `sink`, calling `person` for each person with keys in it.
-    fn emit(
+    fn emit<'m>(
         &self,
         name: &str,
-        membership: &Membership,
+        membership: &'m Membership,
         carried: Option<&PublishedFile>,
         sink: &mut impl Sink,
-        mut person: impl FnMut(&crate::resolve::Member, usize),
+        mut person: impl FnMut(&'m crate::resolve::Member, usize),
     ) {
         sink.push(HEADER_PREFIX);
         sink.push(name);

@@ -1,9 +1,11 @@
 //! Plan reports for people: plain text for terminals and logs, Markdown for pull-request
 //! comments. (JSON is the `Plan` itself, serialized; its shape is documented in the README.)
 //! Losses come before gains, and unchanged groups are summarised on one line so a report over a
-//! thousand access groups stays readable.
+//! thousand access groups stays readable. Reports are written as they are formatted, never built
+//! whole: the first publish of a dense directory lists every membership (330,000 lines at 10,000
+//! people).
 
-use std::fmt::Write as _;
+use std::io::{self, Write};
 
 use crate::markdown::{code, prose};
 use crate::plan::{Action, GroupPlan, Plan};
@@ -41,97 +43,89 @@ fn changed(plan: &Plan) -> impl Iterator<Item = (&String, &GroupPlan)> {
         .filter(|(_, g)| g.action != Action::Unchanged)
 }
 
-pub fn text(plan: &Plan) -> String {
-    let mut out = String::new();
+pub fn text(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
     for (name, group) in changed(plan) {
-        let _ = writeln!(out, "{name}: {}", action_word(group.action));
+        writeln!(out, "{name}: {}", action_word(group.action))?;
         for user in &group.removed_users {
-            let _ = writeln!(out, "  - {} ({})", user.name, user.reason);
+            writeln!(out, "  - {} ({})", user.name, user.reason)?;
         }
         for user in &group.added_users {
-            let _ = writeln!(out, "  + {} ({})", user.name, user.reason);
+            writeln!(out, "  + {} ({})", user.name, user.reason)?;
         }
         for fingerprint in &group.removed_fingerprints {
-            let _ = writeln!(out, "  - key {fingerprint}");
+            writeln!(out, "  - key {fingerprint}")?;
         }
         for fingerprint in &group.added_fingerprints {
-            let _ = writeln!(out, "  + key {fingerprint}");
+            writeln!(out, "  + key {fingerprint}")?;
         }
     }
-    let unchanged: Vec<&str> = plan
+    let mut unchanged = plan
         .groups
         .iter()
         .filter(|(_, g)| g.action == Action::Unchanged)
-        .map(|(name, _)| name.as_str())
-        .collect();
-    if !unchanged.is_empty() {
-        let _ = writeln!(out, "unchanged: {}", unchanged.join(", "));
+        .map(|(name, _)| name.as_str());
+    if let Some(first) = unchanged.next() {
+        write!(out, "unchanged: {first}")?;
+        for name in unchanged {
+            write!(out, ", {name}")?;
+        }
+        writeln!(out)?;
     }
     if !plan.problems.is_empty() {
-        let _ = writeln!(out, "problems:");
+        writeln!(out, "problems:")?;
         for problem in &plan.problems {
-            let _ = writeln!(out, "  {}: {}", problem.user, problem.reason);
+            writeln!(out, "  {}: {}", problem.user, problem.reason)?;
         }
     }
     if plan.guard.refused {
-        let _ = writeln!(out, "safety guard: REFUSED (publish --force overrides)");
+        writeln!(out, "safety guard: REFUSED (publish --force overrides)")?;
         for reason in &plan.guard.reasons {
-            let _ = writeln!(out, "  {reason}");
+            writeln!(out, "  {reason}")?;
         }
     }
-    let _ = writeln!(out, "{}", summary(plan));
-    out
+    writeln!(out, "{}", summary(plan))
 }
 
 /// The Markdown report. Every name, reason and problem text goes through [`crate::markdown`]:
 /// they hold AD names and quoted key comments, and reach pull-request comments.
-pub fn markdown(plan: &Plan) -> String {
-    let mut out = format!("**keyhole plan:** {}\n", summary(plan));
+pub fn markdown(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
+    writeln!(out, "**keyhole plan:** {}", summary(plan))?;
     if plan.guard.refused {
-        out.push_str("\n> [!WARNING]\n> The safety guard would refuse this publish:\n");
+        writeln!(
+            out,
+            "\n> [!WARNING]\n> The safety guard would refuse this publish:"
+        )?;
         for reason in &plan.guard.reasons {
-            let _ = writeln!(out, "> - {}", prose(reason));
+            writeln!(out, "> - {}", prose(reason))?;
         }
     }
     for (name, group) in changed(plan) {
-        let _ = writeln!(out, "\n### {}: {}\n", code(name), action_word(group.action));
-        out.push_str("| change | who / key | why |\n|---|---|---|\n");
+        writeln!(out, "\n### {}: {}\n", code(name), action_word(group.action))?;
+        writeln!(out, "| change | who / key | why |\n|---|---|---|")?;
         for user in &group.removed_users {
-            let _ = writeln!(
-                out,
-                "| ➖ removed | {} | {} |",
-                code(&user.name),
-                prose(&user.reason)
-            );
+            let (who, why) = (code(&user.name), prose(&user.reason));
+            writeln!(out, "| ➖ removed | {who} | {why} |")?;
         }
         for user in &group.added_users {
-            let _ = writeln!(
-                out,
-                "| ➕ added | {} | {} |",
-                code(&user.name),
-                prose(&user.reason)
-            );
+            let (who, why) = (code(&user.name), prose(&user.reason));
+            writeln!(out, "| ➕ added | {who} | {why} |")?;
         }
         for fingerprint in &group.removed_fingerprints {
-            let _ = writeln!(out, "| ➖ key | {} | |", code(fingerprint));
+            writeln!(out, "| ➖ key | {} | |", code(fingerprint))?;
         }
         for fingerprint in &group.added_fingerprints {
-            let _ = writeln!(out, "| ➕ key | {} | |", code(fingerprint));
+            writeln!(out, "| ➕ key | {} | |", code(fingerprint))?;
         }
     }
     if !plan.problems.is_empty() {
-        out.push_str("\n<details><summary>Problems</summary>\n\n");
+        writeln!(out, "\n<details><summary>Problems</summary>\n")?;
         for problem in &plan.problems {
-            let _ = writeln!(
-                out,
-                "- **{}**: {}",
-                code(&problem.user),
-                prose(&problem.reason)
-            );
+            let (who, what) = (code(&problem.user), prose(&problem.reason));
+            writeln!(out, "- **{who}**: {what}")?;
         }
-        out.push_str("\n</details>\n");
+        writeln!(out, "\n</details>")?;
     }
-    out
+    Ok(())
 }
 
 #[cfg(test)]
@@ -145,8 +139,8 @@ mod tests {
     fn hostile_plan() -> Plan {
         let hostile = "[click](https://evil.example) ![x](https://evil.example/p.png) @corp/admins <img src=x> a|b `c`";
         let change = UserChange {
-            name: format!("mallory{hostile}"),
-            reason: format!("member of {hostile}"),
+            name: format!("mallory{hostile}").as_str().into(),
+            reason: format!("member of {hostile}").into(),
         };
         let group = GroupPlan {
             action: Action::Update,
@@ -180,7 +174,9 @@ mod tests {
 
     #[test]
     fn markdown_renders_nothing_a_user_wrote_as_markdown() {
-        let report = markdown(&hostile_plan());
+        let mut report = Vec::new();
+        markdown(&hostile_plan(), &mut report).unwrap();
+        let report = String::from_utf8(report).unwrap();
         let live = crate::markdown::live_text(&report);
         for construct in ["](", "![", "<img", "https://", "@corp", "`"] {
             assert!(

@@ -2,7 +2,10 @@
 //! Also home of [`prepare`], the shared first half of `plan` and `publish`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Write as _;
 use std::time::{Instant, SystemTime};
+
+use anyhow::Context as _;
 
 use super::{Format, GlobalArgs};
 use crate::exit::{EXIT_CODES_HELP, Exit};
@@ -45,7 +48,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
         ..Start::default()
     };
     let prepared = prepare(&settings, None, start).await?;
-    print!("{}", format_plan(&prepared.plan, args.format));
+    print_plan(&prepared.plan, args.format)?;
     if prepared.gathered.has_unknown() {
         tracing::error!(
             "some members' keys could not be read; they would keep only the keys published for them"
@@ -59,12 +62,18 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
     })
 }
 
-pub(crate) fn format_plan(plan: &Plan, format: Format) -> String {
+/// Writes the plan's report to stdout as it is formatted (never the whole report in memory).
+pub(crate) fn print_plan(plan: &Plan, format: Format) -> anyhow::Result<()> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     match format {
-        Format::Json => serde_json::to_string_pretty(plan).unwrap_or_default() + "\n",
-        Format::Markdown => crate::report::markdown(plan),
-        Format::Text => crate::report::text(plan),
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut out, plan)?;
+            writeln!(out)?;
+        }
+        Format::Markdown => crate::report::markdown(plan, &mut out)?,
+        Format::Text => crate::report::text(plan, &mut out)?,
     }
+    out.flush().context("writing the plan to stdout")
 }
 
 /// With signing, every index written carries `not_after = now + validity`; when nothing else
@@ -312,6 +321,7 @@ async fn plan_groups(
     }
     changed.extend(gone.into_iter().filter(|name| selected(name)));
     let mut failed = None;
+    let mut interner = crate::interned::Interner::default();
     prepared
         .published
         .files(
@@ -321,11 +331,13 @@ async fn plan_groups(
             |name, previous| {
                 let group_plan = match access_groups.get(&name) {
                     Some(membership) => {
-                        let file = renderer.file(&name, membership, prepared.carried.get(&name));
-                        crate::plan::compare(&name, &file, previous.as_ref(), &inputs)
+                        let listing =
+                            renderer.listing(&name, membership, prepared.carried.get(&name));
+                        let previous = previous.as_ref();
+                        crate::plan::compare(&name, &listing, previous, &inputs, &mut interner)
                     }
                     None => match &previous {
-                        Some(previous) => crate::plan::deleted(previous),
+                        Some(previous) => crate::plan::deleted(previous, &mut interner),
                         None => {
                             failed = Some(name.clone());
                             return;

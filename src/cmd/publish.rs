@@ -145,7 +145,7 @@ async fn publish(
     }
     count(figures, &prepared);
     let plan = &prepared.plan;
-    print!("{}", super::plan::format_plan(plan, args.format));
+    super::plan::print_plan(plan, args.format)?;
 
     if plan.guard.refused && !args.force {
         tracing::error!(reasons = ?plan.guard.reasons, "the safety guard refused this publish");
@@ -418,7 +418,7 @@ async fn publish_denials(
                 || group
                     .removed_fingerprints
                     .iter()
-                    .any(|fp| prepared.denied.contains(fp))
+                    .any(|fp| prepared.denied.contains(&**fp))
         })
         .map(|(name, _)| name.clone())
         .collect();
