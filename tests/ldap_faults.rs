@@ -10,6 +10,15 @@
 //! client's encrypted records are all of type application_data (23): its Finished, then the
 //! bind, then the first search. From the third such record on, nothing more goes back to the
 //! client. Under TLS 1.2 the third is a later search; either way the bind has been answered.
+//!
+//! The failures past the bind that Samba cannot be made to produce on demand come from
+//! `support::ldap_relay`, an LDAPS relay that decodes the LDAP messages and rewrites one answer
+//! of the real DC: page 2 of the paged users search ending with result code 51 (busy), and the
+//! first follow-up `member;range=` read of a large group coming back without members, with a
+//! range that does not advance, or without the group. Each test first publishes through the
+//! faithful relay (so there is something to keep), then changes a key (so a run that got through
+//! would write), then runs with the fault: exit 1, a message naming the failure (the result code;
+//! the group and the unfinished read), and the bucket byte for byte as it was.
 
 mod support;
 
@@ -20,7 +29,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::Duration;
 
+use ldap3_proto::parse_ldap_filter_str;
+use ldap3_proto::proto::LdapResultCode;
 use support::keyhole::ldap_section;
+use support::ldap_relay::{Fault, LdapRelay, RangeBreak};
 use support::samba::{Fixture, UserSpec};
 use support::stack::Stack;
 
@@ -123,15 +135,7 @@ fn an_ldap_search_that_never_answers_times_out_fails_the_run_and_writes_nothing(
     stack.give_keys(&[("bob", 21001)]);
     let first = stack.run(&["publish"]);
     assert_eq!(first.code, 0, "{first:#?}");
-    let before: Vec<(String, Option<String>)> = stack
-        .s3
-        .keys()
-        .into_iter()
-        .map(|key| {
-            let body = stack.s3.object(&key);
-            (key, body)
-        })
-        .collect();
+    let before = bucket(&stack);
     stack.homes.write(
         "bob",
         21001,
@@ -189,7 +193,13 @@ fn an_ldap_search_that_never_answers_times_out_fails_the_run_and_writes_nothing(
         stderr.contains("search"),
         "what timed out is named: {stderr}"
     );
-    let after: Vec<(String, Option<String>)> = stack
+    assert_eq!(bucket(&stack), before, "nothing may be written");
+}
+
+/// Every object in the bucket with its bytes: equal before and after a run when the run wrote
+/// nothing.
+fn bucket(stack: &Stack) -> Vec<(String, Option<String>)> {
+    stack
         .s3
         .keys()
         .into_iter()
@@ -197,6 +207,135 @@ fn an_ldap_search_that_never_answers_times_out_fails_the_run_and_writes_nothing(
             let body = stack.s3.object(&key);
             (key, body)
         })
-        .collect();
-    assert_eq!(after, before, "nothing may be written");
+        .collect()
+}
+
+/// keyhole's filter for people (src/directory/ldap.rs), whose search the relay breaks.
+const USER_FILTER: &str = "(&(objectCategory=person)(objectClass=user))";
+
+/// `people` (Unix accounts) and the group "Web Team" of them all.
+fn web_team(people: &[(&str, u32)]) -> Fixture {
+    let mut fixture = Fixture::new();
+    for &(name, uid) in people {
+        fixture = fixture.user(UserSpec::unix(name, uid, &format!("/home/{name}")));
+    }
+    let names: Vec<&str> = people.iter().map(|&(name, _)| name).collect();
+    fixture.group("Web Team", &names)
+}
+
+/// Starts a relay in front of `stack`'s DC and sends the publisher's runs through it, with one
+/// more `KEYHOLE_LDAP_*` setting.
+fn through_relay(stack: &mut Stack, setting: (&str, &str)) -> LdapRelay {
+    let relay = LdapRelay::start(&stack.dc);
+    let env = &mut stack.publisher.env;
+    env.extend(relay.keyhole_env());
+    env.push((setting.0.to_owned(), setting.1.to_owned()));
+    relay
+}
+
+/// Gives `people` keys and publishes them (through the relay, still faithful: every key must be
+/// published), then gives the first of them a new key so that the next run has something to
+/// write; returns the bucket as published.
+fn publish_through(stack: &Stack, people: &[(&'static str, u32)]) -> Vec<(String, Option<String>)> {
+    let keys = stack.give_keys(people);
+    let first = stack.run(&["publish"]);
+    assert_eq!(first.code, 0, "through the faithful relay: {first:#?}");
+    let group_file = stack.group_file("web-prod");
+    for (name, key) in &keys {
+        assert!(
+            group_file.contains(&key.line),
+            "{name} is published: {group_file}"
+        );
+    }
+    let published = bucket(stack);
+    let (name, uid) = people[0];
+    let key = stack.homes.key(&format!("{name}-new"), "ed25519");
+    stack.homes.write(name, uid, &format!("{}\n", key.line));
+    published
+}
+
+#[test]
+fn a_non_zero_result_on_a_later_page_of_the_users_search_fails_the_run_and_writes_nothing() {
+    let people = [("bob", 21001), ("carol", 21002), ("dave", 21003)];
+    let mut stack = Stack::start(&web_team(&people), POLICY);
+    // Two entries a page: the DC's own accounts and the three people make three pages or more.
+    let relay = through_relay(&mut stack, ("KEYHOLE_LDAP_PAGE_SIZE", "2"));
+    let before = publish_through(&stack, &people);
+
+    relay.inject(Fault::FailPage {
+        filter: parse_ldap_filter_str(USER_FILTER).unwrap(),
+        page: 2,
+        code: LdapResultCode::Busy,
+        message: "relay: the DC is too busy for page 2".into(),
+    });
+    let run = stack.run(&["publish"]);
+    assert_eq!(relay.injected(), 1, "the relay failed page 2: {run:#?}");
+    assert_eq!(run.code, 1, "{run:#?}");
+    let expected = format!(
+        "search for users under {} failed: result code 51: relay: the DC is too busy for page 2",
+        stack.dc.base_dn()
+    );
+    assert!(
+        run.stderr.contains(&expected),
+        "the search and the result code are named: {}",
+        run.stderr
+    );
+    assert_eq!(bucket(&stack), before, "nothing may be written");
+}
+
+#[test]
+fn a_member_range_read_without_members_fails_the_run_and_writes_nothing() {
+    unfinished_member_range_read(
+        RangeBreak::NoMembers,
+        "no values returned for member;range=2-3",
+    );
+}
+
+#[test]
+fn a_member_range_read_that_does_not_advance_fails_the_run_and_writes_nothing() {
+    unfinished_member_range_read(
+        RangeBreak::Rewind,
+        "asked for member;range=2-3, got a range ending at 1",
+    );
+}
+
+#[test]
+fn a_group_that_vanishes_during_its_member_range_reads_fails_the_run_and_writes_nothing() {
+    unfinished_member_range_read(
+        RangeBreak::Vanished,
+        "the group vanished while reading member;range=2-3",
+    );
+}
+
+/// A group of five read in slices of two (the bulk search returns 0-1, then 2-3 and 4-* are
+/// read one by one), whose read of 2-3 the relay breaks as `how` says; keyhole's error must
+/// name the group and `detail`.
+fn unfinished_member_range_read(how: RangeBreak, detail: &str) {
+    let people = [
+        ("bob", 21001),
+        ("carol", 21002),
+        ("dave", 21003),
+        ("erin", 21004),
+        ("frank", 21005),
+    ];
+    let mut stack = Stack::start(&web_team(&people), POLICY);
+    let relay = through_relay(&mut stack, ("KEYHOLE_LDAP_MEMBER_RANGE", "2"));
+    let before = publish_through(&stack, &people);
+
+    let group = stack.dc.group_dn("Web Team");
+    relay.inject(Fault::BreakRangedRead {
+        group: group.clone(),
+        how,
+    });
+    let run = stack.run(&["publish"]);
+    assert_eq!(relay.injected(), 1, "the relay broke the read: {run:#?}");
+    assert_eq!(run.code, 1, "{run:#?}");
+    let expected =
+        format!("group {group}: the server did not finish the member;range= reads ({detail})");
+    assert!(
+        run.stderr.contains(&expected),
+        "the group and the unfinished read are named: {}",
+        run.stderr
+    );
+    assert_eq!(bucket(&stack), before, "nothing may be written");
 }

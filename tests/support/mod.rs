@@ -12,6 +12,7 @@ pub mod fault_proxy;
 pub mod homes;
 pub mod imds;
 pub mod keyhole;
+pub mod ldap_relay;
 pub mod ports;
 pub mod s3;
 pub mod samba;
