@@ -17,6 +17,12 @@ use serde::{Serialize, Serializer};
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Shared(Arc<str>);
 
+impl Shared {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 impl Deref for Shared {
     type Target = str;
 

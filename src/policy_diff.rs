@@ -485,7 +485,7 @@ pub fn diff_resolutions(base: &Resolution, head: &Resolution) -> BTreeMap<String
             .iter()
             .filter(|m| !has.contains_key(&m.name.to_lowercase()))
             .map(|m| PersonChange {
-                name: m.name.clone(),
+                name: m.name.to_string(),
                 via: m.via.to_vec(),
                 excluded: excluded_now.get(&m.name.to_lowercase()).copied(),
                 until: None,
@@ -496,10 +496,10 @@ pub fn diff_resolutions(base: &Resolution, head: &Resolution) -> BTreeMap<String
             .iter()
             .filter(|m| !had.contains_key(&m.name.to_lowercase()))
             .map(|m| PersonChange {
-                name: m.name.clone(),
+                name: m.name.to_string(),
                 via: m.via.to_vec(),
                 excluded: None,
-                until: m.until.clone(),
+                until: m.until.as_deref().cloned(),
             })
             .collect();
         let people = PeopleDiff { lost, gained };

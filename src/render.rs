@@ -246,7 +246,7 @@ impl<'k> Renderer<'k> {
                     for key in self.kept.get(member.name.as_str()).into_iter().flatten() {
                         if let Err(why) = merge::merge(key.options.as_deref(), &options) {
                             problems.insert(Problem {
-                                user: member.name.clone(),
+                                user: member.name.to_string(),
                                 reason: format!(
                                     "key {} left out of access group {name}: {why}",
                                     key.fingerprint.as_str()
@@ -356,8 +356,8 @@ impl<'k> Renderer<'k> {
         let mut users = Vec::new();
         let mut via = BTreeMap::new();
         self.emit(name, membership, carried, &mut body, |member, _| {
-            users.push(member.name.clone());
-            via.insert(member.name.clone(), member.via.clone());
+            users.push(member.name.to_string());
+            via.insert(member.name.to_string(), member.via.clone());
         });
         let keys = self
             .fingerprints(name, membership, carried)

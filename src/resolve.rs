@@ -26,6 +26,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::directory::{AccountState, Dn, FileTime, LockoutDuration, Snapshot, User};
+use crate::interned::Shared;
 use crate::policy::{Policy, Principals, Until};
 
 /// The `via` marker for people who get access through `[everywhere]`.
@@ -53,12 +54,13 @@ pub struct Membership {
 /// named directly, starting with `"everywhere"` for the fixed admin list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Member {
-    pub name: String,
+    /// Shared by every membership of the person (a dense directory has 33 a person).
+    pub name: Shared,
     pub via: Via,
     /// When the access ends: the latest end of the time-limited entries that give it, `None`
-    /// when one of them does not end.
+    /// when one of them does not end. Boxed: rare, and a `Member` exists per membership.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub until: Option<Until>,
+    pub until: Option<Box<Until>>,
 }
 
 /// A chain of group names. Shared, not copied: every person reached through the same nested
@@ -75,7 +77,7 @@ impl Membership {
             users: users
                 .iter()
                 .map(|user| Member {
-                    name: (*user).to_owned(),
+                    name: (*user).into(),
                     via: Arc::clone(&team),
                     until: None,
                 })
@@ -148,6 +150,8 @@ struct Resolver<'s> {
     clock: SystemTime,
     lockout: LockoutDuration,
     users_by_name: HashMap<String, usize>,
+    /// Each user's name, made once and shared by all their memberships.
+    user_names: Vec<Shared>,
     groups_by_name: HashMap<String, usize>,
     users_by_dn: HashMap<&'s Dn, usize>,
     groups_by_dn: HashMap<&'s Dn, usize>,
@@ -204,6 +208,11 @@ impl<'s> Resolver<'s> {
                 .as_ref()
                 .map_or(LockoutDuration::UntilUnlocked, |d| d.lockout_duration),
             users_by_name,
+            user_names: snapshot
+                .users
+                .iter()
+                .map(|user| Shared::from(user.name.as_str()))
+                .collect(),
             groups_by_name,
             users_by_dn,
             groups_by_dn,
@@ -310,6 +319,8 @@ impl<'s> Resolver<'s> {
                 reason,
             });
         }
+        // Exact, not grown by doubling: a dense directory has 33 memberships a person.
+        membership.users.reserve_exact(best.len());
         for (user, (_, via)) in best {
             let record: &User = &self.snapshot.users[user];
             let exclusion = if denied.contains(&record.name.to_lowercase()) {
@@ -324,9 +335,9 @@ impl<'s> Resolver<'s> {
             };
             match exclusion {
                 None => membership.users.push(Member {
-                    name: record.name.clone(),
+                    name: self.user_names[user].clone(),
                     via,
-                    until: ends.get(&user).cloned().flatten(),
+                    until: ends.get(&user).cloned().flatten().map(Box::new),
                 }),
                 Some(reason) => membership.excluded.push(Excluded {
                     name: record.name.clone(),
@@ -401,7 +412,7 @@ impl<'s> Resolver<'s> {
             let name = automation.member();
             match exclusion {
                 None => membership.users.push(Member {
-                    name,
+                    name: name.as_str().into(),
                     via: Arc::from([automation.via()]),
                     until: None,
                 }),
@@ -610,7 +621,7 @@ mod tests {
         resolution.access_groups[group]
             .users
             .iter()
-            .map(|m| (m.name.clone(), m.via.to_vec()))
+            .map(|m| (m.name.to_string(), m.via.to_vec()))
             .collect()
     }
 
