@@ -300,12 +300,16 @@ async fn plan_groups(
             }
             continue;
         }
+        // A group the index does not list is new: no digest to compare, it is listed below.
+        let Some(entry) = published.groups.get(name) else {
+            changed.push(name.clone());
+            continue;
+        };
         let digest = renderer.digest(name, membership, prepared.carried.get(name));
-        match published.groups.get(name) {
-            Some(entry) if entry.sha256 == digest.sha256 => {
-                groups.insert(name.clone(), crate::plan::unchanged(&digest));
-            }
-            _ => changed.push(name.clone()),
+        if entry.sha256 == digest.sha256 {
+            groups.insert(name.clone(), crate::plan::unchanged(&digest));
+        } else {
+            changed.push(name.clone());
         }
     }
     let gone: Vec<String> = published
