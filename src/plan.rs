@@ -497,6 +497,22 @@ mod tests {
         }
     }
 
+    /// `compare` of these people rendered as access group `name`, against `before`.
+    fn compare_to(
+        name: &str,
+        after: &[&str],
+        before: Option<&PublishedFile>,
+        inputs: &Inputs<'_>,
+    ) -> GroupPlan {
+        compare(
+            name,
+            &file(after).listing(),
+            before,
+            inputs,
+            &mut Interner::default(),
+        )
+    }
+
     /// The published file of these people, as read back.
     fn published(users: &[&str]) -> PublishedFile {
         PublishedFile {
@@ -582,7 +598,14 @@ mod tests {
 
     #[test]
     fn changes_name_each_user_and_key_with_a_reason() {
-        let resolution = resolution(&[("web", &["a", "d"], &[("b", Exclusion::Disabled)])]);
+        let mut resolution =
+            resolution(&[("web", &["a", "d", "e"], &[("b", Exclusion::Disabled)])]);
+        // e's access ends: the change says when.
+        resolution.access_groups.get_mut("web").unwrap().users[2].until =
+            Some(Box::new(crate::policy::Until {
+                ends_at: 1_806_451_200,
+                text: "2027-03-31".into(),
+            }));
         let policy = policy(&["web"]);
         let no_denials = BTreeMap::new();
         let inputs = Inputs {
@@ -591,20 +614,21 @@ mod tests {
             safety: &safety(),
             denied_keys: &no_denials,
         };
-        let web = compare(
-            "web",
-            &file(&["a", "d"]).listing(),
-            Some(&published(&["a", "b", "c"])),
-            &inputs,
-            &mut Interner::default(),
-        );
+        let before = published(&["a", "b", "c"]);
+        let web = compare_to("web", &["a", "d", "e"], Some(&before), &inputs);
         assert_eq!(web.action, Action::Update);
         assert_eq!(
             web.added_users,
-            [UserChange {
-                name: "d".into(),
-                reason: "new member".into()
-            }]
+            [
+                UserChange {
+                    name: "d".into(),
+                    reason: "new member".into()
+                },
+                UserChange {
+                    name: "e".into(),
+                    reason: "new member (until 2027-03-31)".into()
+                }
+            ]
         );
         assert_eq!(
             web.removed_users,
@@ -619,18 +643,12 @@ mod tests {
                 },
             ]
         );
-        assert_eq!(web.added_fingerprints, ["SHA256:d"]);
+        assert_eq!(web.added_fingerprints, ["SHA256:d", "SHA256:e"]);
         assert_eq!(web.removed_fingerprints, ["SHA256:b", "SHA256:c"]);
         assert_eq!(web.users_before, 3);
-        assert_eq!(web.next.as_ref().unwrap().users, 2);
+        assert_eq!(web.next.as_ref().unwrap().users, 3);
 
-        let new = compare(
-            "new",
-            &file(&["a"]).listing(),
-            None,
-            &inputs,
-            &mut Interner::default(),
-        );
+        let new = compare_to("new", &["a"], None, &inputs);
         assert_eq!(new.action, Action::Create);
         let old = deleted(&published(&["a"]), &mut Interner::default());
         assert_eq!(old.action, Action::Delete);
@@ -653,13 +671,7 @@ mod tests {
             denied_keys: &no_denials,
         };
         let before = published(&["a", "b", "c", "d", "e"]);
-        let lost_two = compare(
-            "web",
-            &file(&["a", "b", "c"]).listing(),
-            Some(&before),
-            &inputs,
-            &mut Interner::default(),
-        );
+        let lost_two = compare_to("web", &["a", "b", "c"], Some(&before), &inputs);
         let plan = plan_of(BTreeMap::from([("web".to_string(), lost_two)]));
         assert!(plan.guard.refused);
         assert_eq!(
@@ -675,13 +687,7 @@ mod tests {
             resolution: &denied,
             ..inputs
         };
-        let lost_to_deny = compare(
-            "web",
-            &file(&["a", "b", "c"]).listing(),
-            Some(&before),
-            &inputs,
-            &mut Interner::default(),
-        );
+        let lost_to_deny = compare_to("web", &["a", "b", "c"], Some(&before), &inputs);
         let plan = plan_of(BTreeMap::from([("web".to_string(), lost_to_deny)]));
         assert!(!plan.guard.refused, "{:?}", plan.guard);
     }
@@ -699,13 +705,7 @@ mod tests {
             denied_keys: &no_denials,
         };
         let before = published(&["a", "b", "c", "d", "e"]);
-        let group = compare(
-            "web",
-            &file(&["a", "b", "c"]).listing(),
-            Some(&before),
-            &inputs,
-            &mut Interner::default(),
-        );
+        let group = compare_to("web", &["a", "b", "c"], Some(&before), &inputs);
         let (body, entry) = deny_only("web", &group, &before, &BTreeSet::new()).unwrap();
         let after = PublishedFile::parse(body.as_bytes());
         assert_eq!(after.users().collect::<Vec<_>>(), ["a", "b", "c", "e"]);
@@ -713,13 +713,7 @@ mod tests {
         assert_eq!(entry.sha256, sha256_hex(body.as_bytes()));
         // A denied key goes too, wherever it is; nothing to deny means nothing to write.
         let denied_key = BTreeSet::from(["SHA256:a".to_string()]);
-        let unchanged = compare(
-            "web",
-            &file(&["a", "b", "c", "d", "e"]).listing(),
-            Some(&before),
-            &inputs,
-            &mut Interner::default(),
-        );
+        let unchanged = compare_to("web", &["a", "b", "c", "d", "e"], Some(&before), &inputs);
         let (body, _) = deny_only("web", &unchanged, &before, &denied_key).unwrap();
         assert!(!body.contains("# a "), "{body}");
         assert_eq!(
@@ -757,13 +751,7 @@ mod tests {
         };
         let mut plan = plan_of(BTreeMap::new());
         for (name, before, after) in groups {
-            let group = compare(
-                name,
-                &file(after).listing(),
-                Some(&published(before)),
-                &inputs,
-                &mut Interner::default(),
-            );
+            let group = compare_to(name, after, Some(&published(before)), &inputs);
             plan.groups.insert(name.to_string(), group);
         }
         for (name, before) in deleted_groups {
@@ -904,13 +892,7 @@ mod tests {
             denied_keys: &no_denials,
         };
         let before = published(&["a", "b", "c", "d", "e"]);
-        let group = compare(
-            "web",
-            &file(&["a", "b", "c"]).listing(),
-            Some(&before),
-            &inputs,
-            &mut Interner::default(),
-        );
+        let group = compare_to("web", &["a", "b", "c"], Some(&before), &inputs);
         assert_eq!(group.removed_users[0].reason, "expired_grant");
         let mut plan = plan_of(BTreeMap::from([("web".to_string(), group.clone())]));
         plan.guard = judge(&plan, inputs.safety);
