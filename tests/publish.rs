@@ -91,6 +91,27 @@ fn group_plan<'a>(plan: &'a Value, group: &str) -> &'a Value {
     &plan["groups"][group]
 }
 
+/// The plan report is for people: a publish whose stdout nobody reads (`| head -0`, a closed
+/// pipe) still publishes, and says the report was lost.
+#[test]
+fn a_report_nobody_reads_never_stops_a_publish() {
+    let world = World::new(POLICY);
+    let publish = world.stack.publisher.run_unread(&["publish"]);
+    assert_eq!(publish.code, 0, "{publish:#?}");
+    assert!(
+        publish.stderr.contains("could not write the plan report")
+            && publish.stderr.contains("Broken pipe"),
+        "{publish:#?}"
+    );
+    assert_eq!(
+        world.stack.group_file("web-prod"),
+        world.expected_file(
+            "web-prod",
+            &["alice.admin", "bob", "carol", "dave", "erin", "frank"]
+        )
+    );
+}
+
 #[test]
 fn publish_writes_exact_group_files_and_a_second_run_writes_nothing() {
     let world = World::new(POLICY);

@@ -145,7 +145,10 @@ async fn publish(
     }
     count(figures, &prepared);
     let plan = &prepared.plan;
-    super::plan::print_plan(plan, args.format)?;
+    // The report is for people: a closed stdout (`publish | head`) must not stop the publish.
+    if let Err(error) = super::plan::print_plan(plan, args.format) {
+        tracing::warn!("could not write the plan report: {error:#}");
+    }
 
     if plan.guard.refused && !args.force {
         tracing::error!(reasons = ?plan.guard.reasons, "the safety guard refused this publish");

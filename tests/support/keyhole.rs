@@ -3,7 +3,7 @@
 //! stdout and stderr captured.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use super::samba::SambaDc;
 
@@ -84,6 +84,11 @@ impl Deployment {
     pub fn run(&self, args: &[&str]) -> Run {
         run_keyhole(&self.config(), args, &self.env)
     }
+
+    /// [`Deployment::run`] with a stdout nobody reads (see [`run_keyhole_unread`]).
+    pub fn run_unread(&self, args: &[&str]) -> Run {
+        run_keyhole_unread(&self.config(), args, &self.env)
+    }
 }
 
 /// Runs `ssh-keygen ARGS… FILE`, failing the test if it fails.
@@ -120,6 +125,34 @@ page_size = 200
 /// Runs the built binary with a clean keyhole environment (no inherited KEYHOLE_* variables, no
 /// backtraces) plus `env`.
 pub fn run_keyhole(config: &Path, args: &[&str], env: &[(String, String)]) -> Run {
+    let output = keyhole_command(config, args, env)
+        .output()
+        .expect("running keyhole");
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Like [`run_keyhole`], with stdout a pipe nobody reads (closed before keyhole writes to it, as
+/// in `keyhole publish | head -0`): every write to it fails with EPIPE. `stdout` is empty.
+pub fn run_keyhole_unread(config: &Path, args: &[&str], env: &[(String, String)]) -> Run {
+    let mut child = keyhole_command(config, args, env)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running keyhole");
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("waiting for keyhole");
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::new(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn keyhole_command(config: &Path, args: &[&str], env: &[(String, String)]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_keyhole"));
     command.arg("--config").arg(config).args(args);
     for (name, _) in std::env::vars() {
@@ -128,10 +161,5 @@ pub fn run_keyhole(config: &Path, args: &[&str], env: &[(String, String)]) -> Ru
         }
     }
     command.envs(env.iter().map(|(k, v)| (k, v)));
-    let output = command.output().expect("running keyhole");
-    Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    command
 }
