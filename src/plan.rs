@@ -254,18 +254,14 @@ struct People<'a> {
 
 impl<'a> People<'a> {
     fn of(resolved: Option<&'a Membership>) -> People<'a> {
-        let members = resolved.map_or_else(HashMap::new, |m| {
-            m.users
-                .iter()
-                .map(|member| (member.name.as_str(), member))
-                .collect()
-        });
-        let excluded = resolved.map_or_else(HashMap::new, |m| {
-            m.excluded
-                .iter()
-                .map(|e| (e.name.as_str(), e.reason))
-                .collect()
-        });
+        let (mut members, mut excluded) = (HashMap::new(), HashMap::new());
+        // The first entry of a name wins, as a search of the lists would find it.
+        for member in resolved.iter().flat_map(|m| &m.users) {
+            members.entry(member.name.as_str()).or_insert(member);
+        }
+        for entry in resolved.iter().flat_map(|m| &m.excluded) {
+            excluded.entry(entry.name.as_str()).or_insert(entry.reason);
+        }
         People {
             resolved,
             members,
@@ -324,7 +320,7 @@ pub fn deny_only(
         .removed_users
         .iter()
         .filter(|change| unguarded(change))
-        .map(|change| &*change.name)
+        .map(|change| change.name.as_str())
         .collect();
     let mut body = format!("{HEADER_PREFIX}{name}: generated, do not edit\n");
     let (mut users, mut keys, mut changed) = (0, 0, false);
@@ -428,7 +424,7 @@ pub fn judge(plan: &Plan, safety: &SafetySettings) -> Guard {
             .iter()
             .filter(|change| !unguarded(change))
             .collect();
-        everyone_removed.extend(removed.iter().map(|change| &*change.name));
+        everyone_removed.extend(removed.iter().map(|change| change.name.as_str()));
         let before = group.users_before;
         if before >= GUARD_MIN_GROUP_SIZE && !removed.is_empty() {
             let fraction = removed.len() as f64 / before as f64;
