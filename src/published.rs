@@ -21,7 +21,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::exit::{Exit, coded};
-use crate::group_file::PublishedFile;
+use crate::group_file::{KnownLines, PublishedFile};
 use crate::index::{Index, Layout, Owners, owners_from_json};
 use crate::render::sha256_hex;
 use crate::settings::Settings;
@@ -132,12 +132,14 @@ impl Published {
 
     /// Reads the published files of `groups`, `PARALLEL_READS` at a time and within
     /// `READ_BUDGET_KEYS`, handing each to `each` as it arrives (a file's share of the budget is
-    /// held until `each` has it, so at most the budget is in memory).
+    /// held until `each` has it, so at most the budget is in memory). Lines `known` has are not
+    /// decoded again.
     pub async fn files(
         &self,
         store: &S3Store,
         layout: &Layout,
         groups: Vec<String>,
+        known: &Arc<KnownLines>,
         mut each: impl FnMut(String, Option<PublishedFile>),
     ) -> anyhow::Result<()> {
         let semaphore = Arc::new(Semaphore::new(READ_BUDGET_KEYS as usize));
@@ -171,12 +173,12 @@ impl Published {
                     entry.sha256.clone(),
                 )
             });
-            let store = store.clone();
+            let (store, known) = (store.clone(), Arc::clone(known));
             reads.spawn(async move {
                 let file = match key {
                     Some((key, sha256)) => checked(&store, &key, &sha256)
                         .await
-                        .map(|body| Some(PublishedFile::parse(&body))),
+                        .map(|body| Some(PublishedFile::parse_knowing(&body, &known))),
                     None => Ok(None),
                 };
                 (group, file, permit)

@@ -35,7 +35,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
-use crate::group_file::{HEADER_PREFIX, PublishedFile, block_header};
+use crate::group_file::{HEADER_PREFIX, KnownLines, PublishedFile, block_header};
 use crate::index::Owners;
 use crate::keys::merge::{self, MergeError};
 use crate::keys::{AuthorizedKey, KeyOption};
@@ -302,6 +302,17 @@ impl<'k> Renderer<'k> {
             .collect()
     }
 
+    /// The line of every key this renderer publishes as it is (without a group's options), with
+    /// its fingerprint: what reading a published file back need not decode again.
+    pub fn known_lines(&self) -> KnownLines {
+        KnownLines::new(self.kept.values().flatten().map(|key| {
+            let mut line = String::new();
+            push_key(&mut line, key);
+            line.pop();
+            (line, key.fingerprint.as_str())
+        }))
+    }
+
     /// The SHA-256 and counts of the group's file, without building its text.
     pub fn digest(
         &self,
@@ -559,7 +570,8 @@ mod tests {
             .to_owned()
     }
 
-    /// The file, checked against its digest: both ways of rendering must agree.
+    /// The file, checked against its digest and its listing: every way of rendering must agree;
+    /// and read back with the renderer's known lines exactly as without them.
     fn file(
         renderer: &Renderer<'_>,
         name: &str,
@@ -574,6 +586,15 @@ mod tests {
                 users: file.users.len(),
                 keys: file.keys.len()
             }
+        );
+        let listing = renderer.listing(name, m, carried);
+        assert_eq!(listing.sha256, file.sha256);
+        assert_eq!(listing.users, file.users);
+        let fingerprints: Vec<&str> = file.keys.iter().map(|(_, fp)| fp.as_str()).collect();
+        assert_eq!(listing.fingerprints, fingerprints);
+        assert_eq!(
+            PublishedFile::parse_knowing(file.body.as_bytes(), &renderer.known_lines()),
+            PublishedFile::parse(file.body.as_bytes())
         );
         file
     }
@@ -611,6 +632,11 @@ mod tests {
                 .contains("\n# bob\n")
         );
         assert_eq!(renderer.owners().len(), 2);
+        // Every published line of a key is known, with its fingerprint.
+        let known = renderer.known_lines();
+        for (line, fingerprint) in [(ED_A, fingerprint_of(ED_A)), (ED_B, fingerprint_of(ED_B))] {
+            assert_eq!(known.fingerprint(line), Some(fingerprint.as_str()));
+        }
     }
 
     #[test]

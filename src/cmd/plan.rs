@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write as _;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use anyhow::Context as _;
@@ -10,7 +11,7 @@ use anyhow::Context as _;
 use super::{Format, GlobalArgs};
 use crate::exit::{EXIT_CODES_HELP, Exit};
 use crate::gather::{Gathered, gather};
-use crate::group_file::PublishedFile;
+use crate::group_file::{KnownLines, PublishedFile};
 use crate::index::{Index, Layout, Owners, owners_to_json};
 use crate::plan::{Inputs, Plan, Selection, judge};
 use crate::published::Published;
@@ -264,11 +265,17 @@ async fn carried_files(
     let mut carried = HashMap::new();
     prepared
         .published
-        .files(&prepared.store, &prepared.layout, wanted, |group, file| {
-            if let Some(file) = file {
-                carried.insert(group, file);
-            }
-        })
+        .files(
+            &prepared.store,
+            &prepared.layout,
+            wanted,
+            &Arc::default(),
+            |group, file| {
+                if let Some(file) = file {
+                    carried.insert(group, file);
+                }
+            },
+        )
         .await?;
     Ok(carried)
 }
@@ -326,12 +333,24 @@ async fn plan_groups(
     changed.extend(gone.into_iter().filter(|name| selected(name)));
     let mut failed = None;
     let mut interner = crate::interned::Interner::default();
+    // Only groups the index lists are read back; their lines are mostly keys rendered here.
+    let known = Arc::new(
+        if changed
+            .iter()
+            .any(|name| published.groups.contains_key(name))
+        {
+            renderer.known_lines()
+        } else {
+            KnownLines::default()
+        },
+    );
     prepared
         .published
         .files(
             &prepared.store,
             &prepared.layout,
             changed,
+            &known,
             |name, previous| {
                 let group_plan = match access_groups.get(&name) {
                     Some(membership) => {

@@ -437,6 +437,7 @@ async fn publish_denials(
             &prepared.store,
             &prepared.layout,
             affected,
+            &Arc::new(prepared.renderer().known_lines()),
             |name, previous| {
                 let (Some(previous), Some(group)) = (previous, prepared.plan.groups.get(&name))
                 else {

@@ -125,16 +125,22 @@ async fn from_bucket(settings: &Settings, fingerprint: &str) -> anyhow::Result<A
     let mut groups = BTreeMap::new();
     let names: Vec<String> = published.index.groups.keys().cloned().collect();
     published
-        .files(&store, &layout, names, |group, file| {
-            let found = file.as_ref().and_then(|file| {
-                file.blocks.iter().find(|block| {
-                    &block.user == user && block.fingerprints().any(|fp| fp == fingerprint)
-                })
-            });
-            if let Some(block) = found {
-                groups.insert(group, block.via.clone());
-            }
-        })
+        .files(
+            &store,
+            &layout,
+            names,
+            &Default::default(),
+            |group, file| {
+                let found = file.as_ref().and_then(|file| {
+                    file.blocks.iter().find(|block| {
+                        &block.user == user && block.fingerprints().any(|fp| fp == fingerprint)
+                    })
+                });
+                if let Some(block) = found {
+                    groups.insert(group, block.via.clone());
+                }
+            },
+        )
         .await?;
     Ok(Attribution {
         user: user.clone(),
