@@ -470,6 +470,19 @@ mod tests {
         }
     }
 
+    static SAFETY: std::sync::LazyLock<SafetySettings> = std::sync::LazyLock::new(safety);
+    static NO_DENIALS: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+
+    /// The plan's inputs for this resolution and policy: the usual guard, no `[deny]` keys.
+    fn inputs_of<'a>(resolution: &'a Resolution, policy: &'a Policy) -> Inputs<'a> {
+        Inputs {
+            resolution,
+            policy,
+            safety: &SAFETY,
+            denied_keys: &NO_DENIALS,
+        }
+    }
+
     /// A rendered file of these people, each with one (fake) key named after them.
     struct Rendered<'u> {
         users: Vec<&'u str>,
@@ -603,13 +616,7 @@ mod tests {
                 text: "2027-03-31".into(),
             }));
         let policy = policy(&["web"]);
-        let no_denials = BTreeMap::new();
-        let inputs = Inputs {
-            resolution: &resolution,
-            policy: &policy,
-            safety: &safety(),
-            denied_keys: &no_denials,
-        };
+        let inputs = inputs_of(&resolution, &policy);
         let before = published(&["a", "b", "c"]);
         let web = compare_to("web", &["a", "d", "e"], Some(&before), &inputs);
         assert_eq!(web.action, Action::Update);
@@ -659,13 +666,7 @@ mod tests {
     fn the_guard_refuses_large_removals_but_never_denials() {
         let resolution = resolution(&[("web", &["a", "b", "c"], &[])]);
         let policy = policy(&["web"]);
-        let no_denials = BTreeMap::new();
-        let inputs = Inputs {
-            resolution: &resolution,
-            policy: &policy,
-            safety: &safety(),
-            denied_keys: &no_denials,
-        };
+        let inputs = inputs_of(&resolution, &policy);
         let before = published(&["a", "b", "c", "d", "e"]);
         let lost_two = compare_to("web", &["a", "b", "c"], Some(&before), &inputs);
         let plan = plan_of(BTreeMap::from([("web".to_string(), lost_two)]));
@@ -693,13 +694,7 @@ mod tests {
         // d is denied, e left the group: the guard holds e, never d.
         let resolution = resolution(&[("web", &["a", "b", "c"], &[("d", Exclusion::Denied)])]);
         let policy = policy(&["web"]);
-        let no_denials = BTreeMap::new();
-        let inputs = Inputs {
-            resolution: &resolution,
-            policy: &policy,
-            safety: &safety(),
-            denied_keys: &no_denials,
-        };
+        let inputs = inputs_of(&resolution, &policy);
         let before = published(&["a", "b", "c", "d", "e"]);
         let group = compare_to("web", &["a", "b", "c"], Some(&before), &inputs);
         let (body, entry) = deny_only("web", &group, &before, &BTreeSet::new()).unwrap();
@@ -733,17 +728,14 @@ mod tests {
         let resolution = resolution(&specs);
         let names: Vec<&str> = groups.iter().map(|(name, _, _)| *name).collect();
         let policy = policy(&names);
-        let no_denials = BTreeMap::new();
         let safety = SafetySettings {
             max_removed_fraction: fraction,
             max_removed_users: max_users,
             lock_file: PathBuf::from("/nonexistent"),
         };
         let inputs = Inputs {
-            resolution: &resolution,
-            policy: &policy,
             safety: &safety,
-            denied_keys: &no_denials,
+            ..inputs_of(&resolution, &policy)
         };
         let mut plan = plan_of(BTreeMap::new());
         for (name, before, after) in groups {
@@ -877,15 +869,12 @@ mod tests {
         let resolution =
             resolution(&[("web", &["a", "b", "c"], &[("d", Exclusion::ExpiredGrant)])]);
         let policy = policy(&["web"]);
-        let no_denials = BTreeMap::new();
         let inputs = Inputs {
-            resolution: &resolution,
-            policy: &policy,
             safety: &SafetySettings {
                 max_removed_users: 0,
                 ..safety()
             },
-            denied_keys: &no_denials,
+            ..inputs_of(&resolution, &policy)
         };
         let before = published(&["a", "b", "c", "d", "e"]);
         let group = compare_to("web", &["a", "b", "c"], Some(&before), &inputs);
