@@ -169,6 +169,13 @@ impl World {
         self.stack.run(&["verify", "--format", "json"])
     }
 
+    /// Instances serve `key` and not `gone`, from a warm cache and from a cold one.
+    fn assert_instances_serve(&self, warm: &Instance, key: &Key, gone: &Key) {
+        assert_serves(&warm.login(), key, gone);
+        let cold_dir = tempfile::tempdir().unwrap();
+        assert_serves(&self.instance(cold_dir.path()).login(), key, gone);
+    }
+
     /// An instance of all three access groups, verifying the index with the publisher's key and
     /// reading S3 straight at every login (`cache_ttl` 1 ms).
     fn instance(&self, dir: &Path) -> Instance {
@@ -190,6 +197,14 @@ impl World {
             env: self.stack.s3.env(),
         }
     }
+}
+
+/// The key lines a login was offered hold `key` and not `gone`.
+fn assert_serves(served: &str, key: &Key, gone: &Key) {
+    assert!(
+        served.contains(&key.line) && !served.contains(&gone.line),
+        "{served}"
+    );
 }
 
 struct Instance {
@@ -250,17 +265,7 @@ fn fails_before_the_commit(rules: Vec<Rule>, named: &str) {
     assert_eq!(world.generation(), generation);
 
     // Instances serve what was committed before: the old key, with a warm cache and a cold one.
-    let served = warm.login();
-    assert!(
-        served.contains(&old.line) && !served.contains(&new.line),
-        "{served}"
-    );
-    let cold_dir = tempfile::tempdir().unwrap();
-    let served = world.instance(cold_dir.path()).login();
-    assert!(
-        served.contains(&old.line) && !served.contains(&new.line),
-        "{served}"
-    );
+    world.assert_instances_serve(&warm, &old, &new);
 
     // The next run converges: the new key everywhere, verify clean, and a run after writes
     // nothing.
@@ -268,11 +273,7 @@ fn fails_before_the_commit(rules: Vec<Rule>, named: &str) {
     let healed = world.publish();
     assert_eq!(healed.code, 0, "{healed:#?}");
     assert_eq!(world.generation(), generation + 1);
-    let served = warm.login();
-    assert!(
-        served.contains(&new.line) && !served.contains(&old.line),
-        "{served}"
-    );
+    assert_serves(&warm.login(), &new, &old);
     let verify = world.verify();
     assert_eq!(verify.code, 0, "{verify:#?}");
     assert_eq!(
@@ -349,28 +350,14 @@ fn the_index_write_refused_fails_the_run_and_publishes_nothing() {
         index_before
     );
 
-    let served = warm.login();
-    assert!(
-        served.contains(&old.line) && !served.contains(&new.line),
-        "{served}"
-    );
-    let cold_dir = tempfile::tempdir().unwrap();
-    let served = world.instance(cold_dir.path()).login();
-    assert!(
-        served.contains(&old.line) && !served.contains(&new.line),
-        "{served}"
-    );
+    world.assert_instances_serve(&warm, &old, &new);
 
     // What the failed run wrote is named by no index: verify lists it as extra, and the next
     // publish (which writes those same content addresses again) leaves the bucket clean.
     world.direct();
     let healed = world.publish();
     assert_eq!(healed.code, 0, "{healed:#?}");
-    let served = warm.login();
-    assert!(
-        served.contains(&new.line) && !served.contains(&old.line),
-        "{served}"
-    );
+    assert_serves(&warm.login(), &new, &old);
     let verify = world.verify();
     assert_eq!(verify.code, 0, "{verify:#?}");
 }
@@ -491,11 +478,7 @@ fn a_body_damaged_in_transit_is_refused_by_the_server_and_fails_the_run() {
         }
     }
     let cold_dir = tempfile::tempdir().unwrap();
-    let served = world.instance(cold_dir.path()).login();
-    assert!(
-        served.contains(&old.line) && !served.contains(&new.line),
-        "{served}"
-    );
+    assert_serves(&world.instance(cold_dir.path()).login(), &old, &new);
 }
 
 #[test]
