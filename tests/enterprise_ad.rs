@@ -10,14 +10,13 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use support::keyhole::{Run, ldap_section};
 use support::samba::{Fixture, SERVICE_ACCOUNT, SambaDc, UserSpec};
@@ -33,28 +32,6 @@ fn company() -> Fixture {
         .user(UserSpec::unix("bob", 20002, "/home/bob"))
         .user(UserSpec::unix("carol", 20003, "/home/carol"))
         .group("Web Team", &["bob", "carol"])
-}
-
-/// Every object in the bucket with its bytes and modification time.
-fn bucket(stack: &Stack) -> BTreeMap<String, (Option<String>, SystemTime)> {
-    stack
-        .s3
-        .objects()
-        .into_iter()
-        .map(|(key, modified)| {
-            let body = stack.s3.object(&key);
-            (key, (body, modified))
-        })
-        .collect()
-}
-
-/// True when some object in the bucket holds `line` (wherever the publisher puts group files).
-fn published(stack: &Stack, line: &str) -> bool {
-    stack
-        .s3
-        .keys()
-        .iter()
-        .any(|key| stack.s3.object(key).is_some_and(|body| body.contains(line)))
 }
 
 /// Loopback endpoints that fail like broken DCs, for as long as this lives.
@@ -159,7 +136,7 @@ fn a_dc_that_refuses_hangs_or_is_not_tls_is_skipped_and_logged_and_all_failing_n
         &[closed.clone(), silent.clone(), plain.clone()],
         "",
     ));
-    let before = bucket(&stack);
+    let before = stack.s3.contents_and_times();
     let started = Instant::now();
     let failed = stack.run(&["publish"]);
     assert_eq!(failed.code, 1, "{failed:#?}");
@@ -189,7 +166,11 @@ fn a_dc_that_refuses_hangs_or_is_not_tls_is_skipped_and_logged_and_all_failing_n
         failed.stderr
     );
     assert!(started.elapsed() < Duration::from_secs(20));
-    assert_eq!(bucket(&stack), before, "nothing may be written");
+    assert_eq!(
+        stack.s3.contents_and_times(),
+        before,
+        "nothing may be written"
+    );
 
     // The real DC last: the run goes through, and every skipped DC is in the log.
     stack.publisher.write_settings(&settings_with_urls(
@@ -222,8 +203,8 @@ fn a_dc_that_refuses_hangs_or_is_not_tls_is_skipped_and_logged_and_all_failing_n
         "{}",
         through.stderr
     );
-    assert!(published(&stack, &keys["bob"].line));
-    assert!(published(&stack, &keys["carol"].line));
+    assert!(stack.s3.holds(&keys["bob"].line));
+    assert!(stack.s3.holds(&keys["carol"].line));
 }
 
 /// A real DNS server (dnsmasq) on a free loopback port serving the given SRV records, killed on
@@ -344,7 +325,7 @@ fn dcs_are_found_in_dns_srv_records_in_priority_order() {
         "{}",
         run.stderr
     );
-    assert!(published(&stack, &keys["bob"].line));
+    assert!(stack.s3.holds(&keys["bob"].line));
 
     // DNS that knows no such records and no url: exit 1 naming the DNS problem.
     let ldap = ldap.replace(
@@ -357,7 +338,7 @@ fn dcs_are_found_in_dns_srv_records_in_priority_order() {
         stack.homes.settings(),
         stack.publisher.path("publish.lock").display()
     ));
-    let before = bucket(&stack);
+    let before = stack.s3.contents_and_times();
     let nothing = stack.run(&["publish"]);
     assert_eq!(nothing.code, 1, "{nothing:#?}");
     assert!(
@@ -367,7 +348,7 @@ fn dcs_are_found_in_dns_srv_records_in_priority_order() {
         "{}",
         nothing.stderr
     );
-    assert_eq!(bucket(&stack), before);
+    assert_eq!(stack.s3.contents_and_times(), before);
 }
 
 /// `badPwdCount` and `lockoutTime` of the service account, read from the DC's database with
@@ -440,7 +421,7 @@ fn ten_runs_with_a_wrong_password_never_lock_the_account_and_a_fixed_password_go
     stack.publisher.write_settings(&settings);
     let metrics = stack.publisher.path("keyhole.prom");
     let metrics_arg = metrics.display().to_string();
-    let before = bucket(&stack);
+    let before = stack.s3.contents_and_times();
 
     let runs: Vec<Run> = (0..10)
         .map(|_| stack.run(&["publish", "--metrics-file", &metrics_arg]))
@@ -483,7 +464,11 @@ fn ten_runs_with_a_wrong_password_never_lock_the_account_and_a_fixed_password_go
     assert_eq!(metric(&metrics, "keyhole_publish_exit_code"), Some(1.0));
     let state = std::fs::read_to_string(stack.publisher.path("ldap-bind-refused.json")).unwrap();
     assert!(!state.contains("not-the-password"), "{state}");
-    assert_eq!(bucket(&stack), before, "nothing may be written");
+    assert_eq!(
+        stack.s3.contents_and_times(),
+        before,
+        "nothing may be written"
+    );
 
     // An operator may insist once (--retry-bind): one more bad bind, still not locked.
     let retried = stack.run(&["publish", "--retry-bind"]);
@@ -495,7 +480,7 @@ fn ten_runs_with_a_wrong_password_never_lock_the_account_and_a_fixed_password_go
     std::fs::copy(stack.dc.service_password_file(), &password_file).unwrap();
     let fixed = stack.run(&["publish", "--metrics-file", &metrics_arg]);
     assert_eq!(fixed.code, 0, "{fixed:#?}");
-    assert!(published(&stack, &keys["bob"].line));
+    assert!(stack.s3.holds(&keys["bob"].line));
     assert_eq!(
         metric(&metrics, "keyhole_publish_ldap_bind_refused"),
         Some(0.0)
@@ -593,10 +578,10 @@ fn owners_come_from_the_name_service_when_ad_has_no_uid_numbers() {
     let run = stack.run(&["publish"]);
     assert_eq!(run.code, 0, "{run:#?}");
     for (name, _) in &people[..4] {
-        assert!(published(&stack, &keys[name].line), "{name}: {run:#?}");
+        assert!(stack.s3.holds(&keys[name].line), "{name}: {run:#?}");
     }
     // frank is unknown to the name service: no keys, and the reason names the lookup.
-    assert!(!published(&stack, &keys["frank"].line));
+    assert!(!stack.s3.holds(&keys["frank"].line));
     let report = format!("{}{}", run.stdout, run.stderr);
     assert!(
         report.contains("knows no account \\\"frank@corp.example.com\\\"")

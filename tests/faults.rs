@@ -12,7 +12,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use support::fault_proxy::{FaultProxy, HttpFault, HttpRule, Mode, TcpFault};
 use support::homes::Key;
@@ -47,28 +47,6 @@ fn company() -> Fixture {
     }
     let names: Vec<&str> = PEOPLE.iter().map(|(name, _)| *name).collect();
     fixture.group("Web Team", &names)
-}
-
-type Bucket = BTreeMap<String, (Option<String>, SystemTime)>;
-
-fn bucket(stack: &Stack) -> Bucket {
-    stack
-        .s3
-        .objects()
-        .into_iter()
-        .map(|(key, modified)| {
-            let body = stack.s3.object(&key);
-            (key, (body, modified))
-        })
-        .collect()
-}
-
-fn published(stack: &Stack, line: &str) -> bool {
-    stack
-        .s3
-        .keys()
-        .iter()
-        .any(|key| stack.s3.object(key).is_some_and(|body| body.contains(line)))
 }
 
 /// An instance of web-prod reading the bucket straight (no proxy): `refresh`, then the keys it
@@ -141,7 +119,7 @@ fn published_world() -> (Stack, BTreeMap<&'static str, Key>) {
     let keys = stack.give_keys(PEOPLE);
     let first = stack.run(&["publish"]);
     assert_eq!(first.code, 0, "{first:#?}");
-    assert!(published(&stack, &keys["p8"].line));
+    assert!(stack.s3.holds(&keys["p8"].line));
     (stack, keys)
 }
 
@@ -176,14 +154,14 @@ fn s3_answering_503_slowdown_a_few_times_is_retried_and_the_run_succeeds() {
         .count();
     assert_eq!(slowed, 2, "{:?}", proxy.seen());
     assert!(proxy.seen().len() > 2, "requests went on after the 503s");
-    assert!(published(&stack, &new_key.line));
+    assert!(stack.s3.holds(&new_key.line));
 }
 
 #[test]
 fn a_connection_reset_in_the_middle_of_a_put_stores_nothing_partial_and_the_next_run_converges() {
     let (stack, keys) = published_world();
     let new_key = rotate_key(&stack);
-    let before = bucket(&stack);
+    let before = stack.s3.contents_and_times();
     // Every PUT of a group object is cut after half its body, retries included: the run must
     // fail. The commit point (index, manifest) is let through, so a publisher that carried on
     // after a failed group write would be caught committing.
@@ -209,9 +187,9 @@ fn a_connection_reset_in_the_middle_of_a_put_stores_nothing_partial_and_the_next
         proxy.seen()
     );
     // Not one object changed, none appeared: half a body never becomes an object.
-    assert_eq!(bucket(&stack), before);
-    assert!(published(&stack, &keys["p3"].line));
-    assert!(!published(&stack, &new_key.line));
+    assert_eq!(stack.s3.contents_and_times(), before);
+    assert!(stack.s3.holds(&keys["p3"].line));
+    assert!(!stack.s3.holds(&new_key.line));
     // An instance takes what is there and serves whole key lines: p3's old key, all eight.
     let instance = tempfile::tempdir().unwrap();
     let served = instance_keys(&stack, instance.path());
@@ -228,7 +206,7 @@ fn a_connection_reset_in_the_middle_of_a_put_stores_nothing_partial_and_the_next
     }]);
     let healed = stack.run(&["publish"]);
     assert_eq!(healed.code, 0, "{healed:#?}");
-    assert!(published(&stack, &new_key.line));
+    assert!(stack.s3.holds(&new_key.line));
     // (The old key may stay in the bucket as a superseded object; what counts is that an
     // instance no longer serves it.)
     let served = instance_keys(&stack, instance.path());
@@ -236,10 +214,10 @@ fn a_connection_reset_in_the_middle_of_a_put_stores_nothing_partial_and_the_next
     assert!(!served.contains(&keys["p3"].line), "{served}");
     assert_eq!(served.lines().count(), PEOPLE.len(), "{served}");
     // Converged: one more run writes nothing.
-    let converged = bucket(&stack);
+    let converged = stack.s3.contents_and_times();
     let again = stack.run(&["publish"]);
     assert_eq!(again.code, 0, "{again:#?}");
-    assert_eq!(bucket(&stack), converged);
+    assert_eq!(stack.s3.contents_and_times(), converged);
 }
 
 #[test]
@@ -261,7 +239,7 @@ fn ldap_cut_in_the_middle_of_a_paged_search_fails_the_run_and_writes_nothing() {
     assert!(total > 4000, "a read of {total} bytes");
 
     // Cut at two thirds: well past the TLS handshake and the bind, inside the paged searches.
-    let before = bucket(&stack);
+    let before = stack.s3.contents_and_times();
     let cut = FaultProxy::start(dc, Mode::Tcp(TcpFault::CutAfterServerBytes(total * 2 / 3)));
     write_settings(
         &stack,
@@ -280,8 +258,12 @@ fn ldap_cut_in_the_middle_of_a_paged_search_fails_the_run_and_writes_nothing() {
         "{}",
         failed.stderr
     );
-    assert_eq!(bucket(&stack), before, "nothing may be written");
-    assert!(!published(&stack, &new_key.line));
+    assert_eq!(
+        stack.s3.contents_and_times(),
+        before,
+        "nothing may be written"
+    );
+    assert!(!stack.s3.holds(&new_key.line));
 }
 
 #[test]
@@ -308,14 +290,14 @@ fn the_first_dc_refusing_connections_and_the_second_answering_is_a_success_with_
         .unwrap_or_else(|| panic!("no log line for {first}: {}", run.stderr));
     assert!(line.contains("WARN"), "{line}");
     assert!(line.contains("onnection refused"), "{line}");
-    assert!(published(&stack, &new_key.line));
+    assert!(stack.s3.holds(&new_key.line));
 }
 
 #[test]
 fn s3_slower_than_the_deadline_ends_the_run_with_exit_1_and_nothing_published() {
     let (stack, _) = published_world();
     let new_key = rotate_key(&stack);
-    let before = bucket(&stack);
+    let before = stack.s3.contents_and_times();
     let proxy = FaultProxy::start(
         address_of(&stack.s3.endpoint()),
         Mode::Http(vec![HttpRule {
@@ -338,6 +320,10 @@ fn s3_slower_than_the_deadline_ends_the_run_with_exit_1_and_nothing_published() 
         run.stderr
     );
     assert!(took < Duration::from_secs(15), "the run took {took:?}");
-    assert_eq!(bucket(&stack), before, "nothing may be written");
-    assert!(!published(&stack, &new_key.line));
+    assert_eq!(
+        stack.s3.contents_and_times(),
+        before,
+        "nothing may be written"
+    );
+    assert!(!stack.s3.holds(&new_key.line));
 }

@@ -22,6 +22,7 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
@@ -135,7 +136,7 @@ fn an_ldap_search_that_never_answers_times_out_fails_the_run_and_writes_nothing(
     stack.give_keys(&[("bob", 21001)]);
     let first = stack.run(&["publish"]);
     assert_eq!(first.code, 0, "{first:#?}");
-    let before = bucket(&stack);
+    let before = stack.s3.contents();
     stack.homes.write(
         "bob",
         21001,
@@ -193,21 +194,7 @@ fn an_ldap_search_that_never_answers_times_out_fails_the_run_and_writes_nothing(
         stderr.contains("search"),
         "what timed out is named: {stderr}"
     );
-    assert_eq!(bucket(&stack), before, "nothing may be written");
-}
-
-/// Every object in the bucket with its bytes: equal before and after a run when the run wrote
-/// nothing.
-fn bucket(stack: &Stack) -> Vec<(String, Option<String>)> {
-    stack
-        .s3
-        .keys()
-        .into_iter()
-        .map(|key| {
-            let body = stack.s3.object(&key);
-            (key, body)
-        })
-        .collect()
+    assert_eq!(stack.s3.contents(), before, "nothing may be written");
 }
 
 /// keyhole's filter for people (src/directory/ldap.rs), whose search the relay breaks.
@@ -236,7 +223,10 @@ fn through_relay(stack: &mut Stack, setting: (&str, &str)) -> LdapRelay {
 /// Gives `people` keys and publishes them (through the relay, still faithful: every key must be
 /// published), then gives the first of them a new key so that the next run has something to
 /// write; returns the bucket as published.
-fn publish_through(stack: &Stack, people: &[(&'static str, u32)]) -> Vec<(String, Option<String>)> {
+fn publish_through(
+    stack: &Stack,
+    people: &[(&'static str, u32)],
+) -> BTreeMap<String, Option<String>> {
     let keys = stack.give_keys(people);
     let first = stack.run(&["publish"]);
     assert_eq!(first.code, 0, "through the faithful relay: {first:#?}");
@@ -247,7 +237,7 @@ fn publish_through(stack: &Stack, people: &[(&'static str, u32)]) -> Vec<(String
             "{name} is published: {group_file}"
         );
     }
-    let published = bucket(stack);
+    let published = stack.s3.contents();
     let (name, uid) = people[0];
     let key = stack.homes.key(&format!("{name}-new"), "ed25519");
     stack.homes.write(name, uid, &format!("{}\n", key.line));
@@ -280,7 +270,7 @@ fn a_non_zero_result_on_a_later_page_of_the_users_search_fails_the_run_and_write
         "the search and the result code are named: {}",
         run.stderr
     );
-    assert_eq!(bucket(&stack), before, "nothing may be written");
+    assert_eq!(stack.s3.contents(), before, "nothing may be written");
 }
 
 #[test]
@@ -337,5 +327,5 @@ fn unfinished_member_range_read(how: RangeBreak, detail: &str) {
         "the group and the unfinished read are named: {}",
         run.stderr
     );
-    assert_eq!(bucket(&stack), before, "nothing may be written");
+    assert_eq!(stack.s3.contents(), before, "nothing may be written");
 }

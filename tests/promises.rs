@@ -52,21 +52,6 @@ fn company() -> Fixture {
     fixture.group("Web Team", &names)
 }
 
-/// Every object of the bucket with its bytes (keys sorted).
-type Bucket = BTreeMap<String, Option<String>>;
-
-fn bucket(stack: &Stack) -> Bucket {
-    stack
-        .s3
-        .keys()
-        .into_iter()
-        .map(|key| {
-            let body = stack.s3.object(&key);
-            (key, body)
-        })
-        .collect()
-}
-
 fn is_group_object(target: &str) -> bool {
     let path = target.split('?').next().unwrap_or(target);
     ["/ssh/web-prod/", "/ssh/db-prod/", "/ssh/ops/"]
@@ -281,10 +266,10 @@ fn fails_before_the_commit(rules: Vec<Rule>, named: &str) {
         serde_json::json!([]),
         "{verify:#?}"
     );
-    let converged = bucket(&world.stack);
+    let converged = world.stack.s3.contents();
     let again = world.publish();
     assert_eq!(again.code, 0, "{again:#?}");
-    assert_eq!(bucket(&world.stack), converged);
+    assert_eq!(world.stack.s3.contents(), converged);
 }
 
 #[test]
@@ -466,7 +451,7 @@ fn a_body_damaged_in_transit_is_refused_by_the_server_and_fails_the_run() {
         world.stack.s3.object("ssh/index.json").unwrap(),
         index_before
     );
-    for (key, body) in bucket(&world.stack) {
+    for (key, body) in world.stack.s3.contents() {
         let group_object =
             key.starts_with("ssh/") && !key.contains("_keyhole") && !key.ends_with("index.json");
         if let Some(body) = body.filter(|_| group_object) {
@@ -484,7 +469,7 @@ fn a_body_damaged_in_transit_is_refused_by_the_server_and_fails_the_run() {
 #[test]
 fn a_run_where_nothing_changed_reads_the_index_and_writes_nothing() {
     let world = World::new();
-    let before = bucket(&world.stack);
+    let before = world.stack.s3.contents();
     let proxy = world.proxy(vec![]);
     let metrics = world.stack.publisher.path("publish.prom");
     let run = world
@@ -496,7 +481,7 @@ fn a_run_where_nothing_changed_reads_the_index_and_writes_nothing() {
     assert_eq!(seen.len(), 1, "{seen:#?}");
     assert_eq!(seen[0].method, "GET");
     assert!(is_index(&seen[0].target), "{seen:#?}");
-    assert_eq!(bucket(&world.stack), before);
+    assert_eq!(world.stack.s3.contents(), before);
     let metrics = std::fs::read_to_string(&metrics).unwrap();
     assert!(
         metrics
@@ -510,17 +495,17 @@ fn a_run_where_nothing_changed_reads_the_index_and_writes_nothing() {
 fn publish_of_an_unknown_group_is_a_usage_error_and_writes_nothing() {
     let world = World::new();
     world.rotate_p1("p1-new");
-    let before = bucket(&world.stack);
+    let before = world.stack.s3.contents();
     let run = world.stack.run(&["publish", "--group", "nope"]);
     assert_eq!(run.code, 64, "{run:#?}");
     assert!(run.stderr.contains("--group nope"), "{}", run.stderr);
-    assert_eq!(bucket(&world.stack), before);
+    assert_eq!(world.stack.s3.contents(), before);
 }
 
 #[test]
 fn the_guard_refuses_with_3_and_leaves_the_bucket_byte_for_byte() {
     let world = World::new();
-    let before = bucket(&world.stack);
+    let before = world.stack.s3.contents();
     // Two of web-prod's five people lose their keys (40% > 25%): refused.
     world.stack.homes.write("p4", 22004, "");
     world.stack.homes.write("p5", 22005, "");
@@ -531,7 +516,7 @@ fn the_guard_refuses_with_3_and_leaves_the_bucket_byte_for_byte() {
         "{}",
         refused.stderr
     );
-    assert_eq!(bucket(&world.stack), before);
+    assert_eq!(world.stack.s3.contents(), before);
     // Deleting web-prod (five people) from the policy: refused the same way.
     world
         .stack
@@ -554,7 +539,7 @@ fn the_guard_refuses_with_3_and_leaves_the_bucket_byte_for_byte() {
         "{}",
         refused.stderr
     );
-    assert_eq!(bucket(&world.stack), before);
+    assert_eq!(world.stack.s3.contents(), before);
     let forced = world.stack.run(&["publish", "--force"]);
     assert_eq!(forced.code, 0, "{forced:#?}");
     assert!(

@@ -5,6 +5,7 @@
 //! Assertions read the bucket straight from disk (s3s-fs keeps each object as a plain file at
 //! `<root>/<bucket>/<key>`), so a test sees what was stored, not what keyhole says it stored.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime};
@@ -261,6 +262,35 @@ impl S3Server {
 
     pub fn keys(&self) -> Vec<String> {
         self.objects().into_iter().map(|(key, _)| key).collect()
+    }
+
+    /// Every object with its bytes: what "the bucket is unchanged" compares.
+    pub fn contents(&self) -> BTreeMap<String, Option<String>> {
+        self.keys()
+            .into_iter()
+            .map(|key| {
+                let body = self.object(&key);
+                (key, body)
+            })
+            .collect()
+    }
+
+    /// Every object with its bytes and modification time: unchanged means not even rewritten.
+    pub fn contents_and_times(&self) -> BTreeMap<String, (Option<String>, SystemTime)> {
+        self.objects()
+            .into_iter()
+            .map(|(key, modified)| {
+                let body = self.object(&key);
+                (key, (body, modified))
+            })
+            .collect()
+    }
+
+    /// True when some object holds `text` (wherever the publisher puts group files).
+    pub fn holds(&self, text: &str) -> bool {
+        self.keys()
+            .iter()
+            .any(|key| self.object(key).is_some_and(|body| body.contains(text)))
     }
 }
 
