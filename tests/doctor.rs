@@ -51,7 +51,10 @@ impl Host {
         let command = bin.join("keyhole");
         std::fs::write(
             &command,
-            format!("#!/bin/sh\nexec {} \"$@\"\n", env!("CARGO_BIN_EXE_keyhole")),
+            format!(
+                "#!/bin/sh\nexec {} \"$@\"\n",
+                support::keyhole::binary_for_nobody().display()
+            ),
         )
         .unwrap();
         std::fs::set_permissions(&command, std::fs::Permissions::from_mode(0o755)).unwrap();

@@ -87,7 +87,7 @@ impl Host {
     fn as_nobody(&self, args: &[&str]) -> Run {
         let output = std::process::Command::new("setpriv")
             .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
-            .arg(env!("CARGO_BIN_EXE_keyhole"))
+            .arg(support::keyhole::binary_for_nobody())
             .arg("--config")
             .arg(self.config())
             .args(args)

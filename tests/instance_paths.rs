@@ -158,7 +158,7 @@ impl World {
     fn as_nobody(&self, args: &[&str]) -> std::process::Output {
         std::process::Command::new("setpriv")
             .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
-            .arg(env!("CARGO_BIN_EXE_keyhole"))
+            .arg(support::keyhole::binary_for_nobody())
             .arg("--config")
             .arg(self.config())
             .args(args)

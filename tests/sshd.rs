@@ -131,7 +131,7 @@ impl Fleet {
         let mut command = std::process::Command::new("setpriv");
         command.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"]);
         command
-            .arg(env!("CARGO_BIN_EXE_keyhole"))
+            .arg(support::keyhole::binary_for_nobody())
             .arg("--config")
             .arg(self.instance_config())
             .arg("refresh");

@@ -163,3 +163,36 @@ fn keyhole_command(config: &Path, args: &[&str], env: &[(String, String)]) -> Co
     command.envs(env.iter().map(|(k, v)| (k, v)));
     command
 }
+
+/// The built keyhole, at a path `nobody` can execute: what sshd (AuthorizedKeysCommandUser
+/// nobody) and the refresh timer run. A checkout may sit in a 0700 directory such as `/root`,
+/// where `nobody` cannot reach `target/`, so the binary is linked (or, across filesystems,
+/// copied) into a root-owned 0755 directory, as the package installs it in `/usr/bin`. The
+/// directory is named after the binary's inode and mtime, so a rebuilt binary gets a new one and
+/// concurrent test runs of different builds never replace each other's.
+pub fn binary_for_nobody() -> &'static Path {
+    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BINARY.get_or_init(|| {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let built = Path::new(env!("CARGO_BIN_EXE_keyhole"));
+        let meta = std::fs::metadata(built).expect("the built keyhole");
+        let root = Path::new("/var/lib/keyhole-tests");
+        let dir = root.join(format!("{}-{}-{}", meta.dev(), meta.ino(), meta.mtime()));
+        let binary = dir.join("keyhole");
+        if binary.exists() {
+            return binary;
+        }
+        std::fs::create_dir_all(&dir).expect("a root-owned directory for the test binary");
+        for made in [root, dir.as_path()] {
+            std::fs::set_permissions(made, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        // Another test binary of the same run may be doing the same: write aside, then rename.
+        let partial = dir.join(format!("keyhole.{}", std::process::id()));
+        if std::fs::hard_link(built, &partial).is_err() {
+            std::fs::copy(built, &partial).expect("copying the built keyhole");
+        }
+        std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&partial, &binary).expect("placing the test binary");
+        binary
+    })
+}

@@ -58,7 +58,7 @@ impl Sshd {
             &wrapper,
             format!(
                 "#!/bin/sh\n{exports}exec {} --config {} authorized-keys \"$@\"\n",
-                env!("CARGO_BIN_EXE_keyhole"),
+                super::keyhole::binary_for_nobody().display(),
                 config.display()
             ),
         )
