@@ -247,7 +247,7 @@ fn targets_resolve_by_id_name_and_address_to_the_bastion_of_their_zone() {
         "twin",
         "2 instances have the Name tag \"twin\" in us-east-1: i-",
     );
-    refused("old-1", "(old-1) is stopped: start it before logging in");
+    refused("old-1", ") is stopped: start it before logging in");
     refused(
         "nobody-here",
         "no instance has the Name tag \"nobody-here\" in us-east-1",

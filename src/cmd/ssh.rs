@@ -156,7 +156,7 @@ pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         println!("{}", connect::shell_words(&ssh_args));
         return Ok(ExitCode::SUCCESS);
     }
-    tracing::info!(
+    tracing::debug!(
         instance = %instance.label(),
         bastion = %bastion.host,
         user = %login_user.name,

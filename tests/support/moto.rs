@@ -26,6 +26,9 @@ pub fn env() -> Vec<(String, String)> {
     ]
 }
 
+/// An instance's tags, `(Key, Value)`.
+pub type Tags<'a> = &'a [(&'a str, &'a str)];
+
 pub struct Moto {
     child: Child,
     port: u16,
@@ -100,7 +103,7 @@ impl Moto {
     pub fn loopback_vpc(
         &self,
         subnets: &[(&str, &str)],
-        instances: &[(usize, &str, &[(&str, &str)])],
+        instances: &[(usize, &str, Tags<'_>)],
     ) -> Vec<String> {
         let mut script = String::from(
             "vpc = ec2.create_vpc(CidrBlock='127.0.0.0/16')['Vpc']['VpcId']\nsubnets = []\n",
