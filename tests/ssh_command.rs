@@ -406,25 +406,29 @@ fn a_login_goes_through_the_zone_bastion_and_a_refusal_explains_itself() {
     let ssh_config = ssh_config(engineer.path()).display().to_string();
     let port = instance.port().to_string();
     let env = stack.s3.env();
+    // `keyhole ssh web-1 -- -F CONFIG -p PORT echo keyhole-ssh-ok`, with `agent`'s keys.
+    let log_in = |agent: &Agent| {
+        keyhole(
+            &config,
+            &[
+                "ssh",
+                "web-1",
+                "--",
+                "-F",
+                &ssh_config,
+                "-p",
+                &port,
+                "echo",
+                "keyhole-ssh-ok",
+            ],
+            &env,
+            Some(agent),
+        )
+    };
 
     // alice gets in, through zone b's bastion, as the tagged login user.
     let alice = Agent::start(&[&keys["alice"]]);
-    let login = keyhole(
-        &config,
-        &[
-            "ssh",
-            "web-1",
-            "--",
-            "-F",
-            &ssh_config,
-            "-p",
-            &port,
-            "echo",
-            "keyhole-ssh-ok",
-        ],
-        &env,
-        Some(&alice),
-    );
+    let login = log_in(&alice);
     assert_eq!(login.code, 0, "{login:#?}");
     assert_eq!(login.stdout, "keyhole-ssh-ok\n", "{login:#?}");
     assert!(
@@ -440,22 +444,7 @@ fn a_login_goes_through_the_zone_bastion_and_a_refusal_explains_itself() {
 
     // bob is refused by the instance, and told why.
     let bob = Agent::start(&[&keys["bob"]]);
-    let refused = keyhole(
-        &config,
-        &[
-            "ssh",
-            "web-1",
-            "--",
-            "-F",
-            &ssh_config,
-            "-p",
-            &port,
-            "echo",
-            "keyhole-ssh-ok",
-        ],
-        &env,
-        Some(&bob),
-    );
+    let refused = log_in(&bob);
     eprintln!("bob's refused login:\n{}", refused.stderr);
     assert_eq!(refused.code, 255, "{refused:#?}");
     assert!(refused.stdout.is_empty(), "{refused:#?}");
