@@ -327,6 +327,46 @@ fn no_agent_or_an_empty_agent_stops_before_any_connection() {
         "the bastion was contacted: {}",
         bastion.log()
     );
+
+    // Without --config or $KEYHOLE_CONFIG, and without /etc/keyhole: the engineer's own
+    // ~/.config/keyhole/keyhole.toml (here the settings got as far as the agent check).
+    if Path::new("/etc/keyhole/keyhole.toml").exists() {
+        eprintln!("/etc/keyhole/keyhole.toml exists on this machine: the fallback is not tested");
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let without_config = |home: &Path| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_keyhole"));
+        for (name, _) in std::env::vars() {
+            if name.starts_with("KEYHOLE_") || name.starts_with("SSH_") || name.starts_with("XDG_")
+            {
+                command.env_remove(name);
+            }
+        }
+        let output = command
+            .args(["ssh", "web-1"])
+            .env("HOME", home)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = without_config(home.path());
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "no settings: neither /etc/keyhole/keyhole.toml nor {}/.config/keyhole/keyhole.toml exists",
+            home.path().display()
+        )),
+        "{stderr}"
+    );
+    std::fs::create_dir_all(home.path().join(".config/keyhole")).unwrap();
+    std::fs::copy(&config, home.path().join(".config/keyhole/keyhole.toml")).unwrap();
+    let (code, stderr) = without_config(home.path());
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("no SSH agent"), "{stderr}");
 }
 
 /// The whole path: alice (Web Team → web-prod) logs in to web-1 through the bastion of its zone
@@ -428,8 +468,38 @@ fn a_login_goes_through_the_zone_bastion_and_a_refusal_explains_itself() {
 
     // alice gets in, through zone b's bastion, as the tagged login user.
     let alice = Agent::start(&[&keys["alice"]]);
+    let started = std::time::Instant::now();
     let login = log_in(&alice);
+    eprintln!(
+        "a login through the bastion, keyhole ssh included: {:?}",
+        started.elapsed()
+    );
     assert_eq!(login.code, 0, "{login:#?}");
+    // The same login with ssh alone, for the cost keyhole adds (the agent check, one
+    // DescribeInstances).
+    let started = std::time::Instant::now();
+    let plain = Command::new("ssh")
+        .args([
+            "-a",
+            "-J",
+            &format!("{LOGIN_USER}@127.0.0.1:{}", bastion.port()),
+        ])
+        .args([
+            "-l",
+            LOGIN_USER,
+            "127.0.0.1",
+            "-F",
+            &ssh_config,
+            "-p",
+            &port,
+        ])
+        .args(["echo", "keyhole-ssh-ok"])
+        .env("SSH_AUTH_SOCK", &alice.socket)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(plain.status.success(), "{plain:?}");
+    eprintln!("the same login with ssh -J alone: {:?}", started.elapsed());
     assert_eq!(login.stdout, "keyhole-ssh-ok\n", "{login:#?}");
     assert!(
         bastion.log().contains("Accepted publickey for root"),
@@ -472,6 +542,7 @@ fn a_login_goes_through_the_zone_bastion_and_a_refusal_explains_itself() {
         .path("access-groups.toml")
         .display()
         .to_string();
+    let started = std::time::Instant::now();
     let explain = keyhole(
         &config,
         &[
@@ -486,6 +557,7 @@ fn a_login_goes_through_the_zone_bastion_and_a_refusal_explains_itself() {
         &env,
         Some(&bob),
     );
+    eprintln!("keyhole ssh --explain --policy: {:?}", started.elapsed());
     assert_eq!(explain.code, 0, "{explain:#?}");
     let report = explain.json();
     assert_eq!(report["verdict"]["result"], "not_granted", "{report:#}");

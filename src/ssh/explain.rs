@@ -761,13 +761,11 @@ pub async fn gather(
         bastion,
         access_groups_tag: sources.access_groups_tag,
         index: &published.index,
-        verified_with: verifier.and(verified_with),
+        verified_with,
         files: &files,
         owners: owners.as_ref().map_err(Clone::clone),
         agent: sources.agent,
-        policy: policy
-            .as_ref()
-            .map(|policy| (policy, sources.policy.unwrap_or(Path::new("")))),
+        policy: policy.as_ref().zip(sources.policy),
         key_policy: &settings.keys,
         now: SystemTime::now(),
     }))
