@@ -609,4 +609,23 @@ fn a_login_goes_through_the_zone_bastion_and_a_refusal_explains_itself() {
     let text = keyhole(&config, &["ssh", "--explain", "web-1"], &env, Some(&bob));
     eprintln!("keyhole ssh --explain web-1:\n{}", text.stdout);
     assert_eq!(text.code, 0, "{text:#?}");
+
+    // The bastion stops letting bob through: that refusal is the bastion's, not web-1's, and
+    // keyhole says so instead of explaining web-1's access groups.
+    std::fs::write(&bastion_keys, format!("{}\n", keys["alice"].line)).unwrap();
+    let at_the_bastion = log_in(&bob);
+    assert_eq!(at_the_bastion.code, 255, "{at_the_bastion:#?}");
+    assert!(
+        at_the_bastion.stderr.contains(&format!(
+            "keyhole: the bastion {LOGIN_USER}@127.0.0.1:{} ([ssh.bastions] \"{ZONE_B}\") failed, before the instance was asked",
+            bastion.port()
+        )),
+        "{}",
+        at_the_bastion.stderr
+    );
+    assert!(
+        !at_the_bastion.stderr.contains("Why:"),
+        "{}",
+        at_the_bastion.stderr
+    );
 }
