@@ -34,4 +34,5 @@ pub mod report;
 pub mod resolve;
 pub mod settings;
 pub mod signing;
+pub mod ssh;
 pub mod store;

@@ -36,6 +36,7 @@ enum Command {
     Refresh(cmd::refresh::Args),
     Canary(cmd::canary::Args),
     Doctor(cmd::doctor::Args),
+    Ssh(cmd::ssh::Args),
 }
 
 fn main() -> ExitCode {
@@ -60,7 +61,7 @@ fn main() -> ExitCode {
 
     let result = dispatch(cli.command, &cli.global);
     match result {
-        Ok(exit) => exit.into(),
+        Ok(exit) => exit,
         Err(error) => {
             eprintln!("keyhole: error: {error:#}");
             Exit::for_error(&error).into()
@@ -68,8 +69,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn dispatch(command: Command, global: &cmd::GlobalArgs) -> anyhow::Result<Exit> {
-    match command {
+fn dispatch(command: Command, global: &cmd::GlobalArgs) -> anyhow::Result<ExitCode> {
+    let exit = match command {
+        // Exits with ssh's own status, which no `Exit` names.
+        Command::Ssh(args) => return cmd::ssh::run(args, global),
         // At every SSH login: no runtime unless the cache must be refreshed, and then a
         // single-threaded one (built by the command itself).
         Command::AuthorizedKeys(args) => cmd::authorized_keys::run(args, global),
@@ -84,7 +87,8 @@ fn dispatch(command: Command, global: &cmd::GlobalArgs) -> anyhow::Result<Exit> 
         Command::Publish(args) => block_on(cmd::publish::run(args, global)),
         Command::Verify(args) => block_on(cmd::verify::run(args, global)),
         Command::Whois(args) => block_on(cmd::whois::run(args, global)),
-    }
+    };
+    exit.map(ExitCode::from)
 }
 
 /// Runs a publisher-side command on a multi-threaded runtime (LDAP, NFS reads and S3 requests

@@ -44,19 +44,12 @@ pub async fn discover(
     s3_region: Option<&str>,
     selector: &TagSelector,
 ) -> anyhow::Result<Vec<Target>> {
-    let shared = aws_shared_config(
+    let client = client(
         canary.ec2_region.as_deref().or(s3_region),
+        canary.ec2_endpoint.as_deref(),
         Timeouts::PUBLISHER,
     )
     .await;
-    let mut config = aws_sdk_ec2::config::Builder::from(&shared);
-    if shared.region().is_none() {
-        config = config.region(aws_config::Region::from_static("us-east-1"));
-    }
-    if let Some(endpoint) = &canary.ec2_endpoint {
-        config = config.endpoint_url(endpoint);
-    }
-    let client = aws_sdk_ec2::Client::from_conf(config.build());
     let tag = match &selector.value {
         Some(value) => Filter::builder()
             .name(format!("tag:{}", selector.key))
@@ -101,6 +94,25 @@ pub async fn discover(
     }
     targets.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(targets)
+}
+
+/// An EC2 client on the one TLS stack of S3 (see `store::aws_shared_config`): in `region`, else
+/// the AWS chain's (`AWS_REGION`, profile), else us-east-1 (the SDK refuses to sign without one);
+/// at `endpoint` when given (moto in the tests). `keyhole ssh` builds its client here too.
+pub async fn client(
+    region: Option<&str>,
+    endpoint: Option<&str>,
+    timeouts: Timeouts,
+) -> aws_sdk_ec2::Client {
+    let shared = aws_shared_config(region, timeouts).await;
+    let mut config = aws_sdk_ec2::config::Builder::from(&shared);
+    if shared.region().is_none() {
+        config = config.region(aws_config::Region::from_static("us-east-1"));
+    }
+    if let Some(endpoint) = endpoint {
+        config = config.endpoint_url(endpoint);
+    }
+    aws_sdk_ec2::Client::from_conf(config.build())
 }
 
 fn address(instance: &Instance, which: Ec2Address) -> Option<&str> {

@@ -13,6 +13,7 @@ pub mod members;
 pub mod plan;
 pub mod publish;
 pub mod refresh;
+pub mod ssh;
 pub mod verify;
 pub mod whois;
 

@@ -13,6 +13,7 @@ pub mod homes;
 pub mod imds;
 pub mod keyhole;
 pub mod ldap_relay;
+pub mod moto;
 pub mod ports;
 pub mod s3;
 pub mod samba;
