@@ -172,7 +172,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
         &layout,
         &observed,
         &crate::index::deployment(&s3.bucket, &s3.prefix),
-        verifier.is_some(),
+        verifier.as_ref(),
         seen.as_ref(),
         now,
     ));
@@ -276,24 +276,26 @@ async fn read(store: &S3Store, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
     }
 }
 
-/// The instance's trust rules applied to the observed index (see `crate::trust`): what every
-/// instance would refuse is never clean. Expiry is `judge`'s finding, not repeated here.
+/// The instance's trust rules applied to the observed index once its signature (with
+/// `verifier`) checks out (see `crate::trust`): what every instance would refuse is never clean.
+/// A bad signature and expiry are `judge`'s findings, not repeated here.
 pub fn judge_trust(
     layout: &Layout,
     observed: &Observed,
     deployment: &str,
-    signed: bool,
+    verifier: Option<&Verifier>,
     seen: Option<&crate::trust::Seen>,
     now: SystemTime,
 ) -> Vec<Finding> {
     let Some(index) = observed
         .index
         .as_deref()
-        .and_then(|bytes| Some((Index::open(bytes, None).ok()?, sha256_hex(bytes))))
+        .and_then(|bytes| Some((Index::open(bytes, verifier).ok()?, sha256_hex(bytes))))
     else {
         return Vec::new();
     };
     let (index, sha256) = index;
+    let signed = verifier.is_some();
     match crate::trust::check(&index, &sha256, deployment, signed, seen, now) {
         Ok(()) | Err(crate::trust::Untrusted::Expired(_) | crate::trust::Untrusted::NoNotAfter) => {
             Vec::new()
