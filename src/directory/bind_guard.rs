@@ -116,14 +116,13 @@ pub enum GuardError {
         state_file: PathBuf,
     },
     #[error(
-        "not binding as {bind_dn} yet: {dc} refused this password at {when} because the account cannot log on now ({reason}), not because the password is wrong; keyhole binds again with it once ldap.lockout_retry has passed, at {retry_at}. Unlock the account (and run with --retry-bind to bind at once). State: {}",
+        "not binding as {bind_dn} yet: {refused}, because the account cannot log on now, not because the password is wrong; keyhole binds again with it once ldap.lockout_retry has passed, at {retry_at}. Unlock the account (and run with --retry-bind to bind at once). State: {}",
         state_file.display()
     )]
     Waiting {
         bind_dn: String,
-        dc: String,
-        when: String,
-        reason: String,
+        /// Who refused when, and why ("ldaps://dc1 refused this password at … (…)").
+        refused: String,
         retry_at: String,
         state_file: PathBuf,
     },
@@ -176,9 +175,12 @@ impl BindGuard {
             if now < retry_at {
                 return Err(GuardError::Waiting {
                     bind_dn: bind_dn.to_owned(),
-                    dc: refusal.dc.clone(),
-                    when: refusal.when(),
-                    reason: refusal.reason.clone(),
+                    refused: format!(
+                        "{} refused this password at {} ({})",
+                        refusal.dc,
+                        refusal.when(),
+                        refusal.reason
+                    ),
                     retry_at: humantime::format_rfc3339_seconds(retry_at).to_string(),
                     state_file: self.path.clone(),
                 });
