@@ -16,6 +16,7 @@ use keyhole::signing::{self, Signer};
 use support::homes::Key;
 use support::keyhole::{Run, run_keyhole};
 use support::samba::{Fixture, LOCKOUT_THRESHOLD, SERVICE_ACCOUNT, SambaDc, UserSpec};
+use support::sshd::Sshd;
 use support::stack::{Extra, Stack};
 
 const PEOPLE: &[(&str, u32)] = &[
@@ -310,6 +311,72 @@ fn a_replayed_index_never_becomes_the_base_of_a_publish() {
     assert!(!served.contains(world.line("dave")), "{served}");
     assert!(served.contains(world.line("bob")), "{served}");
     assert_eq!(world.run(&["verify"]).code, 0);
+}
+
+/// Item 1, with real logins: after an older signed index is put back and a member's home is
+/// unreadable, the old code published `old + 1` and then `old + 2`, which a warm instance takes:
+/// the key its owner had deleted was carried back, signed and served, and logged in. Now every
+/// publish over the replay is refused, the warm instance keeps its generation, and the
+/// operator's way out carries nothing out of the replayed index. sshd's AuthorizedKeysCommand is
+/// the built keyhole, run as `nobody`, refreshing at every login.
+#[test]
+fn a_deleted_key_never_logs_in_again_after_a_replay() {
+    const NOBODY: u32 = 65534;
+    let world = World::new();
+    let second = world.stack.homes.key("carol-old-laptop", "ed25519");
+    world.write_keys("carol", &[world.line("carol"), &second.line]);
+    assert_eq!(world.run(&["publish"]).code, 0);
+    let replayed = world.index_bytes();
+    world.write_keys("carol", &[world.line("carol")]);
+    assert_eq!(world.run(&["publish"]).code, 0);
+
+    // A warm instance: cache owned by nobody, refreshed at each login (cache_ttl 1ms).
+    let host = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        host.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let cache = host.path().join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    std::os::unix::fs::chown(&cache, Some(NOBODY), Some(NOBODY)).unwrap();
+    let config = host.path().join("keyhole.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}\n[instance]\nlogin_user = \"root\"\naccess_groups = [\"web-prod\"]\ncache_dir = \"{}\"\ncache_ttl = \"1ms\"\nmax_stale = \"1h\"\nfetch_timeout = \"3s\"\nverify_key = \"{}\"\n",
+            world.stack.s3.settings("ssh/"),
+            cache.display(),
+            world.verify_key.trim()
+        ),
+    )
+    .unwrap();
+    let sshd = Sshd::start(
+        &config,
+        &world.stack.s3.instance_credentials(host.path(), NOBODY),
+    );
+    let key = |user: &str| world.keys[user].private.clone();
+    assert!(sshd.login("root", &key("carol")), "{}", sshd.log());
+    assert!(!sshd.login("root", &second.private), "{}", sshd.log());
+
+    // The attack, and two more timer runs of the publisher.
+    world.stack.s3.put_object("ssh/index.json", &replayed);
+    world.break_home("carol");
+    world.disable("dave");
+    for _ in 0..2 {
+        let run = world.run(&["publish"]);
+        assert_eq!(run.code, 1, "{run:#?}");
+    }
+    assert!(!sshd.login("root", &second.private), "{}", sshd.log());
+
+    // The operator publishes past the replay explicitly: dave's revocation reaches the host,
+    // carol's deleted key does not come back.
+    let sha = sha256_hex(replayed.as_bytes());
+    let accepted = world.run(&["publish", "--accept-index", &sha, "--force"]);
+    assert_eq!(accepted.code, 1, "carol's keys are unknown: {accepted:#?}");
+    assert!(!sshd.login("root", &second.private), "{}", sshd.log());
+    assert!(!sshd.login("root", &key("dave")), "{}", sshd.log());
+    assert!(sshd.login("root", &key("bob")), "{}", sshd.log());
 }
 
 /// Item 1: an index past its `not_after` is never the base of a publish without
