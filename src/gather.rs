@@ -70,7 +70,7 @@ pub async fn gather(settings: &Settings, now: SystemTime) -> anyhow::Result<Gath
     let mut timings = GatherTimings::default();
     let started = Instant::now();
     let checked = policy::load(&settings.policy)?;
-    let policy_commit = policy_commit(&settings.policy);
+    let policy_commit = policy_commit(&settings.policy, &checked);
     let (snapshot, directory_stats) = directory::read_snapshot(settings.ldap()?)
         .await
         .context("reading Active Directory")?;
@@ -413,8 +413,9 @@ async fn check_some_home_exists(
 }
 
 /// The commit the policy file is at, when it is in a git repository; `-dirty` is appended when
-/// the file differs from that commit, so an index never claims a commit it was not built from.
-fn policy_commit(policy: &Path) -> Option<String> {
+/// any file the policy reads (the policy itself and every automation `key_files` entry) differs
+/// from that commit or is not in it, so an index never claims a commit it was not built from.
+fn policy_commit(policy: &Path, checked: &Checked) -> Option<String> {
     let directory = policy
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -428,16 +429,28 @@ fn policy_commit(policy: &Path) -> Option<String> {
         .id()
         .to_string();
     let workdir = repository.workdir()?.canonicalize().ok()?;
-    let relative = policy
-        .canonicalize()
-        .ok()?
-        .strip_prefix(&workdir)
-        .ok()?
-        .to_path_buf();
-    let clean = repository
-        .status_file(&relative)
-        .map(|status| status.is_empty())
-        .unwrap_or(false);
+    let read: Vec<PathBuf> = std::iter::once(policy.to_path_buf())
+        .chain(
+            checked
+                .key_files
+                .iter()
+                .map(|entry| directory.join(&entry.path)),
+        )
+        .collect();
+    let clean = read.iter().all(|path| {
+        let Some(relative) = path
+            .canonicalize()
+            .ok()
+            .and_then(|path| path.strip_prefix(&workdir).ok().map(Path::to_path_buf))
+        else {
+            // Outside the repository (or gone): not what the commit names.
+            return false;
+        };
+        repository
+            .status_file(&relative)
+            .map(|status| status.is_empty())
+            .unwrap_or(false)
+    });
     Some(if clean {
         commit
     } else {
@@ -460,7 +473,51 @@ mod tests {
             concurrency: 4,
             owner: OwnerSource::UidNumber,
             sentinel: sentinel.map(PathBuf::from),
+            max_carry: Duration::from_secs(7 * 86_400),
         }
+    }
+
+    #[test]
+    fn policy_commit_is_dirty_when_any_file_the_policy_reads_differs() {
+        let dir = tempfile::tempdir().unwrap();
+        let repository = git2::Repository::init(dir.path()).unwrap();
+        let policy_path = dir.path().join("access-groups.toml");
+        std::fs::write(
+            &policy_path,
+            "[access_groups.web]\nusers = [\"bob\"]\n\n[automation.ci]\nkey_files = [\"ci.pub\"]\naccess_groups = [\"web\"]\nowner = \"bob\"\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("ci.pub"), "ssh-ed25519 AAAA ci\n").unwrap();
+        let commit = |paths: &[&str]| {
+            let mut index = repository.index().unwrap();
+            for path in paths {
+                index.add_path(Path::new(path)).unwrap();
+            }
+            index.write().unwrap();
+            let tree = repository.find_tree(index.write_tree().unwrap()).unwrap();
+            let signature = git2::Signature::now("t", "t@example.com").unwrap();
+            let parent = repository.head().ok().and_then(|h| h.peel_to_commit().ok());
+            let parents: Vec<&git2::Commit> = parent.iter().collect();
+            repository
+                .commit(Some("HEAD"), &signature, &signature, "c", &tree, &parents)
+                .unwrap()
+                .to_string()
+        };
+        let checked = policy::load(&policy_path).unwrap();
+        // The key file is untracked: the commit does not hold what the policy reads.
+        let first = commit(&["access-groups.toml"]);
+        assert_eq!(
+            policy_commit(&policy_path, &checked),
+            Some(format!("{first}-dirty"))
+        );
+        let second = commit(&["ci.pub"]);
+        assert_eq!(policy_commit(&policy_path, &checked), Some(second.clone()));
+        // An edited key file.
+        std::fs::write(dir.path().join("ci.pub"), "ssh-ed25519 BBBB ci\n").unwrap();
+        assert_eq!(
+            policy_commit(&policy_path, &checked),
+            Some(format!("{second}-dirty"))
+        );
     }
 
     #[tokio::test]

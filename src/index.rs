@@ -68,7 +68,21 @@ pub struct Index {
     /// rotation rewrites one small object, signed like the rest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<String>,
+    /// Hex SHA-256 of the envelope bytes of the index this one replaced (`None` on a first
+    /// publish), so a reader that remembers the index it trusted last (an instance's cache, the
+    /// publisher's head) can tell a successor from a replay or a fork.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
 }
+
+/// The longest an index may be valid for: `[signing] validity` is at most this, and readers
+/// refuse an index whose `not_after` lies further ahead of their clock than this (plus
+/// [`CLOCK_SKEW`]). A bound on how long a captured index can be replayed.
+pub const MAX_VALIDITY: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+
+/// How far a publisher's clock may run ahead of a reader's before its `not_after` counts as too
+/// far ahead.
+pub const CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(3_600);
 
 /// The name of a deployment, as an index records it: `s3://{bucket}/{prefix}`.
 pub fn deployment(bucket: &str, prefix: &str) -> String {
@@ -182,6 +196,7 @@ impl Index {
             owners: None,
             deployment: None,
             canary: None,
+            previous: None,
         }
     }
 

@@ -15,6 +15,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use anyhow::{Context, bail};
 use tokio::sync::Semaphore;
@@ -43,20 +44,53 @@ pub struct Published {
     pub index: Index,
     /// The index's ETag when read (`None`: there was none), the condition of the commit.
     pub etag: Option<String>,
+    /// Hex SHA-256 of the index envelope's bytes as read (`None`: there was none): what the next
+    /// index names as `previous`, and what the head records.
+    pub sha256: Option<String>,
+    /// Whether lines may be carried out of this index for unreadable homes: it is the index this
+    /// publisher's head names (or its direct successor, which names the head as `previous`),
+    /// or, without a head yet, the signed index found on a first run. Never one accepted past
+    /// the head (`--accept-index`, `--min-generation`).
+    pub carry_trusted: bool,
+    /// The generation of this publisher's head: the next index goes above it whatever the bucket
+    /// holds.
+    pub head_generation: Option<u64>,
+}
+
+/// What a run may start from, beyond what verifies: the operator's explicit overrides and the
+/// publisher's own head.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BaseRules<'a> {
+    /// `--min-generation N`: the next generation is at least N; also accepts a base index older
+    /// than the head (the operator says where the generation goes on).
+    pub min_generation: Option<u64>,
+    /// The publisher's head, when it has one.
+    pub head: Option<&'a crate::head::Head>,
+    /// Where the head lives, for messages.
+    pub head_path: Option<&'a Path>,
+    /// `--accept-index SHA256`: this exact index is the base, whatever the head says.
+    pub accept_index: Option<&'a str>,
+    /// `--accept-expired`: an index past its `not_after` may be the base.
+    pub accept_expired: bool,
+    /// `--migrate`: a legacy (format 1) index may be the base.
+    pub migrate: bool,
+    /// The clock the base's `not_after` is judged by.
+    pub now: Option<SystemTime>,
 }
 
 impl Published {
     /// Reads and verifies `index.json`. With `verifier`, an unsigned or badly signed index is an
     /// error. Without an index, the bucket must hold no keyhole object unless `min_generation`
-    /// says where to start.
+    /// says where to start. The index must also be current by `rules` (see [`BaseRules`]).
     pub async fn read(
         store: &S3Store,
         layout: &Layout,
         bucket: &str,
         verifier: Option<&Verifier>,
-        min_generation: Option<u64>,
+        rules: BaseRules<'_>,
     ) -> anyhow::Result<Published> {
         let key = layout.index();
+        let head_generation = rules.head.map(|head| head.generation);
         let published = match store
             .get(&key, None)
             .await
@@ -71,12 +105,19 @@ impl Published {
                          delete it and publish with --min-generation N, N above its generation"
                     )
                 })?;
+                let sha256 = sha256_hex(&object.body);
+                let where_ = format!("s3://{bucket}/{key}");
                 index
-                    .check_deployment(&crate::index::deployment(bucket, &layout.prefix), false)
-                    .with_context(|| format!("refusing s3://{bucket}/{key}"))?;
+                    .check_deployment(&crate::index::deployment(bucket, &layout.prefix), true)
+                    .with_context(|| format!("refusing {where_}"))?;
+                let carry_trusted =
+                    judge_base(&index, &sha256, &where_, verifier.is_some(), &rules)?;
                 Published {
                     index,
                     etag: Some(object.etag),
+                    sha256: Some(sha256),
+                    carry_trusted,
+                    head_generation,
                 }
             }
             Fetched::Missing | Fetched::NotModified => {
@@ -84,31 +125,42 @@ impl Published {
                     .list(&layout.prefix)
                     .await
                     .context("listing the bucket")?;
-                if !objects.is_empty() && min_generation.is_none() {
+                if !objects.is_empty() && rules.min_generation.is_none() {
                     bail!(
                         "s3://{bucket}/{key} is missing, but the bucket holds {} object(s) under \
                          {:?}: instances have cached an index and would refuse a new one that \
                          starts again at generation 1. Publish with --min-generation N, N above \
-                         the generation instances last served (`keyhole refresh` logs it)",
+                         the generation instances last served (`keyhole refresh` logs it{})",
                         objects.len(),
-                        layout.prefix
+                        layout.prefix,
+                        match rules.head {
+                            Some(head) => format!(
+                                "; this publisher last committed generation {}",
+                                head.generation
+                            ),
+                            None => String::new(),
+                        }
                     );
                 }
                 Published {
                     index: Index::empty(),
                     etag: None,
+                    sha256: None,
+                    carry_trusted: false,
+                    head_generation,
                 }
             }
         };
         Ok(published)
     }
 
-    /// The generation the next index gets: one more than the published one, and at least
-    /// `min_generation`.
+    /// The generation the next index gets: one more than the published one and than the head's,
+    /// and at least `min_generation`.
     pub fn next_generation(&self, min_generation: Option<u64>) -> anyhow::Result<u64> {
         let next = self
             .index
             .generation
+            .max(self.head_generation.unwrap_or(0))
             .checked_add(1)
             .context("the index generation cannot grow any further")?;
         Ok(next.max(min_generation.unwrap_or(0)))
@@ -140,7 +192,7 @@ impl Published {
         layout: &Layout,
         groups: Vec<String>,
         known: &Arc<KnownLines>,
-        mut each: impl FnMut(String, Option<PublishedFile>),
+        mut each: impl FnMut(String, Result<Option<PublishedFile>, Damaged>),
     ) -> anyhow::Result<()> {
         let semaphore = Arc::new(Semaphore::new(READ_BUDGET_KEYS as usize));
         let mut reads = JoinSet::new();
@@ -176,10 +228,12 @@ impl Published {
             let (store, known) = (store.clone(), Arc::clone(known));
             reads.spawn(async move {
                 let file = match key {
-                    Some((key, sha256)) => checked(&store, &key, &sha256)
-                        .await
-                        .map(|body| Some(PublishedFile::parse_knowing(&body, &known))),
-                    None => Ok(None),
+                    Some((key, sha256)) => {
+                        checked_object(&store, &key, &sha256).await.map(|read| {
+                            read.map(|body| Some(PublishedFile::parse_knowing(&body, &known)))
+                        })
+                    }
+                    None => Ok(Ok(None)),
                 };
                 (group, file, permit)
             });
@@ -190,7 +244,9 @@ impl Published {
         Ok(())
     }
 
-    /// The owners object the index names (empty when it names none).
+    /// The owners object the index names (empty when it names none). One that is missing,
+    /// altered or unparsable reads as empty, with a warning: contested keys then go to nobody,
+    /// the safe side, and no damaged object can stop a publish.
     pub async fn owners(
         &self,
         store: &impl ObjectStore,
@@ -199,9 +255,165 @@ impl Published {
         let Some(sha256) = &self.index.owners else {
             return Ok(Owners::new());
         };
-        let body = checked(store, &layout.owners(sha256), sha256).await?;
-        Ok(owners_from_json(&body)?)
+        let damaged = match checked_object(store, &layout.owners(sha256), sha256).await? {
+            Ok(body) => match owners_from_json(&body) {
+                Ok(owners) => return Ok(owners),
+                Err(error) => Damaged(error.to_string()),
+            },
+            Err(damaged) => damaged,
+        };
+        tracing::warn!(
+            "{damaged}; the owners object reads as empty: every key held by more than one \
+             person goes to nobody this run"
+        );
+        Ok(Owners::new())
     }
+}
+
+/// Whether the verified `index` (whose envelope hashes to `sha256`) may be the base of this run,
+/// and whether lines may be carried out of it (`Ok(true)`). A replayed or rolled-back index (by
+/// the head), a legacy one and an expired one are refused unless the operator said otherwise,
+/// and every override is logged.
+fn judge_base(
+    index: &Index,
+    sha256: &str,
+    where_: &str,
+    signed: bool,
+    rules: &BaseRules<'_>,
+) -> anyhow::Result<bool> {
+    let generation = index.generation;
+    let accepted = match rules.accept_index {
+        Some(wanted) if wanted.eq_ignore_ascii_case(sha256) => {
+            tracing::warn!(
+                generation,
+                sha256,
+                "--accept-index: the operator accepted {where_} as the base of this publish"
+            );
+            true
+        }
+        Some(wanted) => bail!(
+            "--accept-index {wanted}: {where_} is generation {generation} with SHA-256 {sha256}, \
+             not the index named; nothing was published"
+        ),
+        None => false,
+    };
+    if index.is_legacy() {
+        if !rules.migrate {
+            bail!(
+                "{where_} is a legacy format-1 index (generation {generation}): it names no \
+                 deployment, so it may be another deployment's index signed with a shared key. \
+                 Check it with `keyhole verify`, then migrate the bucket with `publish --migrate`; \
+                 nothing was published"
+            );
+        }
+        tracing::warn!(
+            generation,
+            "--migrate: migrating the legacy index {where_} to format 2"
+        );
+    }
+    if signed {
+        match crate::trust::check_validity(index, rules.now.unwrap_or_else(SystemTime::now)) {
+            Err(why @ crate::trust::Untrusted::Expired(_)) if rules.accept_expired => {
+                tracing::warn!("--accept-expired: {where_} is the base although {why}");
+            }
+            Err(crate::trust::Untrusted::Expired(not_after)) => bail!(
+                "refusing {where_} as the base of a publish: it expired at {not_after}, and an \
+                 expired index may be an old one put back. If it is the last index this \
+                 deployment published (the publisher was stopped), publish with \
+                 --accept-expired; nothing was published"
+            ),
+            Err(why) => bail!("refusing {where_}: {why}; nothing was published"),
+            Ok(()) => {}
+        }
+    }
+    let Some(head) = rules.head else {
+        tracing::warn!(
+            generation,
+            sha256,
+            head = ?rules.head_path,
+            "this publisher has no head yet: trusting the signed index in the bucket once (it \
+             becomes the head)"
+        );
+        return Ok(true);
+    };
+    if accepted {
+        // The operator vouched for the base, not for its lines: carry only out of the index the
+        // head itself names.
+        return Ok(sha256 == head.sha256);
+    }
+    let source = format!(
+        "this publisher's head {}",
+        rules
+            .head_path
+            .map_or_else(|| "head.json".to_owned(), |p| p.display().to_string())
+    );
+    let seen = crate::trust::Seen {
+        generation: head.generation,
+        sha256: head.sha256.clone(),
+        format: crate::index::FORMAT,
+        source,
+    };
+    let verdict = crate::trust::check_successor(index, sha256, &seen)
+        .and_then(|()| crate::trust::check_format(index, Some((seen.format, &seen.source))));
+    if let Err(why) = verdict {
+        if let Some(min) = rules.min_generation {
+            tracing::warn!(
+                generation,
+                sha256,
+                "--min-generation {min}: publishing over {where_} although {why}; no line is \
+                 carried out of it"
+            );
+            return Ok(false);
+        }
+        bail!(
+            "refusing {where_}: {why}. Someone who can write the bucket may have put back an \
+             older signed index. If it was restored on purpose, publish with --accept-index \
+             {sha256} (or --min-generation N, N above {}); nothing was published",
+            head.generation
+        );
+    }
+    if sha256 == head.sha256 || index.previous.as_deref() == Some(head.sha256.as_str()) {
+        return Ok(true);
+    }
+    tracing::warn!(
+        generation,
+        head_generation = head.generation,
+        "{where_} is newer than this publisher's head and does not name it as its previous \
+         index (another publisher?): no line is carried out of it for unreadable homes"
+    );
+    Ok(false)
+}
+
+/// What this host trusted last, for `verify` and `whois` to apply as an instance would: the
+/// publisher's head (beside `safety.lock_file`) when there is one, else an instance's cached
+/// index; `None` when this host has neither.
+pub fn local_seen(settings: &Settings) -> anyhow::Result<Option<crate::trust::Seen>> {
+    let head_path = crate::head::path_beside(&settings.safety.lock_file);
+    if let Some(head) = crate::head::Head::load(&head_path)? {
+        return Ok(Some(crate::trust::Seen {
+            generation: head.generation,
+            sha256: head.sha256,
+            format: crate::index::FORMAT,
+            source: format!("this publisher's head {}", head_path.display()),
+        }));
+    }
+    let Ok(instance) = settings.instance() else {
+        return Ok(None);
+    };
+    let cache = crate::instance::Cache::new(&instance.cache_dir);
+    Ok(cache
+        .index()
+        .ok()
+        .flatten()
+        .map(|(meta, index)| crate::trust::Seen {
+            generation: meta.generation,
+            sha256: meta.sha256,
+            format: index.format,
+            source: format!(
+                "the instance's cached index in {}",
+                instance.cache_dir.display()
+            ),
+        }))
 }
 
 /// The key signatures are checked with: `instance.verify_key` (what the instances trust), else
@@ -249,24 +461,47 @@ fn public_key_of(key_file: &Path) -> anyhow::Result<String> {
     }
 }
 
+/// Why an object the verified index names cannot be used: missing, or not the bytes recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damaged(pub String);
+
+impl std::fmt::Display for Damaged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Reads `key`, which must hash to `sha256` (the verified index's record of it).
 pub async fn checked(store: &impl ObjectStore, key: &str, sha256: &str) -> anyhow::Result<Vec<u8>> {
+    checked_object(store, key, sha256)
+        .await?
+        .map_err(|damaged| anyhow::anyhow!("{damaged}"))
+}
+
+/// Reads `key`, which must hash to `sha256`. The outer error is the store failing (the run
+/// stops); the inner one is the object missing or altered (the caller plans around it).
+pub async fn checked_object(
+    store: &impl ObjectStore,
+    key: &str,
+    sha256: &str,
+) -> anyhow::Result<Result<Vec<u8>, Damaged>> {
     let Fetched::Object(object) = store
         .get(key, None)
         .await
         .with_context(|| format!("reading {key}"))?
     else {
-        bail!(
-            "{key} is listed in the index but missing from the bucket (`keyhole verify` shows what else is)"
-        );
+        return Ok(Err(Damaged(format!(
+            "{key} is listed in the index but missing from the bucket (`keyhole verify` shows \
+             what else is)"
+        ))));
     };
     let actual = sha256_hex(&object.body);
     if actual != sha256 {
-        bail!(
+        return Ok(Err(Damaged(format!(
             "{key} has SHA-256 {actual}, not the {sha256} the signed index records: it was \
              changed in the bucket (`keyhole verify`; `publish --rewrite-all` writes it again \
              from a fresh render)"
-        );
+        ))));
     }
-    Ok(object.body)
+    Ok(Ok(object.body))
 }

@@ -106,6 +106,10 @@ pub struct LdapSettings {
     /// `None`: read `member` as the server hands it out (AD ranges it past 1,500 values).
     /// `Some(n)`: ask for `member;range=` slices of `n` values.
     pub member_range: Option<u32>,
+    /// `lockout_retry`: after a DC refused the bind because the account is locked out (775) or
+    /// outside its logon hours or workstations (530/531), how long before binding again with the
+    /// same secret (see `crate::directory::bind_guard`).
+    pub lockout_retry: Duration,
 }
 
 /// Where the LDAP password comes from. Reading it is deferred to the bind.
@@ -174,6 +178,9 @@ pub struct HomesSettings {
     /// `[homes] sentinel`: a file, relative to `root`, that exists only while the homes are
     /// mounted; when it is missing the run fails before anything is written.
     pub sentinel: Option<PathBuf>,
+    /// `[homes] max_carry`: how long a member's published lines are carried while their home is
+    /// continuously unreadable; after it they have no keys (reported).
+    pub max_carry: Duration,
 }
 
 /// `[homes] owner`: where the uid that must own a user's home, `.ssh` and `authorized_keys`
@@ -416,6 +423,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("ldap", "timeout", Kind::Text),
     ("ldap", "page_size", Kind::Integer),
     ("ldap", "member_range", Kind::Integer),
+    ("ldap", "lockout_retry", Kind::Text),
     ("homes", "root", Kind::Text),
     ("homes", "home_prefix", Kind::Text),
     ("homes", "read_timeout", Kind::Text),
@@ -423,6 +431,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("homes", "owner", Kind::Text),
     ("homes", "nss_suffix", Kind::Text),
     ("homes", "sentinel", Kind::Text),
+    ("homes", "max_carry", Kind::Text),
     ("s3", "bucket", Kind::Text),
     ("s3", "prefix", Kind::Text),
     ("s3", "region", Kind::Text),
@@ -588,6 +597,7 @@ struct RawLdap {
     timeout: Option<String>,
     page_size: Option<i64>,
     member_range: Option<i64>,
+    lockout_retry: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -600,6 +610,7 @@ struct RawHomes {
     owner: Option<String>,
     nss_suffix: Option<String>,
     sentinel: Option<String>,
+    max_carry: Option<String>,
 }
 
 /// `url = "ldaps://dc1"` as well as `url = ["ldaps://dc1", "ldaps://dc2"]`.
@@ -799,9 +810,22 @@ impl RawSettings {
         let safety = validate_safety(self.safety.unwrap_or_default(), &mut check);
         let signing = self.signing.and_then(|raw| {
             let key_file = check.required("signing", "key_file", raw.key_file)?;
+            let validity = check.duration("signing", "validity", raw.validity.as_deref(), "7d");
+            if validity > MAX_SIGNING_VALIDITY {
+                // Instances refuse an index whose not_after lies further ahead than this: a
+                // longer validity would be a replay window, and would be refused anyway.
+                check.error(
+                    "signing",
+                    "validity",
+                    format!(
+                        "must be at most {} (instances refuse an index valid for longer)",
+                        humantime::format_duration(MAX_SIGNING_VALIDITY)
+                    ),
+                );
+            }
             Some(SigningSettings {
                 key_file: check.path(&key_file),
-                validity: check.duration("signing", "validity", raw.validity.as_deref(), "7d"),
+                validity,
             })
         });
         let instance = self
@@ -863,6 +887,9 @@ impl RawSettings {
         }
     }
 }
+
+/// The longest `[signing] validity` (see `crate::index::MAX_VALIDITY`).
+pub const MAX_SIGNING_VALIDITY: Duration = crate::index::MAX_VALIDITY;
 
 /// `safety.lock_file` when the file does not say (the bind state file's default lives beside it).
 const DEFAULT_LOCK_FILE: &str = "/run/keyhole/publish.lock";
@@ -968,6 +995,7 @@ fn validate_ldap(
         timeout,
         page_size,
         member_range,
+        lockout_retry: check.duration(S, "lockout_retry", raw.lockout_retry.as_deref(), "10m"),
     }
 }
 
@@ -1012,6 +1040,7 @@ fn validate_homes(raw: RawHomes, check: &mut Checker) -> HomesSettings {
             }
             sentinel
         }),
+        max_carry: check.duration(S, "max_carry", raw.max_carry.as_deref(), "7d"),
     }
 }
 
@@ -1412,6 +1441,47 @@ prefix = "ssh"
         assert_eq!(settings.keys.min_rsa_bits, 2048);
         assert!(settings.keys.forbidden_options.contains("environment"));
         assert!(settings.instance().is_err());
+    }
+
+    #[test]
+    fn integrity_settings_have_defaults_and_validity_is_bounded() {
+        let settings = parse(MINIMAL, &[]).unwrap();
+        assert_eq!(settings.homes.max_carry, Duration::from_secs(7 * 86_400));
+        assert_eq!(
+            settings.ldap().unwrap().lockout_retry,
+            Duration::from_secs(600)
+        );
+        let overridden = parse(
+            MINIMAL,
+            &[
+                ("KEYHOLE_HOMES_MAX_CARRY", "1d"),
+                ("KEYHOLE_LDAP_LOCKOUT_RETRY", "1m"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(overridden.homes.max_carry, Duration::from_secs(86_400));
+        assert_eq!(
+            overridden.ldap().unwrap().lockout_retry,
+            Duration::from_secs(60)
+        );
+        let signing = |validity: &str| {
+            parse(
+                &format!(
+                    "{MINIMAL}
+[signing]
+key_file = \"k\"
+validity = \"{validity}\"
+"
+                ),
+                &[],
+            )
+        };
+        assert!(signing("30d").is_ok());
+        let errors = signing("31d").unwrap_err();
+        assert!(
+            errors[0].contains("signing.validity: must be at most 30days"),
+            "{errors:?}"
+        );
     }
 
     #[test]

@@ -235,6 +235,14 @@ fn packages_hold_a_glibc_2_17_binary_and_everything_an_instance_needs() {
     );
     let version = run(binary.to_str().unwrap(), &["--version"]);
     assert!(version.starts_with("keyhole "), "{version}");
+    // No hidden clock in what ships (issue 23): `--now` is a usage error, exit 64.
+    for command in ["publish", "plan"] {
+        let refused = Command::new(&binary)
+            .args([command, "--now", "2030-01-01T00:00:00Z"])
+            .output()
+            .unwrap();
+        assert_eq!(refused.status.code(), Some(64), "{command}: {refused:?}");
+    }
 
     // The sshd drop-in, through real sshd: keyhole is the command, and the emergency keys'
     // AuthorizedKeysFile is what it was.

@@ -556,7 +556,8 @@ fn shapes(keys: &[String]) -> Vec<String> {
 
 /// A bucket in the layout keyhole wrote before group objects were addressed by content (a
 /// format-1 index, `{group}/authorized_keys`, `manifest.json` and its signature) is migrated by
-/// the first publish, with no flag: every group is written to its content address under a new
+/// the first publish with `--migrate` (issue 23: a format-1 index names no deployment, so a plain
+/// publish refuses it): every group is written to its content address under a new
 /// generation, the legacy objects are removed, and an instance that followed the legacy bucket
 /// follows the new one.
 #[test]
@@ -594,7 +595,12 @@ fn a_legacy_bucket_is_migrated_by_the_first_publish() {
     s3.put_object("ssh/manifest.json", "{\"format\":1}\n");
     s3.put_object("ssh/manifest.json.sig", "legacy signature\n");
 
-    let migrated = world.run(&["publish", "--format", "json"]);
+    let refused = world.run(&["publish"]);
+    assert_eq!(
+        refused.code, 1,
+        "a legacy bucket needs --migrate: {refused:#?}"
+    );
+    let migrated = world.run(&["publish", "--migrate", "--format", "json"]);
     assert_eq!(migrated.code, 0, "{migrated:#?}");
     // No access changed: every group is unchanged, but written to its new address.
     let report = migrated.json();

@@ -254,7 +254,9 @@ fn verify_reports_every_drift_and_every_signature_problem() {
 
     // The same reattribution under a validly re-signed index that names it: every object is
     // what the index says, but the owners object and the group files disagree about whose
-    // bob's key is, in both groups he is in.
+    // bob's key is, in both groups he is in. And on the publisher's host, whose head holds
+    // generation 1 with other bytes, it is a fork every instance that saw the real one refuses
+    // (issue 23).
     let index = world.object(INDEX);
     let text = envelope["index"].as_str().unwrap().to_owned();
     let forged_owners_key = layout().owners(&sha256_hex(reattributed.as_bytes()));
@@ -265,7 +267,11 @@ fn verify_reports_every_drift_and_every_signature_problem() {
     world.put_signed_index(&forged);
     let report = assert_findings(
         &world.verify(),
-        &[("owners_mismatch", &db_key), ("owners_mismatch", &web_key)],
+        &[
+            ("owners_mismatch", &db_key),
+            ("owners_mismatch", &web_key),
+            ("index_untrusted", INDEX),
+        ],
     );
     let detail = report["findings"][1]["detail"].as_str().unwrap();
     assert!(
@@ -442,7 +448,9 @@ fn a_legacy_bucket_verifies_clean_and_the_first_publish_migrates_it() {
 
     // The bucket as the keyhole before content addressing left it: each group at
     // {group}/authorized_keys, a format-1 index (no owners object) signed with the same key, and
-    // the manifest with its signature beside it.
+    // the manifest with its signature beside it. A publisher that committed format 2 would
+    // refuse it as a replay (issue 23): this one has never published here (no head).
+    std::fs::remove_file(world.publisher.path("head.json")).unwrap();
     let mut index = world.index();
     for (group, entry) in &index.groups {
         let key = layout().group(&index, group, &entry.sha256);
@@ -480,7 +488,12 @@ fn a_legacy_bucket_verifies_clean_and_the_first_publish_migrates_it() {
 
     // The next publish migrates: a format-2 index of the next generation, the objects at their
     // content addresses with an owners object, the legacy objects gone, and a clean bucket.
-    let migrated = world.publisher.run(&["publish"]);
+    let refused = world.publisher.run(&["publish"]);
+    assert_eq!(
+        refused.code, 1,
+        "a legacy index needs --migrate: {refused:#?}"
+    );
+    let migrated = world.publisher.run(&["publish", "--migrate"]);
     assert_eq!(migrated.code, 0, "{migrated:#?}");
     let index = world.index();
     assert_eq!((index.format, index.generation), (FORMAT, 2));

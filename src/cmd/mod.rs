@@ -38,3 +38,50 @@ pub enum Format {
     Json,
     Markdown,
 }
+
+/// `--now RFC3339` (hidden): judge the policy's `until` dates and AD account expiry and lockout as
+/// of this time instead of the clock. It re-grants ended grants and expired or locked accounts, so
+/// it exists only in builds with debug assertions (what `cargo test` builds); a release build
+/// (what `scripts/package` ships) has no such option and refuses it as a usage error (exit 64).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TestClock {
+    #[cfg(debug_assertions)]
+    #[arg(long = "now", hide = true, value_name = "RFC3339", value_parser = humantime::parse_rfc3339)]
+    now: Option<std::time::SystemTime>,
+}
+
+impl TestClock {
+    /// The time given with `--now` (test builds only); `None`: the clock.
+    pub fn now(&self) -> Option<std::time::SystemTime> {
+        #[cfg(debug_assertions)]
+        return self.now;
+        #[cfg(not(debug_assertions))]
+        None
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::TestClock;
+    use clap::Parser as _;
+
+    #[derive(Debug, clap::Parser)]
+    struct WithClock {
+        #[command(flatten)]
+        clock: TestClock,
+    }
+
+    /// `--now` exists exactly in builds with debug assertions: `cargo test` has it, the
+    /// packaged release binary refuses it as an unknown option.
+    #[test]
+    fn now_exists_only_in_test_builds() {
+        let parsed = WithClock::try_parse_from(["keyhole", "--now", "2030-01-01T00:00:00Z"]);
+        assert_eq!(parsed.is_ok(), cfg!(debug_assertions), "{parsed:?}");
+        if let Ok(parsed) = parsed {
+            assert!(parsed.clock.now().is_some());
+        }
+        let none = WithClock::try_parse_from(["keyhole"]).unwrap();
+        assert_eq!(none.clock.now(), None);
+    }
+}

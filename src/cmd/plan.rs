@@ -36,19 +36,17 @@ pub struct Args {
     #[arg(long)]
     detailed_exitcode: bool,
 
-    /// For tests only (hidden): evaluate the policy's `until` dates and AD account expiry and
-    /// lockout as of this RFC 3339 time instead of the clock. Signing always uses the clock.
-    #[arg(long, hide = true, value_name = "RFC3339", value_parser = humantime::parse_rfc3339)]
-    now: Option<std::time::SystemTime>,
+    #[command(flatten)]
+    clock: super::TestClock,
 }
 
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
     let settings = Settings::load(global.config.as_deref())?;
     let start = Start {
-        now: args.now,
+        now: args.clock.now(),
         ..Start::default()
     };
-    let prepared = prepare(&settings, None, start).await?;
+    let prepared = prepare(&settings, None, &start).await?;
     print_plan(&prepared.plan, args.format)?;
     if prepared.gathered.has_unknown() {
         tracing::error!(
@@ -117,8 +115,16 @@ pub(crate) struct Prepared {
     /// Who each contested key was published for (read only when some key is contested).
     pub owners: Option<Owners>,
     /// The published files of the groups with a member whose home could not be read: those
-    /// members' lines are carried over from them.
+    /// members' lines are carried over from them (re-validated with today's key rules).
     pub carried: HashMap<String, PublishedFile>,
+    /// Groups whose published object is missing or altered (or not read back, with
+    /// `--rewrite-all`): planned as if their previous file were unknown, written from a fresh
+    /// render, and never held back by the guard (it has no removals to judge).
+    pub unread: BTreeSet<String>,
+    /// The publisher's head file, and since when each member's home has been unreadable (what
+    /// the head records after this run).
+    pub head_path: std::path::PathBuf,
+    pub unknown_since: BTreeMap<String, String>,
 }
 
 impl Prepared {
@@ -130,21 +136,32 @@ impl Prepared {
 }
 
 /// How a run starts from what is published.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Start {
     /// The lowest generation the next index may have (after the index was lost).
     pub min_generation: Option<u64>,
-    /// The time the policy and AD are judged at (`--now`, tests only); `None`: the clock.
+    /// The time the policy and AD are judged at (`--now`, test builds only); `None`: the clock.
     pub now: Option<SystemTime>,
+    /// `--accept-index SHA256`: the operator's choice of base index, past the head.
+    pub accept_index: Option<String>,
+    /// `--accept-expired`: an index past its `not_after` may be the base.
+    pub accept_expired: bool,
+    /// `--migrate`: a legacy format-1 index may be the base.
+    pub migrate: bool,
+    /// `--rewrite-all`: nothing but the index is read back from the bucket.
+    pub rewrite_all: bool,
 }
 
 pub(crate) async fn prepare(
     settings: &Settings,
     selection: Selection<'_>,
-    start: Start,
+    start: &Start,
 ) -> anyhow::Result<Prepared> {
     let s3 = settings.s3()?;
-    let gathered = gather(settings, start.now.unwrap_or_else(SystemTime::now)).await?;
+    let now = start.now.unwrap_or_else(SystemTime::now);
+    let gathered = gather(settings, now).await?;
+    let head_path = crate::head::path_beside(&settings.safety.lock_file);
+    let head = crate::head::Head::load(&head_path)?;
     let s3_started = Instant::now();
     let store = S3Store::connect(s3, Timeouts::PUBLISHER).await;
     let layout = Layout {
@@ -159,9 +176,18 @@ pub(crate) async fn prepare(
         &layout,
         &s3.bucket,
         verifier.as_ref(),
-        start.min_generation,
+        crate::published::BaseRules {
+            min_generation: start.min_generation,
+            head: head.as_ref(),
+            head_path: Some(&head_path),
+            accept_index: start.accept_index.as_deref(),
+            accept_expired: start.accept_expired,
+            migrate: start.migrate,
+            now: Some(SystemTime::now()),
+        },
     )
     .await?;
+    let unknown_since = unknown_since(&gathered, head.as_ref(), now);
     let denied: BTreeSet<String> = gathered
         .checked
         .policy
@@ -172,6 +198,12 @@ pub(crate) async fn prepare(
         .collect();
     let owners = if crate::render::contested(&gathered.keys).is_empty() {
         None
+    } else if start.rewrite_all {
+        tracing::warn!(
+            "--rewrite-all reads nothing back: the owners object is not read, so every key \
+             held by more than one person goes to nobody this run"
+        );
+        Some(Owners::new())
     } else {
         Some(published.owners(&store, &layout).await?)
     };
@@ -195,11 +227,19 @@ pub(crate) async fn prepare(
         denied,
         owners,
         carried: HashMap::new(),
+        unread: BTreeSet::new(),
+        head_path,
+        unknown_since,
     };
-    prepared.carried = carried_files(&prepared, selection).await?;
+    let (carried, mut carry_problems) =
+        carried_files(&prepared, selection, settings, start, now).await?;
+    prepared.carried = carried;
+    prepared.gathered.problems.append(&mut carry_problems);
     let s3_read = s3_started.elapsed();
     let plan_started = Instant::now();
-    let mut plan = plan_groups(&prepared, selection, &settings.safety).await?;
+    let (mut plan, unread) =
+        plan_groups(&prepared, selection, &settings.safety, start.rewrite_all).await?;
+    prepared.unread = unread;
     plan.rewrite = prepared.plan.rewrite;
     plan.index.canary = settings
         .canary
@@ -213,6 +253,7 @@ pub(crate) async fn prepare(
         published_index.generation
     };
     plan.index.deployment = Some(crate::index::deployment(&s3.bucket, &s3.prefix));
+    plan.index.previous = prepared.published.sha256.clone();
     plan.index.policy_commit = if plan.has_changes() {
         prepared.gathered.policy_commit.clone()
     } else {
@@ -247,37 +288,182 @@ pub(crate) async fn prepare(
     Ok(prepared)
 }
 
-/// The published files of the (selected) groups that have a member whose home could not be read.
+/// Since when each member whose home is unreadable now has been so, continuously: the head's
+/// record, or `now` for a home found unreadable this run. A readable home drops out.
+fn unknown_since(
+    gathered: &Gathered,
+    head: Option<&crate::head::Head>,
+    now: SystemTime,
+) -> BTreeMap<String, String> {
+    gathered
+        .keys
+        .iter()
+        .filter(|(_, keys)| matches!(keys, crate::render::UserKeys::Unknown(_)))
+        .map(|(user, _)| {
+            let since = head
+                .and_then(|head| head.unknown_since.get(user))
+                .filter(|since| crate::signing::parse_time(since).is_ok())
+                .cloned()
+                .unwrap_or_else(|| crate::signing::format_time(now));
+            (user.clone(), since)
+        })
+        .collect()
+}
+
+/// The published files of the (selected) groups that have a member whose home could not be read,
+/// with each such member's lines re-validated by today's rules: lines are carried only out of an
+/// index this publisher trusts as current (`Published::carry_trusted`), only lines today's key
+/// policy accepts, at most `max_keys_per_user` a person, and only for `homes.max_carry` of
+/// continuous unreadability. Every line or person not carried is a problem.
 async fn carried_files(
     prepared: &Prepared,
     selection: Selection<'_>,
-) -> anyhow::Result<HashMap<String, PublishedFile>> {
+    settings: &Settings,
+    start: &Start,
+    now: SystemTime,
+) -> anyhow::Result<(HashMap<String, PublishedFile>, Vec<crate::render::Problem>)> {
     let renderer = prepared.renderer();
-    let wanted: Vec<String> = prepared
-        .gathered
-        .resolution
-        .access_groups
+    let mut problems = Vec::new();
+    let mut unknown: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (name, membership) in &prepared.gathered.resolution.access_groups {
+        if selection.is_some_and(|set| !set.contains(name)) {
+            continue;
+        }
+        let members = renderer.unknown_members(membership);
+        if !members.is_empty() {
+            unknown.insert(
+                name.clone(),
+                members.into_iter().map(str::to_owned).collect(),
+            );
+        }
+    }
+    let not_carried = |why: &str, problems: &mut Vec<crate::render::Problem>| {
+        let people: BTreeSet<&String> = unknown.values().flatten().collect();
+        for user in people {
+            problems.push(crate::render::Problem {
+                user: user.clone(),
+                reason: format!("keys unknown, and none carried: {why}"),
+            });
+        }
+    };
+    if unknown.is_empty() {
+        return Ok((HashMap::new(), problems));
+    }
+    if start.rewrite_all {
+        not_carried(
+            "--rewrite-all reads nothing back from the bucket",
+            &mut problems,
+        );
+        return Ok((HashMap::new(), problems));
+    }
+    if !prepared.published.carry_trusted {
+        tracing::error!(
+            "the published index is not the one this publisher's head names: no line is carried \
+             for members whose homes cannot be read"
+        );
+        not_carried(
+            "the published index is not the one this publisher's head names",
+            &mut problems,
+        );
+        return Ok((HashMap::new(), problems));
+    }
+    // Past homes.max_carry of continuous unreadability, a person is carried no longer.
+    let expired: BTreeSet<&str> = prepared
+        .unknown_since
         .iter()
-        .filter(|(name, _)| selection.is_none_or(|set| set.contains(*name)))
-        .filter(|(_, membership)| !renderer.unknown_members(membership).is_empty())
-        .map(|(name, _)| name.clone())
+        .filter(|(_, since)| {
+            crate::signing::parse_time(since)
+                .is_ok_and(|since| since + settings.homes.max_carry <= now)
+        })
+        .map(|(user, _)| user.as_str())
         .collect();
+    for user in &expired {
+        problems.push(crate::render::Problem {
+            user: (*user).to_owned(),
+            reason: format!(
+                "keys unknown since {}, longer than homes.max_carry ({}): no key is carried any \
+                 more",
+                prepared.unknown_since[*user],
+                humantime::format_duration(settings.homes.max_carry)
+            ),
+        });
+    }
     let mut carried = HashMap::new();
     prepared
         .published
         .files(
             &prepared.store,
             &prepared.layout,
-            wanted,
+            unknown.keys().cloned().collect(),
             &Arc::default(),
-            |group, file| {
-                if let Some(file) = file {
+            |group, file| match file {
+                Ok(Some(file)) => {
                     carried.insert(group, file);
+                }
+                Ok(None) => {}
+                Err(damaged) => {
+                    tracing::error!(group = %group, "{damaged}: nothing is carried out of it");
+                    for user in unknown.get(&group).into_iter().flatten() {
+                        problems.push(crate::render::Problem {
+                            user: user.clone(),
+                            reason: format!(
+                                "keys unknown, and none carried in access group {group}: {damaged}"
+                            ),
+                        });
+                    }
                 }
             },
         )
         .await?;
-    Ok(carried)
+    for (group, file) in &mut carried {
+        let members = &unknown[group];
+        file.blocks.retain_mut(|block| {
+            if !members.contains(&block.user) {
+                return true;
+            }
+            if expired.contains(block.user.as_str()) {
+                return false;
+            }
+            revalidate(group, block, settings, &mut problems);
+            !block.keys.is_empty()
+        });
+    }
+    Ok((carried, problems))
+}
+
+/// Keeps of a carried block only the lines today's key policy accepts, at most
+/// `max_keys_per_user`, reporting each line dropped.
+fn revalidate(
+    group: &str,
+    block: &mut crate::group_file::Block,
+    settings: &Settings,
+    problems: &mut Vec<crate::render::Problem>,
+) {
+    let mut kept = 0;
+    let user = block.user.clone();
+    block.keys.retain(|(line, fingerprint)| {
+        let parsed = crate::keys::parse_authorized_keys(line, &settings.keys);
+        let why = match parsed.dropped.first() {
+            _ if parsed.keys.len() == 1 && kept < settings.max_keys_per_user => {
+                kept += 1;
+                return true;
+            }
+            _ if parsed.keys.len() == 1 => format!(
+                "more than max_keys_per_user ({})",
+                settings.max_keys_per_user
+            ),
+            Some(dropped) => dropped.reason.to_string(),
+            None => "not a key line".to_owned(),
+        };
+        problems.push(crate::render::Problem {
+            user: user.clone(),
+            reason: format!(
+                "carried key {} dropped from access group {group}: {why}",
+                fingerprint.as_deref().unwrap_or("(undecodable)")
+            ),
+        });
+        false
+    });
 }
 
 /// Plans every access group: each selected group is rendered into a digest and compared with the
@@ -287,7 +473,8 @@ async fn plan_groups(
     prepared: &Prepared,
     selection: Selection<'_>,
     safety: &crate::settings::SafetySettings,
-) -> anyhow::Result<Plan> {
+    rewrite_all: bool,
+) -> anyhow::Result<(Plan, BTreeSet<String>)> {
     let selected = |group: &str| selection.is_none_or(|set| set.contains(group));
     let renderer = prepared.renderer();
     let published = &prepared.published.index;
@@ -332,7 +519,19 @@ async fn plan_groups(
     }
     changed.extend(gone.into_iter().filter(|name| selected(name)));
     let mut failed = None;
+    let mut unread = BTreeSet::new();
+    let mut unread_problems = Vec::new();
     let mut interner = crate::interned::Interner::default();
+    if rewrite_all {
+        // Nothing is read back: every changed group is planned from nothing and written fresh.
+        for name in changed
+            .iter()
+            .filter(|name| published.groups.contains_key(*name))
+        {
+            unread.insert(name.clone());
+        }
+        changed.retain(|name| !unread.contains(name));
+    }
     // Only groups the index lists are read back; their lines are mostly keys rendered here.
     let known = Arc::new(
         if changed
@@ -352,6 +551,24 @@ async fn plan_groups(
             changed,
             &known,
             |name, previous| {
+                let previous = match previous {
+                    Ok(previous) => previous,
+                    Err(damaged) => {
+                        tracing::error!(
+                            group = %name,
+                            "{damaged}: planned as if its previous file were unknown (no \
+                             removals computed) and written again from a fresh render"
+                        );
+                        unread_problems.push(crate::render::Problem {
+                            user: format!("access group {name}"),
+                            reason: format!(
+                                "{damaged}; planned from nothing, rewritten from a fresh render"
+                            ),
+                        });
+                        unread.insert(name.clone());
+                        return;
+                    }
+                };
                 let group_plan = match access_groups.get(&name) {
                     Some(membership) => {
                         let listing =
@@ -374,6 +591,16 @@ async fn plan_groups(
     if let Some(name) = failed {
         anyhow::bail!("access group {name} vanished from the index while planning");
     }
+    for name in &unread {
+        let group_plan = match access_groups.get(name) {
+            Some(membership) => {
+                let listing = renderer.listing(name, membership, prepared.carried.get(name));
+                crate::plan::compare(name, &listing, None, &inputs, &mut interner)
+            }
+            None => crate::plan::deleted(&PublishedFile::default(), &mut interner),
+        };
+        groups.insert(name.clone(), group_plan);
+    }
     let mut owners = renderer.owners();
     for (group, file) in &prepared.carried {
         let Some(membership) = access_groups.get(group) else {
@@ -389,9 +616,11 @@ async fn plan_groups(
             }
         }
     }
+    let mut problems = renderer.problems().to_vec();
+    problems.append(&mut unread_problems);
     let mut plan = Plan {
         groups,
-        problems: renderer.problems().to_vec(),
+        problems,
         guard: Default::default(),
         index: Index::empty(),
         owners: crate::plan::owners_change(&owners, published),
@@ -408,5 +637,5 @@ async fn plan_groups(
         .collect();
     plan.index.owners = Some(sha256_hex(&owners_to_json(&owners)));
     plan.guard = judge(&plan, safety);
-    Ok(plan)
+    Ok((plan, unread))
 }

@@ -67,10 +67,24 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     min_generation: Option<u64>,
 
-    /// For tests only (hidden): evaluate the policy's `until` dates and AD account expiry and
-    /// lockout as of this RFC 3339 time instead of the clock. Signing always uses the clock.
-    #[arg(long, hide = true, value_name = "RFC3339", value_parser = humantime::parse_rfc3339)]
-    now: Option<std::time::SystemTime>,
+    /// Publish over the index in the bucket whose envelope has this SHA-256 although this
+    /// publisher's head (beside the lock file) says it is not the current one (an index restored
+    /// on purpose). Logged.
+    #[arg(long, value_name = "SHA256")]
+    accept_index: Option<String>,
+
+    /// Publish over an index past its not_after (the publisher was stopped longer than the
+    /// signing validity). Logged.
+    #[arg(long)]
+    accept_expired: bool,
+
+    /// Migrate a bucket whose index is in the legacy format 1 (check it with `keyhole verify`
+    /// first: a format-1 index names no deployment).
+    #[arg(long)]
+    migrate: bool,
+
+    #[command(flatten)]
+    clock: super::TestClock,
 
     /// Give up (exit 1, nothing published) if the run has not reached the index write (the
     /// commit) within this long, e.g. "4m".
@@ -120,14 +134,29 @@ async fn publish(
     let selected = (!selection.is_empty()).then_some(&selection);
     let start = super::plan::Start {
         min_generation: args.min_generation,
-        now: args.now,
+        now: args.clock.now(),
+        accept_index: args.accept_index.clone(),
+        accept_expired: args.accept_expired,
+        migrate: args.migrate,
+        rewrite_all: args.rewrite_all,
     };
     let mut prepared = within(
         deadline,
         "reading AD, the homes and S3",
-        super::plan::prepare(&settings, selected, start),
+        super::plan::prepare(&settings, selected, &start),
     )
     .await??;
+    if selected.is_some() && prepared.published.index.is_legacy() {
+        // A format-2 index naming the unselected groups' legacy objects would name objects that
+        // do not exist at their content address.
+        return Err(coded(
+            Exit::Usage,
+            anyhow::anyhow!(
+                "--group: the bucket is in the legacy format 1; migrate every group at once with \
+                 `publish --migrate` (without --group) first; nothing was published"
+            ),
+        ));
+    }
     for name in &selection {
         if !prepared.plan.groups.contains_key(name) {
             return Err(coded(
@@ -153,7 +182,7 @@ async fn publish(
     if plan.guard.refused && !args.force {
         tracing::error!(reasons = ?plan.guard.reasons, "the safety guard refused this publish");
         let signer = load_signer(&settings)?;
-        let denied = publish_denials(&prepared, signer.as_ref(), start).await?;
+        let denied = publish_denials(&prepared, signer.as_ref(), &start).await?;
         if denied.is_empty() {
             tracing::error!("nothing was written");
         } else {
@@ -166,6 +195,7 @@ async fn publish(
     }
     if !plan.writes() {
         tracing::info!("nothing changed; nothing written");
+        remember(&prepared, None)?;
         return Ok(unknown_exit(&prepared));
     }
     // Load the signing key before writing anything: a missing key must not leave a half publish.
@@ -186,7 +216,8 @@ async fn publish(
         .await??;
     }
     within(deadline, "committing the index", async {}).await?;
-    commit(&prepared, &plan.index, signer.as_ref()).await?;
+    let committed = commit(&prepared, &plan.index, signer.as_ref()).await?;
+    remember(&prepared, Some((plan.index.generation, committed)))?;
     let written = writing.elapsed();
     let pruning = Instant::now();
     prune(&prepared).await;
@@ -292,10 +323,34 @@ async fn write_owners(prepared: &Prepared, owners: &[u8]) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Records in the publisher's head the index this run committed (`Some((generation, sha256))`),
+/// or else the verified index it started from, with since when each unreadable home has been so.
+fn remember(prepared: &Prepared, committed: Option<(u64, String)>) -> anyhow::Result<()> {
+    let (generation, sha256) = match committed {
+        Some(committed) => committed,
+        None => match &prepared.published.sha256 {
+            Some(sha256) => (prepared.published.index.generation, sha256.clone()),
+            None => return Ok(()),
+        },
+    };
+    crate::head::Head {
+        generation,
+        sha256,
+        unknown_since: prepared.unknown_since.clone(),
+    }
+    .store(&prepared.head_path)
+    .context("the index is committed, but this publisher could not record it")
+}
+
 /// The commit: `index.json`, sealed (and signed, with `signer`), written only if it is still the
-/// one this run read.
-async fn commit(prepared: &Prepared, index: &Index, signer: Option<&Signer>) -> anyhow::Result<()> {
+/// one this run read. Returns the SHA-256 of the bytes committed.
+async fn commit(
+    prepared: &Prepared,
+    index: &Index,
+    signer: Option<&Signer>,
+) -> anyhow::Result<String> {
     let sealed = index.seal(signer).context("sealing the index")?;
+    let sha256 = sha256_hex(&sealed);
     let precondition = match &prepared.published.etag {
         Some(etag) => Precondition::Matches(etag.clone()),
         None => Precondition::Absent,
@@ -305,7 +360,7 @@ async fn commit(prepared: &Prepared, index: &Index, signer: Option<&Signer>) -> 
         .put(&prepared.layout.index(), sealed, precondition)
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(sha256),
         Err(error @ StoreError::Conflict { .. }) => Err(coded(
             Exit::Busy,
             anyhow::Error::new(error).context(
@@ -409,13 +464,13 @@ async fn prune(prepared: &Prepared) {
 async fn publish_denials(
     prepared: &Prepared,
     signer: Option<&Signer>,
-    start: super::plan::Start,
+    start: &super::plan::Start,
 ) -> anyhow::Result<Vec<String>> {
     let affected: Vec<String> = prepared
         .plan
         .groups
         .iter()
-        .filter(|(_, group)| group.action == Action::Update)
+        .filter(|(name, group)| group.action == Action::Update && !prepared.unread.contains(*name))
         .filter(|(_, group)| {
             group.removed_users.iter().any(crate::plan::unguarded)
                 || group
@@ -425,12 +480,42 @@ async fn publish_denials(
         })
         .map(|(name, _)| name.clone())
         .collect();
-    if affected.is_empty() {
-        return Ok(affected);
-    }
+    // A group whose published object is missing or altered has no removals the guard could
+    // judge: it is written from a fresh render, so a [deny] reaches it whatever was deleted.
+    let renderer = prepared.renderer();
+    let access_groups = &prepared.gathered.resolution.access_groups;
     let mut index = prepared.published.index.clone();
     let mut bodies = Vec::new();
+    let fresh =
+        |name: &str, index: &mut Index, bodies: &mut Vec<(String, Vec<u8>)>| match access_groups
+            .get(name)
+        {
+            Some(membership) => {
+                let file = renderer.file(name, membership, prepared.carried.get(name));
+                index.groups.insert(
+                    name.to_owned(),
+                    crate::index::IndexGroup {
+                        sha256: file.sha256.clone(),
+                        users: file.users.len(),
+                        keys: file.keys.len(),
+                    },
+                );
+                bodies.push((name.to_owned(), file.body.into_bytes()));
+            }
+            None => {
+                index.groups.remove(name);
+            }
+        };
+    for name in &prepared.unread {
+        if prepared.plan.groups.get(name).is_some_and(|g| g.rendered) {
+            fresh(name, &mut index, &mut bodies);
+        }
+    }
+    if affected.is_empty() && bodies.is_empty() && prepared.unread.is_empty() {
+        return Ok(affected);
+    }
     let mut failed = None;
+    let mut damaged = Vec::new();
     prepared
         .published
         .files(
@@ -439,6 +524,13 @@ async fn publish_denials(
             affected,
             &Arc::new(prepared.renderer().known_lines()),
             |name, previous| {
+                let previous = match previous {
+                    Ok(previous) => previous,
+                    Err(_) => {
+                        damaged.push(name);
+                        return;
+                    }
+                };
                 let (Some(previous), Some(group)) = (previous, prepared.plan.groups.get(&name))
                 else {
                     failed = Some(name);
@@ -456,8 +548,13 @@ async fn publish_denials(
     if let Some(name) = failed {
         anyhow::bail!("access group {name} vanished from the index while applying [deny]");
     }
+    for name in damaged {
+        tracing::error!(group = %name, "its published object went missing during this run: written from a fresh render");
+        fresh(&name, &mut index, &mut bodies);
+    }
     let written: Vec<String> = bodies.iter().map(|(name, _)| name.clone()).collect();
-    if written.is_empty() {
+    if written.is_empty() && index.groups == prepared.published.index.groups {
+        remember(prepared, None)?;
         return Ok(written);
     }
     if index.is_legacy() {
@@ -470,7 +567,9 @@ async fn publish_denials(
     index.not_after = prepared.plan.index.not_after.clone();
     index.deployment = prepared.plan.index.deployment.clone();
     index.canary = prepared.plan.index.canary.clone();
-    commit(prepared, &index, signer).await?;
+    index.previous = prepared.published.sha256.clone();
+    let committed = commit(prepared, &index, signer).await?;
+    remember(prepared, Some((index.generation, committed)))?;
     Ok(written)
 }
 

@@ -54,6 +54,14 @@ const PARALLEL_READS: usize = 8;
 ///   expired             the index's not_after has passed (instances refuse it)
 ///   not_after_invalid   a signed index without a readable not_after
 ///
+/// And, always, the trust an instance applies to the index:
+///
+///   index_untrusted     another deployment's index (a signed one must name this deployment),
+///                       the legacy format 1 where this host trusted format 2, a not_after more
+///                       than 30 days ahead, or an index older than (or of the same generation
+///                       as, but other than) the one this host trusted last: the publisher's
+///                       head beside safety.lock_file, else an instance's cached index
+///
 /// Exits 1 when there is any finding, 0 when the bucket is clean. When S3 cannot be read it also
 /// exits 1, with the error on stderr and no report. A verify that overlaps a publish may see its
 /// writes half done: alert on findings that persist.
@@ -91,6 +99,10 @@ pub enum FindingKind {
     IndexSignatureMissing,
     /// `index.json`'s signature does not verify with the configured key.
     IndexSignatureInvalid,
+    /// The index is valid but not one an instance would take as current: another deployment's,
+    /// the legacy format after format 2, a `not_after` too far ahead, or older than (or a fork
+    /// of) what this host trusted last (the publisher's head, an instance's cache).
+    IndexUntrusted,
 }
 
 impl FindingKind {
@@ -106,6 +118,7 @@ impl FindingKind {
             FindingKind::IndexInvalid => "index_invalid",
             FindingKind::IndexSignatureMissing => "index_signature_missing",
             FindingKind::IndexSignatureInvalid => "index_signature_invalid",
+            FindingKind::IndexUntrusted => "index_untrusted",
         }
     }
 }
@@ -152,7 +165,17 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
         prefix: s3.prefix.clone(),
     };
     let observed = observe(&store, &layout).await?;
-    let findings = judge(&layout, &observed, verifier.as_ref(), SystemTime::now());
+    let now = SystemTime::now();
+    let mut findings = judge(&layout, &observed, verifier.as_ref(), now);
+    let seen = crate::published::local_seen(&settings)?;
+    findings.extend(judge_trust(
+        &layout,
+        &observed,
+        &crate::index::deployment(&s3.bucket, &s3.prefix),
+        verifier.as_ref(),
+        seen.as_ref(),
+        now,
+    ));
     let report = Report {
         bucket: s3.bucket.clone(),
         prefix: s3.prefix.clone(),
@@ -250,6 +273,39 @@ async fn read(store: &S3Store, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
         Fetched::Missing => Ok(None),
         // Cannot happen without an ETag in the request; treated as unreadable, not as absent.
         Fetched::NotModified => anyhow::bail!("reading {key}: the store answered 'not modified'"),
+    }
+}
+
+/// The instance's trust rules applied to the observed index once its signature (with
+/// `verifier`) checks out (see `crate::trust`): what every instance would refuse is never clean.
+/// A bad signature and expiry are `judge`'s findings, not repeated here.
+pub fn judge_trust(
+    layout: &Layout,
+    observed: &Observed,
+    deployment: &str,
+    verifier: Option<&Verifier>,
+    seen: Option<&crate::trust::Seen>,
+    now: SystemTime,
+) -> Vec<Finding> {
+    let Some(index) = observed
+        .index
+        .as_deref()
+        .and_then(|bytes| Some((Index::open(bytes, verifier).ok()?, sha256_hex(bytes))))
+    else {
+        return Vec::new();
+    };
+    let (index, sha256) = index;
+    let signed = verifier.is_some();
+    match crate::trust::check(&index, &sha256, deployment, signed, seen, now) {
+        Ok(()) | Err(crate::trust::Untrusted::Expired(_) | crate::trust::Untrusted::NoNotAfter) => {
+            Vec::new()
+        }
+        Err(crate::trust::Untrusted::Time(_)) => Vec::new(),
+        Err(why) => vec![Finding {
+            kind: FindingKind::IndexUntrusted,
+            key: layout.index(),
+            detail: format!("instances refuse it: {why}"),
+        }],
     }
 }
 

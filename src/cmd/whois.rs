@@ -108,14 +108,33 @@ async fn from_bucket(settings: &Settings, fingerprint: &str) -> anyhow::Result<A
     };
     let index = Index::open(&object.body, verifier.as_ref())
         .with_context(|| format!("refusing s3://{}/{}", s3.bucket, layout.index()))?;
+    // The trust an instance applies: an index every instance refuses names nobody.
+    let seen = crate::published::local_seen(settings)?;
+    crate::trust::check(
+        &index,
+        &crate::render::sha256_hex(&object.body),
+        &crate::index::deployment(&s3.bucket, &s3.prefix),
+        verifier.is_some(),
+        seen.as_ref(),
+        std::time::SystemTime::now(),
+    )
+    .with_context(|| format!("refusing s3://{}/{}", s3.bucket, layout.index()))?;
     if let Some(canary) = Attribution::canary(index.canary.as_deref(), fingerprint) {
         return Ok(canary);
     }
     let published = Published {
         index,
         etag: Some(object.etag),
+        sha256: None,
+        carry_trusted: false,
+        head_generation: None,
     };
-    let owners = published.owners(&store, &layout).await?;
+    let owners = match &published.index.owners {
+        Some(sha256) => crate::index::owners_from_json(
+            &crate::published::checked(&store, &layout.owners(sha256), sha256).await?,
+        )?,
+        None => Default::default(),
+    };
     let Some(user) = owners.get(fingerprint) else {
         anyhow::bail!(
             "{fingerprint} is not a key keyhole publishes (index generation {})",
@@ -131,11 +150,15 @@ async fn from_bucket(settings: &Settings, fingerprint: &str) -> anyhow::Result<A
             names,
             &Default::default(),
             |group, file| {
-                let found = file.as_ref().and_then(|file| {
-                    file.blocks.iter().find(|block| {
-                        &block.user == user && block.fingerprints().any(|fp| fp == fingerprint)
-                    })
-                });
+                let found = file
+                    .as_ref()
+                    .ok()
+                    .and_then(Option::as_ref)
+                    .and_then(|file| {
+                        file.blocks.iter().find(|block| {
+                            &block.user == user && block.fingerprints().any(|fp| fp == fingerprint)
+                        })
+                    });
                 if let Some(block) = found {
                     groups.insert(group, block.via.clone());
                 }

@@ -11,6 +11,16 @@
 //! re-enabling or unlocking the account, where the secret stays the same). A successful bind
 //! removes the file.
 //!
+//! Only a refusal that says the secret is wrong or the account is unusable until an administrator
+//! acts latches: AD sub-codes 52e (wrong password), 525 (no such user), 532 (password expired),
+//! 533 (disabled), 701 (expired), 773 (must change password), and an LDAP 49 without a sub-code
+//! (not AD: the safe side). A lockout (775) and a logon-hours or workstation restriction (530,
+//! 531) say nothing about the secret, and anyone can cause a lockout with three wrong passwords:
+//! latching on it would turn that into a kill switch for revocations. So the same secret is tried
+//! again once `[ldap] lockout_retry` (default 10 minutes) has passed since the refusal, at most
+//! once per period, with an error logged and `keyhole_publish_ldap_bind_refused` raised on every
+//! run in between. A secret refused as wrong is never retried this way.
+//!
 //! Decisions: a state file that exists but cannot be read or parsed stops the bind (the safe side
 //! for the account) and names the file; a state file that cannot be written is reported with the
 //! refusal, which is an error anyway. Losing the file (e.g. `/run` after a reboot) costs at most
@@ -21,7 +31,7 @@ use std::io::{self, Write as _};
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ring::rand::SecureRandom;
 use serde::{Deserialize, Serialize};
@@ -106,6 +116,17 @@ pub enum GuardError {
         state_file: PathBuf,
     },
     #[error(
+        "not binding as {bind_dn} yet: {refused}, because the account cannot log on now, not because the password is wrong; keyhole binds again with it once ldap.lockout_retry has passed, at {retry_at}. Unlock the account (and run with --retry-bind to bind at once). State: {}",
+        state_file.display()
+    )]
+    Waiting {
+        bind_dn: String,
+        /// Who refused when, and why ("ldaps://dc1 refused this password at … (…)").
+        refused: String,
+        retry_at: String,
+        state_file: PathBuf,
+    },
+    #[error(
         "cannot read the bind state file {} ({reason}); not binding, to be safe for the account: remove the file or run with --retry-bind",
         path.display()
     )]
@@ -129,8 +150,15 @@ impl BindGuard {
         &self.path
     }
 
-    /// Ok when a bind as `bind_dn` with `secret` may be attempted.
-    pub fn check(&self, bind_dn: &str, secret: &Secret) -> Result<(), GuardError> {
+    /// Ok when a bind as `bind_dn` with `secret` may be attempted at `now`: never again after a
+    /// refusal that latches, and once `lockout_retry` has passed after one that does not.
+    pub fn check(
+        &self,
+        bind_dn: &str,
+        secret: &Secret,
+        lockout_retry: Duration,
+        now: SystemTime,
+    ) -> Result<(), GuardError> {
         let Some(refusal) = self.read()? else {
             return Ok(());
         };
@@ -139,6 +167,29 @@ impl BindGuard {
                 state_file = %self.path.display(),
                 refused_at = %refusal.when(),
                 "--retry-bind: binding although this deployment's last bind was refused"
+            );
+            return Ok(());
+        }
+        if refusal.matches(bind_dn, secret) && !latches(refusal.code.as_deref()) {
+            let retry_at = UNIX_EPOCH + Duration::from_secs(refusal.refused_at) + lockout_retry;
+            if now < retry_at {
+                return Err(GuardError::Waiting {
+                    bind_dn: bind_dn.to_owned(),
+                    refused: format!(
+                        "{} refused this password at {} ({})",
+                        refusal.dc,
+                        refusal.when(),
+                        refusal.reason
+                    ),
+                    retry_at: humantime::format_rfc3339_seconds(retry_at).to_string(),
+                    state_file: self.path.clone(),
+                });
+            }
+            tracing::error!(
+                refused_at = %refusal.when(),
+                reason = %refusal.reason,
+                "binding again with the password refused for a lockout or logon restriction \
+                 (ldap.lockout_retry has passed); a refusal now waits another lockout_retry"
             );
             return Ok(());
         }
@@ -248,6 +299,13 @@ impl BindGuard {
     }
 }
 
+/// Whether a refusal with this AD sub-code stops every later bind with the same secret: it says
+/// the secret is wrong or the account unusable until an administrator acts. 775 (locked out),
+/// 530 and 531 (logon hours, workstation) do not; an unknown code or none does (the safe side).
+pub fn latches(code: Option<&str>) -> bool {
+    !matches!(code, Some("775" | "530" | "531"))
+}
+
 /// AD's sub-code in an LDAP 49 diagnostic (`..., data 52e, v4563`), lower-case.
 pub fn ad_sub_code(text: &str) -> Option<String> {
     let lower = text.to_ascii_lowercase();
@@ -279,6 +337,8 @@ pub fn ad_sub_code_meaning(code: &str) -> &'static str {
 mod tests {
     use super::*;
 
+    const TEN_MINUTES: Duration = Duration::from_secs(600);
+
     fn secret(text: &str) -> Secret {
         Secret::new(text.to_owned())
     }
@@ -301,7 +361,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let guard = BindGuard::new(&dir.path().join("state.json"));
         let dn = "CN=svc,DC=corp";
-        guard.check(dn, &secret("hunter2")).unwrap();
+        guard
+            .check(dn, &secret("hunter2"), TEN_MINUTES, SystemTime::now())
+            .unwrap();
         guard
             .record(
                 dn,
@@ -318,17 +380,82 @@ mod tests {
             &fs::metadata(guard.path()).unwrap().permissions(),
         );
         assert_eq!(mode & 0o777, 0o600);
-        let error = guard.check(dn, &secret("hunter2")).unwrap_err().to_string();
+        let error = guard
+            .check(dn, &secret("hunter2"), TEN_MINUTES, SystemTime::now())
+            .unwrap_err()
+            .to_string();
         assert!(
             error.contains("ldaps://dc1 refused this same password"),
             "{error}"
         );
         assert!(error.contains("--retry-bind"), "{error}");
         // Another secret, or another account: allowed.
-        guard.check(dn, &secret("right")).unwrap();
-        guard.check("CN=other,DC=corp", &secret("hunter2")).unwrap();
+        guard
+            .check(dn, &secret("right"), TEN_MINUTES, SystemTime::now())
+            .unwrap();
+        guard
+            .check(
+                "CN=other,DC=corp",
+                &secret("hunter2"),
+                TEN_MINUTES,
+                SystemTime::now(),
+            )
+            .unwrap();
         guard.forget();
-        guard.check(dn, &secret("hunter2")).unwrap();
+        guard
+            .check(dn, &secret("hunter2"), TEN_MINUTES, SystemTime::now())
+            .unwrap();
+    }
+
+    #[test]
+    fn a_lockout_is_retried_once_a_period_and_a_wrong_password_never() {
+        let dir = tempfile::tempdir().unwrap();
+        let guard = BindGuard::new(&dir.path().join("state.json"));
+        let dn = "CN=svc,DC=corp";
+        let at = SystemTime::now();
+        for code in ["775", "530", "531"] {
+            guard
+                .record(
+                    dn,
+                    &secret("right"),
+                    "ldaps://dc1",
+                    Some(code),
+                    "locked",
+                    at,
+                )
+                .unwrap();
+            let error = guard
+                .check(
+                    dn,
+                    &secret("right"),
+                    TEN_MINUTES,
+                    at + Duration::from_secs(60),
+                )
+                .unwrap_err();
+            assert!(
+                matches!(error, GuardError::Waiting { .. }),
+                "{code}: {error}"
+            );
+            assert!(error.to_string().contains("lockout_retry"), "{error}");
+            guard
+                .check(dn, &secret("right"), TEN_MINUTES, at + TEN_MINUTES)
+                .unwrap();
+        }
+        for code in ["52e", "525", "532", "533", "701", "773"] {
+            guard
+                .record(dn, &secret("wrong"), "ldaps://dc1", Some(code), "no", at)
+                .unwrap();
+            let later = at + 1000 * TEN_MINUTES;
+            let error = guard
+                .check(dn, &secret("wrong"), TEN_MINUTES, later)
+                .unwrap_err();
+            assert!(
+                matches!(error, GuardError::SameSecret { .. }),
+                "{code}: {error}"
+            );
+        }
+        // No sub-code (not AD): latched, the safe side.
+        assert!(latches(None));
     }
 
     #[test]
@@ -337,7 +464,7 @@ mod tests {
         let path = dir.path().join("state.json");
         fs::write(&path, "not json").unwrap();
         let error = BindGuard::new(&path)
-            .check("CN=svc", &secret("x"))
+            .check("CN=svc", &secret("x"), TEN_MINUTES, SystemTime::now())
             .unwrap_err()
             .to_string();
         assert!(error.contains("cannot read the bind state file"), "{error}");

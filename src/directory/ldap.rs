@@ -72,8 +72,9 @@ pub enum DirectoryError {
     },
     /// LDAP 49: never retried, here or on another DC.
     #[error(
-        "bind as {bind_dn} refused by {url}: invalid credentials (LDAP 49{}); no other DC was tried and keyhole will not bind with this password again until it changes (or --retry-bind){}",
+        "bind as {bind_dn} refused by {url}: invalid credentials (LDAP 49{}); no other DC was tried and {}{}",
         code.as_ref().map(|c| format!(", AD data {c}: {}", bind_guard::ad_sub_code_meaning(c))).unwrap_or_default(),
+        if bind_guard::latches(code.as_deref()) { "keyhole will not bind with this password again until it changes (or --retry-bind)" } else { "keyhole binds with this password again once ldap.lockout_retry has passed (or with --retry-bind)" },
         state_problem.as_ref().map(|p| format!(" [warning: {p}]")).unwrap_or_default()
     )]
     InvalidCredentials {
@@ -119,7 +120,7 @@ impl DirectoryError {
         matches!(
             self,
             DirectoryError::InvalidCredentials { .. }
-                | DirectoryError::Guard(GuardError::SameSecret { .. })
+                | DirectoryError::Guard(GuardError::SameSecret { .. } | GuardError::Waiting { .. })
         )
     }
 }
@@ -142,7 +143,12 @@ pub async fn read_snapshot(
     let password = settings.password.read().map_err(DirectoryError::Password)?;
     let guard = BindGuard::new(&settings.bind_state_file);
     // Before any network traffic: a refused secret must not even reach a DC again.
-    guard.check(&settings.bind_dn, &password)?;
+    guard.check(
+        &settings.bind_dn,
+        &password,
+        settings.lockout_retry,
+        std::time::SystemTime::now(),
+    )?;
     let candidates = super::discovery::candidates(settings).await?;
     let mut failures = Vec::new();
     for (position, url) in candidates.iter().enumerate() {

@@ -354,6 +354,16 @@ pub async fn refresh(
             bail!("refusing the index: it expired at {not_after} (is the publisher running?)");
         }
     }
+    // Never back to format 1 once format 2 was trusted; never a not_after beyond MAX_VALIDITY.
+    let cached_format = cached_index
+        .as_ref()
+        .and_then(|c| Index::open(&c.body, None).ok());
+    crate::trust::check_format(
+        &index,
+        cached_format.map(|i| (i.format, "the cached index")),
+    )
+    .and_then(|()| verifier.map_or(Ok(()), |_| crate::trust::check_validity(&index, now)))
+    .context("refusing the index")?;
     let cached_groups = cached_groups(cache, instance)?;
     // The newest generation this host has seen: the cached index's, or any cached group file's
     // (they carry it too, so deleting the cached index does not open the door to a rollback).
