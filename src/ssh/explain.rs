@@ -733,9 +733,13 @@ pub async fn gather(
     index
         .check_deployment(&crate::index::deployment(&s3.bucket, &layout.prefix), false)
         .with_context(|| format!("refusing {location}"))?;
+    // Read to explain, never a base to publish from: nothing is carried out of it.
     let published = Published {
         index,
         etag: Some(object.etag),
+        sha256: None,
+        carry_trusted: false,
+        head_generation: None,
     };
 
     let tag = instance.tags.get(sources.access_groups_tag);
