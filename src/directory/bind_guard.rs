@@ -95,10 +95,12 @@ fn material(bind_dn: &str, secret: &Secret) -> Vec<u8> {
 #[derive(Debug, thiserror::Error)]
 pub enum GuardError {
     #[error(
-        "not binding as {bind_dn}: {dc} refused this same password at {when} (invalid credentials, {reason}); binding again with it would only count toward the account's lockout. Put the right password in place (the refusal is forgotten as soon as it changes), or, if the account itself was fixed (unlocked, enabled), run once with --retry-bind. State: {}",
+        "not binding as {bind_dn}: {dc} refused this same {secret} at {when} (invalid credentials, {reason}); binding again with it would only count toward the account's lockout. Put the right {secret} in place (the refusal is forgotten as soon as it changes), or, if the account itself was fixed (unlocked, enabled), run once with --retry-bind. State: {}",
         state_file.display()
     )]
     SameSecret {
+        /// "password", or "keytab" for a Kerberos bind.
+        secret: &'static str,
         bind_dn: String,
         dc: String,
         when: String,
@@ -116,12 +118,23 @@ pub enum GuardError {
 #[derive(Debug, Clone)]
 pub struct BindGuard {
     path: PathBuf,
+    /// What the secret is called in messages.
+    secret: &'static str,
 }
 
 impl BindGuard {
     pub fn new(path: &Path) -> BindGuard {
         BindGuard {
             path: path.to_path_buf(),
+            secret: "password",
+        }
+    }
+
+    /// For a Kerberos bind: the secret is the keytab (its SHA-256 is what is hashed).
+    pub fn for_keytab(path: &Path) -> BindGuard {
+        BindGuard {
+            secret: "keytab",
+            ..BindGuard::new(path)
         }
     }
 
@@ -144,6 +157,7 @@ impl BindGuard {
         }
         if refusal.matches(bind_dn, secret) {
             return Err(GuardError::SameSecret {
+                secret: self.secret,
                 bind_dn: bind_dn.to_owned(),
                 dc: refusal.dc.clone(),
                 when: refusal.when(),
@@ -153,7 +167,8 @@ impl BindGuard {
         }
         tracing::info!(
             refused_at = %refusal.when(),
-            "the LDAP password (or bind DN) changed since the last refused bind; trying it"
+            secret = self.secret,
+            "the LDAP secret (or who binds) changed since the last refused bind; trying it"
         );
         Ok(())
     }
