@@ -95,12 +95,13 @@ fn material(bind_dn: &str, secret: &Secret) -> Vec<u8> {
 #[derive(Debug, thiserror::Error)]
 pub enum GuardError {
     #[error(
-        "not binding as {bind_dn}: {dc} refused this same {secret} at {when} (invalid credentials, {reason}); binding again with it would only count toward the account's lockout. Put the right {secret} in place (the refusal is forgotten as soon as it changes), or, if the account itself was fixed (unlocked, enabled), run once with --retry-bind. State: {}",
+        "not binding as {bind_dn}: {dc} refused this same {} at {when} (invalid credentials, {reason}); binding again with it would only count toward the account's lockout. Put the right {} in place (the refusal is forgotten as soon as it changes), or, if the account itself was fixed (unlocked, enabled), run once with --retry-bind. State: {}",
+        secret.name(),
+        secret.name(),
         state_file.display()
     )]
     SameSecret {
-        /// "password", or "keytab" for a Kerberos bind.
-        secret: &'static str,
+        secret: SecretKind,
         bind_dn: String,
         dc: String,
         when: String,
@@ -114,26 +115,42 @@ pub enum GuardError {
     Unreadable { path: PathBuf, reason: String },
 }
 
+/// What the guarded secret is, for messages (one byte, so the error stays small).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretKind {
+    Password,
+    /// A Kerberos keytab (its SHA-256 is what is hashed).
+    Keytab,
+}
+
+impl SecretKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            SecretKind::Password => "password",
+            SecretKind::Keytab => "keytab",
+        }
+    }
+}
+
 /// The state file of one deployment.
 #[derive(Debug, Clone)]
 pub struct BindGuard {
     path: PathBuf,
-    /// What the secret is called in messages.
-    secret: &'static str,
+    secret: SecretKind,
 }
 
 impl BindGuard {
     pub fn new(path: &Path) -> BindGuard {
         BindGuard {
             path: path.to_path_buf(),
-            secret: "password",
+            secret: SecretKind::Password,
         }
     }
 
     /// For a Kerberos bind: the secret is the keytab (its SHA-256 is what is hashed).
     pub fn for_keytab(path: &Path) -> BindGuard {
         BindGuard {
-            secret: "keytab",
+            secret: SecretKind::Keytab,
             ..BindGuard::new(path)
         }
     }
@@ -167,7 +184,7 @@ impl BindGuard {
         }
         tracing::info!(
             refused_at = %refusal.when(),
-            secret = self.secret,
+            secret = self.secret.name(),
             "the LDAP secret (or who binds) changed since the last refused bind; trying it"
         );
         Ok(())

@@ -86,8 +86,10 @@ pub enum DirectoryError {
         /// Set when the refusal could not be written to the bind state file.
         state_problem: Option<String>,
     },
+    /// Boxed: the guard's message carries five strings, and every `Result` here pays for the
+    /// largest variant.
     #[error(transparent)]
-    Guard(#[from] GuardError),
+    Guard(Box<GuardError>),
     #[error(transparent)]
     Keytab(#[from] KeytabError),
     /// A Kerberos problem of this machine or this DC (not a refused secret).
@@ -149,10 +151,14 @@ impl DirectoryError {
     pub fn is_bind_refusal(&self) -> bool {
         matches!(
             self,
-            DirectoryError::InvalidCredentials { .. }
-                | DirectoryError::KerberosRefused { .. }
-                | DirectoryError::Guard(GuardError::SameSecret { .. })
-        )
+            DirectoryError::InvalidCredentials { .. } | DirectoryError::KerberosRefused { .. }
+        ) || matches!(self, DirectoryError::Guard(guard) if matches!(**guard, GuardError::SameSecret { .. }))
+    }
+}
+
+impl From<GuardError> for DirectoryError {
+    fn from(error: GuardError) -> DirectoryError {
+        DirectoryError::Guard(Box::new(error))
     }
 }
 
