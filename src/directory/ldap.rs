@@ -483,7 +483,7 @@ impl<'s> Session<'s> {
             rc => {
                 return Err(Opening::Unusable(DirectoryError::Bind {
                     url: url.to_owned(),
-                    bind_dn: settings.bind_dn.clone(),
+                    bind_dn: credential.guarded(settings).0,
                     reason: result_reason(rc, &bind.text),
                 }));
             }
