@@ -26,6 +26,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Check(cmd::check::Args),
+    CheckBind(cmd::check_bind::Args),
     Diff(cmd::diff::Args),
     Members(cmd::members::Args),
     Plan(cmd::plan::Args),
@@ -81,6 +82,7 @@ fn dispatch(command: Command, global: &cmd::GlobalArgs) -> anyhow::Result<ExitCo
         Command::Check(args) => cmd::check::run(args, global),
         // Probes are ssh processes, run on threads: no runtime.
         Command::Canary(args) => cmd::canary::run(args, global),
+        Command::CheckBind(args) => block_on(cmd::check_bind::run(args, global)),
         Command::Diff(args) => block_on(cmd::diff::run(args, global)),
         Command::Members(args) => block_on(cmd::members::run(args, global)),
         Command::Plan(args) => block_on(cmd::plan::run(args, global)),

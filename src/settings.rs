@@ -110,6 +110,30 @@ pub struct LdapSettings {
     /// outside its logon hours or workstations (530/531), how long before binding again with the
     /// same secret (see `crate::directory::bind_guard`).
     pub lockout_retry: Duration,
+    /// How keyhole proves who it is: a simple bind with `bind_dn` and `password`, or Kerberos
+    /// (GSSAPI) with a keytab, where `bind_dn` and `password` are not used.
+    pub auth: LdapAuth,
+    /// `trust_system_roots = true`: with `srv` and no `ca_file`, accept a DC whose certificate
+    /// any public root signed. Off by default: see `crate::directory::discovery`.
+    pub trust_system_roots: bool,
+}
+
+/// `[ldap] auth`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LdapAuth {
+    Simple,
+    Gssapi(KerberosSettings),
+}
+
+/// `[ldap] auth = "gssapi"`: where the Kerberos credentials come from. No password is read.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KerberosSettings {
+    /// The client keytab; `None`: `KRB5_CLIENT_KTNAME`, else the Kerberos library's default.
+    pub keytab: Option<PathBuf>,
+    /// The principal to authenticate as; `None`: the first one in the keytab.
+    pub principal: Option<String>,
+    /// A krb5.conf for keyhole alone; `None`: `KRB5_CONFIG`, else /etc/krb5.conf.
+    pub krb5_conf: Option<PathBuf>,
 }
 
 /// Where the LDAP password comes from. Reading it is deferred to the bind.
@@ -424,6 +448,11 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("ldap", "page_size", Kind::Integer),
     ("ldap", "member_range", Kind::Integer),
     ("ldap", "lockout_retry", Kind::Text),
+    ("ldap", "auth", Kind::Text),
+    ("ldap", "keytab", Kind::Text),
+    ("ldap", "principal", Kind::Text),
+    ("ldap", "krb5_conf", Kind::Text),
+    ("ldap", "trust_system_roots", Kind::Bool),
     ("homes", "root", Kind::Text),
     ("homes", "home_prefix", Kind::Text),
     ("homes", "read_timeout", Kind::Text),
@@ -598,6 +627,11 @@ struct RawLdap {
     page_size: Option<i64>,
     member_range: Option<i64>,
     lockout_retry: Option<String>,
+    auth: Option<String>,
+    keytab: Option<String>,
+    principal: Option<String>,
+    krb5_conf: Option<String>,
+    trust_system_roots: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -695,6 +729,15 @@ impl Checker<'_, '_> {
             Some(span) => self.source.error(span, message),
             None => self.source.error(0..0, message),
         };
+        self.diagnostics.push(diagnostic);
+    }
+
+    /// A key that does nothing where it is (e.g. a Kerberos key with a simple bind): said, not
+    /// fatal, so one example file can document both methods.
+    fn warning(&mut self, section: &str, key: &str, message: impl fmt::Display) {
+        let message = format!("{section}.{key}: {message}");
+        let span = locate_key(self.source.text, section, key).unwrap_or(0..0);
+        let diagnostic = self.source.warning(span, message);
         self.diagnostics.push(diagnostic);
     }
 
@@ -954,29 +997,62 @@ fn validate_ldap(
             .path(lock_file.unwrap_or(DEFAULT_LOCK_FILE))
             .with_file_name("ldap-bind-refused.json"),
     };
-    let bind_dn = check
-        .required(S, "bind_dn", check_non_empty(raw.bind_dn))
-        .unwrap_or_default();
     let base_dn = check
         .required(S, "base_dn", check_non_empty(raw.base_dn))
         .unwrap_or_default();
-    let password_file = check.non_empty(S, "password_file", raw.password_file);
-    let password = match (password_env, password_file) {
-        // The environment wins: that is how systemd's LoadCredential or a CI secret hands it over.
-        (Some(secret), _) => PasswordSource::Environment(secret),
-        (None, Some(file)) => PasswordSource::File(check.path(&file)),
-        (None, None) => {
-            check.error(
-                S,
-                "password_file",
-                format!("is required (or set {PASSWORD_ENV}); the password is never read from the settings file or the command line"),
-            );
-            PasswordSource::File(PathBuf::new())
-        }
-    };
     let ca_file = check
         .non_empty(S, "ca_file", raw.ca_file)
         .map(|file| check.path(&file));
+    let (auth, bind_dn, password) = validate_ldap_auth(
+        LdapAuthKeys {
+            auth: raw.auth,
+            keytab: raw.keytab,
+            principal: raw.principal,
+            krb5_conf: raw.krb5_conf,
+            bind_dn: raw.bind_dn,
+            password_file: raw.password_file,
+        },
+        password_env,
+        check,
+    );
+    // Kerberos names the DC's service ldap/<host>: an address has no such name.
+    if matches!(auth, LdapAuth::Gssapi(_)) {
+        for url in &urls {
+            let authority = url.split_once("://").map_or("", |(_, rest)| rest);
+            let host = authority.split(['/', '?']).next().unwrap_or_default();
+            let host = host
+                .strip_prefix('[')
+                .and_then(|h| h.split_once(']'))
+                .map_or_else(
+                    || host.rsplit_once(':').map_or(host, |(h, _)| h),
+                    |(h, _)| h,
+                );
+            if host.parse::<std::net::IpAddr>().is_ok() {
+                check.error(
+                    S,
+                    "url",
+                    format!("{url:?}: with auth = \"gssapi\", name the DC by its host name (Kerberos asks for ldap/<host>), e.g. ldaps://dc1.corp.example.com"),
+                );
+            }
+        }
+    }
+    let trust_system_roots = raw.trust_system_roots.unwrap_or(false);
+    // With srv, a DNS answer decides which hosts are asked: only AD's own CA may vouch for them
+    // (a public CA signs a certificate for any name its holder owns).
+    if srv.is_some() && ca_file.is_none() && !trust_system_roots {
+        check.error(
+            S,
+            "srv",
+            "needs ca_file (the CA that signed the DCs' certificates): whoever can spoof the SRV answer would otherwise only need a publicly trusted certificate to receive the bind and decide group membership; set trust_system_roots = true only if the DCs really use public certificates",
+        );
+    }
+    if trust_system_roots && ca_file.is_some() {
+        check.error(
+            S,
+            "trust_system_roots",
+            "cannot be used with ca_file: trust either the DCs' own CA or the system roots",
+        );
+    }
     let timeout = check.duration(S, "timeout", raw.timeout.as_deref(), "30s");
     let page_size = check.positive(S, "page_size", raw.page_size, 1000);
     let member_range = match raw.member_range {
@@ -996,6 +1072,102 @@ fn validate_ldap(
         page_size,
         member_range,
         lockout_retry: check.duration(S, "lockout_retry", raw.lockout_retry.as_deref(), "10m"),
+        auth,
+        trust_system_roots,
+    }
+}
+
+/// The `[ldap]` keys that say how keyhole authenticates.
+struct LdapAuthKeys {
+    auth: Option<String>,
+    keytab: Option<String>,
+    principal: Option<String>,
+    krb5_conf: Option<String>,
+    bind_dn: Option<String>,
+    password_file: Option<String>,
+}
+
+/// `auth` and the keys of the chosen method; a key of the other method is an error, so a
+/// leftover `password_file` cannot make an operator believe a password is still in play.
+fn validate_ldap_auth(
+    raw: LdapAuthKeys,
+    password_env: Option<Secret>,
+    check: &mut Checker,
+) -> (LdapAuth, String, PasswordSource) {
+    const S: &str = "ldap";
+    let unused = PasswordSource::File(PathBuf::new());
+    match raw.auth.as_deref().map(str::trim) {
+        None | Some("simple") => {
+            for (key, value) in [
+                ("keytab", &raw.keytab),
+                ("principal", &raw.principal),
+                ("krb5_conf", &raw.krb5_conf),
+            ] {
+                if value.is_some() {
+                    check.warning(S, key, "is used only with auth = \"gssapi\"; ignored");
+                }
+            }
+            let bind_dn = check
+                .required(S, "bind_dn", check_non_empty(raw.bind_dn))
+                .unwrap_or_default();
+            let password_file = check.non_empty(S, "password_file", raw.password_file);
+            let password = match (password_env, password_file) {
+                // The environment wins: that is how systemd's LoadCredential or a CI secret hands it over.
+                (Some(secret), _) => PasswordSource::Environment(secret),
+                (None, Some(file)) => PasswordSource::File(check.path(&file)),
+                (None, None) => {
+                    check.error(
+                        S,
+                        "password_file",
+                        format!("is required (or set {PASSWORD_ENV}); the password is never read from the settings file or the command line"),
+                    );
+                    unused
+                }
+            };
+            (LdapAuth::Simple, bind_dn, password)
+        }
+        Some("gssapi") => {
+            for (key, value) in [
+                ("bind_dn", &raw.bind_dn),
+                ("password_file", &raw.password_file),
+            ] {
+                if value.is_some() {
+                    check.error(
+                        S,
+                        key,
+                        "is not used with auth = \"gssapi\" (keyhole is who the keytab's principal is, and reads no password): remove it",
+                    );
+                }
+            }
+            let principal = check_non_empty(raw.principal).map(|p| p.trim().to_owned());
+            if let Some(principal) = &principal
+                && (principal.contains(char::is_whitespace) || principal.starts_with('@'))
+            {
+                check.error(
+                    S,
+                    "principal",
+                    format!("{principal:?} is not a Kerberos principal like \"svc-keyhole@CORP.EXAMPLE.COM\""),
+                );
+            }
+            let kerberos = KerberosSettings {
+                keytab: check
+                    .non_empty(S, "keytab", raw.keytab)
+                    .map(|file| check.path(&file)),
+                principal,
+                krb5_conf: check
+                    .non_empty(S, "krb5_conf", raw.krb5_conf)
+                    .map(|file| check.path(&file)),
+            };
+            (LdapAuth::Gssapi(kerberos), String::new(), unused)
+        }
+        Some(other) => {
+            check.error(
+                S,
+                "auth",
+                format!("{other:?} is neither \"simple\" nor \"gssapi\""),
+            );
+            (LdapAuth::Simple, String::new(), unused)
+        }
     }
 }
 
@@ -1639,7 +1811,7 @@ validity = \"{validity}\"
         );
         let text = MINIMAL.replace(
             "url = \"ldaps://dc1.corp.example.com\"",
-            "url = [\"ldaps://dc1\", \"ldap://dc2:389\"]\nsrv = \"corp.example.com.\"\ndns_server = \"127.0.0.1:5353\"",
+            "url = [\"ldaps://dc1\", \"ldap://dc2:389\"]\nsrv = \"corp.example.com.\"\ndns_server = \"127.0.0.1:5353\"\nca_file = \"ad-ca.pem\"",
         );
         let text = format!("{text}\n[safety]\nlock_file = \"state/publish.lock\"\n");
         let many = parse(&text, &[]).unwrap();
@@ -1676,6 +1848,95 @@ validity = \"{validity}\"
         );
         assert!(
             errors[1].contains("ldap.dns_server: \"dns.corp\" is not an IP"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn gssapi_needs_no_password_and_refuses_one_and_srv_needs_the_dcs_own_ca() {
+        let simple = parse(MINIMAL, &[]).unwrap();
+        assert_eq!(simple.ldap().unwrap().auth, LdapAuth::Simple);
+        let kerberos = MINIMAL
+            .replace("bind_dn = \"CN=svc,DC=corp,DC=example,DC=com\"\n", "")
+            .replace(
+                "password_file = \"ldap-password\"\n",
+                "auth = \"gssapi\"\nkeytab = \"keyhole.keytab\"\nprincipal = \"svc@CORP.EXAMPLE.COM\"\nkrb5_conf = \"/etc/keyhole/krb5.conf\"\n",
+            );
+        let settings = parse(&kerberos, &[]).unwrap();
+        assert_eq!(
+            settings.ldap().unwrap().auth,
+            LdapAuth::Gssapi(KerberosSettings {
+                keytab: Some(PathBuf::from("/etc/keyhole/keyhole.keytab")),
+                principal: Some("svc@CORP.EXAMPLE.COM".into()),
+                krb5_conf: Some(PathBuf::from("/etc/keyhole/krb5.conf")),
+            })
+        );
+        // The password variable is not needed, and a leftover password_file is refused.
+        let errors = parse(
+            &kerberos.replace("auth = ", "password_file = \"p\"\nauth = "),
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            errors[0].contains("ldap.password_file: is not used with auth = \"gssapi\""),
+            "{errors:?}"
+        );
+        // Kerberos needs host names; an unknown method is named.
+        let errors = parse(
+            &kerberos.replace("ldaps://dc1.corp.example.com", "ldaps://10.0.0.5:636"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            errors[0].contains("name the DC by its host name"),
+            "{errors:?}"
+        );
+        let errors = parse(&kerberos, &[("KEYHOLE_LDAP_AUTH", "ntlm")]).unwrap_err();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("\"ntlm\" is neither \"simple\" nor \"gssapi\"")),
+            "{errors:?}"
+        );
+        // Kerberos keys with a simple bind: said, not fatal.
+        parse(
+            &MINIMAL.replace("base_dn =", "keytab = \"k.keytab\"\nbase_dn ="),
+            &[],
+        )
+        .unwrap();
+
+        // srv: only with the DCs' own CA, or system roots said explicitly.
+        let srv = MINIMAL.replace(
+            "url = \"ldaps://dc1.corp.example.com\"",
+            "srv = \"corp.example.com\"",
+        );
+        let errors = parse(&srv, &[]).unwrap_err();
+        assert!(errors[0].contains("ldap.srv: needs ca_file"), "{errors:?}");
+        assert!(
+            errors[0].contains("trust_system_roots = true"),
+            "{errors:?}"
+        );
+        let roots = parse(
+            &srv.replace("base_dn =", "trust_system_roots = true\nbase_dn ="),
+            &[],
+        )
+        .unwrap();
+        assert!(roots.ldap().unwrap().trust_system_roots);
+        parse(
+            &srv.replace("base_dn =", "ca_file = \"ad-ca.pem\"\nbase_dn ="),
+            &[],
+        )
+        .unwrap();
+        let errors = parse(
+            &srv.replace(
+                "base_dn =",
+                "ca_file = \"ad-ca.pem\"\ntrust_system_roots = true\nbase_dn =",
+            ),
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            errors[0].contains("cannot be used with ca_file"),
             "{errors:?}"
         );
     }

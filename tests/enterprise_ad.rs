@@ -1,6 +1,5 @@
 //! Enterprise Active Directory against a real Samba AD DC: several domain controllers (some
-//! unreachable, silent or not speaking TLS), DCs found through DNS SRV records served by a real
-//! DNS server (dnsmasq), a wrong service password that must never lock the account, and homes
+//! unreachable, silent or not speaking TLS), a wrong service password that must never lock the account, and homes
 //! owned by uids from the publisher's name service (libnss-wrapper as the test NSS source, so the
 //! machine's own passwd is never touched).
 //!
@@ -13,7 +12,7 @@ mod support;
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -207,149 +206,9 @@ fn a_dc_that_refuses_hangs_or_is_not_tls_is_skipped_and_logged_and_all_failing_n
     assert!(stack.s3.holds(&keys["carol"].line));
 }
 
-/// A real DNS server (dnsmasq) on a free loopback port serving the given SRV records, killed on
-/// drop.
-struct Dns {
-    child: Child,
-    address: SocketAddr,
-}
-
-impl Dns {
-    /// `records`: (priority, weight, target host).
-    fn start(domain: &str, records: &[(u16, u16, &str)]) -> Dns {
-        let port = {
-            let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-            socket.local_addr().unwrap().port()
-        };
-        let mut command = Command::new("dnsmasq");
-        command.args([
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--no-poll",
-            "--bind-interfaces",
-            "--listen-address=127.0.0.1",
-            "--pid-file=",
-            "--user=root",
-            &format!("--port={port}"),
-        ]);
-        for (priority, weight, target) in records {
-            command.arg(format!(
-                "--srv-host=_ldap._tcp.{domain},{target},389,{priority},{weight}"
-            ));
-        }
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting dnsmasq (scripts/test installs dnsmasq-base)");
-        let dns = Dns {
-            child,
-            address: SocketAddr::from(([127, 0, 0, 1], port)),
-        };
-        // Ready when it answers a query (any answer will do).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        // A minimal DNS query for "a." type A.
-        let query = [
-            0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, b'a', 0, 0, 1, 0, 1,
-        ];
-        loop {
-            let _ = socket.send_to(&query, dns.address);
-            let mut answer = [0u8; 512];
-            if socket.recv_from(&mut answer).is_ok() {
-                return dns;
-            }
-            assert!(Instant::now() < deadline, "dnsmasq did not answer");
-        }
-    }
-}
-
-impl Drop for Dns {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-#[test]
-fn dcs_are_found_in_dns_srv_records_in_priority_order() {
-    let stack = Stack::start(&company(), POLICY);
-    let keys = stack.give_keys(&[("bob", 20002), ("carol", 20003)]);
-    let dc_host = stack
-        .dc
-        .ldaps_url()
-        .trim_start_matches("ldaps://")
-        .rsplit_once(':')
-        .map(|(host, _)| host.to_owned())
-        .unwrap();
-    // Priority 0 is a loopback address where no DC listens; the real DC has priority 10.
-    let dns = Dns::start(
-        "corp.example.com",
-        &[(10, 100, &dc_host), (0, 100, "127.0.0.254")],
-    );
-    let ldap = ldap_section(&stack.dc, &stack.dc.ldaps_url(), &stack.dc.ca_file()).replace(
-        &format!("url = \"{}\"", stack.dc.ldaps_url()),
-        &format!(
-            "srv = \"corp.example.com\"\ndns_server = \"{}\"",
-            dns.address
-        ),
-    );
-    stack.publisher.write_settings(&format!(
-        "{ldap}{}{}\n[safety]\nlock_file = \"{}\"\n",
-        stack.s3.settings("ssh/"),
-        stack.homes.settings(),
-        stack.publisher.path("publish.lock").display()
-    ));
-    let run = stack.run(&["publish"]);
-    assert_eq!(run.code, 0, "{run:#?}");
-    let found = run
-        .stderr
-        .lines()
-        .find(|line| line.contains("found domain controllers in DNS"))
-        .unwrap_or_else(|| panic!("{}", run.stderr));
-    let first = found.find("127.0.0.254").expect("the priority 0 DC");
-    let second = found
-        .find(&format!("\"{dc_host}\""))
-        .expect("the priority 10 DC");
-    assert!(first < second, "priority order: {found}");
-    assert!(
-        run.stderr.lines().any(
-            |line| line.contains("ldaps://127.0.0.254:636") && line.contains("trying the next")
-        ),
-        "{}",
-        run.stderr
-    );
-    assert!(stack.s3.holds(&keys["bob"].line));
-
-    // DNS that knows no such records and no url: exit 1 naming the DNS problem.
-    let ldap = ldap.replace(
-        "srv = \"corp.example.com\"",
-        "srv = \"elsewhere.example.com\"",
-    );
-    stack.publisher.write_settings(&format!(
-        "{ldap}{}{}\n[safety]\nlock_file = \"{}\"\n",
-        stack.s3.settings("ssh/"),
-        stack.homes.settings(),
-        stack.publisher.path("publish.lock").display()
-    ));
-    let before = stack.s3.contents_and_times();
-    let nothing = stack.run(&["publish"]);
-    assert_eq!(nothing.code, 1, "{nothing:#?}");
-    assert!(
-        nothing
-            .stderr
-            .contains("finding the domain controllers of elsewhere.example.com in DNS"),
-        "{}",
-        nothing.stderr
-    );
-    assert_eq!(stack.s3.contents_and_times(), before);
-}
+// DC discovery through DNS SRV records is tested in tests/srv_trust.rs, with the rule that only
+// targets inside the AD domain are asked (targets there are names, and the DC's certificate
+// names its host).
 
 /// `badPwdCount` and `lockoutTime` of the service account, read from the DC's database with
 /// samba-tool (no bind: a successful bind as the account would reset its count).

@@ -5,6 +5,10 @@
 #   openssh-server/-client       the real-sshd end-to-end test
 #   dnsmasq-base                 a real DNS server for the [ldap] srv discovery test
 #   libnss-wrapper               a test NSS source for [homes] owner = "nss" (no edit of /etc/passwd)
+#   clang, libclang-dev,         building the `gssapi` feature (ldap3 -> cross-krb5 -> libgssapi's
+#     libkrb5-dev                bindgen needs libclang and the GSSAPI headers)
+#   krb5-user                    kinit/klist, to check the test DC's KDC and keytabs by hand
+#   faketime                     a skewed clock for the keyhole process alone (tests/kerberos.rs)
 #   s3s-fs (crates.io)           the local S3 server; see the README for why this one
 #   moto[server] (PyPI)          EC2's DescribeInstances for `canary probe --ec2-tag` (tests/canary.rs)
 
@@ -22,6 +26,11 @@ keyhole_install_prereqs() {
   command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
   command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
   command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
+  command -v clang >/dev/null 2>&1 || missing+=(clang)
+  [ -n "$(find /usr/lib /usr/lib64 -name 'libclang*.so' 2>/dev/null | head -1)" ] || missing+=(libclang-dev)
+  [ -e /usr/include/gssapi/gssapi.h ] || [ -e /usr/include/gssapi.h ] || missing+=(libkrb5-dev)
+  command -v kinit >/dev/null 2>&1 || missing+=(krb5-user)
+  command -v faketime >/dev/null 2>&1 || missing+=(faketime)
   [ -e /usr/lib/x86_64-linux-gnu/libnss_wrapper.so ] || [ -n "$(find /usr/lib -name libnss_wrapper.so 2>/dev/null | head -1)" ] || missing+=(libnss-wrapper)
   if [ ${#missing[@]} -gt 0 ]; then
     mapfile -t packages < <(printf '%s\n' "${missing[@]}" | sort -u)

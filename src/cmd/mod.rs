@@ -7,6 +7,7 @@ use std::path::PathBuf;
 pub mod authorized_keys;
 pub mod canary;
 pub mod check;
+pub mod check_bind;
 pub mod diff;
 pub mod doctor;
 pub mod members;

@@ -105,10 +105,13 @@ fn material(bind_dn: &str, secret: &Secret) -> Vec<u8> {
 #[derive(Debug, thiserror::Error)]
 pub enum GuardError {
     #[error(
-        "not binding as {bind_dn}: {dc} refused this same password at {when} (invalid credentials, {reason}); binding again with it would only count toward the account's lockout. Put the right password in place (the refusal is forgotten as soon as it changes), or, if the account itself was fixed (unlocked, enabled), run once with --retry-bind. State: {}",
+        "not binding as {bind_dn}: {dc} refused this same {} at {when} (invalid credentials, {reason}); binding again with it would only count toward the account's lockout. Put the right {} in place (the refusal is forgotten as soon as it changes), or, if the account itself was fixed (unlocked, enabled), run once with --retry-bind. State: {}",
+        secret.name(),
+        secret.name(),
         state_file.display()
     )]
     SameSecret {
+        secret: SecretKind,
         bind_dn: String,
         dc: String,
         when: String,
@@ -133,16 +136,43 @@ pub enum GuardError {
     Unreadable { path: PathBuf, reason: String },
 }
 
+/// What the guarded secret is, for messages (one byte, so the error stays small).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretKind {
+    Password,
+    /// A Kerberos keytab (its SHA-256 is what is hashed).
+    Keytab,
+}
+
+impl SecretKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            SecretKind::Password => "password",
+            SecretKind::Keytab => "keytab",
+        }
+    }
+}
+
 /// The state file of one deployment.
 #[derive(Debug, Clone)]
 pub struct BindGuard {
     path: PathBuf,
+    secret: SecretKind,
 }
 
 impl BindGuard {
     pub fn new(path: &Path) -> BindGuard {
         BindGuard {
             path: path.to_path_buf(),
+            secret: SecretKind::Password,
+        }
+    }
+
+    /// For a Kerberos bind: the secret is the keytab (its SHA-256 is what is hashed).
+    pub fn for_keytab(path: &Path) -> BindGuard {
+        BindGuard {
+            secret: SecretKind::Keytab,
+            ..BindGuard::new(path)
         }
     }
 
@@ -195,6 +225,7 @@ impl BindGuard {
         }
         if refusal.matches(bind_dn, secret) {
             return Err(GuardError::SameSecret {
+                secret: self.secret,
                 bind_dn: bind_dn.to_owned(),
                 dc: refusal.dc.clone(),
                 when: refusal.when(),
@@ -204,7 +235,8 @@ impl BindGuard {
         }
         tracing::info!(
             refused_at = %refusal.when(),
-            "the LDAP password (or bind DN) changed since the last refused bind; trying it"
+            secret = self.secret.name(),
+            "the LDAP secret (or who binds) changed since the last refused bind; trying it"
         );
         Ok(())
     }

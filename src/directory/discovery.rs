@@ -7,6 +7,14 @@
 //! on 636, the port AD serves LDAPS on, so the password never depends on StartTLS being offered.
 //! A DNS failure is an error only when it leaves no DC at all: explicit URLs still work while DNS
 //! is down.
+//!
+//! DCs are trusted only as AD's own (a security review's finding): whoever can spoof the SRV
+//! answer chooses the hosts keyhole binds to, so an SRV target outside the `srv` domain (another
+//! domain, a bare address) is dropped with a warning, and settings refuse `srv` without a
+//! `ca_file` unless `trust_system_roots = true` says the DCs really carry public certificates.
+//! With `dns_server`, the DCs' host names are resolved by that server too (AD's DNS knows its
+//! DCs; the host's resolver may not), so keyhole can connect by name, which TLS and Kerberos
+//! (`ldap/<host>`) both need.
 
 use std::net::SocketAddr;
 
@@ -35,7 +43,30 @@ pub async fn candidates(settings: &LdapSettings) -> Result<Vec<String>, Director
     if let Some(domain) = &settings.srv {
         match lookup(domain, settings).await {
             Ok(targets) => {
-                let ordered = order(targets, &mut random_below);
+                let (inside, outside): (Vec<_>, Vec<_>) = targets
+                    .into_iter()
+                    .partition(|target| inside_domain(&target.host, domain));
+                for target in &outside {
+                    tracing::warn!(
+                        domain,
+                        target = %target.host,
+                        "ignoring an SRV target outside the AD domain: only DCs inside it are trusted"
+                    );
+                }
+                if inside.is_empty() && urls.is_empty() {
+                    return Err(DirectoryError::Discovery {
+                        domain: domain.clone(),
+                        reason: format!(
+                            "no SRV target is inside {domain} (_ldap._tcp.{domain} named only {}); keyhole binds only to DCs inside the AD domain",
+                            outside
+                                .iter()
+                                .map(|t| t.host.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    });
+                }
+                let ordered = order(inside, &mut random_below);
                 tracing::info!(
                     domain,
                     dcs = ?ordered.iter().map(|t| t.host.as_str()).collect::<Vec<_>>(),
@@ -60,6 +91,54 @@ pub async fn candidates(settings: &LdapSettings) -> Result<Vec<String>, Director
         }
     }
     Ok(urls)
+}
+
+/// Whether an SRV target names a host inside `domain` (the domain itself or below it). An address
+/// is never inside: AD registers its DCs by name.
+pub fn inside_domain(host: &str, domain: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    if host.parse::<std::net::IpAddr>().is_ok() || domain.is_empty() {
+        return false;
+    }
+    host == domain || host.ends_with(&format!(".{domain}"))
+}
+
+/// With `dns_server`: the address `dns_server` gives `host` (IPv4 first), so the connection goes
+/// where AD's DNS says while TLS and Kerberos still see the name. `None`: let the system
+/// resolve it (no `dns_server`, or `host` is an address already).
+pub async fn address_of(
+    host: &str,
+    port: u16,
+    settings: &LdapSettings,
+) -> Result<Option<SocketAddr>, String> {
+    let Some(server) = settings.dns_server else {
+        return Ok(None);
+    };
+    if host
+        .trim_matches(['[', ']'])
+        .parse::<std::net::IpAddr>()
+        .is_ok()
+    {
+        return Ok(None);
+    }
+    let resolver = with_server(server, settings);
+    let name = format!("{}.", host.trim_end_matches('.'));
+    let answer = tokio::time::timeout(settings.timeout, resolver.lookup_ip(name.as_str()))
+        .await
+        .map_err(|_| {
+            format!(
+                "no answer from {server} for {host} within {:?}",
+                settings.timeout
+            )
+        })?
+        .map_err(|error| format!("looking up {host} at {server}: {error}"))?;
+    let mut addresses: Vec<std::net::IpAddr> = answer.iter().collect();
+    addresses.sort_by_key(|address| !address.is_ipv4());
+    addresses
+        .first()
+        .map(|address| Some(SocketAddr::new(*address, port)))
+        .ok_or_else(|| format!("{server} has no address for {host}"))
 }
 
 async fn lookup(domain: &str, settings: &LdapSettings) -> Result<Vec<SrvTarget>, String> {
@@ -157,6 +236,20 @@ mod tests {
 
     fn hosts(targets: &[SrvTarget]) -> Vec<&str> {
         targets.iter().map(|t| t.host.as_str()).collect()
+    }
+
+    #[test]
+    fn only_hosts_inside_the_domain_are_inside_it() {
+        let domain = "corp.example.com";
+        assert!(inside_domain("dc1.corp.example.com", domain));
+        assert!(inside_domain("DC1.Corp.Example.Com.", "corp.example.com."));
+        assert!(inside_domain("dc9.site.corp.example.com", domain));
+        assert!(inside_domain("corp.example.com", domain));
+        assert!(!inside_domain("dc1.evil.example", domain));
+        assert!(!inside_domain("dc1.corp.example.com.evil.example", domain));
+        assert!(!inside_domain("evilcorp.example.com", domain));
+        assert!(!inside_domain("127.0.0.2", domain));
+        assert!(!inside_domain("dc1.corp.example.com", ""));
     }
 
     #[test]

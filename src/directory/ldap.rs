@@ -1,5 +1,6 @@
-//! Reading Active Directory over LDAP: one TLS connection, one simple bind as the service account,
-//! and a fixed number of bulk, paged searches whatever the policy says.
+//! Reading Active Directory over LDAP: one TLS connection, one bind as the service account (a
+//! simple bind with its password, or Kerberos from a keytab, see [`super::kerberos`]), and a
+//! fixed number of bulk, paged searches whatever the policy says.
 //!
 //! Several domain controllers: the candidates (`[ldap] url` list, then `srv` discovery, see
 //! [`super::discovery`]) are tried in order. A connection failure, TLS failure, timeout or a bind
@@ -29,8 +30,9 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
 use super::bind_guard::{self, BindGuard, GuardError};
+use super::kerberos::{self, Keytab, KeytabError, Problem};
 use super::model::{Dn, Domain, EntryError, Snapshot, USER_ATTRIBUTES, User, group_from_entry};
-use crate::settings::{LdapSettings, Secret};
+use crate::settings::{LdapAuth, LdapSettings, Secret};
 
 /// People: excludes computers (which are objectClass=user too) and contacts.
 const USER_FILTER: &str = "(&(objectCategory=person)(objectClass=user))";
@@ -85,8 +87,39 @@ pub enum DirectoryError {
         /// Set when the refusal could not be written to the bind state file.
         state_problem: Option<String>,
     },
+    /// Boxed: the guard's message carries five strings, and every `Result` here pays for the
+    /// largest variant.
     #[error(transparent)]
-    Guard(#[from] GuardError),
+    Guard(Box<GuardError>),
+    #[error(transparent)]
+    Keytab(#[from] KeytabError),
+    /// A Kerberos problem of this machine or this DC (not a refused secret).
+    #[error("Kerberos bind to {url} failed: {} (Kerberos said: {said}); {}", problem.summary(), problem.fix())]
+    Kerberos {
+        url: String,
+        problem: Problem,
+        said: String,
+    },
+    /// The KDC refused the keytab's secret: never retried, here or on another DC.
+    #[error(
+        "Kerberos refused {principal} (binding to {url}): {} (Kerberos said: {said}); no other DC was tried and keyhole will not use this keytab again until the file changes (or --retry-bind); {}{}",
+        problem.summary(),
+        problem.fix(),
+        state_problem.as_ref().map(|p| format!(" [warning: {p}]")).unwrap_or_default()
+    )]
+    KerberosRefused {
+        url: String,
+        principal: String,
+        problem: Problem,
+        said: String,
+        state_problem: Option<String>,
+    },
+    #[error(
+        "ldap.auth = \"gssapi\" needs the publisher build of keyhole (cargo build --release --features gssapi); this binary was built without Kerberos (the instance package never has it)"
+    )]
+    GssapiNotBuilt,
+    #[error("cannot reach {url}: {reason}")]
+    Unreachable { url: String, reason: String },
     #[error("no domain controller could be used ({} tried):\n{}", failures.len(), failures.iter().map(|(url, reason)| format!("  {url}: {reason}")).collect::<Vec<_>>().join("\n"))]
     AllFailed { failures: Vec<(String, String)> },
     #[error("finding the domain controllers of {domain} in DNS: {reason}")]
@@ -119,9 +152,14 @@ impl DirectoryError {
     pub fn is_bind_refusal(&self) -> bool {
         matches!(
             self,
-            DirectoryError::InvalidCredentials { .. }
-                | DirectoryError::Guard(GuardError::SameSecret { .. } | GuardError::Waiting { .. })
-        )
+            DirectoryError::InvalidCredentials { .. } | DirectoryError::KerberosRefused { .. }
+        ) || matches!(self, DirectoryError::Guard(guard) if matches!(**guard, GuardError::SameSecret { .. } | GuardError::Waiting { .. }))
+    }
+}
+
+impl From<GuardError> for DirectoryError {
+    fn from(error: GuardError) -> DirectoryError {
+        DirectoryError::Guard(Box::new(error))
     }
 }
 
@@ -140,20 +178,129 @@ pub fn is_bind_refusal(error: &anyhow::Error) -> bool {
 pub async fn read_snapshot(
     settings: &LdapSettings,
 ) -> Result<(Snapshot, ReadStats), DirectoryError> {
-    let password = settings.password.read().map_err(DirectoryError::Password)?;
-    let guard = BindGuard::new(&settings.bind_state_file);
+    let mut session = connect(settings).await?;
+    let result = session.read_all().await;
+    // Best effort: the snapshot (or error) is what matters, not a clean goodbye.
+    let _ = tokio::time::timeout(Duration::from_secs(1), session.ldap.unbind()).await;
+    result.map(|snapshot| (snapshot, session.stats))
+}
+
+/// What `keyhole check-bind` proves: which DC accepted the bind and who AD says keyhole is.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BoundIdentity {
+    pub dc: String,
+    /// "simple" or "gssapi".
+    pub auth: &'static str,
+    /// The authorization identity of the "Who am I?" extended operation (RFC 4532), e.g.
+    /// `u:CORP\svc-keyhole`.
+    pub identity: String,
+}
+
+/// Binds exactly as a run would (same DCs, same guard) and asks AD who keyhole is.
+pub async fn check_bind(settings: &LdapSettings) -> Result<BoundIdentity, DirectoryError> {
+    let mut session = connect(settings).await?;
+    let answer = session
+        .ldap
+        .with_timeout(settings.timeout)
+        .extended(ldap3::exop::WhoAmI)
+        .await
+        .map_err(|source| operation_error(settings, &session.url, "asking who am I", source))?;
+    let (exop, result) = (answer.0, answer.1);
+    let identity = if result.rc == 0 {
+        exop.val
+            .map(|value| String::from_utf8_lossy(&value).into_owned())
+            .unwrap_or_default()
+    } else {
+        // Windows AD answers "Who am I?"; Samba does not. Then the bound account's own entry,
+        // read over the bound connection, is the best proof of who keyhole is.
+        let name = match &settings.auth {
+            LdapAuth::Simple => Some(settings.bind_dn.clone()),
+            LdapAuth::Gssapi(kerberos) => kerberos.principal.clone(),
+        };
+        let found = match name {
+            Some(name) => session.own_entry(&name).await?,
+            None => None,
+        };
+        match found {
+            Some(dn) => format!(
+                "dn:{dn} (this DC does not answer \"Who am I?\": {}; the bound account's entry was read instead)",
+                result_reason(result.rc, &result.text)
+            ),
+            None => format!(
+                "an identity it does not name (this DC does not answer \"Who am I?\": {})",
+                result_reason(result.rc, &result.text)
+            ),
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), session.ldap.unbind()).await;
+    Ok(BoundIdentity {
+        dc: session.url.clone(),
+        auth: match settings.auth {
+            LdapAuth::Simple => "simple",
+            LdapAuth::Gssapi(_) => "gssapi",
+        },
+        identity,
+    })
+}
+
+/// What keyhole binds with: a password, or a keytab (whose fingerprint the guard keeps).
+enum Credential {
+    Password(Secret),
+    Keytab(Keytab),
+}
+
+impl Credential {
+    fn read(settings: &LdapSettings) -> Result<Credential, DirectoryError> {
+        match &settings.auth {
+            LdapAuth::Simple => Ok(Credential::Password(
+                settings.password.read().map_err(DirectoryError::Password)?,
+            )),
+            LdapAuth::Gssapi(kerberos) => {
+                if !cfg!(feature = "gssapi") {
+                    return Err(DirectoryError::GssapiNotBuilt);
+                }
+                let environment = std::env::var("KRB5_CLIENT_KTNAME").ok();
+                Ok(Credential::Keytab(kerberos::prepare(
+                    kerberos,
+                    environment.as_deref(),
+                )?))
+            }
+        }
+    }
+
+    /// Who binds and the secret the guard hashes.
+    fn guarded(&self, settings: &LdapSettings) -> (String, &Secret) {
+        match self {
+            Credential::Password(password) => (settings.bind_dn.clone(), password),
+            Credential::Keytab(keytab) => (keytab.who.clone(), &keytab.fingerprint),
+        }
+    }
+
+    fn guard(&self, settings: &LdapSettings) -> BindGuard {
+        match self {
+            Credential::Password(_) => BindGuard::new(&settings.bind_state_file),
+            Credential::Keytab(_) => BindGuard::for_keytab(&settings.bind_state_file),
+        }
+    }
+}
+
+/// The first DC that accepts the bind, tried in order; a refused secret ends the search.
+async fn connect(settings: &LdapSettings) -> Result<Session<'_>, DirectoryError> {
+    let credential = Credential::read(settings)?;
+    let guard = credential.guard(settings);
+    let (who, secret) = credential.guarded(settings);
     // Before any network traffic: a refused secret must not even reach a DC again.
     guard.check(
-        &settings.bind_dn,
-        &password,
+        &who,
+        secret,
         settings.lockout_retry,
         std::time::SystemTime::now(),
     )?;
     let candidates = super::discovery::candidates(settings).await?;
     let mut failures = Vec::new();
     for (position, url) in candidates.iter().enumerate() {
-        match Session::open(settings, url, &password).await {
-            Ok(mut session) => {
+        match Session::open(settings, url, &credential).await {
+            Ok(session) => {
                 guard.forget();
                 if !failures.is_empty() {
                     tracing::warn!(
@@ -162,10 +309,7 @@ pub async fn read_snapshot(
                         "using this domain controller after the ones before it failed"
                     );
                 }
-                let result = session.read_all().await;
-                // Best effort: the snapshot (or error) is what matters, not a clean goodbye.
-                let _ = tokio::time::timeout(Duration::from_secs(1), session.ldap.unbind()).await;
-                return result.map(|snapshot| (snapshot, session.stats));
+                return Ok(session);
             }
             Err(Opening::Unusable(error)) => {
                 if position + 1 < candidates.len() {
@@ -181,26 +325,21 @@ pub async fn read_snapshot(
                     || "no AD sub-code".to_owned(),
                     |code| format!("AD data {code}: {}", bind_guard::ad_sub_code_meaning(code)),
                 );
-                let state_problem = guard
-                    .record(
-                        &settings.bind_dn,
-                        &password,
-                        url,
-                        code.as_deref(),
-                        &meaning,
-                        std::time::SystemTime::now(),
-                    )
-                    .err()
-                    .map(|error| {
-                        format!(
-                            "could not record the refusal in {}: {error}",
-                            guard.path().display()
-                        )
-                    });
+                let state_problem = record(&guard, &who, secret, url, code.as_deref(), &meaning);
                 return Err(DirectoryError::InvalidCredentials {
                     url: url.clone(),
-                    bind_dn: settings.bind_dn.clone(),
+                    bind_dn: who,
                     code,
+                    state_problem,
+                });
+            }
+            Err(Opening::KerberosRefused { problem, said }) => {
+                let state_problem = record(&guard, &who, secret, url, None, problem.summary());
+                return Err(DirectoryError::KerberosRefused {
+                    url: url.clone(),
+                    principal: who,
+                    problem,
+                    said,
                     state_problem,
                 });
             }
@@ -221,12 +360,42 @@ pub async fn read_snapshot(
     })
 }
 
+/// Writes a refusal to the bind state file; the problem, if that fails, for the error message.
+fn record(
+    guard: &BindGuard,
+    who: &str,
+    secret: &Secret,
+    url: &str,
+    code: Option<&str>,
+    meaning: &str,
+) -> Option<String> {
+    guard
+        .record(
+            who,
+            secret,
+            url,
+            code,
+            meaning,
+            std::time::SystemTime::now(),
+        )
+        .err()
+        .map(|error| {
+            format!(
+                "could not record the refusal in {}: {error}",
+                guard.path().display()
+            )
+        })
+}
+
 /// Why a DC could not be used.
 enum Opening {
     /// Not this DC's day (connection, TLS, timeout, busy): the next DC may work.
     Unusable(DirectoryError),
     /// LDAP 49: stop everything, with the server's diagnostic text (for AD's sub-code).
     Refused { text: String },
+    /// The KDC refused the keytab's secret: stop everything, as for LDAP 49.
+    #[cfg_attr(not(feature = "gssapi"), allow(dead_code))]
+    KerberosRefused { problem: Problem, said: String },
     /// A problem of this machine (the CA file): no other DC would do better.
     Fatal(DirectoryError),
 }
@@ -242,7 +411,7 @@ impl<'s> Session<'s> {
     async fn open(
         settings: &'s LdapSettings,
         url: &str,
-        password: &Secret,
+        credential: &Credential,
     ) -> Result<Session<'s>, Opening> {
         let tls = tls_config(settings).map_err(Opening::Fatal)?;
         let timeout = |doing: &str| {
@@ -252,10 +421,34 @@ impl<'s> Session<'s> {
                 doing: doing.to_owned(),
             })
         };
-        let connection = LdapConnSettings::new()
+        let (host, port) = host_and_port(url);
+        let mut connection = LdapConnSettings::new()
             .set_conn_timeout(settings.timeout)
             .set_config(tls)
             .set_starttls(url.starts_with("ldap://"));
+        // Where `dns_server` says the DC is, while TLS and Kerberos still see its name.
+        let address = super::discovery::address_of(&host, port, settings)
+            .await
+            .map_err(|reason| {
+                Opening::Unusable(DirectoryError::Unreachable {
+                    url: url.to_owned(),
+                    reason,
+                })
+            })?;
+        if let Some(address) = address {
+            let stream =
+                tokio::time::timeout(settings.timeout, tokio::net::TcpStream::connect(address))
+                    .await
+                    .map_err(|_| timeout("connecting"))?
+                    .and_then(|stream| stream.into_std())
+                    .map_err(|error| {
+                        Opening::Unusable(DirectoryError::Unreachable {
+                            url: url.to_owned(),
+                            reason: format!("connecting to {address}: {error}"),
+                        })
+                    })?;
+            connection = connection.set_std_stream(ldap3::StdStream::Tcp(stream));
+        }
         // The whole connect, including the TLS handshake, is bounded: a DC that accepts the TCP
         // connection and then says nothing must not hold the run.
         let connected = tokio::time::timeout(
@@ -273,24 +466,30 @@ impl<'s> Session<'s> {
         })?;
         ldap3::drive!(driver);
 
-        let bind = ldap
-            .with_timeout(settings.timeout)
-            .simple_bind(&settings.bind_dn, password.expose())
-            .await
-            .map_err(|source| match source {
-                LdapError::Timeout { .. } => timeout("binding"),
-                source => Opening::Unusable(DirectoryError::Protocol {
-                    doing: format!("binding to {url}"),
-                    source: Box::new(source),
-                }),
-            })?;
+        let bind = match credential {
+            Credential::Password(password) => {
+                ldap.with_timeout(settings.timeout)
+                    .simple_bind(&settings.bind_dn, password.expose())
+                    .await
+            }
+            Credential::Keytab(keytab) => {
+                kerberos_bind(&ldap, url, &host, keytab, settings.timeout).await?
+            }
+        };
+        let bind = bind.map_err(|source| match source {
+            LdapError::Timeout { .. } => timeout("binding"),
+            source => Opening::Unusable(DirectoryError::Protocol {
+                doing: format!("binding to {url}"),
+                source: Box::new(source),
+            }),
+        })?;
         match bind.rc {
             0 => {}
             49 => return Err(Opening::Refused { text: bind.text }),
             rc => {
                 return Err(Opening::Unusable(DirectoryError::Bind {
                     url: url.to_owned(),
-                    bind_dn: settings.bind_dn.clone(),
+                    bind_dn: credential.guarded(settings).0,
                     reason: result_reason(rc, &bind.text),
                 }));
             }
@@ -301,6 +500,24 @@ impl<'s> Session<'s> {
             ldap,
             stats: ReadStats::default(),
         })
+    }
+
+    /// The DN of the account `name` (a DN, or a Kerberos principal `user@REALM`), read over
+    /// this bound connection; `None` when it is not there.
+    async fn own_entry(&mut self, name: &str) -> Result<Option<String>, DirectoryError> {
+        let base = self.settings.base_dn.clone();
+        let (base, scope, filter) = match name.split_once('@') {
+            Some((user, _)) if !name.contains('=') => (
+                base,
+                Scope::Subtree,
+                format!("(sAMAccountName={})", ldap3::ldap_escape(user)),
+            ),
+            _ => (name.to_owned(), Scope::Base, "(objectClass=*)".to_owned()),
+        };
+        let entries = self
+            .search(&base, scope, &filter, &["objectSid"], "the bound account")
+            .await?;
+        Ok(entries.first().map(|entry| entry.dn.clone()))
     }
 
     async fn read_all(&mut self) -> Result<Snapshot, DirectoryError> {
@@ -494,6 +711,71 @@ fn has_member_attribute(entry: &SearchEntry) -> bool {
         .any(|name| name.to_ascii_lowercase().starts_with("member"))
 }
 
+/// The host (without brackets) and port of an `ldaps://` or `ldap://` URL.
+fn host_and_port(url: &str) -> (String, u16) {
+    let default_port = if url.starts_with("ldaps://") {
+        636
+    } else {
+        389
+    };
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+        let (host, after) = bracketed.split_once(']').unwrap_or((bracketed, ""));
+        (host, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    let port = port.and_then(|p| p.parse().ok()).unwrap_or(default_port);
+    (host.to_owned(), port)
+}
+
+/// The GSSAPI bind, with what Kerberos said turned into a named problem: a refused secret stops
+/// the run like LDAP 49, a problem of this machine stops it at once, a problem of this DC's name
+/// lets the next DC be tried.
+#[cfg(feature = "gssapi")]
+async fn kerberos_bind(
+    ldap: &Ldap,
+    url: &str,
+    host: &str,
+    keytab: &Keytab,
+    timeout: Duration,
+) -> Result<ldap3::result::Result<ldap3::LdapResult>, Opening> {
+    match kerberos::gssapi_bind(ldap, host, keytab, timeout).await {
+        Err(LdapError::GssapiOperationError(said)) => {
+            let said = kerberos::one_line(&said);
+            let problem = Problem::of(&said);
+            let error = DirectoryError::Kerberos {
+                url: url.to_owned(),
+                problem,
+                said: said.clone(),
+            };
+            Err(if problem.refuses_secret() {
+                Opening::KerberosRefused { problem, said }
+            } else if problem.is_this_dc() {
+                Opening::Unusable(error)
+            } else {
+                Opening::Fatal(error)
+            })
+        }
+        other => Ok(other),
+    }
+}
+
+#[cfg(not(feature = "gssapi"))]
+async fn kerberos_bind(
+    _ldap: &Ldap,
+    _url: &str,
+    _host: &str,
+    _keytab: &Keytab,
+    _timeout: Duration,
+) -> Result<ldap3::result::Result<ldap3::LdapResult>, Opening> {
+    Err(Opening::Fatal(DirectoryError::GssapiNotBuilt))
+}
+
 fn operation_error(
     settings: &LdapSettings,
     url: &str,
@@ -629,5 +911,19 @@ mod tests {
             "{all}"
         );
         assert_eq!(result_reason(4, ""), "result code 4");
+    }
+
+    #[test]
+    fn urls_are_split_into_host_and_port() {
+        assert_eq!(
+            host_and_port("ldaps://dc1.corp.example.com"),
+            ("dc1.corp.example.com".into(), 636)
+        );
+        assert_eq!(host_and_port("ldap://dc1:3268/"), ("dc1".into(), 3268));
+        assert_eq!(host_and_port("ldaps://[::1]:6360"), ("::1".into(), 6360));
+        assert_eq!(
+            host_and_port("ldaps://127.0.0.2:636"),
+            ("127.0.0.2".into(), 636)
+        );
     }
 }

@@ -8,6 +8,7 @@
 // would warn about the parts it leaves alone.
 #![allow(dead_code)]
 
+pub mod dns;
 pub mod fault_proxy;
 pub mod homes;
 pub mod imds;

@@ -643,6 +643,261 @@ impl SambaDc {
     }
 }
 
+/// Kerberos: the DC as a KDC, keytabs and the krb5.conf a client needs (tests/kerberos.rs).
+impl SambaDc {
+    /// Like [`SambaDc::start`], with Samba's KDC running too (on port 88 of this DC's address)
+    /// and a server certificate that also names the DC's host, [`SambaDc::host_name`], so a
+    /// client can connect by name as Kerberos needs (the SPN is `ldap/<host>`).
+    pub fn start_with_kdc(fixture: &Fixture) -> SambaDc {
+        let mut timings = Timings::default();
+        let template = fixture_template(fixture, &mut timings);
+        let waited = Instant::now();
+        let lease = AddressLease::take();
+        timings.lock_wait = waited.elapsed();
+        let cloned = Instant::now();
+        let temp = tempfile::Builder::new()
+            .prefix("keyhole-samba-kdc-")
+            .tempdir()
+            .expect("creating a temp dir for the DC");
+        let dir = temp.path().join("dc");
+        let address = lease.address.to_string();
+        run_script(&["clone", path_str(&template), path_str(&dir), &address]);
+        timings.clone = cloned.elapsed();
+        enable_kdc(&dir);
+        issue_named_certificate(&dir, &address, &format!("dc1.{REALM}"));
+        // A DC provisioned without DNS registers only host/ names; AD registers ldap/<host> for
+        // every DC, and that is the name an LDAP client asks the KDC for.
+        let spn = Command::new("samba-tool")
+            .args(["spn", "add", &format!("ldap/dc1.{REALM}"), "DC1$"])
+            .arg("-s")
+            .arg(dir.join("etc/smb.conf"))
+            .arg("-H")
+            .arg(dir.join("private/sam.ldb"))
+            .output()
+            .expect("running samba-tool spn add");
+        assert!(
+            spn.status.success(),
+            "samba-tool spn add: {}",
+            describe(&spn)
+        );
+        let mut dc = SambaDc {
+            process: None,
+            dir,
+            _temp: Some(temp),
+            lease,
+            timings,
+        };
+        let started = Instant::now();
+        dc.spawn();
+        dc.wait_for_kdc();
+        dc.timings.start = started.elapsed();
+        eprintln!("samba-dc (with KDC): {:?}", dc.timings);
+        dc
+    }
+
+    /// The DC's DNS host name, `dc1.corp.example.com` (AD registered `ldap/` for it).
+    pub fn host_name(&self) -> String {
+        format!("dc1.{REALM}")
+    }
+
+    /// The Kerberos realm, `CORP.EXAMPLE.COM`.
+    pub fn kerberos_realm(&self) -> String {
+        REALM.to_ascii_uppercase()
+    }
+
+    /// Writes a krb5.conf whose only KDC is this DC's address, with no DNS lookups, no reverse
+    /// lookups and no client-side compensation for clock skew (so a skewed clock is an error, as
+    /// with a KDC that enforces it). Returns its path.
+    pub fn write_krb5_conf(&self, path: &Path) -> PathBuf {
+        let realm = self.kerberos_realm();
+        let text = format!(
+            "[libdefaults]\n  default_realm = {realm}\n  dns_lookup_kdc = false\n  \
+             dns_lookup_realm = false\n  rdns = false\n  dns_canonicalize_hostname = false\n  \
+             kdc_timesync = 0\n  udp_preference_limit = 1\n\n[realms]\n  {realm} = {{\n    \
+             kdc = {address}\n  }}\n\n[domain_realm]\n  .{REALM} = {realm}\n  {REALM} = {realm}\n",
+            address = self.address(),
+        );
+        fs::write(path, text).expect("writing krb5.conf");
+        path.to_path_buf()
+    }
+
+    /// Exports the keys of `principal` (e.g. `svc-keyhole@CORP.EXAMPLE.COM`) into a new keytab
+    /// at `path`, mode 0600.
+    pub fn export_keytab(&self, principal: &str, path: &Path) {
+        let _ = fs::remove_file(path);
+        self.samba_tool(&[
+            "domain",
+            "exportkeytab",
+            path_str(path),
+            &format!("--principal={principal}"),
+        ]);
+        fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod 600 on the keytab");
+    }
+
+    /// Adds an ordinary domain user with a password (fixture users have none, and Kerberos
+    /// needs keys).
+    pub fn add_account(&self, name: &str, password: &str) {
+        self.samba_tool(&["user", "create", name, password]);
+    }
+
+    /// Sets a new password on `name`: keytabs exported before no longer hold its keys.
+    pub fn set_password(&self, name: &str, password: &str) {
+        self.samba_tool(&[
+            "user",
+            "setpassword",
+            name,
+            &format!("--newpassword={password}"),
+        ]);
+    }
+
+    /// Marks `name`'s password expired (`pwdLastSet: 0`, "must change at next logon"): the KDC
+    /// then answers its AS requests with "password has expired".
+    pub fn expire_password(&self, name: &str) {
+        self.modify(&format!(
+            "dn: {}\nchangetype: modify\nreplace: pwdLastSet\npwdLastSet: 0\n",
+            self.user_dn(name)
+        ));
+    }
+
+    /// `badPwdCount` of `name`, read from the database (no bind, which would reset it).
+    pub fn bad_password_count(&self, name: &str) -> i64 {
+        let output = self.samba_tool_output(&["user", "show", name, "--attributes=badPwdCount"]);
+        output
+            .lines()
+            .find_map(|line| line.strip_prefix("badPwdCount: "))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn samba_tool(&self, args: &[&str]) {
+        self.samba_tool_output(args);
+    }
+
+    /// samba-tool on this DC's configuration, and on its database for the commands that take
+    /// one (`exportkeytab` finds it through the configuration and refuses `-H`).
+    fn samba_tool_output(&self, args: &[&str]) -> String {
+        let mut command = Command::new("samba-tool");
+        command
+            .args(args)
+            .arg("-s")
+            .arg(self.dir.join("etc/smb.conf"));
+        if args.first() != Some(&"domain") {
+            command.arg("-H").arg(self.dir.join("private/sam.ldb"));
+        }
+        let output = command.output().expect("running samba-tool");
+        assert!(
+            output.status.success(),
+            "samba-tool {} failed: {}",
+            args.join(" "),
+            describe(&output)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Waits until the KDC accepts TCP connections on port 88.
+    fn wait_for_kdc(&self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let kdc = SocketAddr::from((self.address(), 88));
+        while TcpStream::connect_timeout(&kdc, Duration::from_millis(200)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the KDC of the test DC did not listen on {kdc} within {READY_TIMEOUT:?}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Adds Samba's KDC to the services of a stopped DC directory, and lets it accept GSSAPI binds
+/// over TLS as Windows AD does.
+fn enable_kdc(dir: &Path) {
+    let path = dir.join("etc/smb.conf");
+    let text = fs::read_to_string(&path).expect("reading smb.conf");
+    let mut found = false;
+    let text: String = text
+        .lines()
+        .map(|line| {
+            if line.trim_start().starts_with("server services") {
+                found = true;
+                // Windows AD takes a GSSAPI bind without a SASL security layer over LDAPS (TLS
+                // already protects it, and the channel binding ties the two); Samba does only
+                // when told so.
+                "\tserver services = ldap, kdc\n\tldap server require strong auth = allow_sasl_over_tls"
+                    .to_owned()
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(found, "no 'server services' line in {}", path.display());
+    fs::write(&path, text + "\n").expect("writing smb.conf");
+}
+
+/// A new server certificate for `address` and `host` (both as subjectAltNames), from the DC's
+/// own CA, replacing the IP-only one.
+fn issue_named_certificate(dir: &Path, address: &str, host: &str) {
+    let tls = dir.join("tls");
+    let run = |args: &[&str]| {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(&tls)
+            .output()
+            .expect("running openssl");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            describe(&output)
+        );
+    };
+    run(&[
+        "req",
+        "-new",
+        "-nodes",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-keyout",
+        "server-key.pem",
+        "-out",
+        "server.csr",
+        "-subj",
+        &format!("/O=keyhole tests/CN={host}"),
+    ]);
+    fs::write(
+        tls.join("server.ext"),
+        format!(
+            "subjectAltName=IP:{address},DNS:{host}\nbasicConstraints=critical,CA:FALSE\n\
+             keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+        ),
+    )
+    .expect("writing server.ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca-key.pem",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "3650",
+        "-extfile",
+        "server.ext",
+    ]);
+    fs::set_permissions(
+        tls.join("server-key.pem"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("chmod 600 on the server key");
+}
+
 impl Drop for SambaDc {
     fn drop(&mut self) {
         self.stop();
