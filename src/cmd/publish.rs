@@ -295,6 +295,8 @@ async fn write_owners(prepared: &Prepared, owners: &[u8]) -> anyhow::Result<()> 
 /// The commit: `index.json`, sealed (and signed, with `signer`), written only if it is still the
 /// one this run read.
 async fn commit(prepared: &Prepared, index: &Index, signer: Option<&Signer>) -> anyhow::Result<()> {
+    // Per-group seals for the instances' logins (issue 24, `group_seal`).
+    let index = &crate::group_seal::sealed(prepared, index, signer).await?;
     let sealed = index.seal(signer).context("sealing the index")?;
     let precondition = match &prepared.published.etag {
         Some(etag) => Precondition::Matches(etag.clone()),
