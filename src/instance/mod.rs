@@ -713,7 +713,10 @@ pub fn upgrade_offline(
         return Ok(false);
     };
     let lock = cache.create()?;
-    lock.lock().context("locking the cache")?;
+    // A login never waits for a refresh: one that holds the lock is building a state already.
+    if lock.try_lock().is_err() {
+        return Ok(false);
+    }
     if cache.state()?.is_some() {
         return Ok(false);
     }
