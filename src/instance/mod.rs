@@ -63,8 +63,7 @@ const LEGACY_MANIFEST: &str = "manifest";
 /// what [`Cache::group`] reports).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Meta {
-    /// The object's ETag. For the attribution file, which is no object: a digest of the group
-    /// files it was built from, so it is rebuilt exactly when one of them changes.
+    /// The object's ETag (empty for a group file reported from a cache state).
     pub etag: String,
     /// Unix time in milliseconds when this copy was last confirmed to be what S3 publishes.
     pub confirmed_at_ms: u64,
