@@ -350,12 +350,10 @@ impl Cache {
         for entry in entries.flatten() {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            if name.starts_with("group-")
-                || [LEGACY_INDEX, LEGACY_ATTRIBUTION, LEGACY_MANIFEST].contains(&name)
-            {
-                if let Err(error) = fs::remove_file(entry.path()) {
-                    tracing::debug!("could not remove the old cache file {name}: {error}");
-                }
+            let legacy = name.starts_with("group-")
+                || [LEGACY_INDEX, LEGACY_ATTRIBUTION, LEGACY_MANIFEST].contains(&name);
+            if legacy && let Err(error) = fs::remove_file(entry.path()) {
+                tracing::debug!("could not remove the old cache file {name}: {error}");
             }
         }
     }
