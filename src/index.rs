@@ -98,6 +98,12 @@ pub struct IndexGroup {
     pub users: usize,
     /// Key lines in the file.
     pub keys: usize,
+    /// The publisher's per-group seal (see `group_lookup`): the root of the file's fingerprint
+    /// lookup and a signature over this group's statement, so a login checks its host's groups
+    /// without verifying the whole index. Absent in an unsigned index and before keyhole made
+    /// seals; an instance then checks the whole index at login instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<String>,
 }
 
 /// Where the objects are in the bucket.
@@ -288,6 +294,7 @@ mod tests {
                     sha256: "9b1d".into(),
                     users: 2,
                     keys: 3,
+                    seal: None,
                 },
             )]),
             owners: Some("77aa".into()),

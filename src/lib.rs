@@ -15,6 +15,8 @@ pub mod exit;
 pub mod gather;
 pub mod git;
 pub mod group_file;
+pub mod group_lookup;
+pub mod group_seal;
 pub mod head;
 pub mod homes;
 pub mod index;

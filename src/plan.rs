@@ -151,6 +151,7 @@ pub fn unchanged(digest: &Digest) -> GroupPlan {
             sha256: digest.sha256.clone(),
             users: digest.users,
             keys: digest.keys,
+            seal: None,
         }),
         rendered: true,
         users_before: digest.users,
@@ -229,6 +230,7 @@ pub fn compare(
             sha256: file.sha256.clone(),
             users: file.users.len(),
             keys: file.fingerprints.len(),
+            seal: None,
         }),
         rendered: true,
         users_before: before_users.len(),
@@ -362,6 +364,7 @@ pub fn deny_only(
                 sha256,
                 users,
                 keys,
+                seal: None,
             },
         )
     })

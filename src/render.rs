@@ -132,6 +132,8 @@ pub struct Renderer<'k> {
     denied_keys: BTreeMap<String, BTreeSet<String>>,
     /// Per access group with `options`, those options parsed.
     group_options: HashMap<String, Vec<KeyOption>>,
+    /// The audit canary's current and previous keys: never a member's (see [`Renderer::without_canary`]).
+    canary: BTreeSet<String>,
 }
 
 /// Fingerprints found in more than one person's known keys: deciding them needs the published
@@ -220,7 +222,38 @@ impl<'k> Renderer<'k> {
             problems: problems.into_iter().collect(),
             denied_keys,
             group_options: HashMap::new(),
+            canary: BTreeSet::new(),
         }
+    }
+
+    /// Drops the audit canary's keys (`fingerprints`: its current and previous) from every
+    /// member's and automation account's lines, each reported naming the member: a member who
+    /// pasted the canary's public key would otherwise get an unrestricted line for it, and
+    /// whoever holds the canary's private key a shell logged as the canary.
+    pub fn without_canary(mut self, fingerprints: BTreeSet<String>) -> Self {
+        if fingerprints.is_empty() {
+            return self;
+        }
+        let mut problems: BTreeSet<Problem> = self.problems.drain(..).collect();
+        for (user, keys) in &mut self.kept {
+            keys.retain(|key| {
+                let canary = fingerprints.contains(key.fingerprint.as_str());
+                if canary {
+                    problems.insert(Problem {
+                        user: (*user).to_owned(),
+                        reason: format!(
+                            "key {} is the keyhole audit canary's key: dropped (the canary key is \
+                             never a member's)",
+                            key.fingerprint.as_str()
+                        ),
+                    });
+                }
+                !canary
+            });
+        }
+        self.problems = problems.into_iter().collect();
+        self.canary = fingerprints;
+        self
     }
 
     /// Applies the access groups' `options` of `policy` to their key lines, reporting every key
@@ -439,7 +472,9 @@ impl<'k> Renderer<'k> {
                     .keys
                     .iter()
                     .filter_map(|(line, fp)| Some((line.as_str(), fp.as_deref()?)))
-                    .filter(|(_, fp)| !self.denied_fingerprints.contains(*fp));
+                    .filter(|(_, fp)| {
+                        !self.denied_fingerprints.contains(*fp) && !self.canary.contains(*fp)
+                    });
                 if self.group_options.contains_key(group) {
                     Lines::CarriedRestricted(
                         published
@@ -785,5 +820,30 @@ mod tests {
                 .reason
                 .contains("is published for automation:ci")
         );
+    }
+
+    #[test]
+    fn the_canary_key_is_dropped_from_members_and_automation_accounts_naming_them() {
+        // ED_A is the canary's key, pasted into an automation account's key file.
+        let keys = BTreeMap::from([
+            ("automation:ci".to_string(), keys_of(ED_A)),
+            ("bob".to_string(), keys_of(ED_B)),
+        ]);
+        let none = BTreeSet::new();
+        let canary = BTreeSet::from([fingerprint_of(ED_A)]);
+        let renderer = Renderer::new(&keys, &none, None).without_canary(canary.clone());
+        let web = file(
+            &renderer,
+            "web",
+            &Membership::through_team(&["automation:ci", "bob"]),
+            None,
+        );
+        assert_eq!(web.keys, [("bob".to_string(), fingerprint_of(ED_B))]);
+        assert!(!web.body.contains(ED_A.split_whitespace().nth(1).unwrap()));
+        let problems = renderer.problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].user, "automation:ci");
+        assert!(problems[0].reason.contains("audit canary"), "{problems:?}");
+        assert!(!renderer.owners().contains_key(&fingerprint_of(ED_A)));
     }
 }

@@ -120,16 +120,17 @@ fn when_imds_fails_the_last_resolved_groups_stay() {
     assert!(message.contains(TAG), "{message}");
     assert_eq!(kept(), first);
 
-    // The tag removed from the instance: kept too (a lost tag is likelier a mistake than a
-    // decision; an empty value is how to take access away).
+    // The tag removed from the instance: IMDS says so (404), and the grant is gone (issue 24:
+    // the tag is an access grant, its removal a revocation).
     imds.set(|m| {
         m.tags_enabled = true;
         m.tags.clear();
     });
-    let error = resolve(&cache, &source).unwrap_err();
-    assert!(matches!(error, NotResolved::NoTag { .. }), "{error}");
-    assert_eq!(kept(), first);
+    let revoked = resolve(&cache, &source).unwrap();
+    assert!(revoked.groups.is_empty(), "{revoked:?}");
+    assert_eq!(kept(), revoked);
     imds.tag(TAG, "web-prod");
+    let first = resolve(&cache, &source).unwrap();
 
     // 500 on everything: retried once, then given up.
     imds.set(|m| m.fail_500 = true);

@@ -154,6 +154,7 @@ impl Bucket {
                     sha256,
                     users,
                     keys,
+                    seal: None,
                 },
             );
         }
@@ -287,16 +288,12 @@ async fn an_instance_reads_the_index_and_its_own_groups_only_and_refuses_what_do
         1 + 2,
         "a cold refresh must read the index and 2 group objects"
     );
-    assert_eq!(
-        files(host.cache_dir.path()),
-        [
-            ".lock",
-            "attribution",
-            "group-db-prod",
-            "group-web-prod",
-            "index"
-        ]
-    );
+    // One state directory behind the `current` link, nothing else but the lock and the
+    // generation record.
+    let names = files(host.cache_dir.path());
+    assert_eq!(names.len(), 4, "{names:?}");
+    assert_eq!(&names[..3], [".lock", "current", "generation"], "{names:?}");
+    assert!(names[3].starts_with("state-"), "{names:?}");
     assert!(host.served().contains(CAROL));
     let bob = host
         .cache()
@@ -507,8 +504,8 @@ async fn a_refresh_waits_for_the_one_holding_the_cache_lock() {
     assert!(host.refresh().await.0.is_ok());
 }
 
-/// At serving time the cached files are checked against the cached, signed index: a cache file
-/// rewritten on disk (body and header together, so it is self-consistent) is not served.
+/// At serving time the cached files are checked against the cached, signed index (these groups
+/// carry no seal): a cache file rewritten on disk, with the state's record of it, is not served.
 #[tokio::test]
 async fn a_cache_file_edited_on_disk_is_not_served() {
     let bucket = Bucket::new();
@@ -517,50 +514,32 @@ async fn a_cache_file_edited_on_disk_is_not_served() {
     let host = Host::new(&bucket).await;
     assert!(host.refresh().await.0.is_ok());
     let check = |host: &Host| {
-        let groups = instance::cached_groups(&host.cache(), &host.settings).unwrap();
-        instance::verified_for_serving(
-            &host.cache(),
-            DEPLOYMENT,
-            Some(&host.verifier),
-            groups,
-            &host.settings,
-        )
-        .unwrap()
-        .groups
-        .into_iter()
-        .map(|(group, cached)| (group, cached.is_some()))
-        .collect::<Vec<_>>()
+        let state = host.cache().state().unwrap().unwrap();
+        let expect = instance::serve::Expect {
+            instance: &host.settings,
+            deployment: DEPLOYMENT,
+            verifier: Some(&host.verifier),
+            now: SystemTime::now(),
+        };
+        instance::serve::serve(&state, &host.settings.access_groups, None, &expect)
+            .unwrap()
+            .groups
     };
-    assert_eq!(
-        check(&host),
-        [
-            ("web-prod".to_string(), true),
-            ("db-prod".to_string(), true)
-        ]
-    );
+    assert_eq!(check(&host), ["web-prod", "db-prod"]);
 
-    let path = host.cache_dir.path().join("group-web-prod");
-    let cached = host.cache().group("web-prod").unwrap().unwrap();
-    let mut body = cached.body.clone();
+    let state = host.cache().state().unwrap().unwrap();
+    let path = state.body_path("web-prod");
+    let mut body = std::fs::read(&path).unwrap();
     body.extend_from_slice(b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILM+rvN+ot98qgEN796jTiQfszvdxQkh3m2q6wIUyF7P eve@evil\n");
-    let meta = instance::Meta {
-        sha256: keyhole::render::sha256_hex(&body),
-        ..cached.meta
-    };
-    let mut file = format!(
-        "# keyhole-cache {}\n",
-        serde_json::to_string(&meta).unwrap()
-    )
-    .into_bytes();
-    file.extend_from_slice(&body);
-    std::fs::write(&path, file).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, &body).unwrap();
+    let manifest = state.dir.join("state.json");
+    let text = std::fs::read_to_string(&manifest).unwrap().replace(
+        &state.manifest.groups["web-prod"].sha256,
+        &keyhole::render::sha256_hex(&body),
+    );
+    std::fs::write(&manifest, text).unwrap();
     // The cache itself reads it as consistent; serving refuses it.
     assert!(host.cache().group("web-prod").unwrap().is_some());
-    assert_eq!(
-        check(&host),
-        [
-            ("web-prod".to_string(), false),
-            ("db-prod".to_string(), true)
-        ]
-    );
+    assert_eq!(check(&host), ["db-prod"]);
 }

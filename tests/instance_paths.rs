@@ -2,7 +2,7 @@
 //! 1 ms), so that every login really reads S3 and the judgement is made where sshd waits:
 //! only `login_user` gets keys (a second local account, `nobody`, offered the same key, gets
 //! nothing); a rolled-back index and a forged one are refused at login; a rollback is still
-//! refused when the cached index file is gone (the cached group files carry their generation);
+//! refused when the cached index file is gone (the cache records the generation it served);
 //! an S3 outage serves the cache (and says so); past `max_stale` keyhole fails closed and sshd
 //! falls back to `AuthorizedKeysFile`, where a static emergency key still works; `whois`
 //! answers from the instance's cache with S3 down.
@@ -147,6 +147,7 @@ impl World {
                 sha256,
                 users: members.len(),
                 keys: members.len(),
+                seal: None,
             },
         );
         let sealed = String::from_utf8(index.seal(Some(signer)).unwrap()).unwrap();
@@ -244,7 +245,7 @@ fn the_login_path_through_sshd_judges_what_s3_says_at_every_login() {
     // The cached index file gone, generation 1 in the bucket: the cached group file's
     // generation (2) still refuses the rollback.
     world.s3.put_object(&layout().index(), &generation_1);
-    std::fs::remove_file(world.cache().join("index")).unwrap();
+    std::fs::remove_file(world.cache().join("current/index")).unwrap();
     stale();
     assert!(!login(LOGIN_USER, &mallory), "{}", sshd.log());
 
@@ -278,7 +279,7 @@ fn the_login_path_through_sshd_judges_what_s3_says_at_every_login() {
     let before = sshd.log().len();
     assert!(!login(LOGIN_USER, &bob), "{}", sshd.log());
     assert!(
-        sshd.log()[before..].contains("serving no keys for them"),
+        sshd.log()[before..].contains("serving no keys"),
         "{}",
         sshd.log()
     );

@@ -585,6 +585,7 @@ fn a_legacy_bucket_is_migrated_by_the_first_publish() {
                 sha256: keyhole::render::sha256_hex(body.as_bytes()),
                 users: users.len(),
                 keys: users.len(),
+                seal: None,
             },
         );
     }

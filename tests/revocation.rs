@@ -201,6 +201,7 @@ fn a_forged_group_file_is_never_signed_by_the_publisher() {
             sha256,
             users: 1,
             keys: 1,
+            seal: None,
         },
     );
     let (_rogue_dir, rogue) = rogue_signer();

@@ -27,6 +27,7 @@ fn index() -> Index {
             sha256: "9b1d".into(),
             users: 1,
             keys: 1,
+            seal: None,
         },
     );
     index

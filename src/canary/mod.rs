@@ -25,6 +25,7 @@ pub mod probe;
 pub mod report;
 pub mod rotate;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use crate::group_file::any_key_policy;
@@ -79,6 +80,27 @@ pub fn fingerprint(line: &str) -> Option<String> {
         .keys
         .pop()
         .map(|key| key.fingerprint.as_str().to_owned())
+}
+
+/// The canary keys a publisher keeps out of every member's file: `key_dir`'s current and
+/// previous public keys and the canary line the published index ships (the one before a rotation
+/// this publisher has not seen, or from a key directory that moved).
+pub fn fingerprints(key_dir: Option<&Path>, shipped: Option<&str>) -> BTreeSet<String> {
+    let mut found: BTreeSet<String> = shipped.and_then(fingerprint).into_iter().collect();
+    for which in ["current.pub", "previous.pub"] {
+        let Some(path) = key_dir.map(|dir| dir.join(which)) else {
+            continue;
+        };
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            found.extend(
+                keys::parse_authorized_keys(&text, &any_key_policy())
+                    .keys
+                    .into_iter()
+                    .map(|key| key.fingerprint.as_str().to_owned()),
+            );
+        }
+    }
+    found
 }
 
 #[cfg(test)]

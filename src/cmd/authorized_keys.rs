@@ -1,8 +1,11 @@
 //! `keyhole authorized-keys USER [FINGERPRINT]`: sshd's `AuthorizedKeysCommand`.
 //!
-//! Runs at every login, so the common case must be cheap: when every access group of this host
-//! is cached and younger than `cache_ttl`, it reads the settings once, reads the cache and
-//! prints, with no network, no AWS SDK start-up and no async runtime at all. Otherwise it
+//! Runs at every login (sshd runs it once per key a client offers), so the common case must be
+//! cheap: when every access group of this host is cached and younger than `cache_ttl`, it reads
+//! the settings once, checks and reads the cache state (`instance::serve`: with `%f`, only the
+//! lines that can match that key, found through each group's sealed fingerprint lookup) and
+//! prints them in one write, with no network, no AWS SDK start-up and no async runtime at all.
+//! Otherwise it
 //! refreshes the cache within `fetch_timeout` (connect, credentials and reads together) on a
 //! single-threaded runtime and, if that fails, serves copies confirmed within `max_stale`; past
 //! that it fails closed (no keys, exit 1), and sshd falls back to the emergency keys in
@@ -29,7 +32,9 @@ use super::GlobalArgs;
 use crate::exit::{EXIT_CODES_HELP, Exit};
 use crate::index::Index;
 use crate::index::Layout;
-use crate::instance::{self, Cache};
+use crate::instance::serve::{self, Expect, Served};
+use crate::instance::state::State;
+use crate::instance::{self, Attribution, Cache, host_groups};
 use crate::settings::Settings;
 use crate::signing::Verifier;
 use crate::store::{S3Store, Timeouts};
@@ -90,77 +95,99 @@ pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
         return Ok(Exit::Success);
     }
     let cache = Cache::open(&instance.cache_dir)?;
-    let mut groups = instance::cached_groups(&cache, instance)?;
+    let groups = host_groups::current(&cache, instance)?;
     if groups.is_empty() {
-        // Only with an EC2 source: `refresh` has not resolved this host's groups (yet). IMDS is
-        // never asked from here: a login must not wait on it.
+        // With an EC2 source: `refresh` has not resolved this host's groups (yet), or the tag is
+        // gone. IMDS is never asked from here: a login must not wait on it.
         tracing::error!(
-            "this host has no access groups yet: `keyhole refresh` resolves them from EC2 (see its log); serving no keys"
+            "this host has no access groups: `keyhole refresh` resolves them from EC2 (see its log); serving no keys"
         );
         return Ok(Exit::Failure);
     }
     let now = SystemTime::now();
-    let all_servable = || {
-        groups.iter().all(|(_, cached)| {
-            cached
-                .as_ref()
-                .is_some_and(|c| c.meta.age(now) <= instance.max_stale)
+    let verifier = verifier(instance)?;
+    let deployment = deployment(&settings)?;
+    let current = || {
+        cache.state().unwrap_or_else(|error| {
+            tracing::error!("{error:#}");
+            None
         })
     };
-    if !instance::all_fresh(&groups, instance, now) {
-        if backing_off(&instance.cache_dir, now) && all_servable() {
+    // Whether a state serves every host group and was confirmed within `limit`.
+    let covers = |state: &Option<State>, limit: Duration| {
+        state.as_ref().is_some_and(|state| {
+            state.manifest.age(now) <= limit
+                && groups
+                    .iter()
+                    .all(|group| state.manifest.groups.contains_key(group))
+        })
+    };
+    let mut state = current();
+    let fresh = covers(&state, instance.cache_ttl)
+        && state
+            .as_ref()
+            .is_some_and(|state| state.manifest.age(now) < instance.cache_ttl);
+    if !fresh {
+        if backing_off(&instance.cache_dir, now) && covers(&state, instance.max_stale) {
             tracing::info!(
                 backoff = ?OUTAGE_BACKOFF,
                 "a refresh failed moments ago: serving the cache without trying S3 again yet"
             );
         } else {
             match fetch(&settings, &cache, instance.fetch_timeout) {
-                Ok(_) => groups = instance::cached_groups(&cache, instance)?,
+                Ok(_) => state = current(),
                 Err(error) => {
                     tracing::warn!(
                         "could not refresh the key cache, serving what is cached: {error:#}"
-                    )
+                    );
+                    if state.is_none() {
+                        // Upgraded, and S3 is out of reach: the previous version's cache.
+                        match instance::upgrade_offline(
+                            &cache,
+                            instance,
+                            &deployment,
+                            verifier.as_ref(),
+                        ) {
+                            Ok(true) => state = current(),
+                            Ok(false) => {}
+                            Err(error) => tracing::error!("{error:#}"),
+                        }
+                    }
                 }
             }
         }
     }
 
-    let verifier = verifier(instance)?;
-    let deployment = deployment(&settings)?;
-    let verified =
-        instance::verified_for_serving(&cache, &deployment, verifier.as_ref(), groups, instance)
-            .unwrap_or_else(|error| {
-                tracing::error!("serving no keys: {error:#}");
-                instance::Verified {
-                    groups: Vec::new(),
-                    canary: None,
-                }
-            });
-    let (served, refused) = instance::servable(verified.groups, instance, SystemTime::now());
-    let mut stdout = std::io::stdout().lock();
-    for (_, body) in &served {
-        for line in body.split(|&b| b == b'\n') {
-            if !line.is_empty() && !line.starts_with(b"#") {
-                stdout.write_all(line)?;
-                stdout.write_all(b"\n")?;
-            }
+    let served = match &state {
+        None => {
+            tracing::error!("serving no keys: the cache holds nothing yet (`keyhole refresh`)");
+            Served::default()
         }
-    }
-    // The audit canary, after the people's keys, and only alongside them: a host that fails
-    // closed serves no canary either, so the probe sees it.
-    if let Some(canary) = verified.canary.as_deref().filter(|_| !served.is_empty()) {
-        stdout.write_all(canary.as_bytes())?;
-        stdout.write_all(b"\n")?;
-    }
+        Some(state) => {
+            let expect = Expect {
+                instance,
+                deployment: &deployment,
+                verifier: verifier.as_ref(),
+                now: SystemTime::now(),
+            };
+            serve::serve(state, &groups, args.fingerprint.as_deref(), &expect).unwrap_or_else(
+                |error| {
+                    tracing::error!("serving no keys: {error:#}");
+                    Served::default()
+                },
+            )
+        }
+    };
+    // One write: sshd reads it all anyway, and a key line is never split across writes.
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(&served.output)?;
     stdout.flush()?;
 
     if let Some(fingerprint) = &args.fingerprint {
-        let who =
-            instance::attribution_of(&cache, &served, verified.canary.as_deref(), fingerprint)?
-                .map_or_else(
-                    || "a key keyhole does not serve".to_owned(),
-                    |attribution| attribution.describe(),
-                );
+        let who = served.attribution.as_ref().map_or_else(
+            || "a key keyhole does not serve".to_owned(),
+            Attribution::describe,
+        );
         // sshd asks for the keys when a client merely offers one, before any signature proves
         // the client holds it: this line says which key was offered, not who logged in. sshd's
         // own "Accepted publickey for USER from ADDR port P ssh2: TYPE SHA256:…" line, with the
@@ -171,10 +198,10 @@ pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
             instance::printable(fingerprint)
         ));
     }
-    if !refused.is_empty() {
-        tracing::error!(groups = ?refused, max_stale = ?instance.max_stale, "no current copy of these access groups: serving no keys for them");
+    for (group, why) in &served.refused {
+        tracing::error!(group = %group, max_stale = ?instance.max_stale, "not serving this access group's keys: {why}");
     }
-    Ok(if served.is_empty() {
+    Ok(if served.groups.is_empty() {
         Exit::Failure
     } else {
         Exit::Success

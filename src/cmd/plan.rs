@@ -112,6 +112,8 @@ pub(crate) struct Prepared {
     pub published: Published,
     /// `[deny] fingerprints`.
     pub denied: BTreeSet<String>,
+    /// The audit canary's current and previous keys (`canary::fingerprints`).
+    pub canary: BTreeSet<String>,
     /// Who each contested key was published for (read only when some key is contested).
     pub owners: Option<Owners>,
     /// The published files of the groups with a member whose home could not be read: those
@@ -132,6 +134,7 @@ impl Prepared {
     pub fn renderer(&self) -> Renderer<'_> {
         Renderer::new(&self.gathered.keys, &self.denied, self.owners.as_ref())
             .restrict(&self.gathered.checked.policy, &self.gathered.resolution)
+            .without_canary(self.canary.clone())
     }
 }
 
@@ -207,6 +210,13 @@ pub(crate) async fn prepare(
     } else {
         Some(published.owners(&store, &layout).await?)
     };
+    let canary = crate::canary::fingerprints(
+        settings
+            .canary
+            .as_ref()
+            .map(|canary| canary.key_dir.as_path()),
+        published.index.canary.as_deref(),
+    );
     let mut prepared = Prepared {
         gathered,
         plan: Plan {
@@ -225,6 +235,7 @@ pub(crate) async fn prepare(
         layout,
         published,
         denied,
+        canary,
         owners,
         carried: HashMap::new(),
         unread: BTreeSet::new(),

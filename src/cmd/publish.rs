@@ -349,6 +349,8 @@ async fn commit(
     index: &Index,
     signer: Option<&Signer>,
 ) -> anyhow::Result<String> {
+    // Per-group seals for the instances' logins (issue 24, `group_seal`).
+    let index = &crate::group_seal::sealed(prepared, index, signer).await?;
     let sealed = index.seal(signer).context("sealing the index")?;
     let sha256 = sha256_hex(&sealed);
     let precondition = match &prepared.published.etag {
@@ -498,6 +500,7 @@ async fn publish_denials(
                         sha256: file.sha256.clone(),
                         users: file.users.len(),
                         keys: file.keys.len(),
+                        seal: None,
                     },
                 );
                 bodies.push((name.to_owned(), file.body.into_bytes()));

@@ -8,7 +8,8 @@
 //! its groups, or a group it should serve is not published. Monitoring of the timer's unit then
 //! notices long before the cache goes stale.
 
-use std::time::{Duration, SystemTime};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::GlobalArgs;
 use crate::exit::{EXIT_CODES_HELP, Exit};
@@ -22,18 +23,39 @@ const REFRESH_TIMEOUT: Duration = Duration::from_secs(60);
 /// so monitoring notices before the cache goes stale.
 #[derive(Debug, clap::Args)]
 #[command(after_help = EXIT_CODES_HELP)]
-pub struct Args {}
+pub struct Args {
+    /// Write a Prometheus textfile here (for node_exporter's textfile collector): the host's
+    /// access groups, whether its EC2 tag was found absent, and when a refresh last succeeded.
+    #[arg(long, value_name = "PATH")]
+    metrics_file: Option<PathBuf>,
+}
 
-pub fn run(_args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
+pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
     let settings = Settings::load(global.config.as_deref())?;
     let instance = settings.instance()?;
-    let cache = Cache::new(&instance.cache_dir);
+    // The same check as the login path: a cache someone else can write to is never filled.
+    let cache = Cache::open(&instance.cache_dir)?;
+    let mut figures = Figures::default();
+    let result = refresh(&settings, &cache, &mut figures);
+    if let Some(path) = &args.metrics_file {
+        let succeeded = matches!(result, Ok(Exit::Success));
+        if let Err(error) = figures.write(path, succeeded) {
+            tracing::warn!("could not write the metrics file: {error:#}");
+        }
+    }
+    result
+}
+
+fn refresh(settings: &Settings, cache: &Cache, figures: &mut Figures) -> anyhow::Result<Exit> {
+    let instance = settings.instance()?;
+    let cache = cache.clone();
     let mut exit = Exit::Success;
 
     let mut never_resolved = None;
     if let Some(source) = &instance.imds {
         match host_groups::refresh(&cache, source, SystemTime::now())? {
             Ok(resolved) => {
+                figures.tag_absent = resolved.source.ends_with("(absent)");
                 tracing::info!(groups = ?resolved.groups, source = %resolved.source, "resolved this host's access groups");
                 if !resolved.invalid.is_empty() {
                     tracing::error!(names = ?resolved.invalid, source = %resolved.source, "not access group names (1 to 63 of a-z 0-9 . _ -): ignored");
@@ -56,6 +78,7 @@ pub fn run(_args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
     }
 
     let groups = host_groups::current(&cache, instance)?;
+    figures.groups = Some(groups.len());
     let never_resolved = never_resolved.map(|failure| {
         let fix = instance
             .imds
@@ -76,7 +99,7 @@ pub fn run(_args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
         tracing::error!("{message}; serving only [instance] access_groups until then");
     }
 
-    let index = super::authorized_keys::fetch(&settings, &cache, REFRESH_TIMEOUT)?;
+    let index = super::authorized_keys::fetch(settings, &cache, REFRESH_TIMEOUT)?;
     let missing: Vec<&String> = groups
         .iter()
         .filter(|group| !index.groups.contains_key(*group))
@@ -96,4 +119,40 @@ pub fn run(_args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
 
 fn round_seconds(duration: Duration) -> Duration {
     Duration::from_secs(duration.as_secs())
+}
+
+/// What `--metrics-file` reports.
+#[derive(Debug, Default)]
+struct Figures {
+    /// This host's access groups (static and from EC2), once known.
+    groups: Option<usize>,
+    /// IMDS answered that the access groups tag is not there (the grant was removed).
+    tag_absent: bool,
+}
+
+impl Figures {
+    fn write(&self, path: &Path, succeeded: bool) -> anyhow::Result<()> {
+        const LAST_SUCCESS: &str = "keyhole_refresh_last_success_timestamp_seconds";
+        let previous = std::fs::read_to_string(path).ok().and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(LAST_SUCCESS)?.trim().parse::<f64>().ok())
+        });
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let mut text = String::new();
+        text.push_str("# HELP keyhole_refresh_success Whether the last keyhole refresh succeeded.\n# TYPE keyhole_refresh_success gauge\n");
+        text.push_str(&format!(
+            "keyhole_refresh_success {}\n",
+            u8::from(succeeded)
+        ));
+        if let Some(last) = if succeeded { Some(now) } else { previous } {
+            text.push_str(&format!("# HELP {LAST_SUCCESS} When a keyhole refresh last succeeded.\n# TYPE {LAST_SUCCESS} gauge\n{LAST_SUCCESS} {last:.3}\n"));
+        }
+        if let Some(groups) = self.groups {
+            text.push_str(&format!("# HELP keyhole_instance_access_groups This host's access groups.\n# TYPE keyhole_instance_access_groups gauge\nkeyhole_instance_access_groups {groups}\n"));
+        }
+        text.push_str(&format!("# HELP keyhole_instance_access_tag_absent 1 when IMDS answered that the access groups tag is not set (access revoked).\n# TYPE keyhole_instance_access_tag_absent gauge\nkeyhole_instance_access_tag_absent {}\n", u8::from(self.tag_absent)));
+        crate::metrics::write_atomically(path, &text)
+    }
 }

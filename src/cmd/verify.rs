@@ -638,6 +638,7 @@ mod tests {
                     sha256,
                     users: 1,
                     keys: 1,
+                    seal: None,
                 },
             );
             observed.objects.insert(key.clone(), body.into_bytes());

@@ -3,10 +3,18 @@
 //!
 //! The EC2 part is resolved only by `keyhole refresh` (from its timer) and cached in
 //! `cache_dir/host-groups.json`; the login path reads that file and never asks IMDS, so an SSH
-//! login costs the same whatever IMDS does. When IMDS cannot answer (down, slow, tags not in
-//! the metadata, the tag removed), the last resolved groups stay in force and `refresh` says so
-//! and exits non-zero; a host that never resolved serves only its static groups (none, usually)
-//! until it does.
+//! login costs the same whatever IMDS does.
+//!
+//! The tag is an access grant, and its removal a revocation: when IMDS answers that the instance
+//! has no such tag (404 on the tag, or the key missing from the tag listing; and, with user data
+//! as a second source, no line there either), the host has no access groups from EC2 any more
+//! (logged as `access_groups_tag_absent`, counted in `refresh --metrics-file`). When IMDS cannot
+//! answer (down, slow, 5xx, a refused token, tags not in the metadata at all), that says nothing
+//! about the grant: the last resolved groups stay in force and `refresh` says so and exits
+//! non-zero. A host that never resolved serves only its static groups (none, usually) until it
+//! does. So `ec2:CreateTags` / `ec2:DeleteTags` on the tag key grant and revoke SSH access (and
+//! `ec2:ModifyInstanceMetadataOptions`, which can hide tags from IMDS, keeps a grant from being
+//! revoked): the README shows an IAM / SCP policy that leaves them to the provisioning role.
 //!
 //! Formats (the same list syntax in both places):
 //! - **Tag** (`access_groups_tag = "KEY"`): the tag's value is a comma-separated list of access
@@ -191,6 +199,30 @@ pub enum NotResolved {
     },
 }
 
+impl NotResolved {
+    /// Whether IMDS answered, definitively (404), that the instance has no such tag (and no
+    /// user data line when that is a source too): the host's grant was removed. Everything else
+    /// (IMDS down, slow, refusing, tags not in the metadata at all) says nothing about the grant,
+    /// and the last resolved groups stay.
+    pub fn revokes(&self) -> bool {
+        match self {
+            NotResolved::NoTag { .. } => true,
+            NotResolved::Neither { tag, user_data } => {
+                matches!(**tag, NotResolved::NoTag { .. })
+                    && matches!(**user_data, NotResolved::NoUserDataLine)
+            }
+            _ => false,
+        }
+    }
+}
+
+fn absent_source(source: &ImdsGroups) -> String {
+    match &source.tag {
+        Some(key) => format!("EC2 tag {key}"),
+        None => "EC2 user data".to_owned(),
+    }
+}
+
 /// What to do on EC2 so that `source` can name this host's groups: said whenever a host has
 /// never resolved any.
 pub fn how_to_fix(source: &ImdsGroups) -> String {
@@ -297,7 +329,24 @@ pub fn refresh(
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let outcome = runtime.block_on(resolve(&imds, source, now));
+    let outcome = match runtime.block_on(resolve(&imds, source, now)) {
+        // IMDS said, definitively, that the tag is not there: the grant is gone. A host whose
+        // tag was removed serves no access group from EC2 any more (only the static list).
+        Err(failure) if failure.revokes() => {
+            tracing::warn!(
+                event = "access_groups_tag_absent",
+                "{failure}: this host now has no access groups from EC2 (a removed tag revokes \
+                 them)"
+            );
+            Ok(Resolved {
+                groups: Vec::new(),
+                source: format!("{} (absent)", absent_source(source)),
+                resolved_at_ms: super::unix_millis(now),
+                invalid: Vec::new(),
+            })
+        }
+        outcome => outcome,
+    };
     if let Ok(resolved) = &outcome {
         let unchanged = read_resolved(cache)?.is_some_and(|cached| {
             cached.groups == resolved.groups

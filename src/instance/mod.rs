@@ -2,28 +2,34 @@
 //! served to sshd at every login.
 //!
 //! An instance reads `{prefix}index.json` (see [`crate::index`]: per access group the SHA-256 of
-//! its file, and nothing per person) and the files of the access groups it serves, never the
-//! owners object: what it fetches is proportional to what it serves, not to the company.
+//! its file and the publisher's seal, nothing per person) and the files of the access groups it
+//! serves, never the owners object: what it fetches is proportional to what it serves, not to the
+//! company.
 //!
-//! The cache holds, per access group, the verified file body behind a one-line header recording
-//! the object's ETag, the index generation and when it was last confirmed current; the verified
-//! index; and an attribution file (fingerprint → person, and per access group the group chain
-//! that gives the access), built from the cached group files themselves, whose `# bob via Web
-//! Team` lines say who each key belongs to. Every file is written to a temporary file and renamed
-//! into place, so a login running at the same moment reads either the old or the new copy, never
-//! a mix.
+//! The cache is one state directory switched atomically (see [`state`]): per host group the
+//! verified file, its fingerprint lookup ([`crate::group_lookup`]) and its seal, plus the
+//! verified index. A refresh builds the next state beside the current one and switches with one
+//! rename, so a refresh that fails half-way (a missing object, a timeout, a kill) changes nothing
+//! a login sees: the previous state is served, whole, within `max_stale`.
 //!
 //! Trust: content enters the cache only after it checks out. A group file must hash to what the
-//! index says; with `verify_key` set, the index must carry a valid SSHSIG signature (namespace
-//! `keyhole`) and must not be past its `not_after`; and it must never be older (a lower
-//! generation) than what is cached. Anything else is refused and the cached copy stays: a
-//! tampered or rolled-back bucket can never change what sshd is given.
+//! index says and its lookup to what its seal signs; with `verify_key` set, the index must carry
+//! a valid SSHSIG signature (namespace `keyhole`), must not be past its `not_after`, must name
+//! this deployment; and it must never be older (a lower generation) than what the cache served.
+//! Anything else is refused and the current state stays. At login the state is checked again, at
+//! a cost of O(host groups) ([`serve`]): seals, `not_after`, generation.
+//!
+//! Upgrading from a keyhole that cached files side by side (`group-NAME`, `index`,
+//! `attribution` directly in `cache_dir`): the first refresh builds a state from the bucket and
+//! removes them. A login before that refreshes first, as any login on a stale cache does; when S3
+//! cannot be reached it builds the state from the old files instead, checked as the old version
+//! checked them (the index's signature and every file's SHA-256), and serves it within
+//! `max_stale` of when they were last confirmed. Nobody is locked out by the upgrade.
 //!
 //! This module must never print to stdout: only `cmd::authorized_keys` writes key lines there.
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -31,6 +37,7 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::group_file::PublishedFile;
+use crate::group_lookup::{self, Lookup, Statement};
 use crate::index::{Index, Layout};
 use crate::render::sha256_hex;
 use crate::resolve::VIA_SEPARATOR;
@@ -41,17 +48,22 @@ use crate::store::{Fetched, ObjectStore};
 pub mod doctor;
 pub mod host_groups;
 pub mod imds;
+pub mod serve;
+pub mod state;
 
-const INDEX: &str = "index";
-const ATTRIBUTION: &str = "attribution";
-/// What keyhole before the index cached; removed by the first refresh that caches an index.
+use state::{GroupState, Manifest, Next, State};
+
+/// What keyhole before cache states kept directly in `cache_dir` (read to upgrade, then removed).
+const LEGACY_INDEX: &str = "index";
+const LEGACY_ATTRIBUTION: &str = "attribution";
+/// What keyhole before the index cached.
 const LEGACY_MANIFEST: &str = "manifest";
 
-/// What the cache knows about one cached object.
+/// What a cached object's header records (the format keyhole before cache states wrote, and
+/// what [`Cache::group`] reports).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Meta {
-    /// The object's ETag. For the attribution file, which is no object: a digest of the group
-    /// files it was built from, so it is rebuilt exactly when one of them changes.
+    /// The object's ETag (empty for a group file reported from a cache state).
     pub etag: String,
     /// Unix time in milliseconds when this copy was last confirmed to be what S3 publishes.
     pub confirmed_at_ms: u64,
@@ -152,6 +164,7 @@ impl Cache {
     /// The cache at `dir`, refused when someone else could write to it: a directory not owned by
     /// the running user, or writable by its group or others, could be filled with keys that were
     /// never verified. A directory that does not exist yet is fine (the first refresh makes it).
+    /// Both the login path and `refresh` open the cache through here.
     pub fn open(dir: &Path) -> anyhow::Result<Cache> {
         use std::os::unix::fs::MetadataExt as _;
         match fs::metadata(dir) {
@@ -184,9 +197,11 @@ impl Cache {
         Ok(Cache::new(dir))
     }
 
-    /// Takes the refresh lock (`.lock` in the cache directory), waiting for another refresh
-    /// without blocking the runtime, so the caller's timeout still applies.
-    async fn lock(&self) -> anyhow::Result<fs::File> {
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn create(&self) -> anyhow::Result<fs::File> {
         use std::os::unix::fs::DirBuilderExt as _;
         fs::DirBuilder::new()
             .recursive(true)
@@ -194,12 +209,18 @@ impl Cache {
             .create(&self.dir)
             .with_context(|| format!("creating the cache directory {}", self.dir.display()))?;
         let path = self.path(".lock");
-        let file = fs::OpenOptions::new()
+        fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
+            .with_context(|| format!("opening {}", path.display()))
+    }
+
+    /// Takes the refresh lock (`.lock` in the cache directory), waiting for another refresh
+    /// without blocking the runtime, so the caller's timeout still applies.
+    async fn lock(&self) -> anyhow::Result<fs::File> {
+        let file = self.create()?;
         loop {
             match file.try_lock() {
                 Ok(()) => return Ok(file),
@@ -207,9 +228,7 @@ impl Cache {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 Err(fs::TryLockError::Error(error)) => {
-                    return Err(
-                        anyhow::Error::new(error).context(format!("locking {}", path.display()))
-                    );
+                    return Err(anyhow::Error::new(error).context("locking the cache"));
                 }
             }
         }
@@ -219,12 +238,38 @@ impl Cache {
         self.dir.join(name)
     }
 
-    /// The cached copy of an access group's file, if any.
-    pub fn group(&self, group: &str) -> anyhow::Result<Option<Cached>> {
-        self.read(&group_file(group))
+    /// The state logins serve, if a refresh ever built one.
+    pub fn state(&self) -> anyhow::Result<Option<State>> {
+        State::current(&self.dir)
     }
 
-    fn read(&self, name: &str) -> anyhow::Result<Option<Cached>> {
+    /// An access group's cached file, as the current state holds it (`None`: not cached). For
+    /// reports (`doctor`); the login path reads through [`serve`].
+    pub fn group(&self, group: &str) -> anyhow::Result<Option<Cached>> {
+        let Some(state) = self.state()? else {
+            return Ok(None);
+        };
+        let Some(entry) = state.manifest.groups.get(group) else {
+            return Ok(None);
+        };
+        let body = if entry.published {
+            state.body(group)?
+        } else {
+            Vec::new()
+        };
+        Ok(Some(Cached {
+            meta: Meta {
+                etag: String::new(),
+                confirmed_at_ms: state.manifest.confirmed_at_ms,
+                generation: state.manifest.generation,
+                sha256: entry.sha256.clone(),
+            },
+            body,
+        }))
+    }
+
+    /// A file in the format keyhole before cache states wrote (a header line, then the body).
+    fn read_legacy(&self, name: &str) -> anyhow::Result<Option<Cached>> {
         let path = self.path(name);
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
@@ -253,51 +298,65 @@ impl Cache {
         }
     }
 
-    /// Writes `body` under `name` atomically: a temporary file in the same directory, then rename.
-    fn write(&self, name: &str, meta: &Meta, body: &[u8]) -> anyhow::Result<()> {
-        fs::create_dir_all(&self.dir)
-            .with_context(|| format!("creating the cache directory {}", self.dir.display()))?;
-        let mut file = tempfile::NamedTempFile::new_in(&self.dir)
-            .with_context(|| format!("writing in the cache directory {}", self.dir.display()))?;
-        let header = serde_json::to_vec(meta)?;
-        file.write_all(HEADER_PREFIX)?;
-        file.write_all(&header)?;
-        file.write_all(b"\n")?;
-        file.write_all(body)?;
-        let target = self.path(name);
-        file.persist(&target)
-            .with_context(|| format!("replacing the cache file {}", target.display()))?;
-        Ok(())
-    }
-
-    /// Who owns `fingerprint` among this host's access groups, from the attribution file.
+    /// Who owns `fingerprint` among this host's access groups, from the current state's lookups
+    /// (for `whois` on an instance; a login attributes through [`serve`]).
     pub fn attribution(&self, fingerprint: &str) -> anyhow::Result<Option<Attribution>> {
-        let Some(cached) = self.read(ATTRIBUTION)? else {
+        let Some(state) = self.state()? else {
             return Ok(None);
         };
-        // One line per key: the fingerprint, a space, the attribution as JSON. Only the matching
-        // line is parsed.
-        let found = cached.body.split(|&b| b == b'\n').find_map(|line| {
-            let rest = line.strip_prefix(fingerprint.as_bytes())?;
-            rest.strip_prefix(b" ")
-        });
-        found
-            .map(|json| serde_json::from_slice(json).context("reading the cached attribution"))
-            .transpose()
+        let bucket = group_lookup::bucket_of(fingerprint);
+        let mut found: Option<Attribution> = None;
+        for (group, entry) in &state.manifest.groups {
+            if !entry.published {
+                continue;
+            }
+            let lookup = Lookup::build(&state.body(group)?);
+            for line in group_lookup::entries(lookup.bucket(bucket)) {
+                if line.fingerprint == fingerprint {
+                    found
+                        .get_or_insert_with(|| Attribution {
+                            user: line.user.clone(),
+                            groups: BTreeMap::new(),
+                        })
+                        .groups
+                        .insert(group.clone(), line.via.clone());
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// The cached, verified index (verified when it was cached).
     pub fn index(&self) -> anyhow::Result<Option<(Meta, Index)>> {
-        let Some(cached) = self.read(INDEX)? else {
+        let Some(state) = self.state()? else {
             return Ok(None);
         };
-        let index = Index::open(&cached.body, None).context("reading the cached index")?;
-        Ok(Some((cached.meta, index)))
+        let bytes = state.index_bytes()?;
+        let index = Index::open(&bytes, None).context("reading the cached index")?;
+        let meta = Meta {
+            etag: state.manifest.index_etag.clone(),
+            confirmed_at_ms: state.manifest.confirmed_at_ms,
+            generation: state.manifest.generation,
+            sha256: state.manifest.index_sha256.clone(),
+        };
+        Ok(Some((meta, index)))
     }
-}
 
-fn group_file(group: &str) -> String {
-    format!("group-{group}")
+    /// Removes what keyhole before cache states kept directly in the cache directory.
+    fn remove_legacy(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let legacy = name.starts_with("group-")
+                || [LEGACY_INDEX, LEGACY_ATTRIBUTION, LEGACY_MANIFEST].contains(&name);
+            if legacy && let Err(error) = fs::remove_file(entry.path()) {
+                tracing::debug!("could not remove the old cache file {name}: {error}");
+            }
+        }
+    }
 }
 
 pub fn unix_millis(time: SystemTime) -> u64 {
@@ -305,42 +364,15 @@ pub fn unix_millis(time: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Brings the cache up to date: one conditional read of the index, and a group file read only
-/// for this host's groups whose SHA-256 in the index differs from the cached one. Nothing
-/// unverified is cached; nothing per person of the company is read.
-pub async fn refresh(
-    store: &impl ObjectStore,
-    layout: &Layout,
+/// The index, opened and checked as an instance accepts it: its signature (with `verifier`), its
+/// deployment, and (signed) its `not_after`.
+fn accept_index(
+    bytes: &[u8],
     deployment: &str,
-    cache: &Cache,
-    instance: &InstanceSettings,
     verifier: Option<&Verifier>,
     now: SystemTime,
 ) -> anyhow::Result<Index> {
-    trust_unsigned(instance, verifier)?;
-    // One refresh at a time: a slow refresh that validated generation N must not write after a
-    // fast one wrote N+1. Everything below, the reading of what is cached included, happens
-    // under the lock.
-    let _lock = cache.lock().await?;
-    let cached_index = cache.read(INDEX)?;
-    let fetched = store
-        .get(
-            &layout.index(),
-            cached_index.as_ref().map(|c| c.meta.etag.as_str()),
-        )
-        .await
-        .context("fetching the index")?;
-    let (bytes, etag) = match (fetched, &cached_index) {
-        (Fetched::Object(object), _) => (object.body, object.etag),
-        (Fetched::NotModified, Some(cached)) => (cached.body.clone(), cached.meta.etag.clone()),
-        (Fetched::NotModified, None) => {
-            bail!("the store answered 'not modified' for an index this host does not have")
-        }
-        (Fetched::Missing, _) => bail!("no index is published at {}", layout.index()),
-    };
-    // Verified every time, the cached copy too: the index is small, and a verify_key set (or
-    // changed) since it was cached then applies at once.
-    let index = Index::open(&bytes, verifier).context("refusing the index")?;
+    let index = Index::open(bytes, verifier).context("refusing the index")?;
     index
         .check_deployment(deployment, verifier.is_some())
         .context("refusing the index")?;
@@ -354,31 +386,203 @@ pub async fn refresh(
             bail!("refusing the index: it expired at {not_after} (is the publisher running?)");
         }
     }
-    // Never back to format 1 once format 2 was trusted; never a not_after beyond MAX_VALIDITY.
-    let cached_format = cached_index
+    // Never a not_after further ahead than MAX_VALIDITY (a signing key misused, or a clock).
+    if verifier.is_some() {
+        crate::trust::check_validity(&index, now).context("refusing the index")?;
+    }
+    Ok(index)
+}
+
+/// Where a host group's file comes from in the next state.
+enum Source {
+    /// Not in the index: grants nothing.
+    Unpublished,
+    /// The current state's copy, unchanged (its lookup is reused when it hashes to `root`).
+    Current { root: String },
+    /// Fetched, or read from a cache keyhole wrote before states.
+    Body(Vec<u8>),
+}
+
+/// Brings the cache up to date: one conditional read of the index, and a group file read only
+/// for this host's groups whose SHA-256 in the index differs from the cached one. The next state
+/// is built beside the current one and switched to only when all of it checked out. Nothing
+/// unverified is cached; nothing per person of the company is read.
+pub async fn refresh(
+    store: &impl ObjectStore,
+    layout: &Layout,
+    deployment: &str,
+    cache: &Cache,
+    instance: &InstanceSettings,
+    verifier: Option<&Verifier>,
+    now: SystemTime,
+) -> anyhow::Result<Index> {
+    trust_unsigned(instance, verifier)?;
+    // One refresh at a time: a slow refresh that validated generation N must not switch after a
+    // fast one switched to N+1. Everything below, the reading of what is cached included,
+    // happens under the lock.
+    let _lock = cache.lock().await?;
+    let current = cache.state().unwrap_or_else(|error| {
+        tracing::warn!("rebuilding the cache: {error:#}");
+        None
+    });
+    let legacy = match &current {
+        Some(_) => None,
+        None => cache.read_legacy(LEGACY_INDEX)?,
+    };
+    let cached = match (&current, &legacy) {
+        (Some(state), _) => state
+            .index_bytes()
+            .ok()
+            .map(|bytes| (state.manifest.index_etag.clone(), bytes)),
+        (None, Some(legacy)) => Some((legacy.meta.etag.clone(), legacy.body.clone())),
+        (None, None) => None,
+    };
+    // Never back to format 1 once format 2 was trusted.
+    let cached_format = cached
         .as_ref()
-        .and_then(|c| Index::open(&c.body, None).ok());
-    crate::trust::check_format(
-        &index,
-        cached_format.map(|i| (i.format, "the cached index")),
-    )
-    .and_then(|()| verifier.map_or(Ok(()), |_| crate::trust::check_validity(&index, now)))
-    .context("refusing the index")?;
-    let cached_groups = cached_groups(cache, instance)?;
-    // The newest generation this host has seen: the cached index's, or any cached group file's
-    // (they carry it too, so deleting the cached index does not open the door to a rollback).
-    let seen = cached_index
-        .iter()
-        .map(|c| c.meta.generation)
-        .chain(
-            cached_groups
-                .iter()
-                .flat_map(|(_, c)| c.as_ref().map(|c| c.meta.generation)),
+        .and_then(|(_, bytes)| Index::open(bytes, None).ok())
+        .map(|index| index.format);
+    let fetched = store
+        .get(
+            &layout.index(),
+            cached.as_ref().map(|(etag, _)| etag.as_str()),
         )
-        .max();
-    if let Some(seen) = seen
-        && index.generation < seen
-    {
+        .await
+        .context("fetching the index")?;
+    let (bytes, etag) = match (fetched, cached) {
+        (Fetched::Object(object), _) => (object.body, object.etag),
+        (Fetched::NotModified, Some((etag, bytes))) => (bytes, etag),
+        (Fetched::NotModified, None) => {
+            bail!("the store answered 'not modified' for an index this host does not have")
+        }
+        (Fetched::Missing, _) => bail!("no index is published at {}", layout.index()),
+    };
+    // Verified every time, the cached copy too: the index is small, and a verify_key set (or
+    // changed) since it was cached then applies at once.
+    let index = accept_index(&bytes, deployment, verifier, now)?;
+    crate::trust::check_format(&index, cached_format.map(|f| (f, "the cached index")))
+        .context("refusing the index")?;
+    let index_sha256 = sha256_hex(&bytes);
+    check_not_rolled_back(cache, current.as_ref(), &index, &index_sha256)?;
+
+    let groups = host_groups::current(cache, instance)?;
+    let mut sources = Vec::new();
+    for group in groups {
+        let Some(entry) = index.groups.get(&group) else {
+            tracing::warn!(
+                group,
+                "this host's access group is not published: it grants no keys"
+            );
+            sources.push((group, Source::Unpublished));
+            continue;
+        };
+        let expected_root = entry
+            .seal
+            .as_deref()
+            .and_then(group_lookup::split_seal)
+            .map(|(root, _)| root.to_owned());
+        let unchanged = current.as_ref().and_then(|state| {
+            let cached = state.manifest.groups.get(&group)?;
+            (cached.published && cached.sha256 == entry.sha256).then(|| cached.lookup.clone())
+        });
+        if let (Some(state), Some(root)) = (&current, unchanged)
+            && expected_root
+                .as_ref()
+                .is_none_or(|expected| *expected == root)
+            && reusable(state, &group, &entry.sha256, &root)
+        {
+            sources.push((group, Source::Current { root }));
+            continue;
+        }
+        if let Some(old) = cache.read_legacy(&format!("group-{group}"))?
+            && old.meta.sha256 == entry.sha256
+        {
+            sources.push((group, Source::Body(old.body)));
+            continue;
+        }
+        let key = layout.group(&index, &group, &entry.sha256);
+        let Fetched::Object(object) = store
+            .get(&key, None)
+            .await
+            .with_context(|| format!("fetching {key}"))?
+        else {
+            bail!("{key} is listed in the index but missing from the bucket");
+        };
+        let sha256 = sha256_hex(&object.body);
+        if sha256 != entry.sha256 {
+            bail!(
+                "refusing {key}: its SHA-256 {sha256} is not the {} the index records (tampered, or a publish in progress)",
+                entry.sha256
+            );
+        }
+        sources.push((group, Source::Body(object.body)));
+    }
+
+    // Issue 25's step goes here: the revocation list the verified index names is written for
+    // sshd's RevokedKeys (`instance::revoked`), before the switch, so a refresh that cannot write
+    // it switches nothing.
+
+    build(
+        cache,
+        current.as_ref(),
+        &index,
+        (&bytes, &etag, &index_sha256),
+        sources,
+        unix_millis(now),
+        deployment,
+        verifier,
+    )?;
+    // What a keyhole before states cached is no longer needed once a state was switched to.
+    cache.remove_legacy();
+    Ok(index)
+}
+
+/// Whether the current state's copy of a group can be carried into the next one: its file still
+/// hashes to `sha256` and its lookup table to `root`.
+fn reusable(state: &State, group: &str, sha256: &str, root: &str) -> bool {
+    let body_ok = state
+        .body(group)
+        .is_ok_and(|body| sha256_hex(&body) == sha256);
+    let lookup_ok = fs::read(state.lookup_path(group)).is_ok_and(|bytes| {
+        bytes
+            .get(..group_lookup::TABLE_BYTES)
+            .and_then(group_lookup::Table::new)
+            .is_some_and(|table| table.root() == root)
+    });
+    body_ok && lookup_ok
+}
+
+/// Refuses an index older than what this cache served (a rollback), or of the same generation
+/// with other content.
+fn check_not_rolled_back(
+    cache: &Cache,
+    current: Option<&State>,
+    index: &Index,
+    index_sha256: &str,
+) -> anyhow::Result<()> {
+    // The newest generation this host has seen: the switch record, the current state's, or the
+    // files a keyhole before states cached (they carry it too, so deleting one file does not open
+    // the door to a rollback).
+    let mut seen = state::seen(&cache.dir);
+    if let Some(state) = current {
+        seen = seen.max(state.manifest.generation);
+    }
+    for name in legacy_names(cache) {
+        if let Ok(Some(old)) = cache.read_legacy(&name) {
+            seen = seen.max(old.meta.generation);
+            if name == LEGACY_INDEX
+                && old.meta.generation == index.generation
+                && old.meta.sha256 != index_sha256
+            {
+                bail!(
+                    "refusing the index: it differs from the cached index of the same generation {} \
+                     (two publishers, or a replayed generation)",
+                    index.generation
+                );
+            }
+        }
+    }
+    if index.generation < seen {
         bail!(
             "refusing the index: generation {} is older than the cached generation {seen} (rollback)",
             index.generation
@@ -386,9 +590,9 @@ pub async fn refresh(
     }
     // A generation is committed once: the same generation with other content was written by a
     // publisher that lost the race, or forged with an old signature's generation.
-    if let Some(cached) = &cached_index
-        && cached.meta.generation == index.generation
-        && cached.meta.sha256 != sha256_hex(&bytes)
+    if let Some(state) = current
+        && state.manifest.generation == index.generation
+        && state.manifest.index_sha256 != index_sha256
     {
         bail!(
             "refusing the index: it differs from the cached index of the same generation {} \
@@ -396,74 +600,181 @@ pub async fn refresh(
             index.generation
         );
     }
+    Ok(())
+}
 
-    let mut bodies = Vec::new();
-    for (group, cached) in cached_groups {
-        let name = group_file(&group);
-        let confirmed = |etag: String, sha256: String| Meta {
-            etag,
-            confirmed_at_ms: unix_millis(now),
-            generation: index.generation,
-            sha256,
-        };
+/// The files a keyhole before states left in the cache directory.
+fn legacy_names(cache: &Cache) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(&cache.dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter(|name| name == LEGACY_INDEX || name.starts_with("group-"))
+        .collect()
+}
+
+/// Builds the next state from `sources` (every seal checked against the lookup built here) and
+/// switches to it.
+#[allow(clippy::too_many_arguments)]
+fn build(
+    cache: &Cache,
+    current: Option<&State>,
+    index: &Index,
+    (bytes, etag, index_sha256): (&[u8], &str, &str),
+    sources: Vec<(String, Source)>,
+    confirmed_at_ms: u64,
+    deployment: &str,
+    verifier: Option<&Verifier>,
+) -> anyhow::Result<()> {
+    let next = Next::new(&cache.dir)?;
+    let mut groups = BTreeMap::new();
+    for (group, source) in sources {
         let Some(entry) = index.groups.get(&group) else {
-            tracing::warn!(
+            next.add_group(&group, b"", &Lookup::build(b""))?;
+            groups.insert(
                 group,
-                "this host's access group is not published: it grants no keys"
+                GroupState {
+                    published: false,
+                    sha256: sha256_hex(b""),
+                    lookup: Lookup::build(b"").root(),
+                    seal: None,
+                },
             );
-            cache.write(&name, &confirmed(String::new(), sha256_hex(b"")), b"")?;
-            bodies.push((group, Vec::new()));
             continue;
         };
-        let (meta, body) = match cached {
-            Some(cached) if cached.meta.sha256 == entry.sha256 => {
-                (confirmed(cached.meta.etag, cached.meta.sha256), cached.body)
+        let root = match source {
+            Source::Current { root } => {
+                let state = current.context("no current state to carry a group from")?;
+                next.reuse_group(state, &group)?;
+                root
             }
-            _ => {
-                let key = layout.group(&index, &group, &entry.sha256);
-                let Fetched::Object(object) = store
-                    .get(&key, None)
-                    .await
-                    .with_context(|| format!("fetching {key}"))?
-                else {
-                    bail!("{key} is listed in the index but missing from the bucket");
-                };
-                let sha256 = sha256_hex(&object.body);
-                if sha256 != entry.sha256 {
-                    bail!(
-                        "refusing {key}: its SHA-256 {sha256} is not the {} the index records (tampered, or a publish in progress)",
-                        entry.sha256
-                    );
-                }
-                (confirmed(object.etag, sha256), object.body)
+            Source::Body(body) => {
+                let lookup = Lookup::build(&body);
+                next.add_group(&group, &body, &lookup)?;
+                lookup.root()
             }
+            Source::Unpublished => bail!("access group {group} is published after all"),
         };
-        cache.write(&name, &meta, &body)?;
-        bodies.push((group, body));
+        if let (Some(verifier), Some(seal)) = (verifier, &entry.seal) {
+            let (named, signature) = group_lookup::split_seal(seal).with_context(|| {
+                format!("refusing the index: access group {group}'s seal is malformed")
+            })?;
+            if named != root {
+                bail!(
+                    "refusing the index: access group {group}'s seal names lookup {named}, its file gives {root}"
+                );
+            }
+            Statement {
+                deployment,
+                group: &group,
+                generation: index.generation,
+                not_after: index.not_after.as_deref().unwrap_or_default(),
+                sha256: &entry.sha256,
+                lookup: &root,
+                canary: index.canary.as_deref().unwrap_or_default(),
+            }
+            .verify(verifier, signature)
+            .with_context(|| {
+                format!("refusing the index: access group {group}'s seal does not verify")
+            })?;
+        }
+        groups.insert(
+            group,
+            GroupState {
+                published: true,
+                sha256: entry.sha256.clone(),
+                lookup: root,
+                seal: entry.seal.clone(),
+            },
+        );
     }
+    let manifest = Manifest {
+        generation: index.generation,
+        deployment: index.deployment.clone(),
+        not_after: index.not_after.clone(),
+        index_etag: etag.to_owned(),
+        index_sha256: index_sha256.to_owned(),
+        confirmed_at_ms,
+        canary: index.canary.clone(),
+        groups,
+    };
+    next.switch(&manifest, bytes)
+}
 
-    write_attribution(cache, &bodies, index.generation, now)?;
-    cache.write(
-        INDEX,
-        &Meta {
-            etag,
-            confirmed_at_ms: unix_millis(now),
-            generation: index.generation,
-            sha256: sha256_hex(&bytes),
-        },
-        &bytes,
-    )?;
-    if let Err(error) = fs::remove_file(cache.path(LEGACY_MANIFEST))
-        && error.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::debug!("could not remove the old cached manifest: {error}");
+/// A login's way through an upgrade when S3 cannot be reached: builds a state from the files a
+/// keyhole before states cached, checked as that version checked them (the index's signature and
+/// deployment, every file's SHA-256 against it), confirmed when they were. Returns whether it
+/// built one. Needs no network.
+pub fn upgrade_offline(
+    cache: &Cache,
+    instance: &InstanceSettings,
+    deployment: &str,
+    verifier: Option<&Verifier>,
+) -> anyhow::Result<bool> {
+    trust_unsigned(instance, verifier)?;
+    if cache.state()?.is_some() {
+        return Ok(false);
     }
-    Ok(index)
+    let Some(old_index) = cache.read_legacy(LEGACY_INDEX)? else {
+        return Ok(false);
+    };
+    let lock = cache.create()?;
+    // A login never waits for a refresh: one that holds the lock is building a state already.
+    if lock.try_lock().is_err() {
+        return Ok(false);
+    }
+    if cache.state()?.is_some() {
+        return Ok(false);
+    }
+    let index = Index::open(&old_index.body, verifier).context("refusing the old cached index")?;
+    index
+        .check_deployment(deployment, verifier.is_some())
+        .context("refusing the old cached index")?;
+    let mut confirmed_at_ms = old_index.meta.confirmed_at_ms;
+    let mut sources = Vec::new();
+    for group in host_groups::current(cache, instance)? {
+        let Some(entry) = index.groups.get(&group) else {
+            sources.push((group, Source::Unpublished));
+            continue;
+        };
+        let Some(old) = cache.read_legacy(&format!("group-{group}"))? else {
+            bail!("the old cache has no copy of access group {group}");
+        };
+        if old.meta.sha256 != entry.sha256 {
+            bail!("the old cache's copy of access group {group} is not what its index names");
+        }
+        confirmed_at_ms = confirmed_at_ms.min(old.meta.confirmed_at_ms);
+        sources.push((group, Source::Body(old.body)));
+    }
+    build(
+        cache,
+        None,
+        &index,
+        (
+            &old_index.body,
+            &old_index.meta.etag,
+            &sha256_hex(&old_index.body),
+        ),
+        sources,
+        confirmed_at_ms,
+        deployment,
+        verifier,
+    )?;
+    tracing::info!(
+        generation = index.generation,
+        "built the cache state from the cache of the previous keyhole version (S3 unreachable)"
+    );
+    Ok(true)
 }
 
 /// An instance without `verify_key` serves whatever the bucket holds: allowed only when the
 /// settings say so (`allow_unsigned = true`), and then said at every refresh.
-fn trust_unsigned(instance: &InstanceSettings, verifier: Option<&Verifier>) -> anyhow::Result<()> {
+pub(crate) fn trust_unsigned(
+    instance: &InstanceSettings,
+    verifier: Option<&Verifier>,
+) -> anyhow::Result<()> {
     match (verifier, instance.allow_unsigned) {
         (Some(_), _) => Ok(()),
         (None, true) => {
@@ -481,121 +792,19 @@ fn trust_unsigned(instance: &InstanceSettings, verifier: Option<&Verifier>) -> a
     }
 }
 
-/// What may be given to sshd, checked against the cached index.
-#[derive(Debug)]
-pub struct Verified {
-    /// This host's groups; `None` for a group whose cached file does not check out.
-    pub groups: Vec<(String, Option<Cached>)>,
-    /// The audit canary's line, from the verified index.
-    pub canary: Option<String>,
-}
-
-/// Checks, at serving time, what is about to be given to sshd against the cached index: its
-/// signature again (with `verifier`), its deployment, and each group's SHA-256. A cache file
-/// edited on disk, body and header together, is refused here.
-pub fn verified_for_serving(
+/// This host's access groups with their copies in the current state (`None`: not in it).
+pub fn cached_groups(
     cache: &Cache,
-    deployment: &str,
-    verifier: Option<&Verifier>,
-    groups: Vec<(String, Option<Cached>)>,
     instance: &InstanceSettings,
-) -> anyhow::Result<Verified> {
-    trust_unsigned(instance, verifier)?;
-    let Some(cached) = cache.read(INDEX)? else {
-        bail!("no cached index to check the cached group files against");
-    };
-    let index = Index::open(&cached.body, verifier).context("refusing the cached index")?;
-    index
-        .check_deployment(deployment, verifier.is_some())
-        .context("refusing the cached index")?;
-    let groups = groups
+) -> anyhow::Result<Vec<(String, Option<Cached>)>> {
+    // The static list plus what `refresh` last resolved from EC2: never IMDS itself.
+    host_groups::current(cache, instance)?
         .into_iter()
-        .map(|(group, cached)| {
-            let expected = index
-                .groups
-                .get(&group)
-                .map_or_else(|| sha256_hex(b""), |entry| entry.sha256.clone());
-            let cached = cached.filter(|cached| {
-                let ok = cached.meta.sha256 == expected;
-                if !ok {
-                    tracing::error!(
-                        group,
-                        "the cached file does not match the cached index: not served"
-                    );
-                }
-                ok
-            });
-            (group, cached)
+        .map(|group| {
+            let cached = cache.group(&group)?;
+            Ok((group, cached))
         })
-        .collect();
-    Ok(Verified {
-        groups,
-        canary: index.canary,
-    })
-}
-
-/// Rebuilds the attribution file from this host's verified group files, unless it was built
-/// from exactly these files already (parsing every key costs more than a refresh should when
-/// nothing changed).
-fn write_attribution(
-    cache: &Cache,
-    bodies: &[(String, Vec<u8>)],
-    generation: u64,
-    now: SystemTime,
-) -> anyhow::Result<()> {
-    let sources = attribution_sources(bodies);
-    if cache
-        .read(ATTRIBUTION)?
-        .is_some_and(|cached| cached.meta.etag == sources)
-    {
-        return Ok(());
-    }
-    let mut body = String::new();
-    for (fingerprint, attribution) in attribute(bodies) {
-        body.push_str(&fingerprint);
-        body.push(' ');
-        body.push_str(&serde_json::to_string(&attribution)?);
-        body.push('\n');
-    }
-    cache.write(
-        ATTRIBUTION,
-        &Meta {
-            etag: sources,
-            confirmed_at_ms: unix_millis(now),
-            generation,
-            sha256: sha256_hex(body.as_bytes()),
-        },
-        body.as_bytes(),
-    )
-}
-
-/// What an attribution file built from `bodies` records as its source: a digest of the groups
-/// and their files' SHA-256, in order.
-fn attribution_sources(bodies: &[(String, Vec<u8>)]) -> String {
-    let sources: String = bodies
-        .iter()
-        .map(|(group, body)| format!("{group} {}\n", sha256_hex(body)))
-        .collect();
-    sha256_hex(sources.as_bytes())
-}
-
-/// Who owns `fingerprint` among the groups being served: from the attribution file when it was
-/// built from exactly these files, else from the files themselves (a refresh may have replaced
-/// them since), so a login is never attributed from other files than the ones sshd was given.
-pub fn attribution_of(
-    cache: &Cache,
-    served: &[(String, Vec<u8>)],
-    canary: Option<&str>,
-    fingerprint: &str,
-) -> anyhow::Result<Option<Attribution>> {
-    if let Some(canary) = Attribution::canary(canary, fingerprint) {
-        return Ok(Some(canary));
-    }
-    let built_from = cache.read(ATTRIBUTION)?.map(|cached| cached.meta.etag);
-    if built_from.as_deref() == Some(attribution_sources(served).as_str()) {
-        return cache.attribution(fingerprint);
-    }
-    Ok(attribute(served).remove(fingerprint))
+        .collect()
 }
 
 /// Every key in these group files, by fingerprint, with the person whose block it is in and, per
@@ -619,108 +828,73 @@ pub fn attribute(groups: &[(String, Vec<u8>)]) -> BTreeMap<String, Attribution> 
     found
 }
 
-/// This host's access groups with their cached copies (`None`: not cached), read once per login.
-pub fn cached_groups(
-    cache: &Cache,
-    instance: &InstanceSettings,
-) -> anyhow::Result<Vec<(String, Option<Cached>)>> {
-    // The static list plus what `refresh` last resolved from EC2: never IMDS itself.
-    host_groups::current(cache, instance)?
-        .into_iter()
-        .map(|group| {
-            let cached = cache.group(&group)?;
-            Ok((group, cached))
-        })
-        .collect()
-}
-
-/// True when every access group is cached and younger than `cache_ttl`: such a login needs no
-/// network at all.
-pub fn all_fresh(
-    groups: &[(String, Option<Cached>)],
-    instance: &InstanceSettings,
-    now: SystemTime,
-) -> bool {
-    groups.iter().all(|(_, cached)| {
-        cached
-            .as_ref()
-            .is_some_and(|c| c.meta.age(now) < instance.cache_ttl)
-    })
-}
-
-/// What to give sshd: each group's cached body if it was confirmed within `max_stale`. Groups past
-/// that are left out (fail closed), and named in the second list.
-pub fn servable(
-    groups: Vec<(String, Option<Cached>)>,
-    instance: &InstanceSettings,
-    now: SystemTime,
-) -> (Vec<(String, Vec<u8>)>, Vec<String>) {
-    let mut served = Vec::new();
-    let mut refused = Vec::new();
-    for (group, cached) in groups {
-        match cached {
-            Some(cached) if cached.meta.age(now) <= instance.max_stale => {
-                served.push((group, cached.body))
-            }
-            _ => refused.push(group),
-        }
-    }
-    (served, refused)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::keys::{self, KeyPolicy};
+    use crate::store::{Precondition, StoreError, StoredObject};
+    use std::collections::HashMap;
+    use std::sync::Mutex;
 
-    fn instance(dir: &Path) -> InstanceSettings {
-        InstanceSettings {
-            login_user: "ec2-user".into(),
-            access_groups: vec!["web".into(), "db".into()],
-            cache_dir: dir.to_path_buf(),
-            cache_ttl: Duration::from_secs(300),
-            max_stale: Duration::from_secs(3600),
-            fetch_timeout: Duration::from_secs(3),
-            verify_key: None,
-            allow_unsigned: true,
-            imds: None,
+    /// A bucket in memory, with one knob: keys that fail as if S3 were down.
+    #[derive(Default)]
+    struct MemoryStore {
+        objects: Mutex<HashMap<String, Vec<u8>>>,
+        failing: Mutex<Vec<String>>,
+    }
+
+    impl ObjectStore for MemoryStore {
+        async fn get(&self, key: &str, etag: Option<&str>) -> Result<Fetched, StoreError> {
+            if self.failing.lock().unwrap().iter().any(|k| k == key) {
+                return Err(StoreError::Request {
+                    operation: "GET",
+                    bucket: "keys".into(),
+                    key: key.into(),
+                    detail: "down".into(),
+                });
+            }
+            Ok(match self.objects.lock().unwrap().get(key) {
+                None => Fetched::Missing,
+                Some(body) => {
+                    let tag = sha256_hex(body);
+                    if etag == Some(tag.as_str()) {
+                        Fetched::NotModified
+                    } else {
+                        Fetched::Object(StoredObject {
+                            body: body.clone(),
+                            etag: tag,
+                        })
+                    }
+                }
+            })
+        }
+        async fn put(
+            &self,
+            key: &str,
+            body: Vec<u8>,
+            _: Precondition,
+        ) -> Result<String, StoreError> {
+            let tag = sha256_hex(&body);
+            self.objects.lock().unwrap().insert(key.into(), body);
+            Ok(tag)
+        }
+        async fn delete(&self, key: &str) -> Result<(), StoreError> {
+            self.objects.lock().unwrap().remove(key);
+            Ok(())
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+            Ok(self
+                .objects
+                .lock()
+                .unwrap()
+                .keys()
+                .filter(|k| k.starts_with(prefix))
+                .cloned()
+                .collect())
         }
     }
 
-    fn meta(body: &[u8], confirmed: SystemTime) -> Meta {
-        Meta {
-            etag: "\"e\"".into(),
-            confirmed_at_ms: unix_millis(confirmed),
-            generation: 7,
-            sha256: sha256_hex(body),
-        }
-    }
-
-    #[test]
-    fn cached_files_round_trip_and_damaged_ones_are_ignored() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = Cache::new(dir.path());
-        let now = SystemTime::now();
-        cache
-            .write(
-                "group-web",
-                &meta(b"ssh-ed25519 AAAA bob\n", now),
-                b"ssh-ed25519 AAAA bob\n",
-            )
-            .unwrap();
-        let cached = cache.group("web").unwrap().unwrap();
-        assert_eq!(cached.body, b"ssh-ed25519 AAAA bob\n");
-        assert_eq!(cached.meta.generation, 7);
-        assert_eq!(cache.group("db").unwrap(), None);
-
-        // A body that no longer matches its header is not served.
-        let path = dir.path().join("group-web");
-        let mut bytes = std::fs::read(&path).unwrap();
-        bytes.extend_from_slice(b"ssh-ed25519 BBBB mallory\n");
-        std::fs::write(&path, bytes).unwrap();
-        assert_eq!(cache.group("web").unwrap(), None);
-    }
-
+    const DEPLOYMENT: &str = "s3://keys/";
     const BOB: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOPAo/RxVnDzNjGvP41+SlwXlH4IbNrQebofz9HvuaWq bob@desk";
     const CAROL: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ+IR8TskynvftW3EfRyCVskOiAVP6iaiVeXwIV7bhM8 carol@host";
@@ -730,6 +904,310 @@ mod tests {
             .fingerprint
             .as_str()
             .to_owned()
+    }
+
+    fn signer() -> (tempfile::TempDir, signing::Signer) {
+        use ssh_key::private::{Ed25519Keypair, KeypairData};
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let key = ssh_key::PrivateKey::new(
+            KeypairData::from(Ed25519Keypair::from_seed(&[9; 32])),
+            "test",
+        )
+        .unwrap();
+        let path = dir.path().join("key");
+        fs::write(&path, key.to_openssh(ssh_key::LineEnding::LF).unwrap()).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        let signer = signing::Signer::load(&path).unwrap();
+        (dir, signer)
+    }
+
+    struct World {
+        _key: tempfile::TempDir,
+        signer: signing::Signer,
+        verifier: Verifier,
+        store: MemoryStore,
+        cache_dir: tempfile::TempDir,
+        layout: Layout,
+    }
+
+    impl World {
+        fn new() -> World {
+            let (key, signer) = signer();
+            let verifier = Verifier::parse(&signer.public_key()).unwrap();
+            World {
+                _key: key,
+                signer,
+                verifier,
+                store: MemoryStore::default(),
+                cache_dir: tempfile::tempdir().unwrap(),
+                layout: Layout {
+                    prefix: String::new(),
+                },
+            }
+        }
+
+        fn instance(&self) -> InstanceSettings {
+            InstanceSettings {
+                login_user: "ec2-user".into(),
+                access_groups: vec!["web".into(), "db".into()],
+                cache_dir: self.cache_dir.path().to_path_buf(),
+                cache_ttl: Duration::from_secs(300),
+                max_stale: Duration::from_secs(3600),
+                fetch_timeout: Duration::from_secs(3),
+                verify_key: Some(self.signer.public_key()),
+                allow_unsigned: false,
+                imds: None,
+            }
+        }
+
+        fn cache(&self) -> Cache {
+            Cache::new(self.cache_dir.path())
+        }
+
+        /// Publishes `groups` (name, body) as `generation`, sealed.
+        fn publish(&self, generation: u64, groups: &[(&str, String)], canary: Option<&str>) {
+            let mut index = Index {
+                generation,
+                not_after: Some(signing::format_time(
+                    SystemTime::now() + Duration::from_secs(86400),
+                )),
+                deployment: Some(DEPLOYMENT.into()),
+                canary: canary.map(str::to_owned),
+                ..Index::empty()
+            };
+            let mut roots = HashMap::new();
+            for (name, body) in groups {
+                let sha = sha256_hex(body.as_bytes());
+                roots.insert(sha.clone(), Lookup::build(body.as_bytes()).root());
+                let key = self.layout.group(&index, name, &sha);
+                self.store
+                    .objects
+                    .lock()
+                    .unwrap()
+                    .insert(key, body.clone().into_bytes());
+                index.groups.insert(
+                    (*name).into(),
+                    crate::index::IndexGroup {
+                        sha256: sha,
+                        users: 1,
+                        keys: 1,
+                        seal: None,
+                    },
+                );
+            }
+            crate::group_seal::seal_with_roots(&mut index, &roots, &self.signer).unwrap();
+            let sealed = index.seal(Some(&self.signer)).unwrap();
+            self.store
+                .objects
+                .lock()
+                .unwrap()
+                .insert(self.layout.index(), sealed);
+        }
+
+        fn refresh(&self) -> anyhow::Result<Index> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(refresh(
+                &self.store,
+                &self.layout,
+                DEPLOYMENT,
+                &self.cache(),
+                &self.instance(),
+                Some(&self.verifier),
+                SystemTime::now(),
+            ))
+        }
+
+        fn serve(&self, fingerprint: Option<&str>) -> anyhow::Result<serve::Served> {
+            let state = self.cache().state()?.context("no state")?;
+            let instance = self.instance();
+            let expect = serve::Expect {
+                instance: &instance,
+                deployment: DEPLOYMENT,
+                verifier: Some(&self.verifier),
+                now: SystemTime::now(),
+            };
+            serve::serve(&state, &instance.access_groups, fingerprint, &expect)
+        }
+
+        fn output(&self, fingerprint: Option<&str>) -> String {
+            String::from_utf8(self.serve(fingerprint).unwrap().output).unwrap()
+        }
+    }
+
+    fn web() -> String {
+        format!(
+            "# keyhole access group web: generated, do not edit\n# bob via Web Team\n{BOB}\n# carol\n{CAROL}\n"
+        )
+    }
+
+    fn db() -> String {
+        format!("# keyhole access group db: generated, do not edit\n# bob\n{BOB}\n")
+    }
+
+    #[test]
+    fn with_a_fingerprint_only_its_lines_are_served_and_attributed() {
+        let world = World::new();
+        world.publish(1, &[("web", web()), ("db", db())], None);
+        world.refresh().unwrap();
+        let served = world.serve(Some(&fingerprint(BOB))).unwrap();
+        assert_eq!(
+            String::from_utf8(served.output).unwrap(),
+            format!("{BOB}\n{BOB}\n")
+        );
+        assert_eq!(
+            served.attribution.unwrap().describe(),
+            "bob (db; web via Web Team)"
+        );
+        assert_eq!(
+            world.output(Some(&fingerprint(CAROL))),
+            format!("{CAROL}\n")
+        );
+        assert_eq!(world.output(Some("SHA256:nobody")), "");
+        // Without one, everything, buffered.
+        assert_eq!(world.output(None), format!("{BOB}\n{CAROL}\n{BOB}\n"));
+    }
+
+    #[test]
+    fn a_cache_edited_on_disk_is_refused_at_login() {
+        let world = World::new();
+        world.publish(1, &[("web", web()), ("db", db())], None);
+        world.refresh().unwrap();
+        let state = world.cache().state().unwrap().unwrap();
+        // Carol's line replaced by mallory's in the lookup, table and all, and in the file.
+        let mallory = web().replace(CAROL, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILM+rvN+ot98qgEN796jTiQfszvdxQkh3m2q6wIUyF7P mallory");
+        let path = state.lookup_path("web");
+        fs::remove_file(&path).unwrap();
+        fs::write(&path, Lookup::build(mallory.as_bytes()).to_bytes()).unwrap();
+        let served = world.serve(Some(&fingerprint(BOB))).unwrap();
+        assert_eq!(served.refused.len(), 1, "{served:?}");
+        assert_eq!(served.groups, ["db"]);
+        // The manifest edited to name the forged root: the seal does not cover it.
+        let manifest_path = state.dir.join("state.json");
+        let text = fs::read_to_string(&manifest_path).unwrap();
+        let forged_root = Lookup::build(mallory.as_bytes()).root();
+        let text = text.replace(&state.manifest.groups["web"].lookup, &forged_root);
+        fs::write(&manifest_path, text).unwrap();
+        let served = world.serve(None).unwrap();
+        assert_eq!(served.groups, ["db"], "{served:?}");
+    }
+
+    #[test]
+    fn a_rolled_back_state_and_an_expired_one_are_refused() {
+        let world = World::new();
+        world.publish(1, &[("web", web()), ("db", db())], None);
+        world.refresh().unwrap();
+        let old = world.cache().state().unwrap().unwrap();
+        let saved = world.cache_dir.path().join("saved-state");
+        fs::create_dir(&saved).unwrap();
+        for entry in fs::read_dir(&old.dir).unwrap() {
+            let entry = entry.unwrap();
+            fs::copy(entry.path(), saved.join(entry.file_name())).unwrap();
+        }
+        world.publish(2, &[("web", db()), ("db", db())], None);
+        world.refresh().unwrap();
+        // Put generation 1 back as the current state.
+        let back = world.cache_dir.path().join("state-rolled-back");
+        fs::rename(&saved, &back).unwrap();
+        let link = world.cache_dir.path().join(".link");
+        std::os::unix::fs::symlink("state-rolled-back", &link).unwrap();
+        fs::rename(&link, world.cache_dir.path().join(state::CURRENT)).unwrap();
+        let error = world.serve(None).unwrap_err();
+        assert!(format!("{error:#}").contains("rolled back"), "{error:#}");
+    }
+
+    #[test]
+    fn a_refresh_that_fails_half_way_leaves_the_previous_state_served() {
+        let world = World::new();
+        world.publish(1, &[("web", web()), ("db", db())], None);
+        world.refresh().unwrap();
+        let before = world.output(None);
+        let db_v2 = db().replace("# bob\n", "# bob via Ops\n");
+        world.publish(
+            2,
+            &[("web", web().replace(CAROL, "")), ("db", db_v2.clone())],
+            None,
+        );
+        let db_key = world
+            .layout
+            .group(&Index::empty(), "db", &sha256_hex(db_v2.as_bytes()));
+        world.store.failing.lock().unwrap().push(db_key);
+        assert!(world.refresh().is_err());
+        assert_eq!(world.output(None), before);
+        let leftovers = fs::read_dir(world.cache_dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(state::STATE_PREFIX)
+            })
+            .count();
+        assert_eq!(leftovers, 1);
+        world.store.failing.lock().unwrap().clear();
+        world.refresh().unwrap();
+        assert_ne!(world.output(None), before);
+    }
+
+    #[test]
+    fn the_canary_comes_first_and_never_as_a_group_line() {
+        let world = World::new();
+        let canary = format!("{} {}", crate::canary::OPTIONS, CAROL);
+        world.publish(1, &[("web", web()), ("db", db())], Some(&canary));
+        world.refresh().unwrap();
+        // Carol's key is the canary's: offered, only the canary's line.
+        assert_eq!(
+            world.output(Some(&fingerprint(CAROL))),
+            format!("{canary}\n")
+        );
+        let all = world.output(None);
+        assert_eq!(all, format!("{canary}\n{BOB}\n{BOB}\n"));
+        let bob = world.output(Some(&fingerprint(BOB)));
+        assert!(bob.starts_with(&canary), "{bob}");
+    }
+
+    #[test]
+    fn an_old_cache_is_upgraded_without_the_network() {
+        let world = World::new();
+        world.publish(4, &[("web", web()), ("db", db())], None);
+        let cache = world.cache();
+        fs::create_dir_all(world.cache_dir.path()).unwrap();
+        let index = world.store.objects.lock().unwrap()[&world.layout.index()].clone();
+        let now = unix_millis(SystemTime::now());
+        let legacy = |name: &str, body: &[u8]| {
+            let meta = Meta {
+                etag: "\"e\"".into(),
+                confirmed_at_ms: now,
+                generation: 4,
+                sha256: sha256_hex(body),
+            };
+            let mut bytes = HEADER_PREFIX.to_vec();
+            bytes.extend(serde_json::to_vec(&meta).unwrap());
+            bytes.push(b'\n');
+            bytes.extend_from_slice(body);
+            fs::write(cache.path(name), bytes).unwrap();
+        };
+        legacy(LEGACY_INDEX, &index);
+        legacy("group-web", web().as_bytes());
+        legacy("group-db", db().as_bytes());
+        assert!(
+            upgrade_offline(&cache, &world.instance(), DEPLOYMENT, Some(&world.verifier)).unwrap()
+        );
+        assert_eq!(
+            world.output(Some(&fingerprint(CAROL))),
+            format!("{CAROL}\n")
+        );
+        // A refresh takes over from there and removes the old files.
+        world.refresh().unwrap();
+        assert!(!cache.path("group-web").exists());
+        assert_eq!(
+            world.output(Some(&fingerprint(CAROL))),
+            format!("{CAROL}\n")
+        );
     }
 
     #[test]
@@ -784,74 +1262,5 @@ mod tests {
             "bob via Ops (web-prod via Web\\u{a}Team)"
         );
         assert_eq!(printable("a\u{202E}b"), "a\\u{202e}b");
-    }
-
-    #[test]
-    fn the_attribution_file_answers_by_fingerprint_and_is_rebuilt_only_on_change() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = Cache::new(dir.path());
-        let now = SystemTime::now();
-        let web = format!("# bob via Web Team\n{BOB}\n").into_bytes();
-        let groups = vec![("web-prod".to_string(), web.clone())];
-        write_attribution(&cache, &groups, 3, now).unwrap();
-        let bob = cache.attribution(&fingerprint(BOB)).unwrap().unwrap();
-        assert_eq!(bob.describe(), "bob (web-prod via Web Team)");
-        assert_eq!(cache.attribution(&fingerprint(CAROL)).unwrap(), None);
-        // A fingerprint that is a prefix of a real one matches nothing.
-        let prefix = &fingerprint(BOB)[..20];
-        assert_eq!(cache.attribution(prefix).unwrap(), None);
-
-        // Same files: the file is left as it was (its generation stays 3).
-        write_attribution(&cache, &groups, 4, now).unwrap();
-        assert_eq!(cache.read(ATTRIBUTION).unwrap().unwrap().meta.generation, 3);
-        // A changed file: rebuilt.
-        let changed = vec![(
-            "web-prod".to_string(),
-            format!("# carol\n{CAROL}\n").into_bytes(),
-        )];
-        write_attribution(&cache, &changed, 5, now).unwrap();
-        assert_eq!(cache.attribution(&fingerprint(BOB)).unwrap(), None);
-        assert_eq!(
-            cache
-                .attribution(&fingerprint(CAROL))
-                .unwrap()
-                .unwrap()
-                .user,
-            "carol"
-        );
-    }
-
-    #[test]
-    fn freshness_and_staleness_are_judged_per_group() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = Cache::new(dir.path());
-        let settings = instance(dir.path());
-        let now = SystemTime::now();
-        cache
-            .write("group-web", &meta(b"", now - Duration::from_secs(10)), b"")
-            .unwrap();
-        let groups = || cached_groups(&cache, &settings).unwrap();
-        // db is missing: not fresh, and only web can be served.
-        assert!(!all_fresh(&groups(), &settings, now));
-        let (served, refused) = servable(groups(), &settings, now);
-        assert_eq!((served.len(), refused), (1, vec!["db".to_string()]));
-        cache
-            .write("group-db", &meta(b"", now - Duration::from_secs(1800)), b"")
-            .unwrap();
-        // db is past cache_ttl but within max_stale: refresh wanted, both still servable.
-        assert!(!all_fresh(&groups(), &settings, now));
-        let (served, refused) = servable(groups(), &settings, now);
-        assert_eq!((served.len(), refused.len()), (2, 0));
-        // Ninety minutes later both are past max_stale: fail closed.
-        let (served, refused) = servable(groups(), &settings, now + Duration::from_secs(5400));
-        assert_eq!(served.len(), 0);
-        assert_eq!(refused, ["web", "db"]);
-        cache.write("group-web", &meta(b"", now), b"").unwrap();
-        cache.write("group-db", &meta(b"", now), b"").unwrap();
-        assert!(all_fresh(
-            &groups(),
-            &settings,
-            now + Duration::from_millis(1)
-        ));
     }
 }

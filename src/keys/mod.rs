@@ -23,7 +23,7 @@ use base64::engine::general_purpose::STANDARD;
 
 pub use fingerprint::{Fingerprint, FingerprintError};
 pub use options::KeyOption;
-pub use options::{OptionsError, is_sshd_option_name};
+pub use options::{OptionsError, is_sshd_option_name, parse_options, split_options};
 
 /// The `[keys] allowed_types` default (SPEC.md): what keyhole publishes unless told otherwise.
 pub const DEFAULT_ALLOWED_TYPES: &[&str] = &[

@@ -1,0 +1,136 @@
+//! The publisher's side of the per-group seals (see [`crate::group_lookup`]): just before the
+//! commit, every group the index names is sealed for this index's generation, `not_after`,
+//! deployment and canary.
+//!
+//! A seal needs the root of the group file's lookup. For a file the previous index sealed, the
+//! root is carried (the same SHA-256 is the same bytes, so the same root); for any other the file
+//! is rendered again (the groups this run wrote) or, failing that, read back from the bucket and
+//! checked against the index's SHA-256 (a first publish after an upgrade reads each group once;
+//! a `[deny]`-only publish reads the files it rewrote). An unsigned index carries no seals.
+
+use std::collections::HashMap;
+
+use anyhow::Context as _;
+
+use crate::cmd::plan::Prepared;
+use crate::group_lookup::{Lookup, Statement, split_seal};
+use crate::index::Index;
+use crate::render::sha256_hex;
+use crate::signing::Signer;
+use crate::store::{Fetched, ObjectStore as _};
+
+/// `index` with a seal on every group (none without `signer`).
+pub(crate) async fn sealed(
+    prepared: &Prepared,
+    index: &Index,
+    signer: Option<&Signer>,
+) -> anyhow::Result<Index> {
+    let mut index = index.clone();
+    let Some(signer) = signer else {
+        for entry in index.groups.values_mut() {
+            entry.seal = None;
+        }
+        return Ok(index);
+    };
+    let mut roots: HashMap<String, String> = prepared
+        .published
+        .index
+        .groups
+        .values()
+        .filter_map(|entry| {
+            let (root, _) = split_seal(entry.seal.as_deref()?)?;
+            Some((entry.sha256.clone(), root.to_owned()))
+        })
+        .collect();
+    let unknown: Vec<(String, String)> = index
+        .groups
+        .iter()
+        .filter(|(_, entry)| !roots.contains_key(&entry.sha256))
+        .map(|(name, entry)| (name.clone(), entry.sha256.clone()))
+        .collect();
+    if !unknown.is_empty() {
+        let renderer = prepared.renderer();
+        let access_groups = &prepared.gathered.resolution.access_groups;
+        for (name, sha256) in unknown {
+            let rendered = access_groups
+                .get(&name)
+                .map(|membership| renderer.file(&name, membership, prepared.carried.get(&name)))
+                .filter(|file| file.sha256 == sha256);
+            let body = match rendered {
+                Some(file) => file.body.into_bytes(),
+                None => match read_back(prepared, &index, &name, &sha256).await {
+                    Ok(body) => body,
+                    // A missing or altered object never blocks a publish (a `[deny]` above
+                    // all): the group goes unsealed, and instances check it against the whole
+                    // signed index, as before seals.
+                    Err(error) => {
+                        tracing::error!(group = name, "not sealed: {error:#}");
+                        continue;
+                    }
+                },
+            };
+            roots.insert(sha256, Lookup::build(&body).root());
+        }
+    }
+    seal_with_roots(&mut index, &roots, signer)?;
+    Ok(index)
+}
+
+/// Seals every group of `index`, the root of each group's lookup taken from `roots` (by the
+/// file's SHA-256); a group without a root is left unsealed.
+pub fn seal_with_roots(
+    index: &mut Index,
+    roots: &HashMap<String, String>,
+    signer: &Signer,
+) -> anyhow::Result<()> {
+    let deployment = index.deployment.clone().unwrap_or_default();
+    let not_after = index.not_after.clone().unwrap_or_default();
+    let canary = index.canary.clone().unwrap_or_default();
+    let generation = index.generation;
+    for (name, entry) in &mut index.groups {
+        let Some(root) = roots.get(&entry.sha256) else {
+            entry.seal = None;
+            continue;
+        };
+        let statement = Statement {
+            deployment: &deployment,
+            group: name,
+            generation,
+            not_after: &not_after,
+            sha256: &entry.sha256,
+            lookup: root,
+            canary: &canary,
+        };
+        entry.seal = Some(
+            statement
+                .seal(signer)
+                .with_context(|| format!("sealing access group {name}"))?,
+        );
+    }
+    Ok(())
+}
+
+/// A group's file as the bucket holds it, checked against the SHA-256 the index records.
+async fn read_back(
+    prepared: &Prepared,
+    index: &Index,
+    name: &str,
+    sha256: &str,
+) -> anyhow::Result<Vec<u8>> {
+    let key = prepared.layout.group(index, name, sha256);
+    let Fetched::Object(object) =
+        prepared.store.get(&key, None).await.with_context(|| {
+            format!("reading {key} back to seal it; the index was not committed")
+        })?
+    else {
+        anyhow::bail!(
+            "{key} is missing: cannot seal access group {name}; the index was not committed"
+        );
+    };
+    if sha256_hex(&object.body) != sha256 {
+        anyhow::bail!(
+            "{key} does not hash to what the index records: cannot seal access group {name}; the index was not committed"
+        );
+    }
+    Ok(object.body)
+}
