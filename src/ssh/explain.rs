@@ -822,6 +822,7 @@ mod tests {
             sha256: "00".into(),
             users,
             keys: users,
+            seal: None,
         };
         World {
             login_user: LoginUser {
