@@ -492,6 +492,7 @@ fn legacy_and_far_future_indexes_are_refused() {
                 sha256: sha256_hex(body.as_bytes()),
                 users: 1,
                 keys: 1,
+                seal: None,
             },
         )]),
         ..Index::empty()
