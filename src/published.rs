@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 
 use crate::exit::{Exit, coded};
 use crate::group_file::{KnownLines, PublishedFile};
-use crate::index::{Index, Layout, Owners, owners_from_json};
+use crate::index::{Index, Layout, OwnerRecords, Owners, owners_from_json, records_from_json};
 use crate::render::sha256_hex;
 use crate::settings::Settings;
 use crate::signing::{Signer, Verifier};
@@ -201,6 +201,19 @@ impl Published {
         };
         let body = checked(store, &layout.owners(sha256), sha256).await?;
         Ok(owners_from_json(&body)?)
+    }
+
+    /// The owners object's records (ended ones included; empty when the index names none).
+    pub async fn owner_records(
+        &self,
+        store: &impl ObjectStore,
+        layout: &Layout,
+    ) -> anyhow::Result<OwnerRecords> {
+        let Some(sha256) = &self.index.owners else {
+            return Ok(OwnerRecords::new());
+        };
+        let body = checked(store, &layout.owners(sha256), sha256).await?;
+        Ok(records_from_json(&body)?)
     }
 }
 

@@ -16,7 +16,9 @@
 //! - A key found in more than one person's file stays with the person it was published for
 //!   (`owners`), and is dropped, with a problem, for the others: public keys are public, and
 //!   pasting a colleague's key must not revoke the colleague. When none of them had it
-//!   published, it is dropped from all: it cannot be attributed to a person.
+//!   published, it is dropped from all: it cannot be attributed to a person. The owners object
+//!   also remembers keys that stopped being published (for `keys.revocation_retention`): such
+//!   a key may be published again only for the person it was published for.
 //!
 //! An access group with `options` (restrictions such as `from="10.20.0.0/16"`) has them merged
 //! into each of its key lines by `keys::merge`; a key whose own options conflict with the group's
@@ -189,8 +191,19 @@ impl<'k> Renderer<'k> {
                         .insert(fingerprint.to_owned());
                     format!("key {fingerprint} is denied by the policy")
                 } else if holders.len() <= 1 {
-                    mine.push(key);
-                    continue;
+                    // The owners object remembers a key for keys.revocation_retention after it
+                    // stops being published: until then only its owner may publish it again, so
+                    // a colleague who copies it while the owner is locked out does not take it.
+                    match published_for {
+                        Some(owner) if owner != user => format!(
+                            "key {fingerprint} is {owner}'s (published for them within \
+                             keys.revocation_retention); only {owner} may publish it again"
+                        ),
+                        _ => {
+                            mine.push(key);
+                            continue;
+                        }
+                    }
                 } else {
                     match published_for {
                         Some(owner) if owner == user => {

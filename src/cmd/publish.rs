@@ -185,6 +185,10 @@ async fn publish(
         )
         .await??;
     }
+    if let Some(list) = &plan.revoked {
+        let write = crate::revocation::write(&prepared.store, &prepared.layout, list);
+        within(deadline, "writing the revocation list", write).await??;
+    }
     within(deadline, "committing the index", async {}).await?;
     commit(&prepared, &plan.index, signer.as_ref()).await?;
     let written = writing.elapsed();
@@ -358,6 +362,9 @@ async fn prune(prepared: &Prepared) {
             keep,
         ));
     }
+    if prepared.plan.revoked.is_some() {
+        prefixes.push(crate::revocation::keep(layout, [previous, next]));
+    }
     let mut doomed: Vec<String> = Vec::new();
     if previous.is_legacy() {
         doomed.extend(layout.legacy_manifest());
@@ -425,7 +432,7 @@ async fn publish_denials(
         })
         .map(|(name, _)| name.clone())
         .collect();
-    if affected.is_empty() {
+    if affected.is_empty() && prepared.revoked_deny_only.is_none() {
         return Ok(affected);
     }
     let mut index = prepared.published.index.clone();
@@ -456,8 +463,8 @@ async fn publish_denials(
     if let Some(name) = failed {
         anyhow::bail!("access group {name} vanished from the index while applying [deny]");
     }
-    let written: Vec<String> = bodies.iter().map(|(name, _)| name.clone()).collect();
-    if written.is_empty() {
+    let mut written: Vec<String> = bodies.iter().map(|(name, _)| name.clone()).collect();
+    if written.is_empty() && prepared.revoked_deny_only.is_none() {
         return Ok(written);
     }
     if index.is_legacy() {
@@ -466,6 +473,11 @@ async fn publish_denials(
         );
     }
     write_objects(prepared, bodies.into_iter().map(Ok)).await?;
+    if let Some(list) = &prepared.revoked_deny_only {
+        crate::revocation::write(&prepared.store, &prepared.layout, list).await?;
+        index.revoked = Some(sha256_hex(list));
+        written.push("the revocation list".to_owned());
+    }
     index.generation = prepared.published.next_generation(start.min_generation)?;
     index.not_after = prepared.plan.index.not_after.clone();
     index.deployment = prepared.plan.index.deployment.clone();

@@ -41,6 +41,7 @@ use crate::store::{Fetched, ObjectStore};
 pub mod doctor;
 pub mod host_groups;
 pub mod imds;
+pub mod revoked;
 
 const INDEX: &str = "index";
 const ATTRIBUTION: &str = "attribution";
@@ -674,6 +675,7 @@ mod tests {
             verify_key: None,
             allow_unsigned: true,
             imds: None,
+            revoked_keys_file: dir.join("revoked_keys"),
         }
     }
 
