@@ -716,6 +716,32 @@ mod tests {
     }
 
     #[test]
+    fn during_the_retention_only_its_owner_may_publish_a_key_again() {
+        // alice's key stopped being published (she is locked out); bob pasted it into his file.
+        let keys = BTreeMap::from([("bob".to_string(), keys_of(&format!("{ED_A}\n{ED_B}")))]);
+        let none = BTreeSet::new();
+        let owners = Owners::from([(fingerprint_of(ED_A), "alice".to_string())]);
+        let renderer = Renderer::new(&keys, &none, Some(&owners));
+        let web = file(&renderer, "web", &Membership::through_team(&["bob"]), None);
+        assert_eq!(web.keys, [("bob".to_string(), fingerprint_of(ED_B))]);
+        assert!(
+            renderer.problems()[0]
+                .reason
+                .contains("only alice may publish it again"),
+            "{:?}",
+            renderer.problems()
+        );
+        // Without a record (past the retention), it is bob's to publish.
+        let renderer = Renderer::new(&keys, &none, Some(&Owners::new()));
+        assert_eq!(
+            file(&renderer, "web", &Membership::through_team(&["bob"]), None)
+                .keys
+                .len(),
+            2
+        );
+    }
+
+    #[test]
     fn group_options_restrict_every_line_of_their_group_only_and_conflicts_are_reported() {
         let policy = crate::policy::parse(
             std::path::Path::new("p.toml"),

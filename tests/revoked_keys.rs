@@ -458,3 +458,44 @@ fn the_canary_proves_the_revocation_list_on_each_host() {
     assert_eq!(results, ["ok", "not_revoked"], "{probe:#?}");
     assert_ne!(probe.code, 0, "{probe:#?}");
 }
+
+/// During the retention only a key's owner may publish it again: alice is disabled, bob pastes
+/// her key into his own file; the publish keeps it off bob's access, says why, and keeps it on
+/// the revocation list. Re-enabled, alice has it again.
+#[test]
+fn a_colleague_cannot_take_over_a_key_during_the_retention() {
+    let host = Host::new();
+    host.publish_and_refresh();
+    host.set_enabled("alice", false);
+    host.publish_and_refresh();
+    let alice = host.keys["alice"].clone();
+    host.homes.write(
+        "bob",
+        Host::uid("bob"),
+        &format!("{}\n{}\n", host.keys["bob"].line, alice.line),
+    );
+    let run = host.publish(&["--format", "json"]);
+    assert_eq!(run.code, 0, "{run:#?}");
+    assert!(
+        run.stdout.contains("only alice may publish it again"),
+        "{run:#?}"
+    );
+    let published = host.s3.published("ssh/").unwrap();
+    assert!(
+        published["fingerprints"].get(&alice.fingerprint).is_none(),
+        "{published:#}"
+    );
+    assert!(host.published_list().contains(&alice.fingerprint));
+    host.refresh();
+    let sshd = host.sshd(true);
+    assert!(!sshd.login(LOGIN_USER, &alice.private));
+
+    host.set_enabled("alice", true);
+    host.publish_and_refresh();
+    assert!(sshd.login(LOGIN_USER, &alice.private));
+    let published = host.s3.published("ssh/").unwrap();
+    assert_eq!(
+        published["fingerprints"][&alice.fingerprint]["user"],
+        "alice"
+    );
+}
