@@ -233,8 +233,18 @@ pub struct InstanceSettings {
     /// identity, read from IMDS by `refresh` (never at login). `None`: the static list only.
     pub imds: Option<ImdsGroups>,
     /// `[instance] revoked_keys_file`: where `refresh` writes the revocation list for sshd's
-    /// `RevokedKeys`.
-    pub revoked_keys_file: PathBuf,
+    /// `RevokedKeys`. `None`: the default path, written only when a file (the package's) is
+    /// there (see [`InstanceSettings::revoked_keys_path`]).
+    pub revoked_keys_file: Option<PathBuf>,
+}
+
+impl InstanceSettings {
+    /// The file sshd's `RevokedKeys` should name: `revoked_keys_file`, else the default.
+    pub fn revoked_keys_path(&self) -> &Path {
+        self.revoked_keys_file
+            .as_deref()
+            .unwrap_or(Path::new(crate::instance::revoked::DEFAULT_FILE))
+    }
 }
 
 /// `[instance] access_groups_tag`, `access_groups_user_data` and `imds_endpoint`: the host's
@@ -1196,11 +1206,10 @@ fn validate_instance(raw: RawInstance, check: &mut Checker) -> Option<InstanceSe
         verify_key: check.non_empty(S, "verify_key", raw.verify_key),
         allow_unsigned: raw.allow_unsigned.unwrap_or(false),
         imds,
-        revoked_keys_file: check.path(
-            raw.revoked_keys_file
-                .as_deref()
-                .unwrap_or(crate::instance::revoked::DEFAULT_FILE),
-        ),
+        revoked_keys_file: raw
+            .revoked_keys_file
+            .as_deref()
+            .map(|path| check.path(path)),
     })
 }
 

@@ -675,7 +675,7 @@ mod tests {
             verify_key: None,
             allow_unsigned: true,
             imds: None,
-            revoked_keys_file: dir.join("revoked_keys"),
+            revoked_keys_file: Some(dir.join("revoked_keys")),
         }
     }
 

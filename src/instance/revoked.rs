@@ -1,5 +1,7 @@
 //! The instance's copy of the revocation list, for sshd's `RevokedKeys`
-//! (`[instance] revoked_keys_file`, default [`DEFAULT_FILE`]).
+//! (`[instance] revoked_keys_file`, default [`DEFAULT_FILE`], which is kept current only where a
+//! file is already there: the package installs one, and a refresh never creates a file in
+//! /etc/ssh that nobody asked for).
 //!
 //! sshd checks `RevokedKeys` before any authorized_keys file or command, for every public key,
 //! so a key on this list is refused on every login path: keyhole's `AuthorizedKeysCommand`, the
@@ -62,7 +64,17 @@ const OPENSSH_7_4_TYPES: &[&str] = &[
 /// `keyhole refresh` after the cache is current). Reads S3 only when the list changed.
 pub fn update(settings: &Settings, index: &Index) -> anyhow::Result<()> {
     let instance = settings.instance()?;
-    let path = &instance.revoked_keys_file;
+    let path = instance.revoked_keys_path();
+    // The default path is kept current only where something installed a file there (the
+    // package does, before sshd names it): a refresh never creates a file in /etc/ssh that
+    // nobody asked for. A path set in the settings is always written.
+    if instance.revoked_keys_file.is_none() && fs::symlink_metadata(path).is_err() {
+        tracing::info!(
+            file = %path.display(),
+            "no revoked keys file installed here: the revocation list is not written (set [instance] revoked_keys_file, or install the package's)"
+        );
+        return Ok(());
+    }
     let wanted = index.revoked.as_deref().unwrap_or(NO_LIST);
     if written_list(path).as_deref() == Some(wanted) {
         return Ok(());
@@ -224,7 +236,7 @@ pub fn finding(
     const CHECK: &str = "revoked_keys";
     let expected = instance.map_or_else(
         || PathBuf::from(DEFAULT_FILE),
-        |i| i.revoked_keys_file.clone(),
+        |i| i.revoked_keys_path().to_path_buf(),
     );
     let Some(configured) = configured.filter(|v| !v.is_empty() && *v != "none") else {
         return Finding::fail(
@@ -379,7 +391,7 @@ mod tests {
             verify_key: None,
             allow_unsigned: true,
             imds: None,
-            revoked_keys_file: path.clone(),
+            revoked_keys_file: Some(path.clone()),
         };
         assert!(!finding(None, Some(&instance), Some(Some("a"))).ok);
         assert!(!finding(Some("none"), Some(&instance), Some(Some("a"))).ok);
@@ -395,7 +407,7 @@ mod tests {
             !stale.ok && stale.detail.contains("holds list a"),
             "{stale:?}"
         );
-        instance.revoked_keys_file = dir.path().join("other");
+        instance.revoked_keys_file = Some(dir.path().join("other"));
         assert!(!finding(Some(name), Some(&instance), Some(Some("a"))).ok);
     }
 }
