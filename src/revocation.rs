@@ -26,10 +26,12 @@
 //! every line before writing it ([`parse_list`]): one line sshd cannot parse would make it refuse
 //! every key.
 //!
-//! The safety guard: a directory outage or a bug must never revoke everyone's keys, so a plan
-//! that would add more keys to the list than `safety.max_removed_fraction` of those published
-//! (or the keys of more than `safety.max_removed_users` people) is held like a mass removal;
-//! additions caused by `[deny]` or by a grant past its `until` never are.
+//! The safety guard: a directory outage or a bug must never revoke everyone's keys. People removed
+//! from an access group are judged by the removal guard already; this one counts the people who
+//! keep their access but whose keys would go on the list (a harvest bug reading other keys for
+//! everyone, say): more than `safety.max_removed_fraction` of the people with published keys (at
+//! least 4), or more than `safety.max_removed_users`, and the plan is held like a mass removal.
+//! Additions caused by `[deny]`, by a grant past its `until`, or by a canary rotation never are.
 //!
 //! Everything here is pure (the time is passed in) but [`write`], the one object it stores.
 
@@ -48,9 +50,9 @@ pub const CANARY_OWNER: &str = "keyhole:canary";
 /// The first line of every list.
 pub const HEADER: &str = "# keyhole revocation list: generated, do not edit";
 
-/// Keys the guard judges a growth of the list against: fewer published keys than this, and one
-/// key revoked is already a large fraction.
-const GUARD_MIN_KEYS: usize = 4;
+/// People with published keys below which the guard does not judge a fraction (one of three is
+/// already a third), as the removal guard does for a group.
+const GUARD_MIN_PEOPLE: usize = 4;
 
 /// A key published by this run: its person and `TYPE BASE64` (unknown for a key carried over
 /// from the first owners format).
@@ -260,46 +262,55 @@ fn render_list<'a>(
 }
 
 /// Why the guard holds the growth of the list, if it does. `previous` is the published records,
-/// `next` this run's; keys newly revoked because of people in `unguarded` (denied, grant past
-/// its `until`) or of `[deny] fingerprints` do not count.
+/// `next` this run's. Counted are keys that go on the list while their person keeps their access:
+/// people in `exempt` (removed from an access group, judged by the removal guard already, or
+/// removed for `[deny]` or a grant past its `until`, never held) and keys `[deny]` names do not
+/// count.
 pub fn judge(
     previous: &OwnerRecords,
     next: &Next,
-    unguarded: &BTreeSet<&str>,
+    exempt: &BTreeSet<&str>,
     deny_fingerprints: &BTreeSet<String>,
     safety: &SafetySettings,
 ) -> Vec<String> {
-    let was_active = previous.values().filter(|r| r.ended.is_none()).count();
+    let before: BTreeSet<&str> = previous
+        .values()
+        .filter(|r| r.ended.is_none() && r.user != CANARY_OWNER)
+        .map(|r| r.user.as_str())
+        .collect();
     let mut people = BTreeSet::new();
     let mut added = 0;
     for (fingerprint, user) in &next.revoked {
-        let before = previous.get(fingerprint);
-        let already = before.is_some_and(|r| r.ended.is_some());
-        let exempt = deny_fingerprints.contains(fingerprint)
-            || user.as_deref().is_some_and(|user| unguarded.contains(user));
-        if already || exempt || before.is_none() {
+        let was_active = previous.get(fingerprint).is_some_and(|r| r.ended.is_none());
+        let Some(user) = user.as_deref() else {
+            continue;
+        };
+        if !was_active
+            || deny_fingerprints.contains(fingerprint)
+            || exempt.contains(user)
+            || user == CANARY_OWNER
+        {
             continue;
         }
         added += 1;
-        if let Some(user) = user {
-            people.insert(user.as_str());
-        }
+        people.insert(user);
     }
     let mut reasons = Vec::new();
-    if was_active >= GUARD_MIN_KEYS && added > 0 {
-        let fraction = added as f64 / was_active as f64;
-        if fraction > safety.max_removed_fraction {
-            reasons.push(format!(
-                "the revocation list would grow by {added} of the {was_active} published keys \
-                 ({:.0}% > max_removed_fraction {:.0}%)",
-                fraction * 100.0,
-                safety.max_removed_fraction * 100.0
-            ));
-        }
+    let fraction = people.len() as f64 / before.len().max(1) as f64;
+    if before.len() >= GUARD_MIN_PEOPLE && fraction > safety.max_removed_fraction {
+        reasons.push(format!(
+            "the revocation list would grow by {added} keys of {} people who keep their access \
+             ({:.0}% of the {} people with published keys > max_removed_fraction {:.0}%)",
+            people.len(),
+            fraction * 100.0,
+            before.len(),
+            safety.max_removed_fraction * 100.0
+        ));
     }
     if people.len() > safety.max_removed_users {
         reasons.push(format!(
-            "the revocation list would revoke keys of {} people (> max_removed_users {})",
+            "the revocation list would grow by {added} keys of {} people who keep their access \
+             (> max_removed_users {})",
             people.len(),
             safety.max_removed_users
         ));
@@ -571,7 +582,10 @@ mod tests {
         let next = Case::new(previous.clone(), published(&named[6..])).next("2026-01-02T00:00:00Z");
         let reasons = judge(&previous, &next, &none, &no_fingerprints, &safety);
         assert_eq!(reasons.len(), 1, "{reasons:?}");
-        assert!(reasons[0].contains("grow by 6 of the 8"), "{reasons:?}");
+        assert!(
+            reasons[0].contains("grow by 6 keys of 6 people"),
+            "{reasons:?}"
+        );
         // The same six people denied: never held.
         let denied: BTreeSet<&str> = everyone[..6].iter().map(|(u, _)| u.as_str()).collect();
         assert!(judge(&previous, &next, &denied, &no_fingerprints, &safety).is_empty());

@@ -482,6 +482,7 @@ async fn revise_owners(
         || !deny.fingerprints.is_empty()
         || resign_due
         || published.revoked.is_none()
+        || published.owners.is_none()
         || prepared.records.is_some();
     if !needed {
         return Ok(false);
@@ -558,24 +559,25 @@ fn revocation_plan(
         retention: settings.revocation_retention,
     };
     let next = crate::revocation::next(inputs);
-    let unguarded: BTreeSet<&str> = plan
+    // Removed people are the removal guard's to judge (and [deny]'s or `until`'s never held).
+    let removed: BTreeSet<&str> = plan
         .groups
         .values()
         .flat_map(|group| group.removed_users.iter())
-        .filter(|change| crate::plan::unguarded(change))
         .map(|change| change.name.as_str())
-        .chain([crate::revocation::CANARY_OWNER])
         .collect();
     let reasons = crate::revocation::judge(
         previous,
         &next,
-        &unguarded,
+        &removed,
         &prepared.denied,
         &settings.safety,
     );
     if !reasons.is_empty() {
         plan.guard.refused = true;
         plan.guard.reasons.extend(reasons);
+    }
+    if plan.guard.refused {
         // What a refused publish still commits: the published list plus `[deny]`.
         let unchanged: BTreeMap<String, crate::revocation::Published> = previous
             .iter()
