@@ -536,7 +536,7 @@ mod tests {
         case.deny_fingerprints.insert(unknown.clone());
         let next = case.next("2027-01-01T00:00:00Z");
         assert_eq!(next.revoked.len(), 2, "{next:?}");
-        assert_eq!(next.unenforceable, [unknown.clone()]);
+        assert_eq!(next.unenforceable, std::slice::from_ref(&unknown));
         let text = String::from_utf8(next.list).unwrap();
         assert!(text.contains(&format!("{ED_A} {a}\n")), "{text}");
         assert!(text.contains(&format!("# {unknown} denied")), "{text}");

@@ -130,7 +130,7 @@ async fn fetch(store: &impl ObjectStore, layout: &Layout, sha256: &str) -> anyho
 fn render(list: &str, keys: &[Revoked], known_types: &[String]) -> String {
     let (known, unknown): (Vec<&Revoked>, Vec<&Revoked>) = keys
         .iter()
-        .partition(|key| known_types.iter().any(|t| *t == key.key_type));
+        .partition(|key| known_types.contains(&key.key_type));
     if !unknown.is_empty() {
         let fingerprints: Vec<&str> = unknown.iter().map(|k| k.fingerprint.as_str()).collect();
         tracing::warn!(
