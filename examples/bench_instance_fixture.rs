@@ -206,6 +206,7 @@ fn main() -> anyhow::Result<()> {
             verify_key: Some(verify_key.clone()),
             allow_unsigned: false,
             imds: None,
+            revoked_keys_file: None,
         };
         let verifier = Verifier::parse(&verify_key)?;
         runtime.block_on(instance::refresh(

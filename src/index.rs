@@ -73,6 +73,11 @@ pub struct Index {
     /// publisher's head) can tell a successor from a replay or a fork.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<String>,
+    /// Hex SHA-256 of the revocation list object (`{prefix}_keyhole/revoked/{sha256}`, see
+    /// `revocation`): the keys instances write for sshd's `RevokedKeys`. Named here, so the list
+    /// is signed with the index; absent from an index written before keyhole kept one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<String>,
 }
 
 /// The longest an index may be valid for: `[signing] validity` is at most this, and readers
@@ -138,6 +143,11 @@ impl Layout {
         format!("{}{OWNERS_PREFIX}{sha256}.json", self.prefix)
     }
 
+    /// The revocation list object the index names (see `revocation`).
+    pub fn revoked(&self, sha256: &str) -> String {
+        format!("{}{REVOKED_PREFIX}{sha256}", self.prefix)
+    }
+
     /// What the legacy format kept beside the index; removed by the migrating publish.
     pub fn legacy_manifest(&self) -> [String; 2] {
         [
@@ -150,18 +160,79 @@ impl Layout {
 /// Where owners objects live, under the prefix.
 pub const OWNERS_PREFIX: &str = "_keyhole/owners/";
 
-/// Every published key's fingerprint and the person it was published for, as stored: compact,
-/// sorted JSON, so the same owners give the same bytes (and the same object name).
+/// Where revocation list objects live, under the prefix.
+pub const REVOKED_PREFIX: &str = "_keyhole/revoked/";
+
+/// Who each key is (or, within `keys.revocation_retention`, was) published for: the view of the
+/// owners object that rendering and `whois` need.
 pub type Owners = BTreeMap<String, String>;
 
+/// The first owners format (fingerprint → person), still read; written only by tests of it.
 pub fn owners_to_json(owners: &Owners) -> Vec<u8> {
     let mut json = serde_json::to_vec(owners).unwrap_or_default();
     json.push(b'\n');
     json
 }
 
+/// Who each key in the owners object belongs to (ended records included), in either format.
 pub fn owners_from_json(bytes: &[u8]) -> Result<Owners, IndexError> {
-    serde_json::from_slice(bytes).map_err(|e| IndexError::Content(format!("owners object: {e}")))
+    Ok(records_from_json(bytes)?
+        .into_iter()
+        .map(|(fingerprint, record)| (fingerprint, record.user))
+        .collect())
+}
+
+/// One key in the owners object: whose it is, the key itself (what `RevokedKeys` needs: sshd
+/// matches keys, not fingerprints), and when it stopped being published (`None`: it is
+/// published now). A record with `ended` is kept for `keys.revocation_retention`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OwnerRecord {
+    pub user: String,
+    /// `TYPE BASE64`; absent in records carried over from the first format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// RFC 3339, when the key stopped being published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<String>,
+}
+
+/// The owners object: every key published now or within the retention, by fingerprint. Compact,
+/// sorted JSON, so the same records give the same bytes (and the same object name).
+pub type OwnerRecords = BTreeMap<String, OwnerRecord>;
+
+/// A record as stored: the current form, or the first format's bare person name.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StoredRecord {
+    Record(OwnerRecord),
+    Person(String),
+}
+
+pub fn records_to_json(records: &OwnerRecords) -> Vec<u8> {
+    let mut json = serde_json::to_vec(records).unwrap_or_default();
+    json.push(b'\n');
+    json
+}
+
+/// Reads an owners object in either format (a first-format entry becomes a record without key).
+pub fn records_from_json(bytes: &[u8]) -> Result<OwnerRecords, IndexError> {
+    let stored: BTreeMap<String, StoredRecord> = serde_json::from_slice(bytes)
+        .map_err(|e| IndexError::Content(format!("owners object: {e}")))?;
+    Ok(stored
+        .into_iter()
+        .map(|(fingerprint, record)| {
+            let record = match record {
+                StoredRecord::Record(record) => record,
+                StoredRecord::Person(user) => OwnerRecord {
+                    user,
+                    key: None,
+                    ended: None,
+                },
+            };
+            (fingerprint, record)
+        })
+        .collect())
 }
 
 /// The object as stored: the index text and the signature over exactly its bytes.
@@ -203,6 +274,7 @@ impl Index {
             deployment: None,
             canary: None,
             previous: None,
+            revoked: None,
         }
     }
 

@@ -35,6 +35,7 @@ pub mod published;
 pub mod render;
 pub mod report;
 pub mod resolve;
+pub mod revocation;
 pub mod settings;
 pub mod signing;
 pub mod ssh;

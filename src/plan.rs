@@ -83,6 +83,10 @@ pub struct Plan {
     /// The owners object of the next index, when it differs from the published one.
     #[serde(skip)]
     pub owners: Option<Vec<u8>>,
+    /// The revocation list object of the next index, when it differs from the published one
+    /// (see `revocation`).
+    #[serde(skip)]
+    pub revoked: Option<Vec<u8>>,
     /// Nothing changed, but the signed index is past half its validity: write it again with a
     /// new `not_after` (SPEC.md "Signing").
     #[serde(skip)]
@@ -110,6 +114,7 @@ impl Plan {
     pub fn writes(&self) -> bool {
         self.has_changes()
             || self.owners.is_some()
+            || self.revoked.is_some()
             || self.canary_changed
             || self.resign
             || self.rewrite
@@ -598,6 +603,7 @@ mod tests {
             guard: Guard::default(),
             index: Index::empty(),
             owners: None,
+            revoked: None,
             resign: false,
             rewrite: false,
             canary_changed: false,

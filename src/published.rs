@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 
 use crate::exit::{Exit, coded};
 use crate::group_file::{KnownLines, PublishedFile};
-use crate::index::{Index, Layout, Owners, owners_from_json};
+use crate::index::{Index, Layout, OwnerRecords, Owners, owners_from_json, records_from_json};
 use crate::render::sha256_hex;
 use crate::settings::Settings;
 use crate::signing::{Signer, Verifier};
@@ -267,6 +267,30 @@ impl Published {
              person goes to nobody this run"
         );
         Ok(Owners::new())
+    }
+
+    /// The owners object's records (ended ones included; empty when the index names none).
+    pub async fn owner_records(
+        &self,
+        store: &impl ObjectStore,
+        layout: &Layout,
+    ) -> anyhow::Result<OwnerRecords> {
+        let Some(sha256) = &self.index.owners else {
+            return Ok(OwnerRecords::new());
+        };
+        let damaged = match checked_object(store, &layout.owners(sha256), sha256).await? {
+            Ok(body) => match records_from_json(&body) {
+                Ok(records) => return Ok(records),
+                Err(error) => Damaged(error.to_string()),
+            },
+            Err(damaged) => damaged,
+        };
+        tracing::warn!(
+            "{damaged}; the owners object reads as empty: every key held by more than one \
+             person goes to nobody this run, and keys it recorded as ended leave the revocation \
+             list unless [deny] names them"
+        );
+        Ok(OwnerRecords::new())
     }
 }
 

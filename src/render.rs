@@ -16,7 +16,9 @@
 //! - A key found in more than one person's file stays with the person it was published for
 //!   (`owners`), and is dropped, with a problem, for the others: public keys are public, and
 //!   pasting a colleague's key must not revoke the colleague. When none of them had it
-//!   published, it is dropped from all: it cannot be attributed to a person.
+//!   published, it is dropped from all: it cannot be attributed to a person. The owners object
+//!   also remembers keys that stopped being published (for `keys.revocation_retention`): such
+//!   a key may be published again only for the person it was published for.
 //!
 //! An access group with `options` (restrictions such as `from="10.20.0.0/16"`) has them merged
 //! into each of its key lines by `keys::merge`; a key whose own options conflict with the group's
@@ -191,8 +193,19 @@ impl<'k> Renderer<'k> {
                         .insert(fingerprint.to_owned());
                     format!("key {fingerprint} is denied by the policy")
                 } else if holders.len() <= 1 {
-                    mine.push(key);
-                    continue;
+                    // The owners object remembers a key for keys.revocation_retention after it
+                    // stops being published: until then only its owner may publish it again, so
+                    // a colleague who copies it while the owner is locked out does not take it.
+                    match published_for {
+                        Some(owner) if owner != user => format!(
+                            "key {fingerprint} is {owner}'s (published for them within \
+                             keys.revocation_retention); only {owner} may publish it again"
+                        ),
+                        _ => {
+                            mine.push(key);
+                            continue;
+                        }
+                    }
                 } else {
                     match published_for {
                         Some(owner) if owner == user => {
@@ -735,6 +748,32 @@ mod tests {
         assert_eq!(problems[1].user, "eve");
         assert!(problems[1].reason.contains("is published for bob"));
         assert_eq!(renderer.owners(), owners);
+    }
+
+    #[test]
+    fn during_the_retention_only_its_owner_may_publish_a_key_again() {
+        // alice's key stopped being published (she is locked out); bob pasted it into his file.
+        let keys = BTreeMap::from([("bob".to_string(), keys_of(&format!("{ED_A}\n{ED_B}")))]);
+        let none = BTreeSet::new();
+        let owners = Owners::from([(fingerprint_of(ED_A), "alice".to_string())]);
+        let renderer = Renderer::new(&keys, &none, Some(&owners));
+        let web = file(&renderer, "web", &Membership::through_team(&["bob"]), None);
+        assert_eq!(web.keys, [("bob".to_string(), fingerprint_of(ED_B))]);
+        assert!(
+            renderer.problems()[0]
+                .reason
+                .contains("only alice may publish it again"),
+            "{:?}",
+            renderer.problems()
+        );
+        // Without a record (past the retention), it is bob's to publish.
+        let renderer = Renderer::new(&keys, &none, Some(&Owners::new()));
+        assert_eq!(
+            file(&renderer, "web", &Membership::through_team(&["bob"]), None)
+                .keys
+                .len(),
+            2
+        );
     }
 
     #[test]

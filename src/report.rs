@@ -164,6 +164,7 @@ mod tests {
             },
             index: crate::index::Index::empty(),
             owners: None,
+            revoked: None,
             resign: false,
             rewrite: false,
             canary_changed: false,

@@ -43,6 +43,9 @@ pub struct Settings {
     /// `[keys] max_keys_per_user`: keys published per person; later lines are dropped, each with a
     /// problem.
     pub max_keys_per_user: usize,
+    /// `[keys] revocation_retention`: how long a key that stopped being published stays on the
+    /// revocation list (and only its owner may publish it again).
+    pub revocation_retention: Duration,
     pub safety: SafetySettings,
     pub signing: Option<SigningSettings>,
     instance: Option<InstanceSettings>,
@@ -262,6 +265,19 @@ pub struct InstanceSettings {
     /// Where the host's access groups come from besides `access_groups`: the EC2 instance's
     /// identity, read from IMDS by `refresh` (never at login). `None`: the static list only.
     pub imds: Option<ImdsGroups>,
+    /// `[instance] revoked_keys_file`: where `refresh` writes the revocation list for sshd's
+    /// `RevokedKeys`. `None`: the default path, written only when a file (the package's) is
+    /// there (see [`InstanceSettings::revoked_keys_path`]).
+    pub revoked_keys_file: Option<PathBuf>,
+}
+
+impl InstanceSettings {
+    /// The file sshd's `RevokedKeys` should name: `revoked_keys_file`, else the default.
+    pub fn revoked_keys_path(&self) -> &Path {
+        self.revoked_keys_file
+            .as_deref()
+            .unwrap_or(Path::new(crate::instance::revoked::DEFAULT_FILE))
+    }
 }
 
 /// `[instance] access_groups_tag`, `access_groups_user_data` and `imds_endpoint`: the host's
@@ -472,6 +488,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("keys", "min_rsa_bits", Kind::Integer),
     ("keys", "forbidden_options", Kind::List),
     ("keys", "max_keys_per_user", Kind::Integer),
+    ("keys", "revocation_retention", Kind::Text),
     ("safety", "max_removed_fraction", Kind::Float),
     ("safety", "max_removed_users", Kind::Integer),
     ("safety", "lock_file", Kind::Text),
@@ -504,6 +521,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("ssh", "login_user_tag", Kind::Text),
     ("ssh", "access_groups_tag", Kind::Text),
     ("ssh", "verify_key", Kind::Text),
+    ("instance", "revoked_keys_file", Kind::Text),
 ];
 
 /// Environment variables that start with `KEYHOLE_` but are not settings overrides.
@@ -674,6 +692,7 @@ struct RawKeys {
     min_rsa_bits: Option<i64>,
     forbidden_options: Option<Vec<String>>,
     max_keys_per_user: Option<i64>,
+    revocation_retention: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -705,6 +724,7 @@ struct RawInstance {
     access_groups_tag: Option<String>,
     access_groups_user_data: Option<bool>,
     imds_endpoint: Option<String>,
+    revoked_keys_file: Option<String>,
 }
 
 // ---- Phase two: validation into the checked types. ----
@@ -849,6 +869,12 @@ impl RawSettings {
             raw_keys.max_keys_per_user,
             i64::from(keys::DEFAULT_MAX_KEYS_PER_USER),
         ) as usize;
+        let revocation_retention = check.duration(
+            "keys",
+            "revocation_retention",
+            raw_keys.revocation_retention.as_deref(),
+            "90d",
+        );
         let keys = validate_keys(raw_keys, &mut check);
         let safety = validate_safety(self.safety.unwrap_or_default(), &mut check);
         let signing = self.signing.and_then(|raw| {
@@ -922,6 +948,7 @@ impl RawSettings {
             s3,
             keys,
             max_keys_per_user,
+            revocation_retention,
             safety,
             signing,
             instance,
@@ -1396,6 +1423,10 @@ fn validate_instance(raw: RawInstance, check: &mut Checker) -> Option<InstanceSe
         verify_key: check.non_empty(S, "verify_key", raw.verify_key),
         allow_unsigned: raw.allow_unsigned.unwrap_or(false),
         imds,
+        revoked_keys_file: raw
+            .revoked_keys_file
+            .as_deref()
+            .map(|path| check.path(path)),
     })
 }
 

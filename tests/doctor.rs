@@ -73,7 +73,9 @@ impl Host {
                 root.join("keyhole.toml").display()
             ),
             "AuthorizedKeysCommandUser nobody".to_owned(),
+            format!("RevokedKeys {}", root.join("revoked_keys").display()),
         ];
+        std::fs::write(root.join("revoked_keys"), "").unwrap();
         Host {
             dir,
             sshd,
@@ -103,9 +105,10 @@ impl Host {
             std::fs::write(
                 &config,
                 format!(
-                    "[s3]\nbucket = \"keys\"\nendpoint = \"http://127.0.0.1:1\"\nforce_path_style = true\nregion = \"us-east-1\"\n\n[instance]\nlogin_user = \"{}\"\ncache_dir = \"{}\"\n{}",
+                    "[s3]\nbucket = \"keys\"\nendpoint = \"http://127.0.0.1:1\"\nforce_path_style = true\nregion = \"us-east-1\"\n\n[instance]\nlogin_user = \"{}\"\ncache_dir = \"{}\"\nrevoked_keys_file = \"{}\"\n{}",
                     self.login_user,
                     self.path("cache").display(),
+                    self.path("revoked_keys").display(),
                     self.instance
                 ),
             )

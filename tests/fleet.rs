@@ -10,7 +10,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{PermissionsExt, chown};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use support::homes::Key;
 use support::imds::Imds;
@@ -57,13 +57,17 @@ impl Host {
         let cache = dir.path().join("cache");
         std::fs::create_dir(&cache).unwrap();
         chown(&cache, Some(NOBODY), Some(NOBODY)).unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        chown(&state, Some(NOBODY), Some(NOBODY)).unwrap();
         std::fs::write(
             dir.path().join("keyhole.toml"),
             format!(
-                "{}\n[instance]\nlogin_user = \"{LOGIN_USER}\"\naccess_groups_tag = \"{TAG}\"\nimds_endpoint = \"{}\"\ncache_dir = \"{}\"\nverify_key = \"{verify_key}\"\n",
+                "{}\n[instance]\nlogin_user = \"{LOGIN_USER}\"\naccess_groups_tag = \"{TAG}\"\nimds_endpoint = \"{}\"\ncache_dir = \"{}\"\nverify_key = \"{verify_key}\"\nrevoked_keys_file = \"{}\"\n",
                 stack.s3.settings("ssh/"),
                 imds.endpoint(),
-                cache.display()
+                cache.display(),
+                state.join("revoked_keys").display()
             ),
         )
         .unwrap();
@@ -135,15 +139,16 @@ fn blobs_of(keys: &BTreeMap<&'static str, Key>, people: &[&str]) -> Vec<String> 
 /// An sshd config for `doctor --sshd-config`: the one the harness runs, but with
 /// AuthorizedKeysFile kept as the emergency fallback (the harness turns it off so that only
 /// keyhole can let anyone in).
-fn doctor_sshd_config(sshd: &Sshd) -> PathBuf {
+fn doctor_sshd_config(sshd: &Sshd, revoked_keys: &Path) -> PathBuf {
     let dir = sshd.dir();
     let path = dir.join("sshd_config.doctor");
     std::fs::write(
         &path,
         format!(
-            "HostKey {}\nPidFile none\nUsePAM no\nAuthorizedKeysFile .ssh/authorized_keys\nAuthorizedKeysCommand {} %u %f\nAuthorizedKeysCommandUser nobody\n",
+            "HostKey {}\nPidFile none\nUsePAM no\nAuthorizedKeysFile .ssh/authorized_keys\nAuthorizedKeysCommand {} %u %f\nAuthorizedKeysCommandUser nobody\nRevokedKeys {}\n",
             dir.join("host_ed25519").display(),
-            dir.join("keyhole-authorized-keys").display()
+            dir.join("keyhole-authorized-keys").display(),
+            revoked_keys.display()
         ),
     )
     .unwrap();
@@ -200,7 +205,9 @@ fn a_host_serves_exactly_the_groups_its_ec2_tag_names_through_real_sshd() {
             "--format",
             "json",
             "--sshd-config",
-            doctor_sshd_config(&sshd).to_str().unwrap(),
+            doctor_sshd_config(&sshd, &host.dir.path().join("state/revoked_keys"))
+                .to_str()
+                .unwrap(),
             "--systemd-dir",
             host.dir.path().to_str().unwrap(),
         ],
@@ -231,6 +238,7 @@ fn a_host_serves_exactly_the_groups_its_ec2_tag_names_through_real_sshd() {
         "index",
         "groups_published",
         "cache_fresh",
+        "revoked_keys",
     ] {
         assert!(checks.contains(&expected), "no {expected} in {checks:?}");
     }

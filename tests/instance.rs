@@ -213,6 +213,7 @@ impl Host {
             verify_key: Some(bucket.verify_key.clone()),
             allow_unsigned: false,
             imds: None,
+            revoked_keys_file: Some(cache_dir.path().join("revoked_keys")),
         };
         Host {
             store: S3Store::connect(&s3, Timeouts::PUBLISHER).await,

@@ -137,6 +137,7 @@ fn publish_writes_exact_group_files_and_a_second_run_writes_nothing() {
         shapes(&world.stack.s3.keys()),
         [
             "ssh/_keyhole/owners/{sha256}.json",
+            "ssh/_keyhole/revoked/{sha256}",
             "ssh/db-prod/{sha256}",
             "ssh/index.json",
             "ssh/web-prod/{sha256}"
@@ -275,6 +276,7 @@ fn groups_removed_from_the_policy_are_pruned() {
         shapes(&world.stack.s3.keys()),
         [
             "ssh/_keyhole/owners/{sha256}.json",
+            "ssh/_keyhole/revoked/{sha256}",
             "ssh/index.json",
             "ssh/web-prod/{sha256}"
         ]
@@ -445,8 +447,8 @@ fn incident_response_and_unattended_operation() {
         "keyhole_publish_problems 0",
         "keyhole_publish_guard_refused 0",
         "keyhole_publish_ldap_searches 3",
-        // Two group files, the owners object, the index.
-        "keyhole_publish_s3_writes 4",
+        // Two group files, the owners object, the revocation list, the index.
+        "keyhole_publish_s3_writes 5",
     ] {
         assert!(
             text.lines().any(|l| l == line),
@@ -610,6 +612,7 @@ fn a_legacy_bucket_is_migrated_by_the_first_publish() {
         shapes(&world.stack.s3.keys()),
         [
             "ssh/_keyhole/owners/{sha256}.json",
+            "ssh/_keyhole/revoked/{sha256}",
             "ssh/db-prod/{sha256}",
             "ssh/index.json",
             "ssh/web-prod/{sha256}"

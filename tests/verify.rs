@@ -237,14 +237,14 @@ fn verify_reports_every_drift_and_every_signature_problem() {
     // The owners object edited in place: bob's key said to be carol's.
     let owners = world.object(&owners_key);
     let bob_fingerprint = {
-        let parsed: std::collections::BTreeMap<String, String> =
+        let parsed: std::collections::BTreeMap<String, serde_json::Value> =
             serde_json::from_str(&owners).unwrap();
-        let (fingerprint, _) = parsed.iter().find(|(_, user)| *user == "bob").unwrap();
+        let (fingerprint, _) = parsed.iter().find(|(_, r)| r["user"] == "bob").unwrap();
         fingerprint.clone()
     };
     let reattributed = owners.replace(
-        &format!("\"{bob_fingerprint}\":\"bob\""),
-        &format!("\"{bob_fingerprint}\":\"carol\""),
+        &format!("\"{bob_fingerprint}\":{{\"user\":\"bob\""),
+        &format!("\"{bob_fingerprint}\":{{\"user\":\"carol\""),
     );
     assert_ne!(reattributed, owners);
     world.s3.put_object(&owners_key, &reattributed);

@@ -82,6 +82,7 @@ pub async fn discover(
                     name: format!("{id} {host}"),
                     host: host.to_owned(),
                     port: 22,
+                    user: None,
                     via: canary.ec2_via.clone(),
                 }),
                 None => tracing::warn!(

@@ -3,8 +3,9 @@
 //! Inventory file, one host a line, `#` starts a comment:
 //!
 //! ```text
-//! web-1.internal                      # host, port 22
+//! web-1.internal                      # host, port 22, as [canary] login_user
 //! 10.0.1.5:2222                       # host:port
+//! ubuntu@web-2.internal               # user@host: this host's login user (AMIs differ)
 //! [fd00::5]:22                        # IPv6 with a port
 //! db-1.internal via ops@bastion:2222  # through a bastion ([user@]host[:port], ssh's ProxyJump)
 //! app-3.internal via eu-jump          # through a bastion named by a Host of [canary] ssh_config
@@ -24,6 +25,8 @@ pub struct Target {
     pub name: String,
     pub host: String,
     pub port: u16,
+    /// The login user on this host (`user@` in the inventory); `None`: `[canary] login_user`.
+    pub user: Option<String>,
     /// ssh's ProxyJump value: `[user@]host[:port]` or an alias of the ssh config.
     pub via: Option<String>,
 }
@@ -51,12 +54,22 @@ pub fn parse(text: &str) -> Result<Vec<Target>, (usize, String)> {
                 return Err((
                     number + 1,
                     format!(
-                        "expected `host[:port]` or `host[:port] via [user@]bastion[:port]`, found `{line}`"
+                        "expected `[user@]host[:port]` or `[user@]host[:port] via [user@]bastion[:port]`, found `{line}`"
                     ),
                 ));
             }
         };
-        let (host, port) = split_port(address).map_err(|problem| (number + 1, problem))?;
+        let (user, host_port) = match address.split_once('@') {
+            Some((user, rest)) if valid_user(user) => (Some(user.to_owned()), rest),
+            Some(_) => {
+                return Err((
+                    number + 1,
+                    format!("`{address}` does not start with a user name"),
+                ));
+            }
+            None => (None, address),
+        };
+        let (host, port) = split_port(host_port).map_err(|problem| (number + 1, problem))?;
         if let Some(jump) = &via
             && jump.starts_with('-')
         {
@@ -66,10 +79,21 @@ pub fn parse(text: &str) -> Result<Vec<Target>, (usize, String)> {
             name: address.to_owned(),
             host,
             port,
+            user,
             via,
         });
     }
     Ok(targets)
+}
+
+/// A login name ssh can be given safely: letters, digits, `.`, `_`, `-`, not starting with `-`.
+fn valid_user(user: &str) -> bool {
+    !user.is_empty()
+        && !user.starts_with('-')
+        && user.len() <= 64
+        && user
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 /// `host`, `host:port`, `[v6]` or `[v6]:port`.
@@ -123,6 +147,34 @@ mod tests {
             ]
         );
         assert_eq!(targets[1].name, "10.0.1.5:2222");
+    }
+
+    #[test]
+    fn a_line_may_name_its_login_user() {
+        let targets = parse(
+            "ubuntu@web-1:2222
+web-2
+ec2-user@[fd00::5] via ops@jump
+",
+        )
+        .unwrap();
+        let short: Vec<(Option<&str>, &str, u16)> = targets
+            .iter()
+            .map(|t| (t.user.as_deref(), t.host.as_str(), t.port))
+            .collect();
+        assert_eq!(
+            short,
+            [
+                (Some("ubuntu"), "web-1", 2222),
+                (None, "web-2", 22),
+                (Some("ec2-user"), "fd00::5", 22),
+            ]
+        );
+        assert_eq!(targets[0].name, "ubuntu@web-1:2222");
+        assert_eq!(parse("@web-1\n").unwrap_err().0, 1);
+        assert_eq!(parse("-oProxyCommand=x@web-1\n").unwrap_err().0, 1);
+        assert_eq!(parse("a b@web-1\n").unwrap_err().0, 1);
+        assert_eq!(parse("ops@ubuntu@web-1\n").unwrap_err().0, 1);
     }
 
     #[test]

@@ -74,6 +74,17 @@ pub fn shipped_line(key_dir: &Path) -> Option<String> {
     ))
 }
 
+/// The fingerprint and `TYPE BASE64` of a canary line (as shipped in the index).
+pub fn shipped_key(line: &str) -> Option<(String, String)> {
+    keys::parse_authorized_keys(line, &any_key_policy())
+        .keys
+        .pop()
+        .map(|key| {
+            let text = format!("{} {}", key.key_type, key.blob);
+            (key.fingerprint.as_str().to_owned(), text)
+        })
+}
+
 /// The fingerprint of a canary line (as shipped in the index).
 pub fn fingerprint(line: &str) -> Option<String> {
     keys::parse_authorized_keys(line, &any_key_policy())

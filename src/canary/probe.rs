@@ -197,7 +197,8 @@ impl Prober {
         if let Some(via) = &target.via {
             command.args(["-J", via]);
         }
-        let destination = format!("{}@{}", self.login_user, target.host);
+        let user = target.user.as_deref().unwrap_or(&self.login_user);
+        let destination = format!("{user}@{}", target.host);
         command
             .arg("--")
             .arg(&destination)

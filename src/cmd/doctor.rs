@@ -102,6 +102,7 @@ pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
             ));
             let (sshd, command, user) = doctor::sshd_findings(&config, &config_file);
             findings.extend(sshd);
+            findings.push(revoked_keys_finding(&config, instance));
             command_user = user.and_then(|name| doctor::account(&name));
             if let Some(program) = command
                 .as_deref()
@@ -440,6 +441,22 @@ fn ec2_groups(
             )
         }
     }
+}
+
+/// sshd's effective `RevokedKeys` against keyhole's file and the cached index's list.
+fn revoked_keys_finding(
+    config: &[(String, String)],
+    instance: Option<&crate::settings::InstanceSettings>,
+) -> Finding {
+    let cached = instance.and_then(|instance| {
+        let cache = Cache::new(&instance.cache_dir);
+        cache.index().ok().flatten().map(|(_, index)| index.revoked)
+    });
+    crate::instance::revoked::finding(
+        doctor::sshd_value(config, "revokedkeys"),
+        instance,
+        cached.as_ref().map(Option::as_deref),
+    )
 }
 
 /// Fetches and verifies the index and this host's files into a temporary cache (with this

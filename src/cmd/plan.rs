@@ -12,7 +12,7 @@ use super::{Format, GlobalArgs};
 use crate::exit::{EXIT_CODES_HELP, Exit};
 use crate::gather::{Gathered, gather};
 use crate::group_file::{KnownLines, PublishedFile};
-use crate::index::{Index, Layout, Owners, owners_to_json};
+use crate::index::{Index, Layout, OwnerRecords, Owners};
 use crate::plan::{Inputs, Plan, Selection, judge};
 use crate::published::Published;
 use crate::render::{Renderer, sha256_hex};
@@ -116,6 +116,11 @@ pub(crate) struct Prepared {
     pub canary: BTreeSet<String>,
     /// Who each contested key was published for (read only when some key is contested).
     pub owners: Option<Owners>,
+    /// The published owners object's records, when this run read them (see [`revise_owners`]).
+    pub records: Option<OwnerRecords>,
+    /// The revocation list of a publish the guard refuses: the published list plus `[deny]`,
+    /// when that differs from the published one (`[deny]` is never held).
+    pub revoked_deny_only: Option<Vec<u8>>,
     /// The published files of the groups with a member whose home could not be read: those
     /// members' lines are carried over from them (re-validated with today's key rules).
     pub carried: HashMap<String, PublishedFile>,
@@ -199,16 +204,16 @@ pub(crate) async fn prepare(
         .iter()
         .cloned()
         .collect();
-    let owners = if crate::render::contested(&gathered.keys).is_empty() {
+    let records = if crate::render::contested(&gathered.keys).is_empty() {
         None
     } else if start.rewrite_all {
         tracing::warn!(
             "--rewrite-all reads nothing back: the owners object is not read, so every key \
              held by more than one person goes to nobody this run"
         );
-        Some(Owners::new())
+        Some(OwnerRecords::new())
     } else {
-        Some(published.owners(&store, &layout).await?)
+        Some(published.owner_records(&store, &layout).await?)
     };
     let canary = crate::canary::fingerprints(
         settings
@@ -217,6 +222,9 @@ pub(crate) async fn prepare(
             .map(|canary| canary.key_dir.as_path()),
         published.index.canary.as_deref(),
     );
+    let owners = records
+        .as_ref()
+        .map(|records| retained_owners(records, &gathered, settings, now));
     let mut prepared = Prepared {
         gathered,
         plan: Plan {
@@ -225,6 +233,7 @@ pub(crate) async fn prepare(
             guard: Default::default(),
             index: Index::empty(),
             owners: None,
+            revoked: None,
             resign: false,
             rewrite: published.index.is_legacy(),
             canary_changed: false,
@@ -237,6 +246,8 @@ pub(crate) async fn prepare(
         denied,
         canary,
         owners,
+        records,
+        revoked_deny_only: None,
         carried: HashMap::new(),
         unread: BTreeSet::new(),
         head_path,
@@ -248,9 +259,15 @@ pub(crate) async fn prepare(
     prepared.gathered.problems.append(&mut carry_problems);
     let s3_read = s3_started.elapsed();
     let plan_started = Instant::now();
-    let (mut plan, unread) =
+    let (mut plan, mut unread, mut active) =
         plan_groups(&prepared, selection, &settings.safety, start.rewrite_all).await?;
+    if revise_owners(&mut prepared, &plan, settings, now).await? {
+        // Someone holds a key the owners object gives to someone else: render again with it.
+        (plan, unread, active) =
+            plan_groups(&prepared, selection, &settings.safety, start.rewrite_all).await?;
+    }
     prepared.unread = unread;
+    revocation_plan(&mut prepared, &mut plan, &active, settings, now);
     plan.rewrite = prepared.plan.rewrite;
     plan.index.canary = settings
         .canary
@@ -485,7 +502,7 @@ async fn plan_groups(
     selection: Selection<'_>,
     safety: &crate::settings::SafetySettings,
     rewrite_all: bool,
-) -> anyhow::Result<(Plan, BTreeSet<String>)> {
+) -> anyhow::Result<(Plan, BTreeSet<String>, Owners)> {
     let selected = |group: &str| selection.is_none_or(|set| set.contains(group));
     let renderer = prepared.renderer();
     let published = &prepared.published.index;
@@ -634,7 +651,9 @@ async fn plan_groups(
         problems,
         guard: Default::default(),
         index: Index::empty(),
-        owners: crate::plan::owners_change(&owners, published),
+        // Set by `revocation_plan`, which needs the published records.
+        owners: None,
+        revoked: None,
         resign: false,
         rewrite: false,
         canary_changed: false,
@@ -646,7 +665,199 @@ async fn plan_groups(
         .iter()
         .filter_map(|(name, group)| Some((name.clone(), group.next.clone()?)))
         .collect();
-    plan.index.owners = Some(sha256_hex(&owners_to_json(&owners)));
     plan.guard = judge(&plan, safety);
-    Ok((plan, unread))
+    Ok((plan, unread, owners))
+}
+
+/// Who the published records give each key to, past the retention dropped.
+fn retained_owners(
+    records: &OwnerRecords,
+    gathered: &Gathered,
+    settings: &Settings,
+    now: SystemTime,
+) -> Owners {
+    let deny = &gathered.checked.policy.deny;
+    crate::revocation::owners_view(&crate::revocation::retained(
+        records,
+        now,
+        settings.revocation_retention,
+        &deny.fingerprints.iter().cloned().collect(),
+        &deny.users.iter().cloned().collect(),
+    ))
+}
+
+/// Reads the published owners records when the next owners object or revocation list may differ
+/// from the published ones: when a group changed, `[deny]` names anything, the index is due to
+/// be signed again (so ended records past the retention are dropped at least that often), or
+/// the published index has no list yet. A run where nothing changed reads only the index.
+/// Returns true when the plan must be computed again because someone holds a key the records
+/// give to someone else.
+async fn revise_owners(
+    prepared: &mut Prepared,
+    plan: &Plan,
+    settings: &Settings,
+    now: SystemTime,
+) -> anyhow::Result<bool> {
+    let published = &prepared.published.index;
+    let deny = &prepared.gathered.checked.policy.deny;
+    let resign_due = settings.signing.as_ref().is_some_and(|signing| {
+        match published
+            .not_after
+            .as_deref()
+            .map(crate::signing::parse_time)
+        {
+            Some(Ok(not_after)) => {
+                crate::signing::needs_resign(not_after, signing.validity, SystemTime::now())
+            }
+            _ => true,
+        }
+    });
+    let canary = settings
+        .canary
+        .as_ref()
+        .and_then(|canary| crate::canary::shipped_line(&canary.key_dir));
+    let needed = plan.has_changes()
+        || canary != published.canary
+        || !deny.users.is_empty()
+        || !deny.fingerprints.is_empty()
+        || resign_due
+        || published.revoked.is_none()
+        || published.owners.is_none()
+        || prepared.records.is_some();
+    if !needed {
+        return Ok(false);
+    }
+    let rendered_with_records = prepared.records.is_some();
+    if prepared.records.is_none() {
+        prepared.records = Some(
+            prepared
+                .published
+                .owner_records(&prepared.store, &prepared.layout)
+                .await?,
+        );
+    }
+    let Some(records) = &prepared.records else {
+        return Ok(false);
+    };
+    let owners = retained_owners(records, &prepared.gathered, settings, now);
+    let retained: OwnerRecords = records
+        .iter()
+        .filter(|(fingerprint, _)| owners.contains_key(*fingerprint))
+        .map(|(fingerprint, record)| (fingerprint.clone(), record.clone()))
+        .collect();
+    if rendered_with_records || !crate::revocation::taken_over(&retained, &prepared.gathered.keys) {
+        return Ok(false);
+    }
+    prepared.owners = Some(owners);
+    Ok(true)
+}
+
+/// Sets the plan's owners object and revocation list (and the index's names for them), and lets
+/// the guard judge the list's growth. Without the published records (a quiet run), both stay as
+/// published.
+fn revocation_plan(
+    prepared: &mut Prepared,
+    plan: &mut Plan,
+    active: &Owners,
+    settings: &Settings,
+    now: SystemTime,
+) {
+    let published = &prepared.published.index;
+    let Some(previous) = &prepared.records else {
+        plan.index.owners = published.owners.clone();
+        plan.index.revoked = published.revoked.clone();
+        return;
+    };
+    let policy = &prepared.gathered.checked.policy;
+    let deny_users: BTreeSet<String> = policy.deny.users.iter().cloned().collect();
+    let seen = crate::revocation::seen_keys(&prepared.gathered.keys);
+    let mut published_keys = crate::revocation::published_keys(active, &seen, previous);
+    // The canary's key is recorded like a person's: when a rotation stops shipping it, it is
+    // revoked on every path, so a probe proves RevokedKeys per host (a previous canary key
+    // planted in a login user's own authorized_keys must be refused).
+    if let Some((fingerprint, key)) = settings
+        .canary
+        .as_ref()
+        .and_then(|canary| crate::canary::shipped_line(&canary.key_dir))
+        .and_then(|line| crate::canary::shipped_key(&line))
+    {
+        published_keys.insert(
+            fingerprint,
+            crate::revocation::Published {
+                user: crate::revocation::CANARY_OWNER.to_owned(),
+                key: Some(key),
+            },
+        );
+    }
+    let inputs = crate::revocation::Inputs {
+        previous,
+        published: &published_keys,
+        seen: &seen,
+        deny_fingerprints: &prepared.denied,
+        deny_users: &deny_users,
+        now,
+        retention: settings.revocation_retention,
+    };
+    let next = crate::revocation::next(inputs);
+    // Removed people are the removal guard's to judge (and [deny]'s or `until`'s never held).
+    let removed: BTreeSet<&str> = plan
+        .groups
+        .values()
+        .flat_map(|group| group.removed_users.iter())
+        .map(|change| change.name.as_str())
+        .collect();
+    let reasons = crate::revocation::judge(
+        previous,
+        &next,
+        &removed,
+        &prepared.denied,
+        &settings.safety,
+    );
+    if !reasons.is_empty() {
+        plan.guard.refused = true;
+        plan.guard.reasons.extend(reasons);
+    }
+    if plan.guard.refused {
+        // What a refused publish still commits: the published list plus `[deny]`.
+        let unchanged: BTreeMap<String, crate::revocation::Published> = previous
+            .iter()
+            .filter(|(_, record)| record.ended.is_none())
+            .map(|(fingerprint, record)| {
+                let published = crate::revocation::Published {
+                    user: record.user.clone(),
+                    key: record.key.clone(),
+                };
+                (fingerprint.clone(), published)
+            })
+            .collect();
+        let deny_only = crate::revocation::next(crate::revocation::Inputs {
+            published: &unchanged,
+            ..inputs
+        });
+        prepared.revoked_deny_only = (published.revoked.as_deref()
+            != Some(sha256_hex(&deny_only.list).as_str()))
+        .then_some(deny_only.list);
+    }
+    for fingerprint in &next.unenforceable {
+        plan.problems.push(crate::render::Problem {
+            user: "[deny]".to_owned(),
+            reason: format!(
+                "fingerprint {fingerprint}: keyhole never saw its key, so hosts' RevokedKeys \
+                 cannot name it (only keyhole's AuthorizedKeysCommand refuses it)"
+            ),
+        });
+    }
+    let records = crate::index::records_to_json(&next.records);
+    let records_sha = sha256_hex(&records);
+    plan.owners = (published.owners.as_deref() != Some(records_sha.as_str())).then_some(records);
+    plan.index.owners = Some(records_sha);
+    let list_sha = sha256_hex(&next.list);
+    plan.revoked = (published.revoked.as_deref() != Some(list_sha.as_str())).then_some(next.list);
+    plan.index.revoked = Some(list_sha);
+    tracing::info!(
+        revoked = next.revoked.len(),
+        unenforceable = next.unenforceable.len(),
+        changed = plan.revoked.is_some(),
+        "the revocation list"
+    );
 }

@@ -215,6 +215,10 @@ async fn publish(
         )
         .await??;
     }
+    if let Some(list) = &plan.revoked {
+        let write = crate::revocation::write(&prepared.store, &prepared.layout, list);
+        within(deadline, "writing the revocation list", write).await??;
+    }
     within(deadline, "committing the index", async {}).await?;
     let committed = commit(&prepared, &plan.index, signer.as_ref()).await?;
     remember(&prepared, Some((plan.index.generation, committed)))?;
@@ -415,6 +419,9 @@ async fn prune(prepared: &Prepared) {
             keep,
         ));
     }
+    if prepared.plan.revoked.is_some() {
+        prefixes.push(crate::revocation::keep(layout, [previous, next]));
+    }
     let mut doomed: Vec<String> = Vec::new();
     if previous.is_legacy() {
         doomed.extend(layout.legacy_manifest());
@@ -514,7 +521,11 @@ async fn publish_denials(
             fresh(name, &mut index, &mut bodies);
         }
     }
-    if affected.is_empty() && bodies.is_empty() && prepared.unread.is_empty() {
+    if affected.is_empty()
+        && bodies.is_empty()
+        && prepared.unread.is_empty()
+        && prepared.revoked_deny_only.is_none()
+    {
         return Ok(affected);
     }
     let mut failed = None;
@@ -555,8 +566,11 @@ async fn publish_denials(
         tracing::error!(group = %name, "its published object went missing during this run: written from a fresh render");
         fresh(&name, &mut index, &mut bodies);
     }
-    let written: Vec<String> = bodies.iter().map(|(name, _)| name.clone()).collect();
-    if written.is_empty() && index.groups == prepared.published.index.groups {
+    let mut written: Vec<String> = bodies.iter().map(|(name, _)| name.clone()).collect();
+    if written.is_empty()
+        && index.groups == prepared.published.index.groups
+        && prepared.revoked_deny_only.is_none()
+    {
         remember(prepared, None)?;
         return Ok(written);
     }
@@ -566,6 +580,11 @@ async fn publish_denials(
         );
     }
     write_objects(prepared, bodies.into_iter().map(Ok)).await?;
+    if let Some(list) = &prepared.revoked_deny_only {
+        crate::revocation::write(&prepared.store, &prepared.layout, list).await?;
+        index.revoked = Some(sha256_hex(list));
+        written.push("the revocation list".to_owned());
+    }
     index.generation = prepared.published.next_generation(start.min_generation)?;
     index.not_after = prepared.plan.index.not_after.clone();
     index.deployment = prepared.plan.index.deployment.clone();

@@ -110,6 +110,7 @@ fn refresh(settings: &Settings, cache: &Cache, figures: &mut Figures) -> anyhow:
             "this host's access group is not in the published index: it grants no keys here (a misspelt tag or settings entry, or a group not yet in the policy)"
         );
     }
+    crate::instance::revoked::update(settings, &index)?;
     tracing::info!(generation = index.generation, groups = ?groups, "key cache is current");
     if never_resolved.is_some() || !missing.is_empty() {
         exit = Exit::Failure;

@@ -219,6 +219,9 @@ fn named(layout: &Layout, index: &Index) -> BTreeMap<String, String> {
     if let Some(sha256) = &index.owners {
         named.insert(layout.owners(sha256), sha256.clone());
     }
+    if let Some(sha256) = &index.revoked {
+        named.insert(layout.revoked(sha256), sha256.clone());
+    }
     named
 }
 
@@ -492,6 +495,9 @@ fn superseded(layout: &Layout, index: &Index, key: &str) -> bool {
     };
     let name = match rest.strip_prefix(OWNERS_PREFIX) {
         Some(owners) => owners.strip_suffix(".json"),
+        None if rest.starts_with(crate::index::REVOKED_PREFIX) => {
+            rest.strip_prefix(crate::index::REVOKED_PREFIX)
+        }
         None => rest
             .split_once('/')
             .filter(|(group, _)| index.groups.contains_key(*group))

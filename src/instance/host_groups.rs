@@ -416,6 +416,7 @@ mod tests {
                 user_data: false,
                 endpoint: "http://127.0.0.1:9".into(),
             }),
+            revoked_keys_file: Some(dir.path().join("revoked_keys")),
         };
         // Never resolved: only the static list.
         assert_eq!(current(&cache, &instance).unwrap(), ["sre"]);

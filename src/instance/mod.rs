@@ -50,6 +50,7 @@ pub mod host_groups;
 pub mod imds;
 pub mod serve;
 pub mod state;
+pub mod revoked;
 
 use state::{GroupState, Manifest, Next, State};
 
@@ -958,6 +959,7 @@ mod tests {
                 verify_key: Some(self.signer.public_key()),
                 allow_unsigned: false,
                 imds: None,
+                revoked_keys_file: None,
             }
         }
 
