@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 
 use crate::exit::{Exit, coded};
 use crate::group_file::{KnownLines, PublishedFile};
-use crate::index::{Index, Layout, OwnerRecords, Owners, owners_from_json, records_from_json};
+use crate::index::{Index, Layout, OwnerRecords, Owners, records_from_json};
 use crate::render::sha256_hex;
 use crate::settings::Settings;
 use crate::signing::{Signer, Verifier};
@@ -252,21 +252,8 @@ impl Published {
         store: &impl ObjectStore,
         layout: &Layout,
     ) -> anyhow::Result<Owners> {
-        let Some(sha256) = &self.index.owners else {
-            return Ok(Owners::new());
-        };
-        let damaged = match checked_object(store, &layout.owners(sha256), sha256).await? {
-            Ok(body) => match owners_from_json(&body) {
-                Ok(owners) => return Ok(owners),
-                Err(error) => Damaged(error.to_string()),
-            },
-            Err(damaged) => damaged,
-        };
-        tracing::warn!(
-            "{damaged}; the owners object reads as empty: every key held by more than one \
-             person goes to nobody this run"
-        );
-        Ok(Owners::new())
+        let records = self.owner_records(store, layout).await?;
+        Ok(crate::revocation::owners_view(&records))
     }
 
     /// The owners object's records (ended ones included; empty when the index names none).

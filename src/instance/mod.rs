@@ -48,9 +48,9 @@ use crate::store::{Fetched, ObjectStore};
 pub mod doctor;
 pub mod host_groups;
 pub mod imds;
+pub mod revoked;
 pub mod serve;
 pub mod state;
-pub mod revoked;
 
 use state::{GroupState, Manifest, Next, State};
 
