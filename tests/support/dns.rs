@@ -16,10 +16,24 @@ impl Dns {
     /// `srv`: (priority, weight, target host) under `_ldap._tcp.<domain>`; `hosts`: (name,
     /// address) A records.
     pub fn start(domain: &str, srv: &[(u16, u16, &str)], hosts: &[(&str, Ipv4Addr)]) -> Dns {
-        let port = {
-            let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-            socket.local_addr().unwrap().port()
-        };
+        // A port freed for dnsmasq may be taken (over UDP or TCP, which dnsmasq binds too) before
+        // dnsmasq binds it: dnsmasq then exits, and is started again on another port.
+        let mut failures = Vec::new();
+        for _attempt in 0..5 {
+            match Dns::start_on(free_udp_port(), domain, srv, hosts) {
+                Ok(dns) => return dns,
+                Err(why) => failures.push(why),
+            }
+        }
+        panic!("dnsmasq did not answer on 5 ports: {failures:#?}");
+    }
+
+    fn start_on(
+        port: u16,
+        domain: &str,
+        srv: &[(u16, u16, &str)],
+        hosts: &[(&str, Ipv4Addr)],
+    ) -> Result<Dns, String> {
         let mut command = Command::new("dnsmasq");
         command.args([
             "--keep-in-foreground",
@@ -47,7 +61,7 @@ impl Dns {
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting dnsmasq (scripts/test installs dnsmasq-base)");
-        let dns = Dns {
+        let mut dns = Dns {
             child,
             address: SocketAddr::from(([127, 0, 0, 1], port)),
         };
@@ -64,11 +78,27 @@ impl Dns {
             let _ = socket.send_to(&query, dns.address);
             let mut answer = [0u8; 512];
             if socket.recv_from(&mut answer).is_ok() {
-                return dns;
+                return Ok(dns);
             }
-            assert!(Instant::now() < deadline, "dnsmasq did not answer");
+            if let Ok(Some(status)) = dns.child.try_wait() {
+                let mut stderr = String::new();
+                if let Some(mut pipe) = dns.child.stderr.take() {
+                    use std::io::Read as _;
+                    let _ = pipe.read_to_string(&mut stderr);
+                }
+                return Err(format!("port {port}: dnsmasq {status}: {}", stderr.trim()));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("port {port}: no answer within 10 s"));
+            }
         }
     }
+}
+
+/// A UDP port on 127.0.0.1 that was free a moment ago.
+fn free_udp_port() -> u16 {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.local_addr().unwrap().port()
 }
 
 impl Drop for Dns {
