@@ -252,15 +252,23 @@ impl Published {
         store: &impl ObjectStore,
         layout: &Layout,
     ) -> anyhow::Result<Owners> {
-        let records = self.owner_records(store, layout).await?;
+        let records = self
+            .owner_records(store, layout, std::time::SystemTime::now())
+            .await?;
         Ok(crate::revocation::owners_view(&records))
     }
 
     /// The owners object's records (ended ones included; empty when the index names none).
+    ///
+    /// One that is missing, altered or unparsable never stops a run, and never un-revokes a key:
+    /// the records are rebuilt from the revocation list the same index names (each listed key
+    /// ended `now`, its owner unknown, so the retention starts again and anyone may publish it
+    /// again). Without a readable list either, they read as empty, said loudly.
     pub async fn owner_records(
         &self,
         store: &impl ObjectStore,
         layout: &Layout,
+        now: std::time::SystemTime,
     ) -> anyhow::Result<OwnerRecords> {
         let Some(sha256) = &self.index.owners else {
             return Ok(OwnerRecords::new());
@@ -272,12 +280,33 @@ impl Published {
             },
             Err(damaged) => damaged,
         };
-        tracing::warn!(
-            "{damaged}; the owners object reads as empty: every key held by more than one \
-             person goes to nobody this run, and keys it recorded as ended leave the revocation \
-             list unless [deny] names them"
-        );
-        Ok(OwnerRecords::new())
+        let listed = match &self.index.revoked {
+            Some(list) => match checked_object(store, &layout.revoked(list), list).await? {
+                Ok(body) => crate::revocation::parse_list(&body).map_err(|e| e.to_string()),
+                Err(Damaged(why)) => Err(why),
+            },
+            None => Err("the index names no revocation list".to_owned()),
+        };
+        match listed {
+            Ok(listed) => {
+                tracing::error!(
+                    revoked = listed.len(),
+                    "{damaged}; the owners object is rebuilt from the published revocation list: \
+                     every key held by more than one person goes to nobody this run, and every \
+                     revoked key stays revoked"
+                );
+                Ok(crate::revocation::records_from_list(&listed, now))
+            }
+            Err(why) => {
+                tracing::error!(
+                    "{damaged}, and the revocation list cannot stand in for it ({why}); the owners \
+                     object reads as empty: every key held by more than one person goes to nobody \
+                     this run, and keys it recorded as ended leave the revocation list unless \
+                     [deny] names them"
+                );
+                Ok(OwnerRecords::new())
+            }
+        }
     }
 }
 

@@ -48,6 +48,10 @@ use crate::settings::SafetySettings;
 pub const CANARY_OWNER: &str = "keyhole:canary";
 
 /// The first line of every list.
+/// The owner of a record rebuilt from a revocation list when the owners object was damaged: it
+/// keeps the key revoked, but binds it to nobody (whoever holds it may publish it again).
+pub const UNKNOWN_OWNER: &str = "keyhole:owner-unknown";
+
 pub const HEADER: &str = "# keyhole revocation list: generated, do not edit";
 
 /// People with published keys below which the guard does not judge a fraction (one of three is
@@ -120,6 +124,7 @@ pub fn retained(
 pub fn owners_view(records: &OwnerRecords) -> Owners {
     records
         .iter()
+        .filter(|(_, record)| record.user != UNKNOWN_OWNER)
         .map(|(fingerprint, record)| (fingerprint.clone(), record.user.clone()))
         .collect()
 }
@@ -131,10 +136,27 @@ pub fn taken_over(records: &OwnerRecords, keys: &BTreeMap<String, UserKeys>) -> 
         UserKeys::Known(list) => list.iter().any(|key| {
             records
                 .get(key.fingerprint.as_str())
-                .is_some_and(|record| &record.user != user)
+                .is_some_and(|record| &record.user != user && record.user != UNKNOWN_OWNER)
         }),
         UserKeys::Unknown(_) => false,
     })
+}
+
+/// Records standing in for a damaged owners object: every key of the published list, ended `now`
+/// (the retention starts again: the safe side), its owner unknown.
+pub fn records_from_list(listed: &[Revoked], now: SystemTime) -> OwnerRecords {
+    let ended = crate::signing::format_time(now);
+    listed
+        .iter()
+        .map(|revoked| {
+            let record = OwnerRecord {
+                user: UNKNOWN_OWNER.to_owned(),
+                key: Some(revoked.key.clone()),
+                ended: Some(ended.clone()),
+            };
+            (revoked.fingerprint.clone(), record)
+        })
+        .collect()
 }
 
 /// Every key read from a home, by fingerprint (`TYPE BASE64`).
@@ -473,6 +495,36 @@ mod tests {
                 retention: 90 * DAY,
             })
         }
+    }
+
+    #[test]
+    fn records_rebuilt_from_the_list_keep_every_key_revoked_and_bind_it_to_nobody() {
+        // alice was disabled: her key is on the published list. Then the owners object is
+        // deleted; the records are rebuilt from the list.
+        let second = Case::new(
+            Case::new(
+                OwnerRecords::new(),
+                published(&[("alice", ED_A), ("bob", ED_B)]),
+            )
+            .next("2026-01-01T00:00:00Z")
+            .records,
+            published(&[("bob", ED_B)]),
+        )
+        .next("2026-01-02T00:00:00Z");
+        let listed = parse_list(&second.list).unwrap();
+        let rebuilt = records_from_list(&listed, at("2026-01-05T00:00:00Z"));
+        let a = fingerprint(ED_A);
+        assert_eq!(rebuilt[&a].user, UNKNOWN_OWNER);
+        // The next run, from the rebuilt records, still revokes her key...
+        let next =
+            Case::new(rebuilt.clone(), published(&[("bob", ED_B)])).next("2026-01-05T00:00:00Z");
+        assert_eq!(next.list, second.list);
+        // ...binds it to nobody (anyone holding it may publish it again)...
+        assert!(!owners_view(&rebuilt).contains_key(&a));
+        // ...and a key published again leaves the list.
+        let back = Case::new(rebuilt, published(&[("alice", ED_A), ("bob", ED_B)]))
+            .next("2026-01-06T00:00:00Z");
+        assert!(back.revoked.is_empty());
     }
 
     #[test]

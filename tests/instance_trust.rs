@@ -271,7 +271,7 @@ fn a_key_from_a_13000_key_group_logs_in_through_sshd_and_is_attributed() {
     // What sshd was given for bob's key: his line, nothing of the 12,999 others.
     let output = Command::new("setpriv")
         .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
-        .arg(env!("CARGO_BIN_EXE_keyhole"))
+        .arg(support::keyhole::binary_for_nobody())
         .arg("--config")
         .arg(world.config())
         .args(["authorized-keys", LOGIN_USER, &bob.fingerprint])
@@ -697,7 +697,7 @@ fn the_canary_key_pasted_into_a_members_file_only_ever_prints_the_marker() {
     // first, mallory's copy of it never.
     let output = Command::new("setpriv")
         .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
-        .arg(env!("CARGO_BIN_EXE_keyhole"))
+        .arg(support::keyhole::binary_for_nobody())
         .arg("--config")
         .arg(world.config())
         .args(["authorized-keys", LOGIN_USER])

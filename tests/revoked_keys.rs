@@ -176,7 +176,7 @@ impl Host {
         let mut command = std::process::Command::new("setpriv");
         command.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"]);
         command
-            .arg(env!("CARGO_BIN_EXE_keyhole"))
+            .arg(support::keyhole::binary_for_nobody())
             .arg("--config")
             .arg(self.instance_config())
             .arg("refresh");
@@ -328,6 +328,46 @@ fn a_revoked_key_is_refused_on_every_path_into_the_host() {
     assert!(
         missing["detail"].as_str().unwrap().contains("EVERY"),
         "{missing:#}"
+    );
+}
+
+/// A bucket writer who deletes the owners object (where ended keys are remembered) does not bring
+/// a revoked key back: the next publish rebuilds the records from the signed list the index
+/// names, so the disabled person's planted key stays refused, and the publish is not blocked.
+#[test]
+fn a_deleted_owners_object_never_brings_a_revoked_key_back() {
+    let host = Host::new();
+    host.plant(&["alice"]);
+    let sshd = host.sshd(true);
+    host.publish_and_refresh();
+    host.set_enabled("alice", false);
+    host.publish_and_refresh();
+    assert!(!sshd.login(LOGIN_USER, host.key("alice")));
+    let alice = host.keys["alice"].fingerprint.clone();
+
+    let index = host.s3.object("ssh/index.json").expect("an index");
+    let index = keyhole::index::Index::open(index.as_bytes(), None).unwrap();
+    let owners = index.owners.expect("the index names an owners object");
+    host.s3
+        .delete_object(&format!("ssh/_keyhole/owners/{owners}.json"));
+    // A change that makes the next run read the owners records: bob adds a key.
+    let extra = host.homes.key("bob-second", "ed25519");
+    host.homes.write(
+        "bob",
+        Host::uid("bob"),
+        &format!("{}\n{}\n", host.keys["bob"].line, extra.line),
+    );
+    let run = host.publish(&[]);
+    assert_eq!(run.code, 0, "{run:#?}");
+    host.refresh();
+    let list = host.published_list();
+    assert!(list.contains(&alice), "{list}");
+    assert!(!sshd.login(LOGIN_USER, host.key("alice")));
+    assert!(sshd.login(LOGIN_USER, host.key("bob")));
+    assert!(
+        run.stderr
+            .contains("rebuilt from the published revocation list"),
+        "{run:#?}"
     );
 }
 

@@ -213,7 +213,7 @@ pub(crate) async fn prepare(
         );
         Some(OwnerRecords::new())
     } else {
-        Some(published.owner_records(&store, &layout).await?)
+        Some(published.owner_records(&store, &layout, now).await?)
     };
     let canary = crate::canary::fingerprints(
         settings
@@ -732,7 +732,7 @@ async fn revise_owners(
         prepared.records = Some(
             prepared
                 .published
-                .owner_records(&prepared.store, &prepared.layout)
+                .owner_records(&prepared.store, &prepared.layout, now)
                 .await?,
         );
     }
