@@ -391,7 +391,7 @@ fn host_key_mismatch_and_bastion_failures_are_told_apart() {
 #[cfg(feature = "ec2")]
 #[test]
 fn ec2_discovery_finds_the_running_tagged_instances() {
-    let moto = Moto::start();
+    let moto = support::moto::Moto::start();
     moto.python(
         r#"
 ids = lambda team, n: [i["InstanceId"] for i in ec2.run_instances(ImageId=ami, MinCount=n, MaxCount=n,
@@ -418,7 +418,7 @@ print(" ".join(web + db))
         let run = support::keyhole::run_keyhole(
             &config,
             &["canary", "probe", "--ec2-tag", selector, "--list"],
-            &moto.env(),
+            &support::moto::env(),
         );
         assert_eq!(run.code, 0, "{run:#?}");
         run.stdout
@@ -436,97 +436,8 @@ print(" ".join(web + db))
     let none = support::keyhole::run_keyhole(
         &config,
         &["canary", "probe", "--ec2-tag", "Team=nobody", "--list"],
-        &moto.env(),
+        &support::moto::env(),
     );
     assert_eq!(none.code, 1, "{none:#?}");
     assert!(none.stderr.contains("no hosts to probe"), "{}", none.stderr);
-}
-
-/// moto's server on 127.0.0.1 (installed by scripts/test), killed on drop.
-#[cfg(feature = "ec2")]
-struct Moto {
-    child: std::process::Child,
-    port: u16,
-}
-
-#[cfg(feature = "ec2")]
-impl Moto {
-    fn start() -> Moto {
-        for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .unwrap()
-                .port();
-            let mut child = Command::new("python3")
-                .args([
-                    "-m",
-                    "moto.server",
-                    "-H",
-                    "127.0.0.1",
-                    "-p",
-                    &port.to_string(),
-                ])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("moto (scripts/test installs moto[server])");
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-            while std::time::Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break; // the port was taken meanwhile: try another
-                }
-                // Ready means moto answers, not just that something listens.
-                let probe = Command::new("python3")
-                    .args([
-                        "-c",
-                        &format!("import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/moto-api/')"),
-                    ])
-                    .output()
-                    .unwrap();
-                if probe.status.success() {
-                    return Moto { child, port };
-                }
-                std::thread::sleep(std::time::Duration::from_millis(200));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("moto did not start");
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn env(&self) -> Vec<(String, String)> {
-        vec![
-            ("AWS_ACCESS_KEY_ID".into(), "testing".into()),
-            ("AWS_SECRET_ACCESS_KEY".into(), "testing".into()),
-            ("AWS_CONFIG_FILE".into(), "/nonexistent".into()),
-            ("AWS_SHARED_CREDENTIALS_FILE".into(), "/nonexistent".into()),
-            ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
-        ]
-    }
-
-    /// Runs `script` with `ec2` (a boto3 client for this server) and `ami` (one of its images).
-    fn python(&self, script: &str) -> String {
-        let prelude = format!(
-            "import boto3\nec2 = boto3.client('ec2', endpoint_url='{}', region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing')\nami = ec2.describe_images()['Images'][0]['ImageId']\n",
-            self.endpoint()
-        );
-        let output = Command::new("python3")
-            .args(["-c", &format!("{prelude}{script}")])
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{output:?}");
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    }
-}
-
-#[cfg(feature = "ec2")]
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
