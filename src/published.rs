@@ -310,6 +310,53 @@ impl Published {
     }
 }
 
+impl Published {
+    /// The published index for a reader that publishes nothing (`whois`, `keyhole ssh
+    /// --explain`): verified with `verifier`, then held to the rules an instance applies
+    /// ([`crate::trust::check`], against `seen` when this machine remembers an index): an index
+    /// every instance refuses explains nothing. With `expired_ok`, an index past its `not_after`
+    /// is still returned (the caller says so in its answer). Never a base to publish from:
+    /// nothing may be carried out of it.
+    pub async fn for_reading(
+        store: &S3Store,
+        layout: &Layout,
+        deployment: &str,
+        verifier: Option<&Verifier>,
+        seen: Option<&crate::trust::Seen>,
+        expired_ok: bool,
+    ) -> anyhow::Result<Published> {
+        let location = format!("{deployment}{}", crate::index::INDEX_OBJECT);
+        let Fetched::Object(object) = store
+            .get(&layout.index(), None)
+            .await
+            .with_context(|| format!("reading {location} (needs s3:GetObject on it)"))?
+        else {
+            bail!("no index is published at {location}");
+        };
+        let index =
+            Index::open(&object.body, verifier).with_context(|| format!("refusing {location}"))?;
+        let trusted = crate::trust::check(
+            &index,
+            &sha256_hex(&object.body),
+            deployment,
+            verifier.is_some(),
+            seen,
+            SystemTime::now(),
+        );
+        match trusted {
+            Err(crate::trust::Untrusted::Expired(_)) if expired_ok => {}
+            other => other.with_context(|| format!("refusing {location}"))?,
+        }
+        Ok(Published {
+            index,
+            etag: Some(object.etag),
+            sha256: None,
+            carry_trusted: false,
+            head_generation: None,
+        })
+    }
+}
+
 /// Whether the verified `index` (whose envelope hashes to `sha256`) may be the base of this run,
 /// and whether lines may be carried out of it (`Ok(true)`). A replayed or rolled-back index (by
 /// the head), a legacy one and an expired one are refused unless the operator said otherwise,

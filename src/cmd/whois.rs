@@ -6,16 +6,15 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::Context;
 use serde_json::json;
 
 use super::{Format, GlobalArgs};
 use crate::exit::{EXIT_CODES_HELP, Exit};
-use crate::index::{Index, Layout};
+use crate::index::Layout;
 use crate::instance::{Attribution, Cache};
 use crate::published::Published;
 use crate::settings::Settings;
-use crate::store::{Fetched, ObjectStore, S3Store, Timeouts};
+use crate::store::{S3Store, Timeouts};
 
 /// Show which person, through which access groups, a key fingerprint belongs to.
 ///
@@ -95,40 +94,20 @@ async fn from_bucket(settings: &Settings, fingerprint: &str) -> anyhow::Result<A
              only as trustworthy as the bucket"
         );
     }
-    let Fetched::Object(object) = store
-        .get(&layout.index(), None)
-        .await
-        .context("reading the published index")?
-    else {
-        anyhow::bail!(
-            "no index is published at s3://{}/{}",
-            s3.bucket,
-            layout.index()
-        );
-    };
-    let index = Index::open(&object.body, verifier.as_ref())
-        .with_context(|| format!("refusing s3://{}/{}", s3.bucket, layout.index()))?;
     // The trust an instance applies: an index every instance refuses names nobody.
     let seen = crate::published::local_seen(settings)?;
-    crate::trust::check(
-        &index,
-        &crate::render::sha256_hex(&object.body),
+    let published = Published::for_reading(
+        &store,
+        &layout,
         &crate::index::deployment(&s3.bucket, &s3.prefix),
-        verifier.is_some(),
+        verifier.as_ref(),
         seen.as_ref(),
-        std::time::SystemTime::now(),
+        false,
     )
-    .with_context(|| format!("refusing s3://{}/{}", s3.bucket, layout.index()))?;
-    if let Some(canary) = Attribution::canary(index.canary.as_deref(), fingerprint) {
+    .await?;
+    if let Some(canary) = Attribution::canary(published.index.canary.as_deref(), fingerprint) {
         return Ok(canary);
     }
-    let published = Published {
-        index,
-        etag: Some(object.etag),
-        sha256: None,
-        carry_trusted: false,
-        head_generation: None,
-    };
     let owners = match &published.index.owners {
         Some(sha256) => crate::index::owners_from_json(
             &crate::published::checked(&store, &layout.owners(sha256), sha256).await?,

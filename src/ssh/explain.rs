@@ -40,7 +40,7 @@ use crate::published::Published;
 use crate::resolve::{EVERYWHERE, VIA_SEPARATOR};
 use crate::settings::Settings;
 use crate::signing::Verifier;
-use crate::store::{Fetched, ObjectStore, S3Store, Timeouts};
+use crate::store::{S3Store, Timeouts};
 
 /// Reads for a person at a prompt: a few seconds, a few attempts.
 const TIMEOUTS: Timeouts = Timeouts {
@@ -720,27 +720,17 @@ pub async fn gather(
     let layout = Layout {
         prefix: s3.prefix.clone(),
     };
-    let location = format!("s3://{}/{}", s3.bucket, layout.index());
-    let Fetched::Object(object) = store
-        .get(&layout.index(), None)
-        .await
-        .with_context(|| format!("reading {location} (needs s3:GetObject on it)"))?
-    else {
-        anyhow::bail!("no index is published at {location}");
-    };
-    let index = Index::open(&object.body, verifier.as_ref())
-        .with_context(|| format!("refusing {location}"))?;
-    index
-        .check_deployment(&crate::index::deployment(&s3.bucket, &layout.prefix), false)
-        .with_context(|| format!("refusing {location}"))?;
-    // Read to explain, never a base to publish from: nothing is carried out of it.
-    let published = Published {
-        index,
-        etag: Some(object.etag),
-        sha256: None,
-        carry_trusted: false,
-        head_generation: None,
-    };
+    // An expired index is still explained (instances serve their cache meanwhile, and the
+    // answer says so); one every instance refuses for any other reason is not.
+    let published = Published::for_reading(
+        &store,
+        &layout,
+        &crate::index::deployment(&s3.bucket, &layout.prefix),
+        verifier.as_ref(),
+        None,
+        true,
+    )
+    .await?;
 
     let tag = instance.tags.get(sources.access_groups_tag);
     let (groups, _) = tag.map_or_else(Default::default, |value| host_groups::parse_list(value));
