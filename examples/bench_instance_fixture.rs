@@ -17,14 +17,14 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
-use keyhole::group_file::block_header;
-use keyhole::group_lookup::Lookup;
-use keyhole::index::{Index, IndexGroup, Layout};
+use keyhole::bucket::group_file::block_header;
+use keyhole::bucket::group_lookup::Lookup;
+use keyhole::bucket::index::{Index, IndexGroup, Layout};
+use keyhole::bucket::signing::{self, Signer, Verifier};
+use keyhole::bucket::store::{Fetched, ObjectStore, Precondition, StoreError, StoredObject};
 use keyhole::instance::{self, Cache};
-use keyhole::render::sha256_hex;
+use keyhole::publisher::render::sha256_hex;
 use keyhole::settings::InstanceSettings;
-use keyhole::signing::{self, Signer, Verifier};
-use keyhole::store::{Fetched, ObjectStore, Precondition, StoreError, StoredObject};
 
 const BUCKET: &str = "bench";
 const PREFIX: &str = "ssh/";
@@ -148,7 +148,7 @@ fn main() -> anyhow::Result<()> {
             not_after: Some(signing::format_time(
                 SystemTime::now() + Duration::from_secs(30 * 86_400),
             )),
-            deployment: Some(keyhole::index::deployment(BUCKET, PREFIX)),
+            deployment: Some(keyhole::bucket::index::deployment(BUCKET, PREFIX)),
             ..Index::empty()
         };
         let mut files = BTreeMap::from([
@@ -182,7 +182,7 @@ fn main() -> anyhow::Result<()> {
                 },
             );
         }
-        keyhole::group_seal::seal_with_roots(&mut index, &roots, &signer)?;
+        keyhole::bucket::group_seal::seal_with_roots(&mut index, &roots, &signer)?;
         let sealed = index.seal(Some(&signer))?;
         std::fs::write(
             out.join(format!("{name}-index-bytes")),
@@ -212,7 +212,7 @@ fn main() -> anyhow::Result<()> {
         runtime.block_on(instance::refresh(
             &store,
             &layout,
-            &keyhole::index::deployment(BUCKET, PREFIX),
+            &keyhole::bucket::index::deployment(BUCKET, PREFIX),
             &Cache::new(&cache_dir),
             &settings,
             Some(&verifier),

@@ -1,43 +1,28 @@
 //! keyhole: decides who may SSH into which servers.
 //!
-//! The flow runs one way (see SPEC.md): [`policy`] + [`settings`] → [`directory`] (AD) →
-//! [`homes`] (NFS) → [`keys`] → the pure [`resolve`] / [`render`] / [`plan`] steps → [`store`]
-//! (S3). Each stage is a module; [`cmd`] wires them into subcommands.
+//! The tree is the architecture (see SPEC.md for the contract):
+//! - [`publisher`]: policy + AD + NFS homes → signed objects in S3, one run at a time;
+//! - [`bucket`]: what is in S3, how it is named and trusted — the contract between the sides;
+//! - [`instance`]: sshd's `AuthorizedKeysCommand`, the local cache and the revocation list;
+//! - [`canary`]: the audit canary that proves, from outside, that a host refuses what it should;
+//! - [`ssh`]: `keyhole ssh`, the engineer's way in, which explains a refusal;
+//! - [`settings`] and [`keys`]: shared by every side;
+//! - [`cmd`]: the subcommands — parse, call, print.
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
-pub mod automation;
+pub mod bucket;
 pub mod canary;
 pub mod cmd;
 pub mod diagnostic;
-pub mod directory;
 pub mod exit;
-pub mod gather;
-pub mod git;
-pub mod group_file;
-pub mod group_lookup;
-pub mod group_seal;
-pub mod head;
-pub mod homes;
-pub mod index;
 pub mod instance;
 pub mod interned;
 pub mod keys;
-pub mod lock;
 pub mod logging;
 pub mod markdown;
 pub mod memory;
 pub mod metrics;
-pub mod plan;
-pub mod policy;
-pub mod policy_diff;
-pub mod published;
-pub mod render;
-pub mod report;
-pub mod resolve;
-pub mod revocation;
+pub mod publisher;
 pub mod settings;
-pub mod signing;
 pub mod ssh;
-pub mod store;
-pub mod trust;

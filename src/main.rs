@@ -57,7 +57,7 @@ fn main() -> ExitCode {
     };
     logging::init(cli.log_format);
     if cli.global.retry_bind {
-        keyhole::directory::allow_bind_retry();
+        keyhole::publisher::directory::allow_bind_retry();
     }
 
     let result = dispatch(cli.command, &cli.global);

@@ -96,7 +96,7 @@ pub struct LdapSettings {
     /// `dns_server`: who is asked for the SRV records; `None`: the system's resolvers.
     pub dns_server: Option<std::net::SocketAddr>,
     /// Remembers a bind refused with invalid credentials, so the same secret is never tried
-    /// again (see `crate::directory::bind_guard`).
+    /// again (see `crate::publisher::directory::bind_guard`).
     pub bind_state_file: PathBuf,
     pub bind_dn: String,
     pub password: PasswordSource,
@@ -111,13 +111,13 @@ pub struct LdapSettings {
     pub member_range: Option<u32>,
     /// `lockout_retry`: after a DC refused the bind because the account is locked out (775) or
     /// outside its logon hours or workstations (530/531), how long before binding again with the
-    /// same secret (see `crate::directory::bind_guard`).
+    /// same secret (see `crate::publisher::directory::bind_guard`).
     pub lockout_retry: Duration,
     /// How keyhole proves who it is: a simple bind with `bind_dn` and `password`, or Kerberos
     /// (GSSAPI) with a keytab, where `bind_dn` and `password` are not used.
     pub auth: LdapAuth,
     /// `trust_system_roots = true`: with `srv` and no `ca_file`, accept a DC whose certificate
-    /// any public root signed. Off by default: see `crate::directory::discovery`.
+    /// any public root signed. Off by default: see `crate::publisher::directory::discovery`.
     pub trust_system_roots: bool,
 }
 
@@ -958,8 +958,8 @@ impl RawSettings {
     }
 }
 
-/// The longest `[signing] validity` (see `crate::index::MAX_VALIDITY`).
-pub const MAX_SIGNING_VALIDITY: Duration = crate::index::MAX_VALIDITY;
+/// The longest `[signing] validity` (see `crate::bucket::index::MAX_VALIDITY`).
+pub const MAX_SIGNING_VALIDITY: Duration = crate::bucket::index::MAX_VALIDITY;
 
 /// `safety.lock_file` when the file does not say (the bind state file's default lives beside it).
 const DEFAULT_LOCK_FILE: &str = "/run/keyhole/publish.lock";

@@ -16,9 +16,9 @@ use std::os::unix::fs::{PermissionsExt, chown};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use keyhole::index::{FORMAT, Index, IndexGroup, Layout, Owners, owners_to_json};
-use keyhole::render::sha256_hex;
-use keyhole::signing::{self, Signer};
+use keyhole::bucket::index::{FORMAT, Index, IndexGroup, Layout, Owners, owners_to_json};
+use keyhole::bucket::signing::{self, Signer};
+use keyhole::publisher::render::sha256_hex;
 use support::homes::{Homes, Key};
 use support::keyhole::ssh_keygen;
 use support::s3::{BUCKET, S3Server};
@@ -134,7 +134,7 @@ impl World {
             not_after: Some(signing::format_time(
                 std::time::SystemTime::now() + Duration::from_secs(86400),
             )),
-            deployment: Some(keyhole::index::deployment(BUCKET, "ssh/")),
+            deployment: Some(keyhole::bucket::index::deployment(BUCKET, "ssh/")),
             owners: Some(owners_sha),
             ..Index::empty()
         };

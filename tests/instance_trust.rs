@@ -25,10 +25,10 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
-use keyhole::group_lookup::Lookup;
-use keyhole::index::{FORMAT, Index, IndexGroup, Layout};
-use keyhole::render::sha256_hex;
-use keyhole::signing::{self, Signer};
+use keyhole::bucket::group_lookup::Lookup;
+use keyhole::bucket::index::{FORMAT, Index, IndexGroup, Layout};
+use keyhole::bucket::signing::{self, Signer};
+use keyhole::publisher::render::sha256_hex;
 use support::fault_proxy::{FaultProxy, HttpFault, HttpRule, Mode};
 use support::homes::{Homes, Key};
 use support::imds::Imds;
@@ -144,7 +144,7 @@ impl World {
             not_after: Some(signing::format_time(
                 SystemTime::now() + Duration::from_secs(86400),
             )),
-            deployment: Some(keyhole::index::deployment(BUCKET, "ssh/")),
+            deployment: Some(keyhole::bucket::index::deployment(BUCKET, "ssh/")),
             canary: canary.map(str::to_owned),
             ..Index::empty()
         };
@@ -164,7 +164,7 @@ impl World {
                 },
             );
         }
-        keyhole::group_seal::seal_with_roots(&mut index, &roots, &self.signer).unwrap();
+        keyhole::bucket::group_seal::seal_with_roots(&mut index, &roots, &self.signer).unwrap();
         let sealed = String::from_utf8(index.seal(Some(&self.signer)).unwrap()).unwrap();
         self.s3.put_object(&layout().index(), &sealed);
         sealed

@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use keyhole::index::{Index, IndexGroup, LEGACY_FORMAT, Layout};
-use keyhole::render::sha256_hex;
-use keyhole::signing::{self, Signer};
+use keyhole::bucket::index::{Index, IndexGroup, LEGACY_FORMAT, Layout};
+use keyhole::bucket::signing::{self, Signer};
+use keyhole::publisher::render::sha256_hex;
 use support::homes::Key;
 use support::keyhole::{Run, run_keyhole};
 use support::samba::{Fixture, LOCKOUT_THRESHOLD, SERVICE_ACCOUNT, SambaDc, UserSpec};

@@ -564,7 +564,7 @@ fn shapes(keys: &[String]) -> Vec<String> {
 /// follows the new one.
 #[test]
 fn a_legacy_bucket_is_migrated_by_the_first_publish() {
-    use keyhole::index::{Index, IndexGroup, LEGACY_FORMAT};
+    use keyhole::bucket::index::{Index, IndexGroup, LEGACY_FORMAT};
     let world = World::new(POLICY);
     let s3 = &world.stack.s3;
     let mut legacy = Index {
@@ -584,7 +584,7 @@ fn a_legacy_bucket_is_migrated_by_the_first_publish() {
         legacy.groups.insert(
             group.into(),
             IndexGroup {
-                sha256: keyhole::render::sha256_hex(body.as_bytes()),
+                sha256: keyhole::publisher::render::sha256_hex(body.as_bytes()),
                 users: users.len(),
                 keys: users.len(),
                 seal: None,

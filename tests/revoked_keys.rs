@@ -208,7 +208,7 @@ impl Host {
     /// The revocation list object the published index names.
     fn published_list(&self) -> String {
         let index = self.s3.object("ssh/index.json").expect("an index");
-        let index = keyhole::index::Index::open(index.as_bytes(), None).unwrap();
+        let index = keyhole::bucket::index::Index::open(index.as_bytes(), None).unwrap();
         let sha256 = index.revoked.expect("the index names a revocation list");
         self.s3
             .object(&format!("ssh/_keyhole/revoked/{sha256}"))
@@ -346,7 +346,7 @@ fn a_deleted_owners_object_never_brings_a_revoked_key_back() {
     let alice = host.keys["alice"].fingerprint.clone();
 
     let index = host.s3.object("ssh/index.json").expect("an index");
-    let index = keyhole::index::Index::open(index.as_bytes(), None).unwrap();
+    let index = keyhole::bucket::index::Index::open(index.as_bytes(), None).unwrap();
     let owners = index.owners.expect("the index names an owners object");
     host.s3
         .delete_object(&format!("ssh/_keyhole/owners/{owners}.json"));

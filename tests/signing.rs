@@ -7,8 +7,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use keyhole::index::{FORMAT, Index, IndexError, IndexGroup};
-use keyhole::signing::{NAMESPACE, Signer, SigningError, Verifier};
+use keyhole::bucket::index::{FORMAT, Index, IndexError, IndexGroup};
+use keyhole::bucket::signing::{NAMESPACE, Signer, SigningError, Verifier};
 
 /// A message to sign: the text of an index, as the envelope carries it.
 const MESSAGE: &[u8] = b"{\"format\":2,\"generation\":42,\"groups\":{}}";

@@ -32,7 +32,7 @@ const POLICY: &str = "[access_groups.web-prod]\ngroups = [\"Web Team\"]\n";
 
 /// The key of `group`'s object named by the index `index_json` (the envelope as stored).
 fn group_key(index_json: &str, group: &str) -> String {
-    use keyhole::index::{Index, Layout};
+    use keyhole::bucket::index::{Index, Layout};
     let index = Index::open(index_json.as_bytes(), None).expect("an index");
     let entry = &index.groups[group];
     Layout {

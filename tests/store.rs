@@ -3,8 +3,8 @@
 
 mod support;
 
+use keyhole::bucket::store::{Fetched, ObjectStore, Precondition, S3Store, StoreError, Timeouts};
 use keyhole::settings::S3Settings;
-use keyhole::store::{Fetched, ObjectStore, Precondition, S3Store, StoreError, Timeouts};
 use support::s3::{BUCKET, S3Server};
 
 async fn store(server: &S3Server) -> S3Store {
@@ -98,5 +98,5 @@ async fn conditional_writes_detect_a_concurrent_publisher_and_reads_skip_unchang
         Fetched::Object(object) => assert_eq!(object.body.len(), 4096),
         other => panic!("expected the object, got {other:?}"),
     }
-    assert_eq!(keyhole::store::MAX_OBJECT_BYTES, 64 * 1024 * 1024);
+    assert_eq!(keyhole::bucket::store::MAX_OBJECT_BYTES, 64 * 1024 * 1024);
 }

@@ -13,8 +13,8 @@ mod support;
 use std::path::PathBuf;
 use std::process::Command;
 
-use keyhole::index::{FORMAT, Index, LEGACY_FORMAT, Layout};
-use keyhole::render::sha256_hex;
+use keyhole::bucket::index::{FORMAT, Index, LEGACY_FORMAT, Layout};
+use keyhole::publisher::render::sha256_hex;
 use serde_json::{Value, json};
 use support::homes::Homes;
 use support::keyhole::{Deployment, Run, ldap_section, run_keyhole, ssh_keygen};

@@ -10,8 +10,8 @@ use anyhow::Context;
 use aws_sdk_ec2::types::{Filter, Instance};
 
 use super::inventory::Target;
+use crate::bucket::store::{Timeouts, aws_shared_config};
 use crate::settings::{CanarySettings, Ec2Address};
-use crate::store::{Timeouts, aws_shared_config};
 
 /// `KEY` or `KEY=VALUE`.
 #[derive(Debug, Clone, PartialEq, Eq)]

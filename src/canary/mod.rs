@@ -28,7 +28,7 @@ pub mod rotate;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use crate::group_file::any_key_policy;
+use crate::bucket::group_file::any_key_policy;
 use crate::keys;
 
 /// What the canary's forced command prints; a probe is accepted only when it sees it.

@@ -29,15 +29,15 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context as _;
 
 use super::GlobalArgs;
+use crate::bucket::index::Index;
+use crate::bucket::index::Layout;
+use crate::bucket::signing::Verifier;
+use crate::bucket::store::{S3Store, Timeouts};
 use crate::exit::{EXIT_CODES_HELP, Exit};
-use crate::index::Index;
-use crate::index::Layout;
 use crate::instance::serve::{self, Expect, Served};
 use crate::instance::state::State;
 use crate::instance::{self, Attribution, Cache, host_groups};
 use crate::settings::Settings;
-use crate::signing::Verifier;
-use crate::store::{S3Store, Timeouts};
 
 /// After a failed refresh, how long logins serve a servable cache without trying S3 again.
 pub const OUTAGE_BACKOFF: Duration = Duration::from_secs(60);
@@ -220,7 +220,7 @@ fn verifier(instance: &crate::settings::InstanceSettings) -> anyhow::Result<Opti
 /// The deployment this host reads, as a signed index must name it.
 fn deployment(settings: &Settings) -> anyhow::Result<String> {
     let s3 = settings.s3()?;
-    Ok(crate::index::deployment(&s3.bucket, &s3.prefix))
+    Ok(crate::bucket::index::deployment(&s3.bucket, &s3.prefix))
 }
 
 /// Refreshes the cache from S3, all of it bounded by `timeout`; returns the index now cached.
@@ -288,9 +288,11 @@ pub(crate) fn fetch(
 
 /// Whether a failed refresh failed to reach S3 (as opposed to refusing what S3 said).
 fn unreachable(error: &anyhow::Error) -> bool {
-    error
-        .chain()
-        .any(|cause| cause.downcast_ref::<crate::store::StoreError>().is_some())
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<crate::bucket::store::StoreError>()
+            .is_some()
+    })
 }
 
 /// One line to stderr (sshd's log with `-e`) and to syslog (auth facility), where the shared

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 
 use crate::exit::{EXIT_CODES_HELP, Exit};
-use crate::policy::{self, counts, plural};
+use crate::publisher::policy::{self, counts, plural};
 
 /// Validate the policy offline: TOML syntax, unknown keys, value types, access group names,
 /// duplicate and malformed principals, empty access groups, `[deny]` fingerprints, access group
@@ -62,8 +62,9 @@ pub fn run(args: Args, global: &super::GlobalArgs) -> anyhow::Result<Exit> {
                 now,
                 args.warn_within,
             ));
-            diagnostics
-                .extend(crate::automation::read_keys(&path, &checked, &key_policy).diagnostics);
+            diagnostics.extend(
+                crate::publisher::automation::read_keys(&path, &checked, &key_policy).diagnostics,
+            );
             diagnostics
                 .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
             let valid = !crate::diagnostic::has_errors(&diagnostics);

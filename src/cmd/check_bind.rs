@@ -4,8 +4,8 @@
 //! what a run's bind writes (the bind state file after a refusal).
 
 use super::{Format, GlobalArgs};
-use crate::directory;
 use crate::exit::{EXIT_CODES_HELP, Exit};
+use crate::publisher::directory;
 use crate::settings::Settings;
 
 /// Bind to Active Directory as `[ldap]` says (password or Kerberos keytab) and print which DC

@@ -10,15 +10,15 @@ use std::time::SystemTime;
 use anyhow::Context as _;
 
 use super::{Format, GlobalArgs};
-use crate::directory;
 use crate::exit::{EXIT_CODES_HELP, Exit};
-use crate::git::Repo;
-use crate::policy::counts;
-use crate::policy_diff::{
+use crate::publisher::directory;
+use crate::publisher::git::Repo;
+use crate::publisher::policy::counts;
+use crate::publisher::policy_diff::{
     self, DiagnosticEntry, PolicyDiff, Reading, Report, Side, Status, diff_policies,
     diff_resolutions,
 };
-use crate::resolve::resolve;
+use crate::publisher::resolve::resolve;
 use crate::settings::Settings;
 
 /// Show the access change between two versions of the policy in git: per access group the AD

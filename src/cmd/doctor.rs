@@ -461,7 +461,10 @@ fn revoked_keys_finding(
 
 /// Fetches and verifies the index and this host's files into a temporary cache (with this
 /// host's resolved groups, so the same files are checked).
-fn throwaway_refresh(settings: &Settings, cache: &Cache) -> anyhow::Result<crate::index::Index> {
+fn throwaway_refresh(
+    settings: &Settings,
+    cache: &Cache,
+) -> anyhow::Result<crate::bucket::index::Index> {
     let scratch = tempfile::tempdir()?;
     let throwaway = Cache::new(scratch.path());
     if let Some(resolved) = host_groups::read_resolved(cache)? {

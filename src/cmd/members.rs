@@ -8,10 +8,10 @@ use anyhow::Context;
 
 use super::{Format, GlobalArgs};
 use crate::exit::{EXIT_CODES_HELP, Exit, coded};
-use crate::policy::plural;
-use crate::resolve::{Resolution, VIA_SEPARATOR, resolve};
+use crate::publisher::policy::plural;
+use crate::publisher::resolve::{Resolution, VIA_SEPARATOR, resolve};
+use crate::publisher::{directory, policy};
 use crate::settings::Settings;
-use crate::{directory, policy};
 
 /// Show who gets access to each access group (directly, through which nested group chain, or
 /// everywhere; automation accounts with their owner; the end date of time-limited grants) and

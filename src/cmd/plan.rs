@@ -9,15 +9,15 @@ use std::time::{Instant, SystemTime};
 use anyhow::Context as _;
 
 use super::{Format, GlobalArgs};
+use crate::bucket::group_file::{KnownLines, PublishedFile};
+use crate::bucket::index::{Index, Layout, OwnerRecords, Owners};
+use crate::bucket::published::Published;
+use crate::bucket::store::{S3Store, Timeouts};
 use crate::exit::{EXIT_CODES_HELP, Exit};
-use crate::gather::{Gathered, gather};
-use crate::group_file::{KnownLines, PublishedFile};
-use crate::index::{Index, Layout, OwnerRecords, Owners};
-use crate::plan::{Inputs, Plan, Selection, judge};
-use crate::published::Published;
-use crate::render::{Renderer, sha256_hex};
+use crate::publisher::gather::{Gathered, gather};
+use crate::publisher::plan::{Inputs, Plan, Selection, judge};
+use crate::publisher::render::{Renderer, sha256_hex};
 use crate::settings::Settings;
-use crate::store::{S3Store, Timeouts};
 
 /// Show what `publish` would change: per access group the action (create, update, delete,
 /// unchanged), the users and keys added and removed with the reason, every problem found in the
@@ -69,8 +69,8 @@ pub(crate) fn print_plan(plan: &Plan, format: Format) -> anyhow::Result<()> {
             serde_json::to_writer_pretty(&mut out, plan)?;
             writeln!(out)?;
         }
-        Format::Markdown => crate::report::markdown(plan, &mut out)?,
-        Format::Text => crate::report::text(plan, &mut out)?,
+        Format::Markdown => crate::publisher::report::markdown(plan, &mut out)?,
+        Format::Text => crate::publisher::report::text(plan, &mut out)?,
     }
     out.flush().context("writing the plan to stdout")
 }
@@ -87,9 +87,11 @@ fn sign_by_schedule(
     let due = match published
         .not_after
         .as_deref()
-        .map(crate::signing::parse_time)
+        .map(crate::bucket::signing::parse_time)
     {
-        Some(Ok(not_after)) => crate::signing::needs_resign(not_after, signing.validity, now),
+        Some(Ok(not_after)) => {
+            crate::bucket::signing::needs_resign(not_after, signing.validity, now)
+        }
         // Never signed (or unreadable): sign now.
         _ => true,
     };
@@ -97,7 +99,7 @@ fn sign_by_schedule(
         plan.index.not_after = published.not_after.clone();
         return;
     }
-    plan.index.not_after = Some(crate::signing::format_time(now + signing.validity));
+    plan.index.not_after = Some(crate::bucket::signing::format_time(now + signing.validity));
     if !plan.writes() {
         plan.resign = true;
     }
@@ -168,15 +170,15 @@ pub(crate) async fn prepare(
     let s3 = settings.s3()?;
     let now = start.now.unwrap_or_else(SystemTime::now);
     let gathered = gather(settings, now).await?;
-    let head_path = crate::head::path_beside(&settings.safety.lock_file);
-    let head = crate::head::Head::load(&head_path)?;
+    let head_path = crate::publisher::head::path_beside(&settings.safety.lock_file);
+    let head = crate::publisher::head::Head::load(&head_path)?;
     let s3_started = Instant::now();
     let store = S3Store::connect(s3, Timeouts::PUBLISHER).await;
     let layout = Layout {
         prefix: s3.prefix.clone(),
     };
     let verifier = match &settings.signing {
-        Some(_) => crate::published::verifier(settings)?,
+        Some(_) => crate::bucket::published::verifier(settings)?,
         None => None,
     };
     let published = Published::read(
@@ -184,7 +186,7 @@ pub(crate) async fn prepare(
         &layout,
         &s3.bucket,
         verifier.as_ref(),
-        crate::published::BaseRules {
+        crate::bucket::published::BaseRules {
             min_generation: start.min_generation,
             head: head.as_ref(),
             head_path: Some(&head_path),
@@ -204,7 +206,7 @@ pub(crate) async fn prepare(
         .iter()
         .cloned()
         .collect();
-    let records = if crate::render::contested(&gathered.keys).is_empty() {
+    let records = if crate::publisher::render::contested(&gathered.keys).is_empty() {
         None
     } else if start.rewrite_all {
         tracing::warn!(
@@ -280,7 +282,7 @@ pub(crate) async fn prepare(
     } else {
         published_index.generation
     };
-    plan.index.deployment = Some(crate::index::deployment(&s3.bucket, &s3.prefix));
+    plan.index.deployment = Some(crate::bucket::index::deployment(&s3.bucket, &s3.prefix));
     plan.index.previous = prepared.published.sha256.clone();
     plan.index.policy_commit = if plan.has_changes() {
         prepared.gathered.policy_commit.clone()
@@ -320,19 +322,19 @@ pub(crate) async fn prepare(
 /// record, or `now` for a home found unreadable this run. A readable home drops out.
 fn unknown_since(
     gathered: &Gathered,
-    head: Option<&crate::head::Head>,
+    head: Option<&crate::publisher::head::Head>,
     now: SystemTime,
 ) -> BTreeMap<String, String> {
     gathered
         .keys
         .iter()
-        .filter(|(_, keys)| matches!(keys, crate::render::UserKeys::Unknown(_)))
+        .filter(|(_, keys)| matches!(keys, crate::publisher::render::UserKeys::Unknown(_)))
         .map(|(user, _)| {
             let since = head
                 .and_then(|head| head.unknown_since.get(user))
-                .filter(|since| crate::signing::parse_time(since).is_ok())
+                .filter(|since| crate::bucket::signing::parse_time(since).is_ok())
                 .cloned()
-                .unwrap_or_else(|| crate::signing::format_time(now));
+                .unwrap_or_else(|| crate::bucket::signing::format_time(now));
             (user.clone(), since)
         })
         .collect()
@@ -349,7 +351,10 @@ async fn carried_files(
     settings: &Settings,
     start: &Start,
     now: SystemTime,
-) -> anyhow::Result<(HashMap<String, PublishedFile>, Vec<crate::render::Problem>)> {
+) -> anyhow::Result<(
+    HashMap<String, PublishedFile>,
+    Vec<crate::publisher::render::Problem>,
+)> {
     let renderer = prepared.renderer();
     let mut problems = Vec::new();
     let mut unknown: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -365,10 +370,10 @@ async fn carried_files(
             );
         }
     }
-    let not_carried = |why: &str, problems: &mut Vec<crate::render::Problem>| {
+    let not_carried = |why: &str, problems: &mut Vec<crate::publisher::render::Problem>| {
         let people: BTreeSet<&String> = unknown.values().flatten().collect();
         for user in people {
-            problems.push(crate::render::Problem {
+            problems.push(crate::publisher::render::Problem {
                 user: user.clone(),
                 reason: format!("keys unknown, and none carried: {why}"),
             });
@@ -400,13 +405,13 @@ async fn carried_files(
         .unknown_since
         .iter()
         .filter(|(_, since)| {
-            crate::signing::parse_time(since)
+            crate::bucket::signing::parse_time(since)
                 .is_ok_and(|since| since + settings.homes.max_carry <= now)
         })
         .map(|(user, _)| user.as_str())
         .collect();
     for user in &expired {
-        problems.push(crate::render::Problem {
+        problems.push(crate::publisher::render::Problem {
             user: (*user).to_owned(),
             reason: format!(
                 "keys unknown since {}, longer than homes.max_carry ({}): no key is carried any \
@@ -432,7 +437,7 @@ async fn carried_files(
                 Err(damaged) => {
                     tracing::error!(group = %group, "{damaged}: nothing is carried out of it");
                     for user in unknown.get(&group).into_iter().flatten() {
-                        problems.push(crate::render::Problem {
+                        problems.push(crate::publisher::render::Problem {
                             user: user.clone(),
                             reason: format!(
                                 "keys unknown, and none carried in access group {group}: {damaged}"
@@ -463,9 +468,9 @@ async fn carried_files(
 /// `max_keys_per_user`, reporting each line dropped.
 fn revalidate(
     group: &str,
-    block: &mut crate::group_file::Block,
+    block: &mut crate::bucket::group_file::Block,
     settings: &Settings,
-    problems: &mut Vec<crate::render::Problem>,
+    problems: &mut Vec<crate::publisher::render::Problem>,
 ) {
     let mut kept = 0;
     let user = block.user.clone();
@@ -483,7 +488,7 @@ fn revalidate(
             Some(dropped) => dropped.reason.to_string(),
             None => "not a key line".to_owned(),
         };
-        problems.push(crate::render::Problem {
+        problems.push(crate::publisher::render::Problem {
             user: user.clone(),
             reason: format!(
                 "carried key {} dropped from access group {group}: {why}",
@@ -518,7 +523,7 @@ async fn plan_groups(
     for (name, membership) in access_groups {
         if !selected(name) {
             if let Some(entry) = published.groups.get(name) {
-                groups.insert(name.clone(), crate::plan::kept(entry));
+                groups.insert(name.clone(), crate::publisher::plan::kept(entry));
             }
             continue;
         }
@@ -529,7 +534,7 @@ async fn plan_groups(
         };
         let digest = renderer.digest(name, membership, prepared.carried.get(name));
         if entry.sha256 == digest.sha256 {
-            groups.insert(name.clone(), crate::plan::unchanged(&digest));
+            groups.insert(name.clone(), crate::publisher::plan::unchanged(&digest));
         } else {
             changed.push(name.clone());
         }
@@ -542,7 +547,10 @@ async fn plan_groups(
         .collect();
     for name in &gone {
         if !selected(name) {
-            groups.insert(name.clone(), crate::plan::kept(&published.groups[name]));
+            groups.insert(
+                name.clone(),
+                crate::publisher::plan::kept(&published.groups[name]),
+            );
         }
     }
     changed.extend(gone.into_iter().filter(|name| selected(name)));
@@ -587,7 +595,7 @@ async fn plan_groups(
                             "{damaged}: planned as if its previous file were unknown (no \
                              removals computed) and written again from a fresh render"
                         );
-                        unread_problems.push(crate::render::Problem {
+                        unread_problems.push(crate::publisher::render::Problem {
                             user: format!("access group {name}"),
                             reason: format!(
                                 "{damaged}; planned from nothing, rewritten from a fresh render"
@@ -602,10 +610,16 @@ async fn plan_groups(
                         let listing =
                             renderer.listing(&name, membership, prepared.carried.get(&name));
                         let previous = previous.as_ref();
-                        crate::plan::compare(&name, &listing, previous, &inputs, &mut interner)
+                        crate::publisher::plan::compare(
+                            &name,
+                            &listing,
+                            previous,
+                            &inputs,
+                            &mut interner,
+                        )
                     }
                     None => match &previous {
-                        Some(previous) => crate::plan::deleted(previous, &mut interner),
+                        Some(previous) => crate::publisher::plan::deleted(previous, &mut interner),
                         None => {
                             failed = Some(name.clone());
                             return;
@@ -623,9 +637,9 @@ async fn plan_groups(
         let group_plan = match access_groups.get(name) {
             Some(membership) => {
                 let listing = renderer.listing(name, membership, prepared.carried.get(name));
-                crate::plan::compare(name, &listing, None, &inputs, &mut interner)
+                crate::publisher::plan::compare(name, &listing, None, &inputs, &mut interner)
             }
-            None => crate::plan::deleted(&PublishedFile::default(), &mut interner),
+            None => crate::publisher::plan::deleted(&PublishedFile::default(), &mut interner),
         };
         groups.insert(name.clone(), group_plan);
     }
@@ -677,7 +691,7 @@ fn retained_owners(
     now: SystemTime,
 ) -> Owners {
     let deny = &gathered.checked.policy.deny;
-    crate::revocation::owners_view(&crate::revocation::retained(
+    crate::publisher::revocation::owners_view(&crate::publisher::revocation::retained(
         records,
         now,
         settings.revocation_retention,
@@ -704,10 +718,10 @@ async fn revise_owners(
         match published
             .not_after
             .as_deref()
-            .map(crate::signing::parse_time)
+            .map(crate::bucket::signing::parse_time)
         {
             Some(Ok(not_after)) => {
-                crate::signing::needs_resign(not_after, signing.validity, SystemTime::now())
+                crate::bucket::signing::needs_resign(not_after, signing.validity, SystemTime::now())
             }
             _ => true,
         }
@@ -745,7 +759,9 @@ async fn revise_owners(
         .filter(|(fingerprint, _)| owners.contains_key(*fingerprint))
         .map(|(fingerprint, record)| (fingerprint.clone(), record.clone()))
         .collect();
-    if rendered_with_records || !crate::revocation::taken_over(&retained, &prepared.gathered.keys) {
+    if rendered_with_records
+        || !crate::publisher::revocation::taken_over(&retained, &prepared.gathered.keys)
+    {
         return Ok(false);
     }
     prepared.owners = Some(owners);
@@ -770,8 +786,8 @@ fn revocation_plan(
     };
     let policy = &prepared.gathered.checked.policy;
     let deny_users: BTreeSet<String> = policy.deny.users.iter().cloned().collect();
-    let seen = crate::revocation::seen_keys(&prepared.gathered.keys);
-    let mut published_keys = crate::revocation::published_keys(active, &seen, previous);
+    let seen = crate::publisher::revocation::seen_keys(&prepared.gathered.keys);
+    let mut published_keys = crate::publisher::revocation::published_keys(active, &seen, previous);
     // The canary's key is recorded like a person's: when a rotation stops shipping it, it is
     // revoked on every path, so a probe proves RevokedKeys per host (a previous canary key
     // planted in a login user's own authorized_keys must be refused).
@@ -783,13 +799,13 @@ fn revocation_plan(
     {
         published_keys.insert(
             fingerprint,
-            crate::revocation::Published {
-                user: crate::revocation::CANARY_OWNER.to_owned(),
+            crate::publisher::revocation::Published {
+                user: crate::publisher::revocation::CANARY_OWNER.to_owned(),
                 key: Some(key),
             },
         );
     }
-    let inputs = crate::revocation::Inputs {
+    let inputs = crate::publisher::revocation::Inputs {
         previous,
         published: &published_keys,
         seen: &seen,
@@ -798,7 +814,7 @@ fn revocation_plan(
         now,
         retention: settings.revocation_retention,
     };
-    let next = crate::revocation::next(inputs);
+    let next = crate::publisher::revocation::next(inputs);
     // Removed people are the removal guard's to judge (and [deny]'s or `until`'s never held).
     let removed: BTreeSet<&str> = plan
         .groups
@@ -806,7 +822,7 @@ fn revocation_plan(
         .flat_map(|group| group.removed_users.iter())
         .map(|change| change.name.as_str())
         .collect();
-    let reasons = crate::revocation::judge(
+    let reasons = crate::publisher::revocation::judge(
         previous,
         &next,
         &removed,
@@ -819,18 +835,18 @@ fn revocation_plan(
     }
     if plan.guard.refused {
         // What a refused publish still commits: the published list plus `[deny]`.
-        let unchanged: BTreeMap<String, crate::revocation::Published> = previous
+        let unchanged: BTreeMap<String, crate::publisher::revocation::Published> = previous
             .iter()
             .filter(|(_, record)| record.ended.is_none())
             .map(|(fingerprint, record)| {
-                let published = crate::revocation::Published {
+                let published = crate::publisher::revocation::Published {
                     user: record.user.clone(),
                     key: record.key.clone(),
                 };
                 (fingerprint.clone(), published)
             })
             .collect();
-        let deny_only = crate::revocation::next(crate::revocation::Inputs {
+        let deny_only = crate::publisher::revocation::next(crate::publisher::revocation::Inputs {
             published: &unchanged,
             ..inputs
         });
@@ -839,7 +855,7 @@ fn revocation_plan(
         .then_some(deny_only.list);
     }
     for fingerprint in &next.unenforceable {
-        plan.problems.push(crate::render::Problem {
+        plan.problems.push(crate::publisher::render::Problem {
             user: "[deny]".to_owned(),
             reason: format!(
                 "fingerprint {fingerprint}: keyhole never saw its key, so hosts' RevokedKeys \
@@ -847,7 +863,7 @@ fn revocation_plan(
             ),
         });
     }
-    let records = crate::index::records_to_json(&next.records);
+    let records = crate::bucket::index::records_to_json(&next.records);
     let records_sha = sha256_hex(&records);
     plan.owners = (published.owners.as_deref() != Some(records_sha.as_str())).then_some(records);
     plan.index.owners = Some(records_sha);

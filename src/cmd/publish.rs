@@ -28,15 +28,15 @@ use tokio::task::JoinSet;
 
 use super::plan::Prepared;
 use super::{Format, GlobalArgs};
+use crate::bucket::index::Index;
+use crate::bucket::signing::Signer;
+use crate::bucket::store::{ObjectStore, Precondition, StoreError};
 use crate::exit::{EXIT_CODES_HELP, Exit, coded};
-use crate::index::Index;
-use crate::lock::PublishLock;
 use crate::metrics::{self, RunMetrics};
-use crate::plan::Action;
-use crate::render::sha256_hex;
+use crate::publisher::lock::PublishLock;
+use crate::publisher::plan::Action;
+use crate::publisher::render::sha256_hex;
 use crate::settings::Settings;
-use crate::signing::Signer;
-use crate::store::{ObjectStore, Precondition, StoreError};
 
 /// Group files written at the same time.
 const PARALLEL_WRITES: usize = 8;
@@ -111,7 +111,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
         };
         figures.ldap_bind_refused = result
             .as_ref()
-            .is_err_and(crate::directory::is_bind_refusal);
+            .is_err_and(crate::publisher::directory::is_bind_refusal);
         figures.duration = started.elapsed();
         figures.finished_at = Some(SystemTime::now());
         if let Err(error) = metrics::write(path, &figures) {
@@ -216,7 +216,7 @@ async fn publish(
         .await??;
     }
     if let Some(list) = &plan.revoked {
-        let write = crate::revocation::write(&prepared.store, &prepared.layout, list);
+        let write = crate::publisher::revocation::write(&prepared.store, &prepared.layout, list);
         within(deadline, "writing the revocation list", write).await??;
     }
     within(deadline, "committing the index", async {}).await?;
@@ -337,7 +337,7 @@ fn remember(prepared: &Prepared, committed: Option<(u64, String)>) -> anyhow::Re
             None => return Ok(()),
         },
     };
-    crate::head::Head {
+    crate::publisher::head::Head {
         generation,
         sha256,
         unknown_since: prepared.unknown_since.clone(),
@@ -354,7 +354,7 @@ async fn commit(
     signer: Option<&Signer>,
 ) -> anyhow::Result<String> {
     // Per-group seals for the instances' logins (issue 24, `group_seal`).
-    let index = &crate::group_seal::sealed(prepared, index, signer).await?;
+    let index = &crate::bucket::group_seal::sealed(prepared, index, signer).await?;
     let sealed = index.seal(signer).context("sealing the index")?;
     let sha256 = sha256_hex(&sealed);
     let precondition = match &prepared.published.etag {
@@ -415,12 +415,12 @@ async fn prune(prepared: &Prepared) {
             .filter_map(|index| index.owners.as_deref().map(|sha| layout.owners(sha)))
             .collect();
         prefixes.push((
-            format!("{}{}", layout.prefix, crate::index::OWNERS_PREFIX),
+            format!("{}{}", layout.prefix, crate::bucket::index::OWNERS_PREFIX),
             keep,
         ));
     }
     if prepared.plan.revoked.is_some() {
-        prefixes.push(crate::revocation::keep(layout, [previous, next]));
+        prefixes.push(crate::publisher::revocation::keep(layout, [previous, next]));
     }
     let mut doomed: Vec<String> = Vec::new();
     if previous.is_legacy() {
@@ -481,7 +481,10 @@ async fn publish_denials(
         .iter()
         .filter(|(name, group)| group.action == Action::Update && !prepared.unread.contains(*name))
         .filter(|(_, group)| {
-            group.removed_users.iter().any(crate::plan::unguarded)
+            group
+                .removed_users
+                .iter()
+                .any(crate::publisher::plan::unguarded)
                 || group
                     .removed_fingerprints
                     .iter()
@@ -503,7 +506,7 @@ async fn publish_denials(
                 let file = renderer.file(name, membership, prepared.carried.get(name));
                 index.groups.insert(
                     name.to_owned(),
-                    crate::index::IndexGroup {
+                    crate::bucket::index::IndexGroup {
                         sha256: file.sha256.clone(),
                         users: file.users.len(),
                         keys: file.keys.len(),
@@ -551,7 +554,7 @@ async fn publish_denials(
                     return;
                 };
                 if let Some((body, entry)) =
-                    crate::plan::deny_only(&name, group, &previous, &prepared.denied)
+                    crate::publisher::plan::deny_only(&name, group, &previous, &prepared.denied)
                 {
                     index.groups.insert(name.clone(), entry);
                     bodies.push((name, body.into_bytes()));
@@ -581,7 +584,7 @@ async fn publish_denials(
     }
     write_objects(prepared, bodies.into_iter().map(Ok)).await?;
     if let Some(list) = &prepared.revoked_deny_only {
-        crate::revocation::write(&prepared.store, &prepared.layout, list).await?;
+        crate::publisher::revocation::write(&prepared.store, &prepared.layout, list).await?;
         index.revoked = Some(sha256_hex(list));
         written.push("the revocation list".to_owned());
     }

@@ -20,13 +20,13 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::{Format, GlobalArgs};
+use crate::bucket::group_file::PublishedFile;
+use crate::bucket::index::{Index, IndexError, Layout, OWNERS_PREFIX, owners_from_json};
+use crate::bucket::signing::{self, Verifier};
+use crate::bucket::store::{Fetched, ObjectStore, S3Store, Timeouts};
 use crate::exit::{EXIT_CODES_HELP, Exit};
-use crate::group_file::PublishedFile;
-use crate::index::{Index, IndexError, Layout, OWNERS_PREFIX, owners_from_json};
-use crate::render::sha256_hex;
+use crate::publisher::render::sha256_hex;
 use crate::settings::Settings;
-use crate::signing::{self, Verifier};
-use crate::store::{Fetched, ObjectStore, S3Store, Timeouts};
 
 /// Group objects read at once: enough to hide S3's latency, few enough to stay polite.
 const PARALLEL_READS: usize = 8;
@@ -159,7 +159,7 @@ pub struct Observed {
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
     let settings = Settings::load(global.config.as_deref())?;
     let s3 = settings.s3()?;
-    let verifier = crate::published::verifier(&settings)?;
+    let verifier = crate::bucket::published::verifier(&settings)?;
     let store = S3Store::connect(s3, Timeouts::PUBLISHER).await;
     let layout = Layout {
         prefix: s3.prefix.clone(),
@@ -167,11 +167,11 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
     let observed = observe(&store, &layout).await?;
     let now = SystemTime::now();
     let mut findings = judge(&layout, &observed, verifier.as_ref(), now);
-    let seen = crate::published::local_seen(&settings)?;
+    let seen = crate::bucket::published::local_seen(&settings)?;
     findings.extend(judge_trust(
         &layout,
         &observed,
-        &crate::index::deployment(&s3.bucket, &s3.prefix),
+        &crate::bucket::index::deployment(&s3.bucket, &s3.prefix),
         verifier.as_ref(),
         seen.as_ref(),
         now,
@@ -280,14 +280,14 @@ async fn read(store: &S3Store, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
 }
 
 /// The instance's trust rules applied to the observed index once its signature (with
-/// `verifier`) checks out (see `crate::trust`): what every instance would refuse is never clean.
+/// `verifier`) checks out (see `crate::bucket::trust`): what every instance would refuse is never clean.
 /// A bad signature and expiry are `judge`'s findings, not repeated here.
 pub fn judge_trust(
     layout: &Layout,
     observed: &Observed,
     deployment: &str,
     verifier: Option<&Verifier>,
-    seen: Option<&crate::trust::Seen>,
+    seen: Option<&crate::bucket::trust::Seen>,
     now: SystemTime,
 ) -> Vec<Finding> {
     let Some(index) = observed
@@ -299,11 +299,13 @@ pub fn judge_trust(
     };
     let (index, sha256) = index;
     let signed = verifier.is_some();
-    match crate::trust::check(&index, &sha256, deployment, signed, seen, now) {
-        Ok(()) | Err(crate::trust::Untrusted::Expired(_) | crate::trust::Untrusted::NoNotAfter) => {
-            Vec::new()
-        }
-        Err(crate::trust::Untrusted::Time(_)) => Vec::new(),
+    match crate::bucket::trust::check(&index, &sha256, deployment, signed, seen, now) {
+        Ok(())
+        | Err(
+            crate::bucket::trust::Untrusted::Expired(_)
+            | crate::bucket::trust::Untrusted::NoNotAfter,
+        ) => Vec::new(),
+        Err(crate::bucket::trust::Untrusted::Time(_)) => Vec::new(),
         Err(why) => vec![Finding {
             kind: FindingKind::IndexUntrusted,
             key: layout.index(),
@@ -495,8 +497,8 @@ fn superseded(layout: &Layout, index: &Index, key: &str) -> bool {
     };
     let name = match rest.strip_prefix(OWNERS_PREFIX) {
         Some(owners) => owners.strip_suffix(".json"),
-        None if rest.starts_with(crate::index::REVOKED_PREFIX) => {
-            rest.strip_prefix(crate::index::REVOKED_PREFIX)
+        None if rest.starts_with(crate::bucket::index::REVOKED_PREFIX) => {
+            rest.strip_prefix(crate::bucket::index::REVOKED_PREFIX)
         }
         None => rest
             .split_once('/')
@@ -571,7 +573,7 @@ fn markdown(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::{IndexGroup, Owners, owners_to_json};
+    use crate::bucket::index::{IndexGroup, Owners, owners_to_json};
     use ssh_key::private::{Ed25519Keypair, KeypairData};
     use ssh_key::{HashAlg, LineEnding, PrivateKey};
     use std::time::{Duration, UNIX_EPOCH};

@@ -9,12 +9,12 @@ use std::collections::BTreeMap;
 use serde_json::json;
 
 use super::{Format, GlobalArgs};
+use crate::bucket::index::Layout;
+use crate::bucket::published::Published;
+use crate::bucket::store::{S3Store, Timeouts};
 use crate::exit::{EXIT_CODES_HELP, Exit};
-use crate::index::Layout;
 use crate::instance::{Attribution, Cache};
-use crate::published::Published;
 use crate::settings::Settings;
-use crate::store::{S3Store, Timeouts};
 
 /// Show which person, through which access groups, a key fingerprint belongs to.
 ///
@@ -87,7 +87,7 @@ async fn from_bucket(settings: &Settings, fingerprint: &str) -> anyhow::Result<A
     let layout = Layout {
         prefix: s3.prefix.clone(),
     };
-    let verifier = crate::published::verifier(settings)?;
+    let verifier = crate::bucket::published::verifier(settings)?;
     if verifier.is_none() {
         tracing::warn!(
             "no key to verify the index with (instance.verify_key or [signing]): the answer is \
@@ -95,11 +95,11 @@ async fn from_bucket(settings: &Settings, fingerprint: &str) -> anyhow::Result<A
         );
     }
     // The trust an instance applies: an index every instance refuses names nobody.
-    let seen = crate::published::local_seen(settings)?;
+    let seen = crate::bucket::published::local_seen(settings)?;
     let published = Published::for_reading(
         &store,
         &layout,
-        &crate::index::deployment(&s3.bucket, &s3.prefix),
+        &crate::bucket::index::deployment(&s3.bucket, &s3.prefix),
         verifier.as_ref(),
         seen.as_ref(),
         false,
@@ -109,8 +109,8 @@ async fn from_bucket(settings: &Settings, fingerprint: &str) -> anyhow::Result<A
         return Ok(canary);
     }
     let owners = match &published.index.owners {
-        Some(sha256) => crate::index::owners_from_json(
-            &crate::published::checked(&store, &layout.owners(sha256), sha256).await?,
+        Some(sha256) => crate::bucket::index::owners_from_json(
+            &crate::bucket::published::checked(&store, &layout.owners(sha256), sha256).await?,
         )?,
         None => Default::default(),
     };

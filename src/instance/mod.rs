@@ -1,13 +1,13 @@
 //! The instance side: a local cache of this host's access group files, kept fresh from S3 and
 //! served to sshd at every login.
 //!
-//! An instance reads `{prefix}index.json` (see [`crate::index`]: per access group the SHA-256 of
+//! An instance reads `{prefix}index.json` (see [`crate::bucket::index`]: per access group the SHA-256 of
 //! its file and the publisher's seal, nothing per person) and the files of the access groups it
 //! serves, never the owners object: what it fetches is proportional to what it serves, not to the
 //! company.
 //!
 //! The cache is one state directory switched atomically (see [`state`]): per host group the
-//! verified file, its fingerprint lookup ([`crate::group_lookup`]) and its seal, plus the
+//! verified file, its fingerprint lookup ([`crate::bucket::group_lookup`]) and its seal, plus the
 //! verified index. A refresh builds the next state beside the current one and switches with one
 //! rename, so a refresh that fails half-way (a missing object, a timeout, a kill) changes nothing
 //! a login sees: the previous state is served, whole, within `max_stale`.
@@ -36,14 +36,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::group_file::PublishedFile;
-use crate::group_lookup::{self, Lookup, Statement};
-use crate::index::{Index, Layout};
-use crate::render::sha256_hex;
-use crate::resolve::VIA_SEPARATOR;
+use crate::bucket::group_file::PublishedFile;
+use crate::bucket::group_lookup::{self, Lookup, Statement};
+use crate::bucket::index::{Index, Layout};
+use crate::bucket::signing::{self, Verifier};
+use crate::bucket::store::{Fetched, ObjectStore};
+use crate::publisher::render::sha256_hex;
+use crate::publisher::resolve::VIA_SEPARATOR;
 use crate::settings::InstanceSettings;
-use crate::signing::{self, Verifier};
-use crate::store::{Fetched, ObjectStore};
 
 pub mod doctor;
 pub mod host_groups;
@@ -389,7 +389,7 @@ fn accept_index(
     }
     // Never a not_after further ahead than MAX_VALIDITY (a signing key misused, or a clock).
     if verifier.is_some() {
-        crate::trust::check_validity(&index, now).context("refusing the index")?;
+        crate::bucket::trust::check_validity(&index, now).context("refusing the index")?;
     }
     Ok(index)
 }
@@ -461,7 +461,7 @@ pub async fn refresh(
     // Verified every time, the cached copy too: the index is small, and a verify_key set (or
     // changed) since it was cached then applies at once.
     let index = accept_index(&bytes, deployment, verifier, now)?;
-    crate::trust::check_format(&index, cached_format.map(|f| (f, "the cached index")))
+    crate::bucket::trust::check_format(&index, cached_format.map(|f| (f, "the cached index")))
         .context("refusing the index")?;
     let index_sha256 = sha256_hex(&bytes);
     check_not_rolled_back(cache, current.as_ref(), &index, &index_sha256)?;
@@ -832,8 +832,8 @@ pub fn attribute(groups: &[(String, Vec<u8>)]) -> BTreeMap<String, Attribution> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bucket::store::{Precondition, StoreError, StoredObject};
     use crate::keys::{self, KeyPolicy};
-    use crate::store::{Precondition, StoreError, StoredObject};
     use std::collections::HashMap;
     use std::sync::Mutex;
 
@@ -990,7 +990,7 @@ mod tests {
                     .insert(key, body.clone().into_bytes());
                 index.groups.insert(
                     (*name).into(),
-                    crate::index::IndexGroup {
+                    crate::bucket::index::IndexGroup {
                         sha256: sha,
                         users: 1,
                         keys: 1,
@@ -998,7 +998,7 @@ mod tests {
                     },
                 );
             }
-            crate::group_seal::seal_with_roots(&mut index, &roots, &self.signer).unwrap();
+            crate::bucket::group_seal::seal_with_roots(&mut index, &roots, &self.signer).unwrap();
             let sealed = index.seal(Some(&self.signer)).unwrap();
             self.store
                 .objects
@@ -1247,7 +1247,7 @@ mod tests {
 
     #[test]
     fn a_name_cannot_pass_for_someone_else_nor_break_the_log_line() {
-        use crate::group_file::block_header;
+        use crate::bucket::group_file::block_header;
         // An AD account named "bob via Ops" holds CAROL's key; bob holds BOB.
         let body = format!(
             "{}{CAROL}\n{}{BOB}\n",

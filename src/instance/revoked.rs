@@ -34,11 +34,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 
 use super::doctor::Finding;
-use crate::index::{Index, Layout};
-use crate::render::sha256_hex;
-use crate::revocation::{Revoked, parse_list};
+use crate::bucket::index::{Index, Layout};
+use crate::bucket::store::{Fetched, ObjectStore, S3Store, Timeouts};
+use crate::publisher::render::sha256_hex;
+use crate::publisher::revocation::{Revoked, parse_list};
 use crate::settings::{InstanceSettings, Settings};
-use crate::store::{Fetched, ObjectStore, S3Store, Timeouts};
 
 /// Where the list goes when `[instance] revoked_keys_file` does not say.
 pub const DEFAULT_FILE: &str = "/etc/ssh/keyhole_revoked_keys";

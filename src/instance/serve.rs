@@ -1,7 +1,7 @@
 //! What a login gives sshd, from the current cache state, checked at every login at a cost that
 //! grows with this host's groups and not with the size of a group or of the fleet.
 //!
-//! - **Trust**: with `verify_key`, each host group's seal (see [`crate::group_lookup`]) is
+//! - **Trust**: with `verify_key`, each host group's seal (see [`crate::bucket::group_lookup`]) is
 //!   verified over the statement this login expects (its own deployment, the state's generation,
 //!   `not_after`, canary, the group's SHA-256 and lookup root); the state's `not_after` must lie
 //!   ahead and its generation must not be below the highest one the cache switched to (a rolled
@@ -26,11 +26,11 @@ use anyhow::{Context as _, bail};
 
 use super::Attribution;
 use super::state::{self, GroupState, State};
-use crate::group_lookup::{self, CA_BUCKET, Lookup, Statement, TABLE_BYTES, Table};
-use crate::index::Index;
-use crate::render::sha256_hex;
+use crate::bucket::group_lookup::{self, CA_BUCKET, Lookup, Statement, TABLE_BYTES, Table};
+use crate::bucket::index::Index;
+use crate::bucket::signing::{self, Verifier};
+use crate::publisher::render::sha256_hex;
 use crate::settings::InstanceSettings;
-use crate::signing::{self, Verifier};
 
 /// What a login serves.
 #[derive(Debug, Default)]

@@ -29,7 +29,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::group_lookup::Lookup;
+use crate::bucket::group_lookup::Lookup;
 
 /// The link to the state being served.
 pub const CURRENT: &str = "current";

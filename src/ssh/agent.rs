@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 
 use serde::Serialize;
 
-use crate::group_file::any_key_policy;
+use crate::bucket::group_file::any_key_policy;
 use crate::keys;
 
 /// The agent's socket.

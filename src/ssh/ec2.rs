@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use aws_sdk_ec2::types::{Filter, Instance as Ec2Instance};
 
 use super::{Instance, Lookup};
-use crate::store::Timeouts;
+use crate::bucket::store::Timeouts;
 
 /// DescribeInstances is asked by a person waiting at a prompt: a few seconds, a few attempts.
 const TIMEOUTS: Timeouts = Timeouts {

@@ -31,16 +31,16 @@ use serde::Serialize;
 use super::agent::AgentKey;
 use super::bastion::Bastion;
 use super::{Instance, LoginUser};
-use crate::group_file::PublishedFile;
-use crate::index::{Index, Layout, Owners};
+use crate::bucket::group_file::PublishedFile;
+use crate::bucket::index::{Index, Layout, Owners};
+use crate::bucket::published::Published;
+use crate::bucket::signing::Verifier;
+use crate::bucket::store::{S3Store, Timeouts};
 use crate::instance::host_groups;
 use crate::keys::{self, KeyPolicy};
-use crate::policy::{AUTOMATION_PREFIX, Policy};
-use crate::published::Published;
-use crate::resolve::{EVERYWHERE, VIA_SEPARATOR};
+use crate::publisher::policy::{AUTOMATION_PREFIX, Policy};
+use crate::publisher::resolve::{EVERYWHERE, VIA_SEPARATOR};
 use crate::settings::Settings;
-use crate::signing::Verifier;
-use crate::store::{S3Store, Timeouts};
 
 /// Reads for a person at a prompt: a few seconds, a few attempts.
 const TIMEOUTS: Timeouts = Timeouts {
@@ -203,7 +203,7 @@ pub fn explain(inputs: &Inputs<'_>) -> Explanation {
     let expired = index
         .not_after
         .as_deref()
-        .and_then(|text| crate::signing::parse_time(text).ok())
+        .and_then(|text| crate::bucket::signing::parse_time(text).ok())
         .is_some_and(|not_after| not_after < inputs.now);
     let index_facts = IndexFacts {
         generation: index.generation,
@@ -313,7 +313,7 @@ fn group_facts(inputs: &Inputs<'_>, name: &str) -> GroupFacts {
 /// What the policy says grants `group`: its own users and groups, then `[everywhere]`'s.
 fn grants_in_policy(policy: &Policy, group: &str) -> Vec<Grant> {
     let mut grants = Vec::new();
-    let mut add = |principals: &crate::policy::Principals, group_kind, user_kind| {
+    let mut add = |principals: &crate::publisher::policy::Principals, group_kind, user_kind| {
         for name in &principals.groups {
             grants.push(Grant {
                 kind: group_kind,
@@ -704,7 +704,7 @@ pub async fn gather(
             Some("[ssh] verify_key".to_owned()),
         ),
         None => {
-            let verifier = crate::published::verifier(settings)?;
+            let verifier = crate::bucket::published::verifier(settings)?;
             let source = verifier
                 .as_ref()
                 .map(|_| "the deployment's key ([instance] verify_key or [signing])".to_owned());
@@ -712,7 +712,7 @@ pub async fn gather(
         }
     };
     let policy = match sources.policy {
-        Some(path) => Some(crate::policy::load(path)?.policy),
+        Some(path) => Some(crate::publisher::policy::load(path)?.policy),
         None => None,
     };
 
@@ -725,7 +725,7 @@ pub async fn gather(
     let published = Published::for_reading(
         &store,
         &layout,
-        &crate::index::deployment(&s3.bucket, &layout.prefix),
+        &crate::bucket::index::deployment(&s3.bucket, &layout.prefix),
         verifier.as_ref(),
         None,
         true,
@@ -768,7 +768,7 @@ pub async fn gather(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::IndexGroup;
+    use crate::bucket::index::IndexGroup;
     use crate::ssh::test_instance;
     use ssh_key::PrivateKey;
     use ssh_key::private::{Ed25519Keypair, KeypairData};
@@ -863,7 +863,7 @@ mod tests {
             agent: Ok(agent),
             policy: None,
             key_policy,
-            now: crate::signing::parse_time("2026-12-01T00:00:00Z").unwrap(),
+            now: crate::bucket::signing::parse_time("2026-12-01T00:00:00Z").unwrap(),
         }
     }
 
@@ -974,7 +974,7 @@ mod tests {
             "{dropped}"
         );
         // The policy's [deny].
-        let denying = crate::policy::parse(
+        let denying = crate::publisher::policy::parse(
             Path::new("access-groups.toml"),
             &format!("[access_groups.web-prod]\ngroups = [\"Web Team\"]\n[deny]\nfingerprints = [\"{}\"]\n", stranger.fingerprint),
         )

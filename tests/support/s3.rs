@@ -139,8 +139,8 @@ impl S3Server {
     /// every key's owner and groups. Built from `index.json` and the objects it names, so tests
     /// assert facts about access, whatever the bucket layout. `None` without an index.
     pub fn published(&self, prefix: &str) -> Option<serde_json::Value> {
-        use keyhole::group_file::PublishedFile;
-        use keyhole::index::{Index, Layout};
+        use keyhole::bucket::group_file::PublishedFile;
+        use keyhole::bucket::index::{Index, Layout};
         let layout = Layout {
             prefix: prefix.to_owned(),
         };
@@ -191,7 +191,7 @@ impl S3Server {
 
     /// The published file of access group `group` under `prefix`, as the index names it.
     pub fn group_file(&self, prefix: &str, group: &str) -> Option<String> {
-        use keyhole::index::{Index, Layout};
+        use keyhole::bucket::index::{Index, Layout};
         let layout = Layout {
             prefix: prefix.to_owned(),
         };

@@ -206,7 +206,7 @@ fn relay(client: TcpStream, upstream: SocketAddr, state: &Mutex<State>) -> io::R
     reader.read_exact(&mut body)?;
     let checksum_matches = checksum
         .filter(|_| !body.is_empty())
-        .map(|sent| sent == keyhole::store::checksum_sha256(&body));
+        .map(|sent| sent == keyhole::bucket::store::checksum_sha256(&body));
     let fault = decide(state, &method, &target, checksum_matches);
     let mut client = client;
     if fault == Some(Fault::Refuse) {

@@ -1,6 +1,6 @@
 //! The directory (AD) stage: reads users, groups and the domain's lockout settings in bulk, and
 //! hands back a [`Snapshot`] of plain domain types. Expanding membership is not done here but in
-//! the pure [`crate::resolve`] step, so it can be tested without a server. Which DC is asked is
+//! the pure [`crate::publisher::resolve`] step, so it can be tested without a server. Which DC is asked is
 //! [`discovery`]'s business; never locking the service account is [`bind_guard`]'s; binding with a
 //! keytab instead of a password is [`kerberos`]'s.
 

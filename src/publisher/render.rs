@@ -37,12 +37,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
-use crate::group_file::{HEADER_PREFIX, KnownLines, PublishedFile, block_header};
-use crate::index::Owners;
+use crate::bucket::group_file::{HEADER_PREFIX, KnownLines, PublishedFile, block_header};
+use crate::bucket::index::Owners;
 use crate::keys::merge::{self, MergeError};
 use crate::keys::{AuthorizedKey, KeyOption};
-use crate::policy::Policy;
-use crate::resolve::{Membership, Resolution, Via};
+use crate::publisher::policy::Policy;
+use crate::publisher::resolve::{Membership, Resolution, Via};
 
 /// What the homes and keys stages learnt about one person.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -511,9 +511,10 @@ impl<'k> Renderer<'k> {
     /// A published line with the group's options merged into its own; `None` when they conflict
     /// or the line no longer parses.
     fn restrict_line(&self, group: &str, line: &str) -> Option<String> {
-        let key = crate::keys::parse_authorized_keys(line, &crate::group_file::any_key_policy())
-            .keys
-            .pop()?;
+        let key =
+            crate::keys::parse_authorized_keys(line, &crate::bucket::group_file::any_key_policy())
+                .keys
+                .pop()?;
         let options = self.options_in(group, key.options.as_deref()).ok()?;
         let mut out = String::new();
         push_key_with(&mut out, options.as_deref(), &key);
@@ -528,7 +529,7 @@ impl<'k> Renderer<'k> {
         membership: &'m Membership,
         carried: Option<&PublishedFile>,
         sink: &mut impl Sink,
-        mut person: impl FnMut(&'m crate::resolve::Member, usize),
+        mut person: impl FnMut(&'m crate::publisher::resolve::Member, usize),
     ) {
         sink.push(HEADER_PREFIX);
         sink.push(name);
@@ -778,7 +779,7 @@ mod tests {
 
     #[test]
     fn group_options_restrict_every_line_of_their_group_only_and_conflicts_are_reported() {
-        let policy = crate::policy::parse(
+        let policy = crate::publisher::policy::parse(
             std::path::Path::new("p.toml"),
             "[access_groups.ops]\nusers = [\"x\"]\noptions = ['from=\"10.20.0.0/16\"', \"no-pty\"]\n\
              [access_groups.web]\nusers = [\"x\"]\n",

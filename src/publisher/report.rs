@@ -8,7 +8,7 @@
 use std::io::{self, Write};
 
 use crate::markdown::{code, prose};
-use crate::plan::{Action, GroupPlan, Plan};
+use crate::publisher::plan::{Action, GroupPlan, Plan};
 
 fn action_word(action: Action) -> &'static str {
     match action {
@@ -131,8 +131,8 @@ pub fn markdown(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{Guard, UserChange};
-    use crate::render::Problem;
+    use crate::publisher::plan::{Guard, UserChange};
+    use crate::publisher::render::Problem;
 
     /// A plan whose every user-controlled field carries Markdown an attacker would like rendered
     /// in a pull-request comment: a link, an image, a mention, HTML, a pipe, backticks.
@@ -162,7 +162,7 @@ mod tests {
                 refused: true,
                 reasons: vec![format!("group {hostile} loses everyone")],
             },
-            index: crate::index::Index::empty(),
+            index: crate::bucket::index::Index::empty(),
             owners: None,
             revoked: None,
             resign: false,

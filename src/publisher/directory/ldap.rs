@@ -14,7 +14,7 @@
 //! The round trips are: one base read of the domain object, `users / page_size` pages of users,
 //! `groups / page_size` pages of groups, and one ranged read per 1,500 members beyond the first
 //! 1,500 of a large group. Nothing here depends on the number of access groups; expansion happens
-//! in memory (`crate::resolve`).
+//! in memory (`crate::publisher::resolve`).
 //!
 //! This module must never return a partial snapshot: any LDAP error, timeout, unfinished page or
 //! unfinished `member;range=` read is an error, so an outage can never look like "nobody is a

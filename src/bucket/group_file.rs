@@ -22,7 +22,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use crate::keys::{self, KeyPolicy};
-use crate::resolve::VIA_SEPARATOR;
+use crate::publisher::resolve::VIA_SEPARATOR;
 
 /// The first line of every group file starts with this.
 pub const HEADER_PREFIX: &str = "# keyhole access group ";

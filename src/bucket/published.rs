@@ -21,13 +21,13 @@ use anyhow::{Context, bail};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::bucket::group_file::{KnownLines, PublishedFile};
+use crate::bucket::index::{Index, Layout, OwnerRecords, Owners, records_from_json};
+use crate::bucket::signing::{Signer, Verifier};
+use crate::bucket::store::{Fetched, ObjectStore, S3Store};
 use crate::exit::{Exit, coded};
-use crate::group_file::{KnownLines, PublishedFile};
-use crate::index::{Index, Layout, OwnerRecords, Owners, records_from_json};
-use crate::render::sha256_hex;
+use crate::publisher::render::sha256_hex;
 use crate::settings::Settings;
-use crate::signing::{Signer, Verifier};
-use crate::store::{Fetched, ObjectStore, S3Store};
 
 /// Published files read at once: enough to hide S3's latency, few enough to keep memory flat.
 const PARALLEL_READS: u32 = 8;
@@ -65,7 +65,7 @@ pub struct BaseRules<'a> {
     /// than the head (the operator says where the generation goes on).
     pub min_generation: Option<u64>,
     /// The publisher's head, when it has one.
-    pub head: Option<&'a crate::head::Head>,
+    pub head: Option<&'a crate::publisher::head::Head>,
     /// Where the head lives, for messages.
     pub head_path: Option<&'a Path>,
     /// `--accept-index SHA256`: this exact index is the base, whatever the head says.
@@ -108,7 +108,10 @@ impl Published {
                 let sha256 = sha256_hex(&object.body);
                 let where_ = format!("s3://{bucket}/{key}");
                 index
-                    .check_deployment(&crate::index::deployment(bucket, &layout.prefix), true)
+                    .check_deployment(
+                        &crate::bucket::index::deployment(bucket, &layout.prefix),
+                        true,
+                    )
                     .with_context(|| format!("refusing {where_}"))?;
                 let carry_trusted =
                     judge_base(&index, &sha256, &where_, verifier.is_some(), &rules)?;
@@ -255,7 +258,7 @@ impl Published {
         let records = self
             .owner_records(store, layout, std::time::SystemTime::now())
             .await?;
-        Ok(crate::revocation::owners_view(&records))
+        Ok(crate::publisher::revocation::owners_view(&records))
     }
 
     /// The owners object's records (ended ones included; empty when the index names none).
@@ -282,7 +285,9 @@ impl Published {
         };
         let listed = match &self.index.revoked {
             Some(list) => match checked_object(store, &layout.revoked(list), list).await? {
-                Ok(body) => crate::revocation::parse_list(&body).map_err(|e| e.to_string()),
+                Ok(body) => {
+                    crate::publisher::revocation::parse_list(&body).map_err(|e| e.to_string())
+                }
                 Err(Damaged(why)) => Err(why),
             },
             None => Err("the index names no revocation list".to_owned()),
@@ -295,7 +300,9 @@ impl Published {
                      every key held by more than one person goes to nobody this run, and every \
                      revoked key stays revoked"
                 );
-                Ok(crate::revocation::records_from_list(&listed, now))
+                Ok(crate::publisher::revocation::records_from_list(
+                    &listed, now,
+                ))
             }
             Err(why) => {
                 tracing::error!(
@@ -313,7 +320,7 @@ impl Published {
 impl Published {
     /// The published index for a reader that publishes nothing (`whois`, `keyhole ssh
     /// --explain`): verified with `verifier`, then held to the rules an instance applies
-    /// ([`crate::trust::check`], against `seen` when this machine remembers an index): an index
+    /// ([`crate::bucket::trust::check`], against `seen` when this machine remembers an index): an index
     /// every instance refuses explains nothing. With `expired_ok`, an index past its `not_after`
     /// is still returned (the caller says so in its answer). Never a base to publish from:
     /// nothing may be carried out of it.
@@ -322,10 +329,10 @@ impl Published {
         layout: &Layout,
         deployment: &str,
         verifier: Option<&Verifier>,
-        seen: Option<&crate::trust::Seen>,
+        seen: Option<&crate::bucket::trust::Seen>,
         expired_ok: bool,
     ) -> anyhow::Result<Published> {
-        let location = format!("{deployment}{}", crate::index::INDEX_OBJECT);
+        let location = format!("{deployment}{}", crate::bucket::index::INDEX_OBJECT);
         let Fetched::Object(object) = store
             .get(&layout.index(), None)
             .await
@@ -335,7 +342,7 @@ impl Published {
         };
         let index =
             Index::open(&object.body, verifier).with_context(|| format!("refusing {location}"))?;
-        let trusted = crate::trust::check(
+        let trusted = crate::bucket::trust::check(
             &index,
             &sha256_hex(&object.body),
             deployment,
@@ -344,7 +351,7 @@ impl Published {
             SystemTime::now(),
         );
         match trusted {
-            Err(crate::trust::Untrusted::Expired(_)) if expired_ok => {}
+            Err(crate::bucket::trust::Untrusted::Expired(_)) if expired_ok => {}
             other => other.with_context(|| format!("refusing {location}"))?,
         }
         Ok(Published {
@@ -399,11 +406,12 @@ fn judge_base(
         );
     }
     if signed {
-        match crate::trust::check_validity(index, rules.now.unwrap_or_else(SystemTime::now)) {
-            Err(why @ crate::trust::Untrusted::Expired(_)) if rules.accept_expired => {
+        match crate::bucket::trust::check_validity(index, rules.now.unwrap_or_else(SystemTime::now))
+        {
+            Err(why @ crate::bucket::trust::Untrusted::Expired(_)) if rules.accept_expired => {
                 tracing::warn!("--accept-expired: {where_} is the base although {why}");
             }
-            Err(crate::trust::Untrusted::Expired(not_after)) => bail!(
+            Err(crate::bucket::trust::Untrusted::Expired(not_after)) => bail!(
                 "refusing {where_} as the base of a publish: it expired at {not_after}, and an \
                  expired index may be an old one put back. If it is the last index this \
                  deployment published (the publisher was stopped), publish with \
@@ -434,14 +442,15 @@ fn judge_base(
             .head_path
             .map_or_else(|| "head.json".to_owned(), |p| p.display().to_string())
     );
-    let seen = crate::trust::Seen {
+    let seen = crate::bucket::trust::Seen {
         generation: head.generation,
         sha256: head.sha256.clone(),
-        format: crate::index::FORMAT,
+        format: crate::bucket::index::FORMAT,
         source,
     };
-    let verdict = crate::trust::check_successor(index, sha256, &seen)
-        .and_then(|()| crate::trust::check_format(index, Some((seen.format, &seen.source))));
+    let verdict = crate::bucket::trust::check_successor(index, sha256, &seen).and_then(|()| {
+        crate::bucket::trust::check_format(index, Some((seen.format, &seen.source)))
+    });
     if let Err(why) = verdict {
         if let Some(min) = rules.min_generation {
             tracing::warn!(
@@ -474,13 +483,13 @@ fn judge_base(
 /// What this host trusted last, for `verify` and `whois` to apply as an instance would: the
 /// publisher's head (beside `safety.lock_file`) when there is one, else an instance's cached
 /// index; `None` when this host has neither.
-pub fn local_seen(settings: &Settings) -> anyhow::Result<Option<crate::trust::Seen>> {
-    let head_path = crate::head::path_beside(&settings.safety.lock_file);
-    if let Some(head) = crate::head::Head::load(&head_path)? {
-        return Ok(Some(crate::trust::Seen {
+pub fn local_seen(settings: &Settings) -> anyhow::Result<Option<crate::bucket::trust::Seen>> {
+    let head_path = crate::publisher::head::path_beside(&settings.safety.lock_file);
+    if let Some(head) = crate::publisher::head::Head::load(&head_path)? {
+        return Ok(Some(crate::bucket::trust::Seen {
             generation: head.generation,
             sha256: head.sha256,
-            format: crate::index::FORMAT,
+            format: crate::bucket::index::FORMAT,
             source: format!("this publisher's head {}", head_path.display()),
         }));
     }
@@ -492,7 +501,7 @@ pub fn local_seen(settings: &Settings) -> anyhow::Result<Option<crate::trust::Se
         .index()
         .ok()
         .flatten()
-        .map(|(meta, index)| crate::trust::Seen {
+        .map(|(meta, index)| crate::bucket::trust::Seen {
             generation: meta.generation,
             sha256: meta.sha256,
             format: index.format,

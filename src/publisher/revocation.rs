@@ -40,8 +40,8 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 
-use crate::index::{Index, Layout, OwnerRecord, OwnerRecords, Owners, REVOKED_PREFIX};
-use crate::render::UserKeys;
+use crate::bucket::index::{Index, Layout, OwnerRecord, OwnerRecords, Owners, REVOKED_PREFIX};
+use crate::publisher::render::UserKeys;
 use crate::settings::SafetySettings;
 
 /// Who the owners object records the audit canary's key for (a name no AD account can have).
@@ -113,7 +113,7 @@ pub fn retained(
                 return true;
             }
             // An unreadable time (edited by hand?) is kept: dropping it would un-revoke a key.
-            crate::signing::parse_time(ended).map_or(true, |ended| now < ended + retention)
+            crate::bucket::signing::parse_time(ended).map_or(true, |ended| now < ended + retention)
         })
         .map(|(fingerprint, record)| (fingerprint.clone(), record.clone()))
         .collect()
@@ -145,7 +145,7 @@ pub fn taken_over(records: &OwnerRecords, keys: &BTreeMap<String, UserKeys>) -> 
 /// Records standing in for a damaged owners object: every key of the published list, ended `now`
 /// (the retention starts again: the safe side), its owner unknown.
 pub fn records_from_list(listed: &[Revoked], now: SystemTime) -> OwnerRecords {
-    let ended = crate::signing::format_time(now);
+    let ended = crate::bucket::signing::format_time(now);
     listed
         .iter()
         .map(|revoked| {
@@ -200,7 +200,7 @@ pub fn published_keys(
 
 /// Computes the next owners object and the revocation list.
 pub fn next(inputs: Inputs<'_>) -> Next {
-    let now_text = crate::signing::format_time(inputs.now);
+    let now_text = crate::bucket::signing::format_time(inputs.now);
     let retained = retained(
         inputs.previous,
         inputs.now,
@@ -342,13 +342,17 @@ pub fn judge(
 
 /// Writes the list object at its content address (before the index that names it is committed).
 pub async fn write(
-    store: &impl crate::store::ObjectStore,
+    store: &impl crate::bucket::store::ObjectStore,
     layout: &Layout,
     list: &[u8],
 ) -> anyhow::Result<()> {
-    let key = layout.revoked(&crate::render::sha256_hex(list));
+    let key = layout.revoked(&crate::publisher::render::sha256_hex(list));
     store
-        .put(&key, list.to_vec(), crate::store::Precondition::None)
+        .put(
+            &key,
+            list.to_vec(),
+            crate::bucket::store::Precondition::None,
+        )
         .await
         .context("writing the revocation list; the index was not committed")?;
     Ok(())
@@ -430,7 +434,7 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::index::records_from_json;
+    use crate::bucket::index::records_from_json;
 
     const ED_A: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOPAo/RxVnDzNjGvP41+SlwXlH4IbNrQebofz9HvuaWq";
@@ -445,7 +449,7 @@ mod tests {
     }
 
     fn at(text: &str) -> SystemTime {
-        crate::signing::parse_time(text).unwrap()
+        crate::bucket::signing::parse_time(text).unwrap()
     }
 
     const DAY: Duration = Duration::from_secs(86_400);
@@ -670,7 +674,7 @@ mod tests {
         assert_eq!(records[&a].key, None);
         let next = Case::new(OwnerRecords::new(), published(&[("alice", ED_A)]))
             .next("2026-01-01T00:00:00Z");
-        let json = crate::index::records_to_json(&next.records);
+        let json = crate::bucket::index::records_to_json(&next.records);
         assert_eq!(records_from_json(&json).unwrap(), next.records);
         assert_eq!(
             String::from_utf8(json).unwrap(),

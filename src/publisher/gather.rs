@@ -17,13 +17,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 
-use crate::directory::{self, ReadStats, User};
-use crate::homes::Rejection;
-use crate::homes::{self, HarvestOutcome, HarvestSettings, Harvestee, HomeLayout};
 use crate::keys;
-use crate::policy::{self, Checked};
-use crate::render::{Problem, UserKeys};
-use crate::resolve::{Resolution, resolve};
+use crate::publisher::directory::{self, ReadStats, User};
+use crate::publisher::homes::Rejection;
+use crate::publisher::homes::{self, HarvestOutcome, HarvestSettings, Harvestee, HomeLayout};
+use crate::publisher::policy::{self, Checked};
+use crate::publisher::render::{Problem, UserKeys};
+use crate::publisher::resolve::{Resolution, resolve};
 use crate::settings::{HomesSettings, OwnerSource, Settings};
 
 /// More members than this without a uid are reported as one problem with the fix, not one each.
@@ -150,7 +150,8 @@ pub async fn gather(settings: &Settings, now: SystemTime) -> anyhow::Result<Gath
     }
 
     let mut keys = BTreeMap::new();
-    let automation = crate::automation::read_keys(&settings.policy, &checked, &settings.keys);
+    let automation =
+        crate::publisher::automation::read_keys(&settings.policy, &checked, &settings.keys);
     if automation.unreadable {
         let listed: Vec<String> = automation
             .diagnostics

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use crate::diagnostic::{Diagnostic, Severity};
 use crate::keys::{self, AuthorizedKey, KeyPolicy};
-use crate::policy::{AUTOMATION_PREFIX, Checked};
+use crate::publisher::policy::{AUTOMATION_PREFIX, Checked};
 
 /// Every automation account's keys, by member name (`automation:NAME`), and what was wrong.
 #[derive(Debug, Default)]
@@ -144,7 +144,7 @@ mod tests {
             format!("# the CI key\n{KEY}\nssh-dss AAAAB3NzaC1kc3MAAACBAP8= old\n"),
         )
         .unwrap();
-        let checked = crate::policy::parse(&policy_path, text).unwrap();
+        let checked = crate::publisher::policy::parse(&policy_path, text).unwrap();
         let read = read_keys(&policy_path, &checked, &KeyPolicy::default());
         assert_eq!(read.keys["automation:jenkins"].len(), 1);
         assert!(read.unreadable);
@@ -168,7 +168,7 @@ mod tests {
             .unwrap();
         let text = "[access_groups.web]\nusers = [\"bob\"]\n\
                     [automation.ci]\nkey_files = [\"ci.pub\"]\naccess_groups = [\"web\"]\nowner = \"ci\"\n";
-        let checked = crate::policy::parse(&policy_path, text).unwrap();
+        let checked = crate::publisher::policy::parse(&policy_path, text).unwrap();
         let read = read_keys(&policy_path, &checked, &KeyPolicy::default());
         assert!(read.keys["automation:ci"].is_empty());
         assert!(read.unreadable);

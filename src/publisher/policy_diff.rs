@@ -26,10 +26,10 @@ use serde::Serialize;
 
 use crate::diagnostic::{Diagnostic, Severity};
 use crate::markdown::{self, code, prose};
-use crate::policy::{
+use crate::publisher::policy::{
     self, AccessGroup, Automation, Deny, Policy, Principals, Until, counts, plural,
 };
-use crate::resolve::{Exclusion, Member, Resolution, VIA_SEPARATOR, Via};
+use crate::publisher::resolve::{Exclusion, Member, Resolution, VIA_SEPARATOR, Via};
 
 /// Names that appear in one version and not in the other. Sorted case-insensitively.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -457,7 +457,7 @@ fn changes(base: &[String], head: &[String], key: fn(&str) -> String) -> Changes
 /// Per access group (in either resolution), who gains and who loses access. Both resolutions
 /// must come from the same directory snapshot, so the only differences are the policy's.
 pub fn diff_resolutions(base: &Resolution, head: &Resolution) -> BTreeMap<String, PeopleDiff> {
-    let empty = crate::resolve::Membership::default();
+    let empty = crate::publisher::resolve::Membership::default();
     let names: BTreeSet<&String> = base
         .access_groups
         .keys()
@@ -1319,7 +1319,7 @@ fn table(out: &mut String, title: &str, rows: &[[String; 3]]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resolve::{Excluded, Membership};
+    use crate::publisher::resolve::{Excluded, Membership};
 
     fn parse(text: &str) -> Policy {
         policy::parse(Path::new("p.toml"), text)

@@ -1,4 +1,4 @@
-//! The publisher's side of the per-group seals (see [`crate::group_lookup`]): just before the
+//! The publisher's side of the per-group seals (see [`crate::bucket::group_lookup`]): just before the
 //! commit, every group the index names is sealed for this index's generation, `not_after`,
 //! deployment and canary.
 //!
@@ -12,12 +12,12 @@ use std::collections::HashMap;
 
 use anyhow::Context as _;
 
+use crate::bucket::group_lookup::{Lookup, Statement, split_seal};
+use crate::bucket::index::Index;
+use crate::bucket::signing::Signer;
+use crate::bucket::store::{Fetched, ObjectStore as _};
 use crate::cmd::plan::Prepared;
-use crate::group_lookup::{Lookup, Statement, split_seal};
-use crate::index::Index;
-use crate::render::sha256_hex;
-use crate::signing::Signer;
-use crate::store::{Fetched, ObjectStore as _};
+use crate::publisher::render::sha256_hex;
 
 /// `index` with a seal on every group (none without `signer`).
 pub(crate) async fn sealed(

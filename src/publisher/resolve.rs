@@ -25,9 +25,9 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::directory::{AccountState, Dn, FileTime, LockoutDuration, Snapshot, User};
 use crate::interned::Shared;
-use crate::policy::{Policy, Principals, Until};
+use crate::publisher::directory::{AccountState, Dn, FileTime, LockoutDuration, Snapshot, User};
+use crate::publisher::policy::{Policy, Principals, Until};
 
 /// The `via` marker for people who get access through `[everywhere]`.
 pub const EVERYWHERE: &str = "everywhere";
@@ -525,8 +525,8 @@ mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;
-    use crate::directory::{Domain, Group, Sid};
-    use crate::policy::{AccessGroup, Deny};
+    use crate::publisher::directory::{Domain, Group, Sid};
+    use crate::publisher::policy::{AccessGroup, Deny};
 
     const DOMAIN: &str = "S-1-5-21-1-2-3";
 
@@ -823,7 +823,7 @@ mod tests {
 
     fn until(days_after_now: i64) -> Until {
         Until {
-            ends_at: crate::policy::unix_seconds(now()) + days_after_now * 86_400,
+            ends_at: crate::publisher::policy::unix_seconds(now()) + days_after_now * 86_400,
             text: format!("in {days_after_now} days"),
         }
     }
@@ -897,7 +897,7 @@ mod tests {
             &[],
         );
         let account = |name: &str, groups: &[&str], everywhere: bool, ad: Option<&str>| {
-            crate::policy::Automation {
+            crate::publisher::policy::Automation {
                 name: name.into(),
                 key_files: vec![],
                 access_groups: groups.iter().map(|g| g.to_string()).collect(),

@@ -23,9 +23,9 @@
 
 use sha2::{Digest as _, Sha256};
 
-use crate::group_file::PublishedFile;
+use crate::bucket::group_file::PublishedFile;
+use crate::bucket::signing::{Signer, SigningError, Verifier};
 use crate::keys::{parse_options, split_options};
-use crate::signing::{Signer, SigningError, Verifier};
 
 /// Buckets chosen by fingerprint.
 pub const BUCKETS: usize = 256;
@@ -256,7 +256,7 @@ pub fn split_seal(seal: &str) -> Option<(&str, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::group_file::block_header;
+    use crate::bucket::group_file::block_header;
 
     const BOB: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOPAo/RxVnDzNjGvP41+SlwXlH4IbNrQebofz9HvuaWq bob@desk";

@@ -31,7 +31,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::signing::{Signer, SigningError, Verifier};
+use crate::bucket::signing::{Signer, SigningError, Verifier};
 
 /// The schema version of the index written by this keyhole.
 pub const FORMAT: u32 = 2;

@@ -7,7 +7,7 @@
 //! - the format: an instance that has trusted a format-2 index never goes back to the legacy
 //!   format 1 (which names no deployment and no owners);
 //! - `not_after`: not passed, and not further ahead of the reader's clock than
-//!   [`MAX_VALIDITY`](crate::index::MAX_VALIDITY) (+ [`CLOCK_SKEW`](crate::index::CLOCK_SKEW));
+//!   [`MAX_VALIDITY`](crate::bucket::index::MAX_VALIDITY) (+ [`CLOCK_SKEW`](crate::bucket::index::CLOCK_SKEW));
 //! - what the reader trusted last ([`Seen`]: an instance's cached index, the publisher's head):
 //!   never a lower generation, never the same generation with other bytes.
 //!
@@ -17,8 +17,8 @@
 
 use std::time::SystemTime;
 
-use crate::index::{CLOCK_SKEW, FORMAT, Index, MAX_VALIDITY};
-use crate::signing;
+use crate::bucket::index::{CLOCK_SKEW, FORMAT, Index, MAX_VALIDITY};
+use crate::bucket::signing;
 
 /// The index a reader trusted last.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,7 +136,7 @@ pub fn check(
 #[allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
-    use crate::index::LEGACY_FORMAT;
+    use crate::bucket::index::LEGACY_FORMAT;
     use std::time::Duration;
 
     const DAY: Duration = Duration::from_secs(86_400);

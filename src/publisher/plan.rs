@@ -18,12 +18,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 
-use crate::group_file::{Block, HEADER_PREFIX, PublishedFile};
-use crate::index::{Index, IndexGroup, Owners};
+use crate::bucket::group_file::{Block, HEADER_PREFIX, PublishedFile};
+use crate::bucket::index::{Index, IndexGroup, Owners};
 use crate::interned::{Interner, Shared};
-use crate::policy::Policy;
-use crate::render::{Digest, Listing, Problem, sha256_hex};
-use crate::resolve::{EVERYWHERE, Exclusion, Member, Membership, Resolution};
+use crate::publisher::policy::Policy;
+use crate::publisher::render::{Digest, Listing, Problem, sha256_hex};
+use crate::publisher::resolve::{EVERYWHERE, Exclusion, Member, Membership, Resolution};
 use crate::settings::SafetySettings;
 
 /// Groups of fewer users than this are not judged by `max_removed_fraction` (one of three is
@@ -304,7 +304,7 @@ pub fn deleted(previous: &PublishedFile, interner: &mut Interner) -> GroupPlan {
 
 /// The owners object's bytes when they differ from what `published` names.
 pub fn owners_change(owners: &Owners, published: &Index) -> Option<Vec<u8>> {
-    let json = crate::index::owners_to_json(owners);
+    let json = crate::bucket::index::owners_to_json(owners);
     (published.owners.as_deref() != Some(sha256_hex(&json).as_str())).then_some(json)
 }
 
@@ -353,7 +353,7 @@ pub fn deny_only(
         if kept.is_empty() {
             continue;
         }
-        body.push_str(&crate::group_file::block_header(user, via));
+        body.push_str(&crate::bucket::group_file::block_header(user, via));
         for line in &kept {
             body.push_str(line);
             body.push('\n');
@@ -464,8 +464,8 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::policy::{AccessGroup, Deny, Principals};
-    use crate::resolve::{Excluded, Membership};
+    use crate::publisher::policy::{AccessGroup, Deny, Principals};
+    use crate::publisher::resolve::{Excluded, Membership};
 
     const KEY: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOPAo/RxVnDzNjGvP41+SlwXlH4IbNrQebofz9HvuaWq";
@@ -620,7 +620,7 @@ mod tests {
             resolution(&[("web", &["a", "d", "e"], &[("b", Exclusion::Disabled)])]);
         // e's access ends: the change says when.
         resolution.access_groups.get_mut("web").unwrap().users[2].until =
-            Some(Box::new(crate::policy::Until {
+            Some(Box::new(crate::publisher::policy::Until {
                 ends_at: 1_806_451_200,
                 text: "2027-03-31".into(),
             }));

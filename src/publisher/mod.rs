@@ -1,0 +1,25 @@
+//! The publisher: policy + Active Directory + NFS homes → the signed objects in the bucket.
+//!
+//! The stages, in pipeline order: [`policy`] (what the version-controlled file asks for, read
+//! with [`git`]) → [`directory`] (who is in AD, enabled and unexpired) → [`resolve`] (access
+//! group → people) → [`homes`] (their `authorized_keys`) → [`render`] (one file per group) →
+//! [`plan`] (what changes against what is published) → [`publish`] (the commit protocol).
+//! [`gather`] runs the first four for a command; [`head`], [`lock`] and [`revocation`] keep a
+//! publisher honest across runs; [`report`] and [`policy_diff`] are what it prints.
+//! Nothing here is imported by `instance/` or `canary/`: they read the bucket through
+//! [`crate::bucket`] only.
+
+pub mod automation;
+pub mod directory;
+pub mod gather;
+pub mod git;
+pub mod head;
+pub mod homes;
+pub mod lock;
+pub mod plan;
+pub mod policy;
+pub mod policy_diff;
+pub mod render;
+pub mod report;
+pub mod resolve;
+pub mod revocation;
