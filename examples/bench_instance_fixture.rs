@@ -22,8 +22,8 @@ use keyhole::bucket::group_lookup::Lookup;
 use keyhole::bucket::index::{Index, IndexGroup, Layout};
 use keyhole::bucket::signing::{self, Signer, Verifier};
 use keyhole::bucket::store::{Fetched, ObjectStore, Precondition, StoreError, StoredObject};
+use keyhole::digest::sha256_hex;
 use keyhole::instance::{self, Cache};
-use keyhole::publisher::render::sha256_hex;
 use keyhole::settings::InstanceSettings;
 
 const BUCKET: &str = "bench";
@@ -182,7 +182,7 @@ fn main() -> anyhow::Result<()> {
                 },
             );
         }
-        keyhole::bucket::group_seal::seal_with_roots(&mut index, &roots, &signer)?;
+        keyhole::bucket::group_lookup::seal_with_roots(&mut index, &roots, &signer)?;
         let sealed = index.seal(Some(&signer))?;
         std::fs::write(
             out.join(format!("{name}-index-bytes")),

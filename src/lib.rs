@@ -15,6 +15,7 @@ pub mod bucket;
 pub mod canary;
 pub mod cmd;
 pub mod diagnostic;
+pub mod digest;
 pub mod exit;
 pub mod instance;
 pub mod interned;

@@ -20,9 +20,9 @@ use keyhole::bucket::index::{
 };
 use keyhole::bucket::signing::{self, Signer, Verifier};
 use keyhole::bucket::store::{S3Store, Timeouts};
+use keyhole::digest::sha256_hex;
 use keyhole::instance::{self, Cache};
 use keyhole::keys::{KeyPolicy, parse_authorized_keys};
-use keyhole::publisher::render::sha256_hex;
 use keyhole::settings::{InstanceSettings, S3Settings};
 use support::keyhole::ssh_keygen;
 use support::s3::{BUCKET, S3Server};
@@ -539,7 +539,7 @@ async fn a_cache_file_edited_on_disk_is_not_served() {
     let manifest = state.dir.join("state.json");
     let text = std::fs::read_to_string(&manifest).unwrap().replace(
         &state.manifest.groups["web-prod"].sha256,
-        &keyhole::publisher::render::sha256_hex(&body),
+        &keyhole::digest::sha256_hex(&body),
     );
     std::fs::write(&manifest, text).unwrap();
     // The cache itself reads it as consistent; serving refuses it.

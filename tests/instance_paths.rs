@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use keyhole::bucket::index::{FORMAT, Index, IndexGroup, Layout, Owners, owners_to_json};
 use keyhole::bucket::signing::{self, Signer};
-use keyhole::publisher::render::sha256_hex;
+use keyhole::digest::sha256_hex;
 use support::homes::{Homes, Key};
 use support::keyhole::ssh_keygen;
 use support::s3::{BUCKET, S3Server};

@@ -28,7 +28,7 @@ use base64::Engine as _;
 use keyhole::bucket::group_lookup::Lookup;
 use keyhole::bucket::index::{FORMAT, Index, IndexGroup, Layout};
 use keyhole::bucket::signing::{self, Signer};
-use keyhole::publisher::render::sha256_hex;
+use keyhole::digest::sha256_hex;
 use support::fault_proxy::{FaultProxy, HttpFault, HttpRule, Mode};
 use support::homes::{Homes, Key};
 use support::imds::Imds;
@@ -164,7 +164,7 @@ impl World {
                 },
             );
         }
-        keyhole::bucket::group_seal::seal_with_roots(&mut index, &roots, &self.signer).unwrap();
+        keyhole::bucket::group_lookup::seal_with_roots(&mut index, &roots, &self.signer).unwrap();
         let sealed = String::from_utf8(index.seal(Some(&self.signer)).unwrap()).unwrap();
         self.s3.put_object(&layout().index(), &sealed);
         sealed

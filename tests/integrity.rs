@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use keyhole::bucket::index::{Index, IndexGroup, LEGACY_FORMAT, Layout};
 use keyhole::bucket::signing::{self, Signer};
-use keyhole::publisher::render::sha256_hex;
+use keyhole::digest::sha256_hex;
 use support::homes::Key;
 use support::keyhole::{Run, run_keyhole};
 use support::samba::{Fixture, LOCKOUT_THRESHOLD, SERVICE_ACCOUNT, SambaDc, UserSpec};

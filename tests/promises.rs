@@ -457,7 +457,7 @@ fn a_body_damaged_in_transit_is_refused_by_the_server_and_fails_the_run() {
         if let Some(body) = body.filter(|_| group_object) {
             assert_eq!(
                 key.rsplit('/').next().unwrap(),
-                keyhole::publisher::render::sha256_hex(body.as_bytes()),
+                keyhole::digest::sha256_hex(body.as_bytes()),
                 "{key} is not its content's address"
             );
         }

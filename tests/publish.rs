@@ -584,7 +584,7 @@ fn a_legacy_bucket_is_migrated_by_the_first_publish() {
         legacy.groups.insert(
             group.into(),
             IndexGroup {
-                sha256: keyhole::publisher::render::sha256_hex(body.as_bytes()),
+                sha256: keyhole::digest::sha256_hex(body.as_bytes()),
                 users: users.len(),
                 keys: users.len(),
                 seal: None,

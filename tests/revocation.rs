@@ -189,7 +189,7 @@ fn a_forged_group_file_is_never_signed_by_the_publisher() {
         "# keyhole access group web-prod: generated, do not edit\n# bob via Web Team\n{}\n",
         intruder.line
     );
-    let sha256 = keyhole::publisher::render::sha256_hex(forged.as_bytes());
+    let sha256 = keyhole::digest::sha256_hex(forged.as_bytes());
     world
         .stack
         .s3
@@ -522,7 +522,7 @@ fn whois_off_an_instance_verifies_the_index_first() {
     // The owners object rewritten to blame someone else, under a re-signed (rogue) index.
     let mut index = world.index();
     let owners = format!("{{\"{fingerprint}\":\"alice\"}}\n");
-    let sha256 = keyhole::publisher::render::sha256_hex(owners.as_bytes());
+    let sha256 = keyhole::digest::sha256_hex(owners.as_bytes());
     let layout = Layout {
         prefix: "ssh/".into(),
     };

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use keyhole::bucket::index::{FORMAT, Index, LEGACY_FORMAT, Layout};
-use keyhole::publisher::render::sha256_hex;
+use keyhole::digest::sha256_hex;
 use serde_json::{Value, json};
 use support::homes::Homes;
 use support::keyhole::{Deployment, Run, ldap_section, run_keyhole, ssh_keygen};

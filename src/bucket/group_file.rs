@@ -22,7 +22,9 @@
 use std::collections::{BTreeSet, HashMap};
 
 use crate::keys::{self, KeyPolicy};
-use crate::publisher::resolve::VIA_SEPARATOR;
+
+/// Between the groups of a `via` chain, wherever a chain is shown: group files, reports, logs.
+pub const VIA_SEPARATOR: &str = " > ";
 
 /// The first line of every group file starts with this.
 pub const HEADER_PREFIX: &str = "# keyhole access group ";

@@ -21,6 +21,10 @@
 //!
 //! No I/O and no clock here: the callers read and write the bytes and judge `not_after`.
 
+use std::collections::HashMap;
+
+use crate::bucket::index::Index;
+use anyhow::Context as _;
 use sha2::{Digest as _, Sha256};
 
 use crate::bucket::group_file::PublishedFile;
@@ -251,6 +255,40 @@ impl Statement<'_> {
 /// A seal's two halves: the lookup root it names and its signature.
 pub fn split_seal(seal: &str) -> Option<(&str, &str)> {
     seal.split_once(' ')
+}
+
+/// Seals every group of `index`, the root of each group's lookup taken from `roots` (by the
+/// file's SHA-256); a group without a root is left unsealed.
+pub fn seal_with_roots(
+    index: &mut Index,
+    roots: &HashMap<String, String>,
+    signer: &Signer,
+) -> anyhow::Result<()> {
+    let deployment = index.deployment.clone().unwrap_or_default();
+    let not_after = index.not_after.clone().unwrap_or_default();
+    let canary = index.canary.clone().unwrap_or_default();
+    let generation = index.generation;
+    for (name, entry) in &mut index.groups {
+        let Some(root) = roots.get(&entry.sha256) else {
+            entry.seal = None;
+            continue;
+        };
+        let statement = Statement {
+            deployment: &deployment,
+            group: name,
+            generation,
+            not_after: &not_after,
+            sha256: &entry.sha256,
+            lookup: root,
+            canary: &canary,
+        };
+        entry.seal = Some(
+            statement
+                .seal(signer)
+                .with_context(|| format!("sealing access group {name}"))?,
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

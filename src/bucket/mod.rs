@@ -3,16 +3,20 @@
 //! This is the contract between the sides. The publisher writes it; instances, the canary,
 //! `verify` and `whois` read it, and import nothing else of the publisher's world.
 //! [`store`] is the object store (S3 behind a trait); [`index`] the signed index naming every
-//! object; [`group_file`], [`group_lookup`] and [`group_seal`] one access group's file, its
-//! fingerprint lookup and its per-group signature; [`signing`] the keys and signatures;
+//! object; [`group_file`] and [`group_lookup`] one access group's file and its fingerprint
+//! lookup with the per-group seal; [`names`] the access group name rule; [`head`] the
+//! publisher's memory of the index it last committed; [`signing`] the keys and signatures;
 //! [`trust`] the rules every reader applies (deployment, format, freshness, succession);
-//! [`published`] reads what is there now.
+//! [`published`] reads what is there now; [`revocation_list`] is the list sshd's `RevokedKeys`
+//! reads.
 
 pub mod group_file;
 pub mod group_lookup;
-pub mod group_seal;
+pub mod head;
 pub mod index;
+pub mod names;
 pub mod published;
+pub mod revocation_list;
 pub mod signing;
 pub mod store;
 pub mod trust;

@@ -25,8 +25,8 @@ use crate::bucket::group_file::{KnownLines, PublishedFile};
 use crate::bucket::index::{Index, Layout, OwnerRecords, Owners, records_from_json};
 use crate::bucket::signing::{Signer, Verifier};
 use crate::bucket::store::{Fetched, ObjectStore, S3Store};
+use crate::digest::sha256_hex;
 use crate::exit::{Exit, coded};
-use crate::publisher::render::sha256_hex;
 use crate::settings::Settings;
 
 /// Published files read at once: enough to hide S3's latency, few enough to keep memory flat.
@@ -65,7 +65,7 @@ pub struct BaseRules<'a> {
     /// than the head (the operator says where the generation goes on).
     pub min_generation: Option<u64>,
     /// The publisher's head, when it has one.
-    pub head: Option<&'a crate::publisher::head::Head>,
+    pub head: Option<&'a crate::bucket::head::Head>,
     /// Where the head lives, for messages.
     pub head_path: Option<&'a Path>,
     /// `--accept-index SHA256`: this exact index is the base, whatever the head says.
@@ -258,7 +258,7 @@ impl Published {
         let records = self
             .owner_records(store, layout, std::time::SystemTime::now())
             .await?;
-        Ok(crate::publisher::revocation::owners_view(&records))
+        Ok(crate::bucket::revocation_list::owners_view(&records))
     }
 
     /// The owners object's records (ended ones included; empty when the index names none).
@@ -286,7 +286,7 @@ impl Published {
         let listed = match &self.index.revoked {
             Some(list) => match checked_object(store, &layout.revoked(list), list).await? {
                 Ok(body) => {
-                    crate::publisher::revocation::parse_list(&body).map_err(|e| e.to_string())
+                    crate::bucket::revocation_list::parse_list(&body).map_err(|e| e.to_string())
                 }
                 Err(Damaged(why)) => Err(why),
             },
@@ -300,7 +300,7 @@ impl Published {
                      every key held by more than one person goes to nobody this run, and every \
                      revoked key stays revoked"
                 );
-                Ok(crate::publisher::revocation::records_from_list(
+                Ok(crate::bucket::revocation_list::records_from_list(
                     &listed, now,
                 ))
             }
@@ -484,8 +484,8 @@ fn judge_base(
 /// publisher's head (beside `safety.lock_file`) when there is one, else an instance's cached
 /// index; `None` when this host has neither.
 pub fn local_seen(settings: &Settings) -> anyhow::Result<Option<crate::bucket::trust::Seen>> {
-    let head_path = crate::publisher::head::path_beside(&settings.safety.lock_file);
-    if let Some(head) = crate::publisher::head::Head::load(&head_path)? {
+    let head_path = crate::bucket::head::path_beside(&settings.safety.lock_file);
+    if let Some(head) = crate::bucket::head::Head::load(&head_path)? {
         return Ok(Some(crate::bucket::trust::Seen {
             generation: head.generation,
             sha256: head.sha256,

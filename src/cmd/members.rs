@@ -7,9 +7,10 @@ use std::time::SystemTime;
 use anyhow::Context;
 
 use super::{Format, GlobalArgs};
+use crate::bucket::group_file::VIA_SEPARATOR;
 use crate::exit::{EXIT_CODES_HELP, Exit, coded};
 use crate::publisher::policy::plural;
-use crate::publisher::resolve::{Resolution, VIA_SEPARATOR, resolve};
+use crate::publisher::resolve::{Resolution, resolve};
 use crate::publisher::{directory, policy};
 use crate::settings::Settings;
 

@@ -13,10 +13,11 @@ use crate::bucket::group_file::{KnownLines, PublishedFile};
 use crate::bucket::index::{Index, Layout, OwnerRecords, Owners};
 use crate::bucket::published::Published;
 use crate::bucket::store::{S3Store, Timeouts};
+use crate::digest::sha256_hex;
 use crate::exit::{EXIT_CODES_HELP, Exit};
 use crate::publisher::gather::{Gathered, gather};
 use crate::publisher::plan::{Inputs, Plan, Selection, judge};
-use crate::publisher::render::{Renderer, sha256_hex};
+use crate::publisher::render::Renderer;
 use crate::settings::Settings;
 
 /// Show what `publish` would change: per access group the action (create, update, delete,
@@ -170,8 +171,8 @@ pub(crate) async fn prepare(
     let s3 = settings.s3()?;
     let now = start.now.unwrap_or_else(SystemTime::now);
     let gathered = gather(settings, now).await?;
-    let head_path = crate::publisher::head::path_beside(&settings.safety.lock_file);
-    let head = crate::publisher::head::Head::load(&head_path)?;
+    let head_path = crate::bucket::head::path_beside(&settings.safety.lock_file);
+    let head = crate::bucket::head::Head::load(&head_path)?;
     let s3_started = Instant::now();
     let store = S3Store::connect(s3, Timeouts::PUBLISHER).await;
     let layout = Layout {
@@ -322,7 +323,7 @@ pub(crate) async fn prepare(
 /// record, or `now` for a home found unreadable this run. A readable home drops out.
 fn unknown_since(
     gathered: &Gathered,
-    head: Option<&crate::publisher::head::Head>,
+    head: Option<&crate::bucket::head::Head>,
     now: SystemTime,
 ) -> BTreeMap<String, String> {
     gathered
@@ -691,7 +692,7 @@ fn retained_owners(
     now: SystemTime,
 ) -> Owners {
     let deny = &gathered.checked.policy.deny;
-    crate::publisher::revocation::owners_view(&crate::publisher::revocation::retained(
+    crate::bucket::revocation_list::owners_view(&crate::publisher::revocation::retained(
         records,
         now,
         settings.revocation_retention,

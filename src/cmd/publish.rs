@@ -31,11 +31,11 @@ use super::{Format, GlobalArgs};
 use crate::bucket::index::Index;
 use crate::bucket::signing::Signer;
 use crate::bucket::store::{ObjectStore, Precondition, StoreError};
+use crate::digest::sha256_hex;
 use crate::exit::{EXIT_CODES_HELP, Exit, coded};
 use crate::metrics::{self, RunMetrics};
 use crate::publisher::lock::PublishLock;
 use crate::publisher::plan::Action;
-use crate::publisher::render::sha256_hex;
 use crate::settings::Settings;
 
 /// Group files written at the same time.
@@ -337,7 +337,7 @@ fn remember(prepared: &Prepared, committed: Option<(u64, String)>) -> anyhow::Re
             None => return Ok(()),
         },
     };
-    crate::publisher::head::Head {
+    crate::bucket::head::Head {
         generation,
         sha256,
         unknown_since: prepared.unknown_since.clone(),
@@ -354,7 +354,7 @@ async fn commit(
     signer: Option<&Signer>,
 ) -> anyhow::Result<String> {
     // Per-group seals for the instances' logins (issue 24, `group_seal`).
-    let index = &crate::bucket::group_seal::sealed(prepared, index, signer).await?;
+    let index = &crate::publisher::seal::sealed(prepared, index, signer).await?;
     let sealed = index.seal(signer).context("sealing the index")?;
     let sha256 = sha256_hex(&sealed);
     let precondition = match &prepared.published.etag {

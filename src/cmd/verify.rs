@@ -24,8 +24,8 @@ use crate::bucket::group_file::PublishedFile;
 use crate::bucket::index::{Index, IndexError, Layout, OWNERS_PREFIX, owners_from_json};
 use crate::bucket::signing::{self, Verifier};
 use crate::bucket::store::{Fetched, ObjectStore, S3Store, Timeouts};
+use crate::digest::sha256_hex;
 use crate::exit::{EXIT_CODES_HELP, Exit};
-use crate::publisher::render::sha256_hex;
 use crate::settings::Settings;
 
 /// Group objects read at once: enough to hide S3's latency, few enough to stay polite.

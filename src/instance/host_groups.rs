@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Cache;
 use super::imds::{Imds, ImdsFailure};
-use crate::publisher::policy::access_group_name_problem;
+use crate::bucket::names::access_group_name_problem;
 use crate::settings::{ImdsGroups, InstanceSettings};
 
 /// The cache file with the last groups resolved from EC2.

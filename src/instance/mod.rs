@@ -37,12 +37,12 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::bucket::group_file::PublishedFile;
+use crate::bucket::group_file::VIA_SEPARATOR;
 use crate::bucket::group_lookup::{self, Lookup, Statement};
 use crate::bucket::index::{Index, Layout};
 use crate::bucket::signing::{self, Verifier};
 use crate::bucket::store::{Fetched, ObjectStore};
-use crate::publisher::render::sha256_hex;
-use crate::publisher::resolve::VIA_SEPARATOR;
+use crate::digest::sha256_hex;
 use crate::settings::InstanceSettings;
 
 pub mod doctor;
@@ -998,7 +998,7 @@ mod tests {
                     },
                 );
             }
-            crate::bucket::group_seal::seal_with_roots(&mut index, &roots, &self.signer).unwrap();
+            crate::bucket::group_lookup::seal_with_roots(&mut index, &roots, &self.signer).unwrap();
             let sealed = index.seal(Some(&self.signer)).unwrap();
             self.store
                 .objects

@@ -35,9 +35,9 @@ use anyhow::{Context as _, bail};
 
 use super::doctor::Finding;
 use crate::bucket::index::{Index, Layout};
+use crate::bucket::revocation_list::{Revoked, parse_list};
 use crate::bucket::store::{Fetched, ObjectStore, S3Store, Timeouts};
-use crate::publisher::render::sha256_hex;
-use crate::publisher::revocation::{Revoked, parse_list};
+use crate::digest::sha256_hex;
 use crate::settings::{InstanceSettings, Settings};
 
 /// Where the list goes when `[instance] revoked_keys_file` does not say.

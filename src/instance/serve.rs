@@ -29,7 +29,7 @@ use super::state::{self, GroupState, State};
 use crate::bucket::group_lookup::{self, CA_BUCKET, Lookup, Statement, TABLE_BYTES, Table};
 use crate::bucket::index::Index;
 use crate::bucket::signing::{self, Verifier};
-use crate::publisher::render::sha256_hex;
+use crate::digest::sha256_hex;
 use crate::settings::InstanceSettings;
 
 /// What a login serves.

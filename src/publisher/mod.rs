@@ -4,8 +4,8 @@
 //! with [`git`]) → [`directory`] (who is in AD, enabled and unexpired) → [`resolve`] (access
 //! group → people) → [`homes`] (their `authorized_keys`) → [`render`] (one file per group) →
 //! [`plan`] (what changes against what is published) → [`publish`] (the commit protocol).
-//! [`gather`] runs the first four for a command; [`head`], [`lock`] and [`revocation`] keep a
-//! publisher honest across runs; [`report`] and [`policy_diff`] are what it prints.
+//! [`gather`] runs the first four for a command; [`lock`] and [`revocation`] keep a publisher
+//! honest across runs; [`seal`] signs each group for its logins; [`report`] and [`policy_diff`] are what it prints.
 //! Nothing here is imported by `instance/` or `canary/`: they read the bucket through
 //! [`crate::bucket`] only.
 
@@ -13,7 +13,6 @@ pub mod automation;
 pub mod directory;
 pub mod gather;
 pub mod git;
-pub mod head;
 pub mod homes;
 pub mod lock;
 pub mod plan;
@@ -23,3 +22,4 @@ pub mod render;
 pub mod report;
 pub mod resolve;
 pub mod revocation;
+pub mod seal;

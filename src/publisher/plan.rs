@@ -20,9 +20,10 @@ use serde::Serialize;
 
 use crate::bucket::group_file::{Block, HEADER_PREFIX, PublishedFile};
 use crate::bucket::index::{Index, IndexGroup, Owners};
+use crate::digest::sha256_hex;
 use crate::interned::{Interner, Shared};
 use crate::publisher::policy::Policy;
-use crate::publisher::render::{Digest, Listing, Problem, sha256_hex};
+use crate::publisher::render::{Digest, Listing, Problem};
 use crate::publisher::resolve::{EVERYWHERE, Exclusion, Member, Membership, Resolution};
 use crate::settings::SafetySettings;
 

@@ -24,12 +24,13 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::bucket::group_file::VIA_SEPARATOR;
 use crate::diagnostic::{Diagnostic, Severity};
 use crate::markdown::{self, code, prose};
 use crate::publisher::policy::{
     self, AccessGroup, Automation, Deny, Policy, Principals, Until, counts, plural,
 };
-use crate::publisher::resolve::{Exclusion, Member, Resolution, VIA_SEPARATOR, Via};
+use crate::publisher::resolve::{Exclusion, Member, Resolution, Via};
 
 /// Names that appear in one version and not in the other. Sorted case-insensitively.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]

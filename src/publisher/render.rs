@@ -39,6 +39,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::bucket::group_file::{HEADER_PREFIX, KnownLines, PublishedFile, block_header};
 use crate::bucket::index::Owners;
+use crate::digest::sha256_hex;
 use crate::keys::merge::{self, MergeError};
 use crate::keys::{AuthorizedKey, KeyOption};
 use crate::publisher::policy::Policy;
@@ -591,11 +592,6 @@ fn push_key_with(sink: &mut impl Sink, options: Option<&str>, key: &AuthorizedKe
         sink.push(comment);
     }
     sink.push("\n");
-}
-
-/// Lower-case hex SHA-256, as the index records it.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 #[cfg(test)]

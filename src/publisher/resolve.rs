@@ -32,9 +32,6 @@ use crate::publisher::policy::{Policy, Principals, Until};
 /// The `via` marker for people who get access through `[everywhere]`.
 pub const EVERYWHERE: &str = "everywhere";
 
-/// Between the groups of a `via` chain, wherever a chain is shown: group files, reports, logs.
-pub const VIA_SEPARATOR: &str = " > ";
-
 /// Who gets access to each access group, who does not and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Resolution {

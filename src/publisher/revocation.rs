@@ -44,15 +44,10 @@ use crate::bucket::index::{Index, Layout, OwnerRecord, OwnerRecords, Owners, REV
 use crate::publisher::render::UserKeys;
 use crate::settings::SafetySettings;
 
+use crate::bucket::revocation_list::{UNKNOWN_OWNER, render_list};
+
 /// Who the owners object records the audit canary's key for (a name no AD account can have).
 pub const CANARY_OWNER: &str = "keyhole:canary";
-
-/// The first line of every list.
-/// The owner of a record rebuilt from a revocation list when the owners object was damaged: it
-/// keeps the key revoked, but binds it to nobody (whoever holds it may publish it again).
-pub const UNKNOWN_OWNER: &str = "keyhole:owner-unknown";
-
-pub const HEADER: &str = "# keyhole revocation list: generated, do not edit";
 
 /// People with published keys below which the guard does not judge a fraction (one of three is
 /// already a third), as the removal guard does for a group.
@@ -119,16 +114,6 @@ pub fn retained(
         .collect()
 }
 
-/// Who each record says a key is published for: what the renderer needs to keep a key with its
-/// owner during the retention.
-pub fn owners_view(records: &OwnerRecords) -> Owners {
-    records
-        .iter()
-        .filter(|(_, record)| record.user != UNKNOWN_OWNER)
-        .map(|(fingerprint, record)| (fingerprint.clone(), record.user.clone()))
-        .collect()
-}
-
 /// Whether someone holds a key that a record gives to someone else: then the run must render
 /// with the records ([`owners_view`]), so the key stays with its owner.
 pub fn taken_over(records: &OwnerRecords, keys: &BTreeMap<String, UserKeys>) -> bool {
@@ -140,23 +125,6 @@ pub fn taken_over(records: &OwnerRecords, keys: &BTreeMap<String, UserKeys>) -> 
         }),
         UserKeys::Unknown(_) => false,
     })
-}
-
-/// Records standing in for a damaged owners object: every key of the published list, ended `now`
-/// (the retention starts again: the safe side), its owner unknown.
-pub fn records_from_list(listed: &[Revoked], now: SystemTime) -> OwnerRecords {
-    let ended = crate::bucket::signing::format_time(now);
-    listed
-        .iter()
-        .map(|revoked| {
-            let record = OwnerRecord {
-                user: UNKNOWN_OWNER.to_owned(),
-                key: Some(revoked.key.clone()),
-                ended: Some(ended.clone()),
-            };
-            (revoked.fingerprint.clone(), record)
-        })
-        .collect()
 }
 
 /// Every key read from a home, by fingerprint (`TYPE BASE64`).
@@ -266,23 +234,6 @@ pub fn next(inputs: Inputs<'_>) -> Next {
     }
 }
 
-/// The list's bytes: header, `TYPE BASE64 FINGERPRINT` lines, then the fingerprints without a key.
-fn render_list<'a>(
-    keys: impl Iterator<Item = (&'a str, &'a str)>,
-    unenforceable: &[String],
-) -> Vec<u8> {
-    let mut text = format!("{HEADER}\n");
-    for (fingerprint, key) in keys {
-        text.push_str(&format!("{key} {fingerprint}\n"));
-    }
-    for fingerprint in unenforceable {
-        text.push_str(&format!(
-            "# {fingerprint} denied; its key was never seen, so RevokedKeys cannot name it\n"
-        ));
-    }
-    text.into_bytes()
-}
-
 /// Why the guard holds the growth of the list, if it does. `previous` is the published records,
 /// `next` this run's. Counted are keys that go on the list while their person keeps their access:
 /// people in `exempt` (removed from an access group, judged by the removal guard already, or
@@ -346,7 +297,7 @@ pub async fn write(
     layout: &Layout,
     list: &[u8],
 ) -> anyhow::Result<()> {
-    let key = layout.revoked(&crate::publisher::render::sha256_hex(list));
+    let key = layout.revoked(&crate::digest::sha256_hex(list));
     store
         .put(
             &key,
@@ -368,73 +319,15 @@ pub fn keep(layout: &Layout, indexes: [&Index; 2]) -> (String, BTreeSet<String>)
     (format!("{}{REVOKED_PREFIX}", layout.prefix), keep)
 }
 
-/// A line of a list, checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Revoked {
-    pub key_type: String,
-    /// `TYPE BASE64`
-    pub key: String,
-    pub fingerprint: String,
-}
-
-/// Why a list cannot be used.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ListError {
-    #[error("the revocation list does not start with {HEADER:?}")]
-    Header,
-    #[error("revocation list line {line}: {problem}")]
-    Line { line: usize, problem: String },
-}
-
-/// Parses a list, checking every key line: the key must decode to its type, and its fingerprint
-/// must be the one the line names. Comment lines are skipped. Any bad line refuses the whole list
-/// (it was signed: a line that does not parse means the publisher is broken or the object is
-/// not what was signed).
-pub fn parse_list(bytes: &[u8]) -> Result<Vec<Revoked>, ListError> {
-    let text = std::str::from_utf8(bytes).map_err(|_| ListError::Header)?;
-    let mut lines = text.lines();
-    if lines.next() != Some(HEADER) {
-        return Err(ListError::Header);
-    }
-    let mut keys = Vec::new();
-    for (number, line) in lines.enumerate() {
-        let number = number + 2;
-        if line.starts_with('#') {
-            continue;
-        }
-        let bad = |problem: &str| ListError::Line {
-            line: number,
-            problem: problem.to_owned(),
-        };
-        let fields: Vec<&str> = line.split(' ').collect();
-        let [key_type, blob, fingerprint] = fields[..] else {
-            return Err(bad("expected TYPE BASE64 FINGERPRINT"));
-        };
-        let key = format!("{key_type} {blob}");
-        let parsed = ssh_key::PublicKey::from_openssh(&key)
-            .map_err(|e| bad(&format!("not a public key: {e}")))?;
-        if parsed.algorithm().as_str() != key_type {
-            return Err(bad("the key does not decode to its type"));
-        }
-        let actual = parsed.fingerprint(ssh_key::HashAlg::Sha256).to_string();
-        if actual != fingerprint {
-            return Err(bad(&format!("the key's fingerprint is {actual}")));
-        }
-        keys.push(Revoked {
-            key_type: key_type.to_owned(),
-            key,
-            fingerprint: fingerprint.to_owned(),
-        });
-    }
-    Ok(keys)
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
 
     use super::*;
     use crate::bucket::index::records_from_json;
+    use crate::bucket::revocation_list::{
+        HEADER, ListError, owners_view, parse_list, records_from_list,
+    };
 
     const ED_A: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOPAo/RxVnDzNjGvP41+SlwXlH4IbNrQebofz9HvuaWq";

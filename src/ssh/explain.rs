@@ -32,6 +32,7 @@ use super::agent::AgentKey;
 use super::bastion::Bastion;
 use super::{Instance, LoginUser};
 use crate::bucket::group_file::PublishedFile;
+use crate::bucket::group_file::VIA_SEPARATOR;
 use crate::bucket::index::{Index, Layout, Owners};
 use crate::bucket::published::Published;
 use crate::bucket::signing::Verifier;
@@ -39,7 +40,7 @@ use crate::bucket::store::{S3Store, Timeouts};
 use crate::instance::host_groups;
 use crate::keys::{self, KeyPolicy};
 use crate::publisher::policy::{AUTOMATION_PREFIX, Policy};
-use crate::publisher::resolve::{EVERYWHERE, VIA_SEPARATOR};
+use crate::publisher::resolve::EVERYWHERE;
 use crate::settings::Settings;
 
 /// Reads for a person at a prompt: a few seconds, a few attempts.

@@ -12,12 +12,12 @@ use std::collections::HashMap;
 
 use anyhow::Context as _;
 
-use crate::bucket::group_lookup::{Lookup, Statement, split_seal};
+use crate::bucket::group_lookup::{Lookup, seal_with_roots, split_seal};
 use crate::bucket::index::Index;
 use crate::bucket::signing::Signer;
 use crate::bucket::store::{Fetched, ObjectStore as _};
 use crate::cmd::plan::Prepared;
-use crate::publisher::render::sha256_hex;
+use crate::digest::sha256_hex;
 
 /// `index` with a seal on every group (none without `signer`).
 pub(crate) async fn sealed(
@@ -74,40 +74,6 @@ pub(crate) async fn sealed(
     }
     seal_with_roots(&mut index, &roots, signer)?;
     Ok(index)
-}
-
-/// Seals every group of `index`, the root of each group's lookup taken from `roots` (by the
-/// file's SHA-256); a group without a root is left unsealed.
-pub fn seal_with_roots(
-    index: &mut Index,
-    roots: &HashMap<String, String>,
-    signer: &Signer,
-) -> anyhow::Result<()> {
-    let deployment = index.deployment.clone().unwrap_or_default();
-    let not_after = index.not_after.clone().unwrap_or_default();
-    let canary = index.canary.clone().unwrap_or_default();
-    let generation = index.generation;
-    for (name, entry) in &mut index.groups {
-        let Some(root) = roots.get(&entry.sha256) else {
-            entry.seal = None;
-            continue;
-        };
-        let statement = Statement {
-            deployment: &deployment,
-            group: name,
-            generation,
-            not_after: &not_after,
-            sha256: &entry.sha256,
-            lookup: root,
-            canary: &canary,
-        };
-        entry.seal = Some(
-            statement
-                .seal(signer)
-                .with_context(|| format!("sealing access group {name}"))?,
-        );
-    }
-    Ok(())
 }
 
 /// A group's file as the bucket holds it, checked against the SHA-256 the index records.
