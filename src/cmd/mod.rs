@@ -2,7 +2,12 @@
 //! process [`Exit`](crate::exit::Exit). Commands wire the stages together; they hold no logic of
 //! their own that a test would want to reach without the command line.
 
+use std::io::Write as _;
 use std::path::PathBuf;
+
+use anyhow::Context as _;
+
+use crate::publisher::plan::Plan;
 
 pub mod authorized_keys;
 pub mod canary;
@@ -38,6 +43,20 @@ pub enum Format {
     Text,
     Json,
     Markdown,
+}
+
+/// Writes the plan's report to stdout as it is formatted (never the whole report in memory).
+pub(crate) fn print_plan(plan: &Plan, format: Format) -> anyhow::Result<()> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    match format {
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut out, plan)?;
+            writeln!(out)?;
+        }
+        Format::Markdown => crate::publisher::report::markdown(plan, &mut out)?,
+        Format::Text => crate::publisher::report::text(plan, &mut out)?,
+    }
+    out.flush().context("writing the plan to stdout")
 }
 
 /// `--now RFC3339` (hidden): judge the policy's `until` dates and AD account expiry and lockout as

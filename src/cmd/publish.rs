@@ -26,7 +26,6 @@ use anyhow::Context;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::plan::Prepared;
 use super::{Format, GlobalArgs};
 use crate::bucket::index::Index;
 use crate::bucket::signing::Signer;
@@ -36,6 +35,7 @@ use crate::exit::{EXIT_CODES_HELP, Exit, coded};
 use crate::metrics::{self, RunMetrics};
 use crate::publisher::lock::PublishLock;
 use crate::publisher::plan::Action;
+use crate::publisher::prepare::Prepared;
 use crate::settings::Settings;
 
 /// Group files written at the same time.
@@ -132,7 +132,7 @@ async fn publish(
     let _lock = PublishLock::acquire(&settings.safety.lock_file)?;
     let selection: BTreeSet<String> = args.groups.iter().cloned().collect();
     let selected = (!selection.is_empty()).then_some(&selection);
-    let start = super::plan::Start {
+    let start = crate::publisher::prepare::Start {
         min_generation: args.min_generation,
         now: args.clock.now(),
         accept_index: args.accept_index.clone(),
@@ -143,7 +143,7 @@ async fn publish(
     let mut prepared = within(
         deadline,
         "reading AD, the homes and S3",
-        super::plan::prepare(&settings, selected, &start),
+        crate::publisher::prepare::prepare(&settings, selected, &start),
     )
     .await??;
     if selected.is_some() && prepared.published.index.is_legacy() {
@@ -175,7 +175,7 @@ async fn publish(
     count(figures, &prepared);
     let plan = &prepared.plan;
     // The report is for people: a closed stdout (`publish | head`) must not stop the publish.
-    if let Err(error) = super::plan::print_plan(plan, args.format) {
+    if let Err(error) = super::print_plan(plan, args.format) {
         tracing::warn!("could not write the plan report: {error:#}");
     }
 
@@ -473,7 +473,7 @@ async fn prune(prepared: &Prepared) {
 async fn publish_denials(
     prepared: &Prepared,
     signer: Option<&Signer>,
-    start: &super::plan::Start,
+    start: &crate::publisher::prepare::Start,
 ) -> anyhow::Result<Vec<String>> {
     let affected: Vec<String> = prepared
         .plan

@@ -18,6 +18,7 @@ pub mod lock;
 pub mod plan;
 pub mod policy;
 pub mod policy_diff;
+pub mod prepare;
 pub mod render;
 pub mod report;
 pub mod resolve;

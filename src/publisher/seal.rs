@@ -16,8 +16,8 @@ use crate::bucket::group_lookup::{Lookup, seal_with_roots, split_seal};
 use crate::bucket::index::Index;
 use crate::bucket::signing::Signer;
 use crate::bucket::store::{Fetched, ObjectStore as _};
-use crate::cmd::plan::Prepared;
 use crate::digest::sha256_hex;
+use crate::publisher::prepare::Prepared;
 
 /// `index` with a seal on every group (none without `signer`).
 pub(crate) async fn sealed(
