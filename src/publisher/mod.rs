@@ -19,6 +19,7 @@ pub mod plan;
 pub mod policy;
 pub mod policy_diff;
 pub mod prepare;
+pub mod publish;
 pub mod render;
 pub mod report;
 pub mod resolve;
