@@ -12,6 +12,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::probe::{HostResult, Verdict};
+use crate::markdown;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HostReport {
@@ -105,6 +106,10 @@ impl Report {
         out
     }
 
+    /// The report for a pull-request comment or a CI summary. Host names come from the inventory
+    /// or from EC2, details from what a host's sshd or ssh printed: text that whoever runs a host
+    /// (or tags an instance) controls, so each goes through [`crate::markdown`] and can neither
+    /// split the table nor become a link, an image or a mention.
     pub fn markdown(&self) -> String {
         let mut out = format!(
             "**{}**\n\n| host | result | detail |\n|---|---|---|\n",
@@ -113,10 +118,10 @@ impl Report {
         for host in &self.hosts {
             let _ = writeln!(
                 out,
-                "| `{}` | {} | {} |",
-                host.probe.host.replace('`', "'"),
+                "| {} | {} | {} |",
+                markdown::code(&host.probe.host),
                 host.probe.result.name(),
-                escape_markdown(&host.probe.detail)
+                markdown::prose(&host.probe.detail)
             );
         }
         out
@@ -217,23 +222,6 @@ pub fn stats(values: &[f64]) -> Option<Stats> {
     })
 }
 
-/// Text a host's sshd or ssh printed, made inert in Markdown.
-fn escape_markdown(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if matches!(
-            c,
-            '|' | '`' | '*' | '_' | '[' | ']' | '<' | '>' | '#' | '!' | '@' | '\\'
-        ) {
-            out.push('\\');
-        }
-        if !c.is_control() {
-            out.push(c);
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,6 +260,56 @@ mod tests {
             report
                 .text()
                 .contains("canary: 2 host(s): 1 ok, 1 not_revoked")
+        );
+    }
+
+    /// The cell borders of a table row: its pipes that Markdown does not read as text (GFM splits
+    /// a row at every unescaped `|`, inside a code span too).
+    fn cell_borders(row: &str) -> usize {
+        row.matches('|').count() - row.matches("\\|").count()
+    }
+
+    #[test]
+    fn a_pipe_in_a_host_name_does_not_split_its_row() {
+        let report = Report::of_probe(vec![
+            host("web|1.internal", Verdict::Ok),
+            host("db`|`1", Verdict::NotRevoked),
+        ])
+        .markdown();
+        let rows: Vec<&str> = report.lines().filter(|l| l.starts_with('|')).collect();
+        assert_eq!(rows.len(), 4, "{report}");
+        for row in rows {
+            assert_eq!(cell_borders(row), 4, "{row:?} in:\n{report}");
+        }
+        assert!(report.contains("| `web\\|1.internal` | ok |"), "{report}");
+    }
+
+    #[test]
+    fn a_detail_or_host_cannot_mention_link_or_embed() {
+        let mut hostile = host("ops@web-1", Verdict::NotGranted);
+        hostile.detail =
+            "Permission denied; cc @corp/security-team, see [docs](https://evil.example/x) \
+                          ![pixel](https://evil.example/p.png) <img src=x onerror=alert(1)> \
+                          www.evil.example\n# heading"
+                .into();
+        let report = Report::of_probe(vec![hostile]).markdown();
+        // GitHub finds mentions in the rendered text, where a backslash before `@` is gone.
+        assert!(!report.contains("@corp"), "a mention passes:\n{report}");
+        let live = crate::markdown::live_text(&report);
+        for construct in ["](", "![", "<img", "https://", "www.", "#"] {
+            assert!(
+                !live.contains(construct),
+                "{construct:?} is live in:\n{report}"
+            );
+        }
+        assert_eq!(
+            report.lines().count(),
+            5,
+            "the detail stays on its row:\n{report}"
+        );
+        assert!(
+            report.contains("| `ops@web-1` | not_granted | Permission denied"),
+            "{report}"
         );
     }
 

@@ -79,7 +79,7 @@ pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
             Exit::Invalid,
             anyhow::anyhow!(
                 "no settings: neither {} nor {} exists (or give --config): write [ssh] and \
-                 [ssh.bastions] there (README, \"For engineers\")",
+                 [ssh.bastions] there (see docs/engineers.md)",
                 settings::DEFAULT_PATH,
                 path.display()
             ),

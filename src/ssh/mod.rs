@@ -112,7 +112,7 @@ impl LoginUser {
 /// What a build without the `ec2` feature says to `keyhole ssh`.
 const NO_EC2: &str = "this keyhole was built without the `ec2` feature, so it cannot look \
      instances up (DescribeInstances): install an engineer's build (`cargo install --locked \
-     --path . --features ec2`, see the README's \"For engineers\")";
+     --path . --features ec2`, see docs/engineers.md)";
 
 /// Whether this build can look instances up: an error saying how to get one that can.
 pub fn require_ec2() -> anyhow::Result<()> {
