@@ -7,7 +7,7 @@
 //! lookup with the per-group seal; [`names`] the access group name rule; [`head`] the
 //! publisher's memory of the index it last committed; [`signing`] the keys and signatures;
 //! [`trust`] the rules every reader applies (deployment, format, freshness, succession);
-//! [`published`] reads what is there now; [`revocation_list`] is the list sshd's `RevokedKeys`
+//! [`published`] reads what is there now; [`verify`] judges all of it against the index; [`revocation_list`] is the list sshd's `RevokedKeys`
 //! reads.
 
 pub mod group_file;
@@ -20,3 +20,4 @@ pub mod revocation_list;
 pub mod signing;
 pub mod store;
 pub mod trust;
+pub mod verify;
