@@ -13,7 +13,7 @@
 //!
 //! During an S3 outage, logins stay fast: after a failed refresh (here or by `keyhole refresh`)
 //! a login whose every access group still has a copy within `max_stale` serves it without trying
-//! S3 again for [`OUTAGE_BACKOFF`], so only one login per back-off period pays `fetch_timeout`.
+//! S3 again for [`OUTAGE_BACKOFF`](crate::instance::fetch::OUTAGE_BACKOFF), so only one login per back-off period pays `fetch_timeout`.
 //! `keyhole refresh` still tries every time, and its success ends the back-off at once. The
 //! back-off is a one-line file in `cache_dir`; if it cannot be written, logins just keep trying.
 //!
@@ -23,58 +23,15 @@
 //! stdout carries key lines and nothing else, ever; everything else goes to stderr and syslog.
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use anyhow::Context as _;
-
 use super::GlobalArgs;
-use crate::bucket::index::Index;
-use crate::bucket::index::Layout;
-use crate::bucket::signing::Verifier;
-use crate::bucket::store::{S3Store, Timeouts};
 use crate::exit::{EXIT_CODES_HELP, Exit};
+use crate::instance::fetch::{OUTAGE_BACKOFF, backing_off, deployment, fetch, verifier};
 use crate::instance::serve::{self, Expect, Served};
 use crate::instance::state::State;
 use crate::instance::{self, Attribution, Cache, host_groups};
 use crate::settings::Settings;
-
-/// After a failed refresh, how long logins serve a servable cache without trying S3 again.
-pub const OUTAGE_BACKOFF: Duration = Duration::from_secs(60);
-
-/// The file in `cache_dir` that holds when the last refresh failed (Unix milliseconds).
-const BACKOFF_FILE: &str = "refresh-failed-at";
-
-fn backoff_file(cache_dir: &Path) -> PathBuf {
-    cache_dir.join(BACKOFF_FILE)
-}
-
-/// True while a refresh failed less than [`OUTAGE_BACKOFF`] ago (a clock that went back counts
-/// as expired, so a wrong time never stops refreshes for long).
-fn backing_off(cache_dir: &Path, now: SystemTime) -> bool {
-    let Ok(text) = std::fs::read_to_string(backoff_file(cache_dir)) else {
-        return false;
-    };
-    let Ok(failed_at) = text.trim().parse::<u64>() else {
-        return false;
-    };
-    let now = instance::unix_millis(now);
-    now >= failed_at && Duration::from_millis(now - failed_at) < OUTAGE_BACKOFF
-}
-
-fn record_failure(cache_dir: &Path, now: SystemTime) {
-    let written = std::fs::write(
-        backoff_file(cache_dir),
-        format!("{}\n", instance::unix_millis(now)),
-    );
-    if let Err(error) = written {
-        tracing::debug!("could not record the failed refresh (logins keep trying): {error}");
-    }
-}
-
-fn clear_failure(cache_dir: &Path) {
-    let _ = std::fs::remove_file(backoff_file(cache_dir));
-}
 
 /// Print the SSH keys USER may log in with on this host (for sshd's AuthorizedKeysCommand, as
 /// `keyhole authorized-keys %u %f`). Only `instance.login_user` gets keys; any other user gets
@@ -205,93 +162,6 @@ pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
         Exit::Failure
     } else {
         Exit::Success
-    })
-}
-
-fn verifier(instance: &crate::settings::InstanceSettings) -> anyhow::Result<Option<Verifier>> {
-    instance
-        .verify_key
-        .as_deref()
-        .map(Verifier::parse)
-        .transpose()
-        .context("instance.verify_key")
-}
-
-/// The deployment this host reads, as a signed index must name it.
-fn deployment(settings: &Settings) -> anyhow::Result<String> {
-    let s3 = settings.s3()?;
-    Ok(crate::bucket::index::deployment(&s3.bucket, &s3.prefix))
-}
-
-/// Refreshes the cache from S3, all of it bounded by `timeout`; returns the index now cached.
-///
-/// The only place an instance command starts an async runtime, and a single-threaded one: a
-/// login served from a fresh cache never gets here, and a refresh makes one request at a time.
-pub(crate) fn fetch(
-    settings: &Settings,
-    cache: &Cache,
-    timeout: std::time::Duration,
-) -> anyhow::Result<Index> {
-    let instance = settings.instance()?;
-    let s3 = settings.s3()?;
-    let verifier = verifier(instance)?;
-    let deployment = deployment(settings)?;
-    let work = async {
-        let store = S3Store::connect(
-            s3,
-            Timeouts {
-                connect: timeout,
-                operation: timeout,
-                attempts: 1,
-            },
-        )
-        .await;
-        let layout = Layout {
-            prefix: s3.prefix.clone(),
-        };
-        instance::refresh(
-            &store,
-            &layout,
-            &deployment,
-            cache,
-            instance,
-            verifier.as_ref(),
-            SystemTime::now(),
-        )
-        .await
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let (result, outage) = runtime.block_on(async {
-        match tokio::time::timeout(timeout, work).await {
-            Ok(result) => {
-                let outage = result.as_ref().err().is_some_and(unreachable);
-                (result, outage)
-            }
-            Err(_) => (
-                Err(anyhow::anyhow!("S3 did not answer within {timeout:?}")),
-                true,
-            ),
-        }
-    });
-    // Only an outage starts the back-off: an index refused for what it says (a rollback, a bad
-    // signature) comes from a reachable S3, and the next login may well find it fixed.
-    match &result {
-        Ok(_) => clear_failure(&instance.cache_dir),
-        Err(_) if outage => record_failure(&instance.cache_dir, SystemTime::now()),
-        Err(_) => {}
-    }
-    result
-}
-
-/// Whether a failed refresh failed to reach S3 (as opposed to refusing what S3 said).
-fn unreachable(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| {
-        cause
-            .downcast_ref::<crate::bucket::store::StoreError>()
-            .is_some()
     })
 }
 

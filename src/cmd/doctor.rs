@@ -470,5 +470,5 @@ fn throwaway_refresh(
     if let Some(resolved) = host_groups::read_resolved(cache)? {
         host_groups::write_resolved(&throwaway, &resolved)?;
     }
-    super::authorized_keys::fetch(settings, &throwaway, S3_TIMEOUT)
+    crate::instance::fetch::fetch(settings, &throwaway, S3_TIMEOUT)
 }

@@ -99,7 +99,7 @@ fn refresh(settings: &Settings, cache: &Cache, figures: &mut Figures) -> anyhow:
         tracing::error!("{message}; serving only [instance] access_groups until then");
     }
 
-    let index = super::authorized_keys::fetch(settings, &cache, REFRESH_TIMEOUT)?;
+    let index = crate::instance::fetch::fetch(settings, &cache, REFRESH_TIMEOUT)?;
     let missing: Vec<&String> = groups
         .iter()
         .filter(|group| !index.groups.contains_key(*group))

@@ -46,6 +46,7 @@ use crate::digest::sha256_hex;
 use crate::settings::InstanceSettings;
 
 pub mod doctor;
+pub mod fetch;
 pub mod host_groups;
 pub mod imds;
 pub mod revoked;
