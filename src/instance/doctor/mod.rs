@@ -2,13 +2,15 @@
 //! [`Finding`] with what was seen and how to fix it.
 //!
 //! Most checks are pure functions of what the command gathered (the effective sshd config as
-//! `sshd -T` prints it, file metadata, account entries) so that each rule is unit-tested; the
-//! command (`cmd::doctor`) does the gathering. The rules are sshd's own (OpenSSH `auth2-pubkey.c`,
+//! `sshd -T` prints it, file metadata, account entries) so that each rule is unit-tested; [`examine`]
+//! does the gathering. The rules are sshd's own (OpenSSH `auth2-pubkey.c`,
 //! `misc.c: safe_path`): the first value of a keyword wins, `-o` on sshd's command line beats
 //! every file, and the AuthorizedKeysCommand and every directory above it must be owned by root
 //! and writable by nobody else, or sshd refuses to run it and logs in nobody through it.
 //!
 //! Doctor only reads: it never changes the sshd config, the cache, or anything in S3.
+
+pub mod examine;
 
 use std::ffi::{CStr, CString};
 use std::fmt::Write as _;
