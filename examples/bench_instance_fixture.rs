@@ -230,7 +230,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn fingerprint(line: &str) -> String {
-    keyhole::canary::fingerprint(line).unwrap_or_default()
+    keyhole::bucket::canary_line::fingerprint(line).unwrap_or_default()
 }
 
 /// Runs a store future to completion on the fixture's runtime.

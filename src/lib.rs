@@ -11,6 +11,10 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+mod architecture;
+
 pub mod bucket;
 pub mod canary;
 pub mod cmd;

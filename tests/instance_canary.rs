@@ -138,7 +138,7 @@ fn a_pasted_canary_key_is_dropped_by_the_publisher_and_only_ever_runs_the_marker
     };
     assert_eq!(
         run(&keys.join("current"), "echo pwned").as_deref(),
-        Some(keyhole::canary::MARKER),
+        Some(keyhole::bucket::canary_line::MARKER),
         "{}",
         sshd.log()
     );

@@ -642,7 +642,7 @@ fn the_canary_key_pasted_into_a_members_file_only_ever_prints_the_marker() {
     let canary = homes.key("canary", "ed25519");
     let canary_line = format!(
         "{} {} keyhole-canary",
-        keyhole::canary::OPTIONS,
+        keyhole::bucket::canary_line::OPTIONS,
         canary
             .line
             .split_whitespace()
@@ -673,7 +673,7 @@ fn the_canary_key_pasted_into_a_members_file_only_ever_prints_the_marker() {
     let session = ssh_run(&sshd, LOGIN_USER, &canary.private, "echo pwned");
     assert_eq!(
         session.as_deref().map(str::trim),
-        Some(keyhole::canary::MARKER),
+        Some(keyhole::bucket::canary_line::MARKER),
         "{}",
         sshd.log()
     );
@@ -681,7 +681,7 @@ fn the_canary_key_pasted_into_a_members_file_only_ever_prints_the_marker() {
         sshd.log().contains(&format!(
             "{} = {}",
             canary.fingerprint,
-            keyhole::canary::NAME
+            keyhole::bucket::canary_line::NAME
         )),
         "{}",
         sshd.log()

@@ -301,7 +301,7 @@ mod tests {
     const CAROL: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ+IR8TskynvftW3EfRyCVskOiAVP6iaiVeXwIV7bhM8 carol@host";
 
     fn fingerprint(line: &str) -> String {
-        crate::canary::fingerprint(line).unwrap()
+        crate::bucket::canary_line::fingerprint(line).unwrap()
     }
 
     fn file() -> Vec<u8> {

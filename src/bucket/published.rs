@@ -480,38 +480,6 @@ fn judge_base(
     Ok(false)
 }
 
-/// What this host trusted last, for `verify` and `whois` to apply as an instance would: the
-/// publisher's head (beside `safety.lock_file`) when there is one, else an instance's cached
-/// index; `None` when this host has neither.
-pub fn local_seen(settings: &Settings) -> anyhow::Result<Option<crate::bucket::trust::Seen>> {
-    let head_path = crate::bucket::head::path_beside(&settings.safety.lock_file);
-    if let Some(head) = crate::bucket::head::Head::load(&head_path)? {
-        return Ok(Some(crate::bucket::trust::Seen {
-            generation: head.generation,
-            sha256: head.sha256,
-            format: crate::bucket::index::FORMAT,
-            source: format!("this publisher's head {}", head_path.display()),
-        }));
-    }
-    let Ok(instance) = settings.instance() else {
-        return Ok(None);
-    };
-    let cache = crate::instance::Cache::new(&instance.cache_dir);
-    Ok(cache
-        .index()
-        .ok()
-        .flatten()
-        .map(|(meta, index)| crate::bucket::trust::Seen {
-            generation: meta.generation,
-            sha256: meta.sha256,
-            format: index.format,
-            source: format!(
-                "the instance's cached index in {}",
-                instance.cache_dir.display()
-            ),
-        }))
-}
-
 /// The key signatures are checked with: `instance.verify_key` (what the instances trust), else
 /// the public half of `[signing] key_file`; `None` when neither is configured.
 pub fn verifier(settings: &Settings) -> anyhow::Result<Option<Verifier>> {

@@ -28,17 +28,9 @@ pub mod rotate;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use crate::bucket::canary_line::{MARKER, OPTIONS, fingerprint};
 use crate::bucket::group_file::any_key_policy;
 use crate::keys;
-
-/// What the canary's forced command prints; a probe is accepted only when it sees it.
-pub const MARKER: &str = "keyhole-canary-ok";
-
-/// How `whois` and login attribution name the canary key.
-pub const NAME: &str = "the keyhole audit canary";
-
-/// The options every instance serves the canary key with.
-pub const OPTIONS: &str = "restrict,command=\"echo keyhole-canary-ok\"";
 
 /// The canary key pair files in `key_dir`: `current` or `previous`.
 pub fn key_path(key_dir: &Path, which: &str) -> PathBuf {
@@ -83,14 +75,6 @@ pub fn shipped_key(line: &str) -> Option<(String, String)> {
             let text = format!("{} {}", key.key_type, key.blob);
             (key.fingerprint.as_str().to_owned(), text)
         })
-}
-
-/// The fingerprint of a canary line (as shipped in the index).
-pub fn fingerprint(line: &str) -> Option<String> {
-    keys::parse_authorized_keys(line, &any_key_policy())
-        .keys
-        .pop()
-        .map(|key| key.fingerprint.as_str().to_owned())
 }
 
 /// The canary keys a publisher keeps out of every member's file: `key_dir`'s current and

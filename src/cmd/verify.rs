@@ -65,7 +65,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
     let observed = observe(&store, &layout).await?;
     let now = SystemTime::now();
     let mut findings = judge(&layout, &observed, verifier.as_ref(), now);
-    let seen = crate::bucket::published::local_seen(&settings)?;
+    let seen = crate::instance::fetch::local_seen(&settings)?;
     findings.extend(judge_trust(
         &layout,
         &observed,

@@ -95,7 +95,7 @@ async fn from_bucket(settings: &Settings, fingerprint: &str) -> anyhow::Result<A
         );
     }
     // The trust an instance applies: an index every instance refuses names nobody.
-    let seen = crate::bucket::published::local_seen(settings)?;
+    let seen = crate::instance::fetch::local_seen(settings)?;
     let published = Published::for_reading(
         &store,
         &layout,

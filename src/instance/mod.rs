@@ -100,9 +100,9 @@ impl Attribution {
     /// The audit canary, when `fingerprint` is the canary key of `canary_line` (the line an index
     /// ships, see `canary`).
     pub fn canary(canary_line: Option<&str>, fingerprint: &str) -> Option<Attribution> {
-        let canary = canary_line.and_then(crate::canary::fingerprint)?;
+        let canary = canary_line.and_then(crate::bucket::canary_line::fingerprint)?;
         (canary == fingerprint).then(|| Attribution {
-            user: crate::canary::NAME.to_owned(),
+            user: crate::bucket::canary_line::NAME.to_owned(),
             groups: BTreeMap::new(),
         })
     }
@@ -1159,7 +1159,7 @@ mod tests {
     #[test]
     fn the_canary_comes_first_and_never_as_a_group_line() {
         let world = World::new();
-        let canary = format!("{} {}", crate::canary::OPTIONS, CAROL);
+        let canary = format!("{} {}", crate::bucket::canary_line::OPTIONS, CAROL);
         world.publish(1, &[("web", web()), ("db", db())], Some(&canary));
         world.refresh().unwrap();
         // Carol's key is the canary's: offered, only the canary's line.

@@ -97,7 +97,7 @@ pub fn serve(
     }
 
     let canary_line = manifest.canary.as_deref();
-    let canary_fingerprint = canary_line.and_then(crate::canary::fingerprint);
+    let canary_fingerprint = canary_line.and_then(crate::bucket::canary_line::fingerprint);
     let offered_canary = fingerprint.is_some() && fingerprint == canary_fingerprint.as_deref();
     let mut trust = Trust::new(state, expect);
     let mut served = Served::default();

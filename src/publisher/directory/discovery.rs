@@ -22,7 +22,6 @@ use hickory_resolver::Resolver;
 use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig, ResolverOpts};
 use hickory_resolver::name_server::TokioConnectionProvider;
 
-use super::ldap::DirectoryError;
 use crate::settings::LdapSettings;
 
 /// The port AD serves LDAPS on.
@@ -37,8 +36,16 @@ pub struct SrvTarget {
     pub host: String,
 }
 
+/// DNS named no domain controller keyhole may use.
+#[derive(Debug, thiserror::Error)]
+#[error("finding the domain controllers of {domain} in DNS: {reason}")]
+pub struct DiscoveryError {
+    pub domain: String,
+    pub reason: String,
+}
+
 /// The URLs to try, in order: `url` first, then the SRV targets (duplicates dropped).
-pub async fn candidates(settings: &LdapSettings) -> Result<Vec<String>, DirectoryError> {
+pub async fn candidates(settings: &LdapSettings) -> Result<Vec<String>, DiscoveryError> {
     let mut urls = settings.urls.clone();
     if let Some(domain) = &settings.srv {
         match lookup(domain, settings).await {
@@ -54,7 +61,7 @@ pub async fn candidates(settings: &LdapSettings) -> Result<Vec<String>, Director
                     );
                 }
                 if inside.is_empty() && urls.is_empty() {
-                    return Err(DirectoryError::Discovery {
+                    return Err(DiscoveryError {
                         domain: domain.clone(),
                         reason: format!(
                             "no SRV target is inside {domain} (_ldap._tcp.{domain} named only {}); keyhole binds only to DCs inside the AD domain",
@@ -83,7 +90,7 @@ pub async fn candidates(settings: &LdapSettings) -> Result<Vec<String>, Director
                 tracing::warn!(domain, "no DCs from DNS ({reason}); trying the listed URLs");
             }
             Err(reason) => {
-                return Err(DirectoryError::Discovery {
+                return Err(DiscoveryError {
                     domain: domain.clone(),
                     reason,
                 });

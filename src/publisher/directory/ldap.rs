@@ -122,8 +122,8 @@ pub enum DirectoryError {
     Unreachable { url: String, reason: String },
     #[error("no domain controller could be used ({} tried):\n{}", failures.len(), failures.iter().map(|(url, reason)| format!("  {url}: {reason}")).collect::<Vec<_>>().join("\n"))]
     AllFailed { failures: Vec<(String, String)> },
-    #[error("finding the domain controllers of {domain} in DNS: {reason}")]
-    Discovery { domain: String, reason: String },
+    #[error(transparent)]
+    Discovery(#[from] super::discovery::DiscoveryError),
     #[error("LDAP error while {doing}: {source}")]
     Protocol {
         doing: String,
