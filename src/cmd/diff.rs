@@ -14,7 +14,7 @@ use crate::exit::{EXIT_CODES_HELP, Exit};
 use crate::publisher::directory;
 use crate::publisher::git::Repo;
 use crate::publisher::policy::counts;
-use crate::publisher::policy_diff::{
+use crate::publisher::policy::diff::{
     self, DiagnosticEntry, PolicyDiff, Reading, Report, Side, Status, diff_policies,
     diff_resolutions,
 };
@@ -89,11 +89,11 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
 
     // Base diagnostics name the revision too, as `git show` would: they are not about the file
     // the reader has open.
-    let base_reading = policy_diff::read(
+    let base_reading = diff::read(
         Path::new(&format!("{}:{shown}", args.base)),
         base_file.bytes.as_deref(),
     );
-    let head_reading = policy_diff::read(&path, Some(&head_bytes));
+    let head_reading = diff::read(&path, Some(&head_bytes));
     let base = side(
         Some(&args.base),
         Some(base_file.commit),
@@ -103,9 +103,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
     let head = side(args.head.as_deref(), head_commit, &shown, &head_reading);
     let mut notes = base_notes(&base, &base_reading);
 
-    let base_policy = base_reading
-        .policy
-        .unwrap_or_else(policy_diff::empty_policy);
+    let base_policy = base_reading.policy.unwrap_or_else(diff::empty_policy);
     let mut diff = match &head_reading.policy {
         Some(head_policy) => diff_policies(&base_policy, head_policy),
         None => PolicyDiff::default(),
@@ -151,9 +149,9 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
         notes,
     };
     let rendered = match args.format {
-        Format::Text => policy_diff::text(&report),
+        Format::Text => diff::text(&report),
         Format::Json => serde_json::to_string_pretty(&report)? + "\n",
-        Format::Markdown => policy_diff::markdown(&report),
+        Format::Markdown => diff::markdown(&report),
     };
     print!("{rendered}");
 

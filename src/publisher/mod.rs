@@ -5,7 +5,7 @@
 //! group → people) → [`homes`] (their `authorized_keys`) → [`render`] (one file per group) →
 //! [`plan`] (what changes against what is published) → [`publish`] (the commit protocol).
 //! [`gather`] runs the first four for a command; [`lock`] and [`revocation`] keep a publisher
-//! honest across runs; [`seal`] signs each group for its logins; [`report`] and [`policy_diff`] are what it prints.
+//! honest across runs; [`seal`] signs each group for its logins; [`report`] and [`policy::diff`] are what it prints.
 //! Nothing here is imported by `instance/` or `canary/`: they read the bucket through
 //! [`crate::bucket`] only.
 
@@ -17,7 +17,6 @@ pub mod homes;
 pub mod lock;
 pub mod plan;
 pub mod policy;
-pub mod policy_diff;
 pub mod prepare;
 pub mod publish;
 pub mod render;

@@ -23,6 +23,8 @@
 //! - `[access_groups.X] options = [...]`: restrictions added to every key line of the group (see
 //!   `keys::merge` for which options and how they merge).
 
+pub mod diff;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::ops::Range;
