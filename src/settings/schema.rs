@@ -515,7 +515,7 @@ fn fix(kind: Kind, key: &str, value: &DeValue<'_>) -> String {
             format!(": write {key} = \"{number}s\" for seconds (or m, h, d)")
         }
         (Kind::List, DeValue::String(text)) => format!(": write {key} = [{:?}]", text.as_ref()),
-        (Kind::Text | Kind::TextOrList, _) => scalar
+        (Kind::Text, _) => scalar
             .map(|text| format!(": write {key} = \"{text}\""))
             .unwrap_or_default(),
         _ => String::new(),

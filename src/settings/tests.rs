@@ -478,3 +478,265 @@ fn an_engineer_without_etc_keyhole_reads_their_own_file() {
         Path::new("/etc/other.toml")
     );
 }
+
+// ---- How problems read: every one at once, at its place, in words. ----
+
+/// One file with a problem of every family the schema checks, each on its own line.
+const EVERY_PROBLEM: &str = r#"[ldap]
+url = 5
+bind_dn = "CN=svc,DC=corp,DC=example,DC=com"
+password_file = "ldap-password"
+base_dn = "DC=corp,DC=example,DC=com"
+page_size = "big"
+timeout = 30
+member_range = "1500"
+
+[homes]
+concurency = 3
+lock_file = "/run/keyhole/publish.lock"
+read_timeout = "5 fortnights"
+
+[s3]
+prefix = "ssh"
+force_path_style = "true"
+
+[keys]
+allowed_types = "ssh-ed25519"
+max_keys_per_user = 99999999999
+forbidden_options = ["agent-forwarding", 7]
+
+[safety]
+max_removed_fraction = "0.5"
+
+[instnce]
+login_user = "ec2-user"
+
+[signing]
+validity = "1d"
+"#;
+
+#[test]
+fn every_problem_is_reported_at_once_at_its_place_in_words() {
+    let errors = parse(EVERY_PROBLEM, &[]).unwrap_err();
+    insta::assert_snapshot!("every_problem", errors.join("\n"));
+    // Each line of the file above that holds a mistake has its problem, and no other.
+    assert_eq!(errors.len(), 15, "{errors:#?}");
+    for parser_words in [
+        "invalid type",
+        "untagged",
+        "OneOrMany",
+        "i64",
+        "expected a string",
+        "unknown field",
+    ] {
+        assert!(
+            errors.iter().all(|e| !e.contains(parser_words)),
+            "{parser_words:?} in {errors:#?}"
+        );
+    }
+    // A value reported as the wrong type is not reported again as missing.
+    assert!(
+        errors.iter().all(|e| !e.contains("ldap.url: is required")),
+        "{errors:#?}"
+    );
+}
+
+#[test]
+fn a_wrong_type_points_at_the_value_and_says_what_belongs_there() {
+    let errors = parse(
+        &MINIMAL.replace("url = \"ldaps://dc1.corp.example.com\"", "url = 5"),
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(
+        errors,
+        [
+            "/etc/keyhole/keyhole.toml:3:7: error: ldap.url: must be text in double quotes or a list of them, like \"ldaps://dc1.corp.example.com\" or [\"ldaps://dc1\", \"ldaps://dc2\"], not the number 5"
+        ]
+    );
+    let errors = parse(&format!("{MINIMAL}\n[homes]\nconcurrency = \"big\"\n"), &[]).unwrap_err();
+    assert_eq!(
+        errors,
+        [
+            "/etc/keyhole/keyhole.toml:13:15: error: homes.concurrency: must be a whole number, not the text \"big\""
+        ]
+    );
+}
+
+#[test]
+fn an_unknown_key_names_the_near_key_or_the_section_it_belongs_in() {
+    let errors = parse(
+        &format!("{MINIMAL}\n[homes]\nconcurency = 3\nbucket = \"b\"\nwhatever = 1\n"),
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(errors.len(), 3, "{errors:#?}");
+    assert!(
+        errors[0].ends_with("homes.concurency: unknown key; did you mean concurrency?"),
+        "{errors:#?}"
+    );
+    assert!(
+        errors[1].ends_with("homes.bucket: is not a key of [homes]; it belongs in [s3]"),
+        "{errors:#?}"
+    );
+    assert!(
+        errors[2].contains("homes.whatever: unknown key; [homes] has root, home_prefix"),
+        "{errors:#?}"
+    );
+    let errors = parse(&format!("{MINIMAL}\n[instnce]\nlogin_user = \"u\"\n"), &[]).unwrap_err();
+    assert_eq!(
+        errors,
+        [
+            "/etc/keyhole/keyhole.toml:12:2: error: instnce: unknown section; did you mean [instance]?"
+        ]
+    );
+    let errors = parse(&format!("max_stale = \"1d\"\n{MINIMAL}"), &[]).unwrap_err();
+    assert_eq!(
+        errors,
+        [
+            "/etc/keyhole/keyhole.toml:1:1: error: max_stale: belongs in [instance]: move it below that section's header"
+        ]
+    );
+}
+
+#[test]
+fn a_missing_key_points_at_its_section_and_says_what_to_add() {
+    let errors = parse(&format!("{MINIMAL}\n[signing]\nvalidity = \"1d\"\n"), &[]).unwrap_err();
+    assert_eq!(
+        errors,
+        [
+            "/etc/keyhole/keyhole.toml:12:2: error: signing.key_file: is required: add key_file = … under [signing]"
+        ]
+    );
+}
+
+#[test]
+fn out_of_range_values_say_the_range() {
+    let errors = parse(
+        &format!(
+            "{MINIMAL}\n[homes]\nconcurrency = 99999999999\nmax_carry = \"0s\"\n[keys]\nmin_rsa_bits = 99999999999999999999\n"
+        ),
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(errors.len(), 3, "{errors:#?}");
+    assert!(
+        errors[0].contains("homes.concurrency: 99999999999 is too large (at most 4294967295)"),
+        "{errors:#?}"
+    );
+    assert!(
+        errors[1].contains("homes.max_carry: must be longer than zero"),
+        "{errors:#?}"
+    );
+    assert!(
+        errors[2].contains("keys.min_rsa_bits: 99999999999999999999 is too large"),
+        "{errors:#?}"
+    );
+}
+
+#[test]
+fn a_problem_with_an_overridden_key_names_the_variable_not_the_file() {
+    let errors = parse(
+        &MINIMAL.replace("[s3]", "timeout = \"30s\"\n[s3]"),
+        &[("KEYHOLE_LDAP_TIMEOUT", "soon")],
+    )
+    .unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0].starts_with("environment variable KEYHOLE_LDAP_TIMEOUT:0:0: error: ldap.timeout: \"soon\" is not a duration"),
+        "{errors:#?}"
+    );
+    // A value of the wrong shape in the file is the file's problem, whatever the environment
+    // says (the file alone must be valid, as before the environment was laid over it).
+    let errors = parse(
+        &MINIMAL.replace("[s3]", "timeout = 30\n[s3]"),
+        &[("KEYHOLE_LDAP_TIMEOUT", "30s")],
+    )
+    .unwrap_err();
+    assert!(
+        errors[0].contains(":8:11: error: ldap.timeout"),
+        "{errors:#?}"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_utf8_is_a_problem_at_the_bad_byte() {
+    let errors = Settings::from_bytes(
+        Path::new("k.toml"),
+        b"[s3]\nbucket = \"b\xffb\"\n",
+        Vec::new(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        errors[0].to_string(),
+        "k.toml:2:12: error: the settings file is not valid UTF-8 (TOML files must be UTF-8): save it as UTF-8"
+    );
+}
+
+#[test]
+fn load_reports_every_problem_under_one_prefix_and_exits_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keyhole.toml");
+    std::fs::write(
+        &path,
+        MINIMAL
+            .replace("url = \"ldaps://dc1.corp.example.com\"", "url = 5")
+            .replace("[s3]", "page_size = \"big\"\n[s3]"),
+    )
+    .unwrap();
+    let error = Settings::load(Some(&path)).unwrap_err();
+    assert_eq!(
+        crate::exit::Exit::for_error(&error),
+        crate::exit::Exit::Invalid
+    );
+    let message = format!("{error:#}");
+    let lines: Vec<&str> = message.lines().collect();
+    assert_eq!(lines.len(), 3, "{message}");
+    assert_eq!(
+        lines[0],
+        format!("invalid settings in {}: 2 errors", path.display())
+    );
+    assert!(
+        lines[1].contains("keyhole.toml:3:7: error: ldap.url"),
+        "{message}"
+    );
+    assert!(
+        lines[2].contains("keyhole.toml:8:13: error: ldap.page_size"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("configuration or policy invalid"),
+        "{message}"
+    );
+}
+
+#[test]
+fn every_key_of_the_schema_reaches_the_raw_structs() {
+    for &(section, key, kind) in schema::KEYS {
+        let value = match kind {
+            schema::Kind::Text | schema::Kind::Duration => toml::Value::String("1d".into()),
+            schema::Kind::Integer => toml::Value::Integer(1),
+            schema::Kind::Float => toml::Value::Float(0.5),
+            schema::Kind::Bool => toml::Value::Boolean(true),
+            schema::Kind::List | schema::Kind::TextOrList => {
+                toml::Value::Array(vec![toml::Value::String("a".into())])
+            }
+            schema::Kind::Map => {
+                let mut map = toml::Table::new();
+                map.insert("a".into(), toml::Value::String("b".into()));
+                toml::Value::Table(map)
+            }
+        };
+        let mut table = toml::Table::new();
+        if section.is_empty() {
+            table.insert(key.into(), value);
+        } else {
+            let mut inner = toml::Table::new();
+            inner.insert(key.into(), value);
+            table.insert(section.into(), toml::Value::Table(inner));
+        }
+        if let Err(error) = RawSettings::deserialize(toml::Value::Table(table)) {
+            panic!("{section}.{key} ({kind:?}): {error}");
+        }
+    }
+}
