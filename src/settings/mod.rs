@@ -141,7 +141,9 @@ impl Settings {
         let mut diagnostics = Vec::new();
         // A syntax error is the only problem reported alone: after one, the parser cannot say
         // where the next key starts.
-        let mut document = schema::read(&source, &mut diagnostics).ok_or(diagnostics.clone())?;
+        let Some(mut document) = schema::read(&source, &mut diagnostics) else {
+            return Err(diagnostics);
+        };
 
         let mut password_env = None;
         for (name, value) in environment {
@@ -153,7 +155,8 @@ impl Settings {
         }
         // Every entry left was checked against its shape, so this cannot fail but on a mismatch
         // between `schema::KEYS` and the raw structs, which a test rules out.
-        let raw = match RawSettings::deserialize(toml::Value::Table(document.table.clone())) {
+        let table = std::mem::take(&mut document.table);
+        let raw = match RawSettings::deserialize(toml::Value::Table(table)) {
             Ok(raw) => raw,
             Err(error) => {
                 diagnostics.push(source.error(
