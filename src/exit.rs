@@ -33,7 +33,9 @@ impl Exit {
         // anyhow's downcast looks through every layer of context, where `coded` puts the mark.
         error
             .downcast_ref::<Coded>()
-            .map_or(Exit::Failure, |coded| coded.0)
+            .map(|coded| coded.0)
+            .or_else(|| error.downcast_ref::<Marked>().map(|marked| marked.exit))
+            .unwrap_or(Exit::Failure)
     }
 }
 
@@ -66,6 +68,36 @@ pub fn coded(exit: Exit, error: impl Into<anyhow::Error>) -> anyhow::Error {
     error.into().context(Coded(exit))
 }
 
+/// Marks `error` with its exit code without adding words to its message, for an error whose
+/// first line already says what failed (the settings' "invalid settings in …: 2 errors"), so the
+/// operator reads one prefix, not "…: configuration or policy invalid: …".
+pub fn marked(exit: Exit, error: impl Into<anyhow::Error>) -> anyhow::Error {
+    anyhow::Error::new(Marked {
+        exit,
+        error: error.into(),
+    })
+}
+
+/// An error that reads exactly as the one it wraps and carries its exit code (see [`marked`]).
+#[derive(Debug)]
+struct Marked {
+    exit: Exit,
+    error: anyhow::Error,
+}
+
+impl std::fmt::Display for Marked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.error, f)
+    }
+}
+
+impl std::error::Error for Marked {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        // The wrapped error's own causes, so `{:#}` prints its chain exactly as it would alone.
+        std::error::Error::source(&*self.error)
+    }
+}
+
 /// The exit-code table shown at the end of every command's `--help`.
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
@@ -95,5 +127,12 @@ mod tests {
             format!("{error:#}"),
             "loading settings: configuration or policy invalid: bad key"
         );
+    }
+
+    #[test]
+    fn a_marked_error_keeps_its_code_and_reads_as_itself() {
+        let error = marked(Exit::Invalid, std::io::Error::other("2 errors")).context("outer");
+        assert_eq!(Exit::for_error(&error), Exit::Invalid);
+        assert_eq!(format!("{error:#}"), "outer: 2 errors");
     }
 }

@@ -154,7 +154,7 @@ fn each_family_of_invalid_settings_exits_78() {
             "wrong type",
             Some(valid.replacen("timeout = \"2s\"", "timeout = 2", 1)),
             vec![],
-            "invalid type: integer `2`, expected a string",
+            "ldap.timeout: must be a duration in double quotes",
         ),
         (
             "invalid value",
