@@ -119,6 +119,9 @@ pub struct LdapSettings {
     /// `trust_system_roots = true`: with `srv` and no `ca_file`, accept a DC whose certificate
     /// any public root signed. Off by default: see `crate::directory::discovery`.
     pub trust_system_roots: bool,
+    /// `full_read_interval`: between two full reads, runs read only what changed (see
+    /// `crate::directory::usn`); a full read also sees deletions, which polling cannot.
+    pub full_read_interval: Duration,
 }
 
 /// `[ldap] auth`.
@@ -469,6 +472,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("ldap", "principal", Kind::Text),
     ("ldap", "krb5_conf", Kind::Text),
     ("ldap", "trust_system_roots", Kind::Bool),
+    ("ldap", "full_read_interval", Kind::Text),
     ("homes", "root", Kind::Text),
     ("homes", "home_prefix", Kind::Text),
     ("homes", "read_timeout", Kind::Text),
@@ -650,6 +654,7 @@ struct RawLdap {
     principal: Option<String>,
     krb5_conf: Option<String>,
     trust_system_roots: Option<bool>,
+    full_read_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1101,6 +1106,12 @@ fn validate_ldap(
         lockout_retry: check.duration(S, "lockout_retry", raw.lockout_retry.as_deref(), "10m"),
         auth,
         trust_system_roots,
+        full_read_interval: check.duration(
+            S,
+            "full_read_interval",
+            raw.full_read_interval.as_deref(),
+            "1h",
+        ),
     }
 }
 

@@ -36,6 +36,11 @@ pub struct Args {
     #[arg(long)]
     detailed_exitcode: bool,
 
+    /// Read the whole directory, not only what changed since the last publish (see
+    /// `ldap.full_read_interval`).
+    #[arg(long)]
+    full: bool,
+
     #[command(flatten)]
     clock: super::TestClock,
 }
@@ -44,6 +49,11 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
     let settings = Settings::load(global.config.as_deref())?;
     let start = Start {
         now: args.clock.now(),
+        // plan holds no lock: it reads the directory state, and only publish writes it.
+        directory: crate::gather::DirectoryRun {
+            force_full: args.full,
+            keep_state: false,
+        },
         ..Start::default()
     };
     let prepared = prepare(&settings, None, &start).await?;
@@ -158,6 +168,8 @@ pub(crate) struct Start {
     pub migrate: bool,
     /// `--rewrite-all`: nothing but the index is read back from the bucket.
     pub rewrite_all: bool,
+    /// `--full`, and whether the directory state is written back (publish, under its lock).
+    pub directory: crate::gather::DirectoryRun,
 }
 
 pub(crate) async fn prepare(
@@ -167,7 +179,7 @@ pub(crate) async fn prepare(
 ) -> anyhow::Result<Prepared> {
     let s3 = settings.s3()?;
     let now = start.now.unwrap_or_else(SystemTime::now);
-    let gathered = gather(settings, now).await?;
+    let gathered = gather(settings, now, start.directory).await?;
     let head_path = crate::head::path_beside(&settings.safety.lock_file);
     let head = crate::head::Head::load(&head_path)?;
     let s3_started = Instant::now();

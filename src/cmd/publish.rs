@@ -83,6 +83,11 @@ pub struct Args {
     #[arg(long)]
     migrate: bool,
 
+    /// Read the whole directory, not only what changed since the last publish (see
+    /// `ldap.full_read_interval`).
+    #[arg(long)]
+    full: bool,
+
     #[command(flatten)]
     clock: super::TestClock,
 
@@ -139,6 +144,10 @@ async fn publish(
         accept_expired: args.accept_expired,
         migrate: args.migrate,
         rewrite_all: args.rewrite_all,
+        directory: crate::gather::DirectoryRun {
+            force_full: args.full,
+            keep_state: true,
+        },
     };
     let mut prepared = within(
         deadline,
