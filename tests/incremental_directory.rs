@@ -340,6 +340,10 @@ fn reenable(body: &mut Value, name: &str) {
     }
 }
 
+/// A way to spoil the state: the reason the full read must give, whether the checksum is
+/// recomputed, and the edit.
+type Case = (&'static str, bool, fn(&mut Value));
+
 /// A damaged state, one from a restored DC (another invocationId), one of another deployment,
 /// one of another format, and one from another DC: each means a full read that publishes what
 /// AD says, even where the state says otherwise.
@@ -357,7 +361,7 @@ fn a_state_keyhole_cannot_trust_means_a_full_read_never_a_wrong_publish() {
     );
     assert_eq!(mode & 0o777, 0o600);
 
-    let cases: [(&str, bool, fn(&mut Value)); 4] = [
+    let cases: [Case; 4] = [
         ("checksum", false, |_| {}),
         ("invocationId changed", true, |body| {
             body["dc"]["invocation_id"] = "00".repeat(16).into();
