@@ -726,7 +726,12 @@ impl<'s> Session<'s> {
             .search(dn, Scope::Base, "(objectClass=*)", attributes.to_vec())
             .await
             .map_err(|source| {
-                operation_error(self.settings, &self.url, &format!("reading {what}"), source)
+                operation_error(
+                    self.settings,
+                    &self.url,
+                    &format!("searching {what}"),
+                    source,
+                )
             })?;
         let (entries, outcome) = (result.0, result.1);
         if outcome.rc != 0 {
