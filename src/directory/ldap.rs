@@ -48,6 +48,10 @@ pub struct ReadStats {
     pub searches: usize,
     /// Of those, reads of further `member;range=` slices.
     pub ranged_reads: usize,
+    /// Base reads of the rootDSE and the DC's NTDS Settings, which say which DC answered and
+    /// how far its changes go (see `super::usn`); not counted in `searches`, which are the
+    /// searches of the directory's content.
+    pub dc_reads: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -719,7 +723,7 @@ impl<'s> Session<'s> {
         attributes: &[&str],
         what: &str,
     ) -> Result<SearchEntry, DirectoryError> {
-        self.stats.searches += 1;
+        self.stats.dc_reads += 1;
         let result = self
             .ldap
             .with_timeout(self.settings.timeout)

@@ -417,6 +417,7 @@ pub async fn read(
         groups = state.groups.len(),
         searches = stats.searches,
         ranged_reads = stats.ranged_reads,
+        dc_reads = stats.dc_reads,
         "{summary}"
     );
     Ok(DirectoryRead {
