@@ -59,7 +59,9 @@ pub const STATE_VERSION: u32 = 1;
 const NAMES_PER_LOOKUP: usize = 100;
 
 /// Objects whose rename or move changes the DNs of what is inside them without writing those.
-const CONTAINERS: &str = "(|(objectClass=organizationalUnit)(objectClass=container))";
+/// Group Policy containers are containers too, written at every GPO edit, and hold no users or
+/// groups: left out, or each GPO edit would cost a full read.
+const CONTAINERS: &str = "(|(objectClass=organizationalUnit)(&(objectClass=container)(!(objectClass=groupPolicyContainer))))";
 
 /// Where the directory state lives: beside `lock_file`.
 pub fn path_beside(lock_file: &Path) -> PathBuf {
