@@ -15,7 +15,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use support::homes::Key;
 use support::keyhole::{Run, ldap_section};
-use support::samba::{Fixture, SambaDc, UserSpec};
+use support::samba::{Fixture, SambaDc, Transport, UserSpec};
 use support::stack::{Extra, Stack};
 
 const PEOPLE: &[(&str, u32)] = &[
@@ -426,6 +426,34 @@ fn a_state_keyhole_cannot_trust_means_a_full_read_never_a_wrong_publish() {
     assert_eq!(std::fs::read(&state).expect("the state"), before);
 }
 
+/// rootDSE's highestCommittedUSN on `dc`.
+fn highest_usn(dc: &SambaDc) -> u64 {
+    dc.search_one(Transport::Ldaps, "", &["highestCommittedUSN"])
+        .value("highestCommittedUSN")
+        .and_then(|usn| usn.parse().ok())
+        .expect("a highestCommittedUSN")
+}
+
+/// An entry's uSNChanged on `dc`.
+fn usn_changed(dc: &SambaDc, dn: &str) -> u64 {
+    dc.search_one(Transport::Ldaps, dn, &["uSNChanged"])
+        .value("uSNChanged")
+        .and_then(|usn| usn.parse().ok())
+        .expect("a uSNChanged")
+}
+
+/// Writes dave's `title` on `dc` until its highestCommittedUSN is at least `usn`.
+fn writes_until(dc: &SambaDc, usn: u64) {
+    let dn = dc.user_dn("dave");
+    while highest_usn(dc) < usn {
+        let missing = usn - highest_usn(dc);
+        let ldif: String = (0..missing.clamp(1, 200))
+            .map(|i| format!("dn: {dn}\nchangetype: modify\nreplace: title\ntitle: t{i}\n\n"))
+            .collect();
+        dc.modify(&ldif);
+    }
+}
+
 /// Another DC answers (the first is down): its USNs are its own, so a change it holds below the
 /// first DC's bound would be missed by an incremental read. keyhole reads it in full.
 #[test]
@@ -434,19 +462,24 @@ fn another_dc_means_a_full_read() {
     // A second DC with the same directory (a copy of the same template, so the same
     // dsServiceName and invocationId: only the address tells them apart).
     let second = SambaDc::start(&company());
-    // On the second DC, carol is disabled: one write, a low USN there.
+    // On the second DC, carol is disabled: one write, at a USN of that DC's.
     second.modify(&format!(
         "dn: {}\nchangetype: modify\nreplace: userAccountControl\nuserAccountControl: 514\n",
         second.user_dn("carol")
     ));
+    let carol_there = usn_changed(&second, &second.user_dn("carol"));
     world.publish(&[]);
-    // On the first, enough writes to carry its USN past the second's.
-    for value in ["Engineer", "Lead", "Engineer", "Lead", "Engineer"] {
-        world.set("dave", "title", value);
-    }
+    // On the first, enough writes to carry its USN (the bound the state keeps) past carol's
+    // write on the second...
+    writes_until(&world.stack.dc, carol_there + 1);
     let (_, kind) = world.publish(&[]);
     assert_eq!(kind, Kind::Incremental);
     assert!(world.users("web-prod").contains(&"carol".to_owned()));
+    let bound = highest_usn(&world.stack.dc);
+    // ...and on the second, enough to carry its USN past that bound: an incremental read there
+    // would find dave's writes and miss carol's.
+    writes_until(&second, bound + 1);
+    assert!(usn_changed(&second, &second.user_dn("carol")) < bound);
 
     // The first DC is gone from the settings; the second answers.
     let settings = std::fs::read_to_string(world.stack.publisher.config()).expect("settings");
