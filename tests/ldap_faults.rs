@@ -258,7 +258,8 @@ fn a_non_zero_result_on_a_later_page_of_the_users_search_fails_the_run_and_write
         code: LdapResultCode::Busy,
         message: "relay: the DC is too busy for page 2".into(),
     });
-    let run = stack.run(&["publish"]);
+    // --full: the search of every user (an incremental run searches only the changed ones).
+    let run = stack.run(&["publish", "--full"]);
     assert_eq!(relay.injected(), 1, "the relay failed page 2: {run:#?}");
     assert_eq!(run.code, 1, "{run:#?}");
     let expected = format!(
@@ -317,7 +318,8 @@ fn unfinished_member_range_read(how: RangeBreak, detail: &str) {
         group: group.clone(),
         how,
     });
-    let run = stack.run(&["publish"]);
+    // --full: every group is read (an incremental run reads only the changed ones).
+    let run = stack.run(&["publish", "--full"]);
     assert_eq!(relay.injected(), 1, "the relay broke the read: {run:#?}");
     assert_eq!(run.code, 1, "{run:#?}");
     let expected =

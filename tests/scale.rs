@@ -119,7 +119,15 @@ impl World {
         let metrics_arg = metrics.display().to_string();
         let run = self
             .stack
-            .run(&["publish", "--force", "--metrics-file", &metrics_arg]);
+            // --full: what is counted is a read of the whole directory (between full reads, a
+            // run searches only what changed: tests/incremental_directory.rs).
+            .run(&[
+                "publish",
+                "--full",
+                "--force",
+                "--metrics-file",
+                &metrics_arg,
+            ]);
         assert_eq!(run.code, 0, "{run:#?}");
         let text = std::fs::read_to_string(&metrics).expect("the metrics file");
         let searches = gauge(&text, "keyhole_publish_ldap_searches");

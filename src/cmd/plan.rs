@@ -2,6 +2,7 @@
 
 use super::{Format, GlobalArgs, print_plan};
 use crate::exit::{EXIT_CODES_HELP, Exit};
+use crate::publisher::gather::DirectoryRun;
 use crate::publisher::prepare::{Start, prepare};
 use crate::settings::Settings;
 
@@ -22,6 +23,11 @@ pub struct Args {
     #[arg(long)]
     detailed_exitcode: bool,
 
+    /// Read the whole directory, not only what changed since the last publish (see
+    /// `ldap.full_read_interval`).
+    #[arg(long)]
+    full: bool,
+
     #[command(flatten)]
     clock: super::TestClock,
 }
@@ -30,6 +36,11 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
     let settings = Settings::load(global.config.as_deref())?;
     let start = Start {
         now: args.clock.now(),
+        // plan holds no lock: it reads the directory state, and only publish writes it.
+        directory: DirectoryRun {
+            force_full: args.full,
+            keep_state: false,
+        },
         ..Start::default()
     };
     let prepared = prepare(&settings, None, &start).await?;

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::{Format, GlobalArgs, print_plan};
 use crate::exit::{EXIT_CODES_HELP, Exit};
 use crate::metrics::{self, RunMetrics};
+use crate::publisher::gather::DirectoryRun;
 use crate::publisher::prepare::Start;
 use crate::publisher::publish::{Request, publish};
 use crate::settings::Settings;
@@ -52,6 +53,11 @@ pub struct Args {
     /// first: a format-1 index names no deployment).
     #[arg(long)]
     migrate: bool,
+
+    /// Read the whole directory, not only what changed since the last publish (see
+    /// `ldap.full_read_interval`).
+    #[arg(long)]
+    full: bool,
 
     #[command(flatten)]
     clock: super::TestClock,
@@ -107,6 +113,10 @@ async fn publish_with(
             accept_expired: args.accept_expired,
             migrate: args.migrate,
             rewrite_all: args.rewrite_all,
+            directory: DirectoryRun {
+                force_full: args.full,
+                keep_state: true,
+            },
         },
         force: args.force,
         deadline: args.deadline,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context;
 
 use crate::keys;
-use crate::publisher::directory::{self, ReadStats, User};
+use crate::publisher::directory::{ReadStats, User, usn};
 use crate::publisher::homes::Rejection;
 use crate::publisher::homes::{self, HarvestOutcome, HarvestSettings, Harvestee, HomeLayout};
 use crate::publisher::policy::{self, Checked};
@@ -29,11 +29,24 @@ use crate::settings::{HomesSettings, OwnerSource, Settings};
 /// More members than this without a uid are reported as one problem with the fix, not one each.
 const NO_UID_SUMMARY_AFTER: usize = 3;
 
+/// How a run reads the directory (see `crate::publisher::directory::usn`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DirectoryRun {
+    /// `--full`: read everything, whatever the directory state says.
+    pub force_full: bool,
+    /// Write the directory state back: only a run holding the publish lock may.
+    pub keep_state: bool,
+}
+
 /// Everything a plan is computed from.
 #[derive(Debug)]
 pub struct Gathered {
     pub checked: Checked,
     pub directory_stats: ReadStats,
+    /// Whether the directory was read in full, and the line that says which kind of read it
+    /// was and why.
+    pub directory_full: bool,
+    pub directory_summary: String,
     pub resolution: Resolution,
     pub keys: BTreeMap<String, UserKeys>,
     /// Harvest and key problems, one per rejected file or dropped line.
@@ -66,14 +79,42 @@ impl Gathered {
 
 /// Reads the policy, the directory and the members' homes. Any directory failure is an error;
 /// a home that cannot be read is not (it becomes `UserKeys::Unknown`, and its groups are held).
-pub async fn gather(settings: &Settings, now: SystemTime) -> anyhow::Result<Gathered> {
+pub async fn gather(
+    settings: &Settings,
+    now: SystemTime,
+    run: DirectoryRun,
+) -> anyhow::Result<Gathered> {
     let mut timings = GatherTimings::default();
     let started = Instant::now();
     let checked = policy::load(&settings.policy)?;
     let policy_commit = policy_commit(&settings.policy, &checked);
-    let (snapshot, directory_stats) = directory::read_snapshot(settings.ldap()?)
+    let ldap = settings.ldap()?;
+    let named_users = named_users(&checked.policy);
+    let options = usn::Options {
+        state_file: usn::path_beside(&settings.safety.lock_file),
+        binding: usn::Binding {
+            deployment: settings
+                .s3()
+                .map(|s3| crate::bucket::index::deployment(&s3.bucket, &s3.prefix))
+                .unwrap_or_default(),
+            base_dn: ldap.base_dn.to_lowercase(),
+            bound_as: match &ldap.auth {
+                crate::settings::LdapAuth::Simple => ldap.bind_dn.to_lowercase(),
+                crate::settings::LdapAuth::Gssapi(kerberos) => {
+                    kerberos.principal.clone().unwrap_or_default()
+                }
+            },
+        },
+        force_full: run.force_full,
+        full_read_interval: ldap.full_read_interval,
+        wall_clock: SystemTime::now(),
+        named_users: &named_users,
+        keep_state: run.keep_state,
+    };
+    let read = usn::read(ldap, &options)
         .await
         .context("reading Active Directory")?;
+    let (snapshot, directory_stats) = (read.snapshot, read.stats);
     timings.directory = started.elapsed();
     let started = Instant::now();
     let resolution = resolve(&checked.policy, &snapshot, now);
@@ -227,12 +268,34 @@ pub async fn gather(settings: &Settings, now: SystemTime) -> anyhow::Result<Gath
     Ok(Gathered {
         checked,
         directory_stats,
+        directory_full: read.full,
+        directory_summary: read.summary,
         resolution,
         keys,
         problems,
         policy_commit,
         timings,
     })
+}
+
+/// The users the policy names directly (access groups, `[everywhere]`, automation accounts'
+/// `ad_account`), once each: looked up by name every run, so a deleted one is gone at once.
+fn named_users(policy: &crate::publisher::policy::Policy) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    policy
+        .access_groups
+        .values()
+        .flat_map(|group| &group.principals.users)
+        .chain(&policy.everywhere.users)
+        .chain(
+            policy
+                .automation
+                .values()
+                .filter_map(|automation| automation.ad_account.as_ref()),
+        )
+        .filter(|name| seen.insert(name.to_lowercase()))
+        .cloned()
+        .collect()
 }
 
 /// The uid each person's files must be owned by, and the outcomes already settled without

@@ -100,6 +100,8 @@ pub struct Start {
     pub migrate: bool,
     /// `--rewrite-all`: nothing but the index is read back from the bucket.
     pub rewrite_all: bool,
+    /// `--full`, and whether the directory state is written back (publish, under its lock).
+    pub directory: crate::publisher::gather::DirectoryRun,
 }
 
 pub async fn prepare(
@@ -109,7 +111,7 @@ pub async fn prepare(
 ) -> anyhow::Result<Prepared> {
     let s3 = settings.s3()?;
     let now = start.now.unwrap_or_else(SystemTime::now);
-    let gathered = gather(settings, now).await?;
+    let gathered = gather(settings, now, start.directory).await?;
     let head_path = crate::bucket::head::path_beside(&settings.safety.lock_file);
     let head = crate::bucket::head::Head::load(&head_path)?;
     let s3_started = Instant::now();

@@ -46,6 +46,9 @@ pub struct LdapSettings {
     /// `trust_system_roots = true`: with `srv` and no `ca_file`, accept a DC whose certificate
     /// any public root signed. Off by default: see `crate::publisher::directory::discovery`.
     pub trust_system_roots: bool,
+    /// `full_read_interval`: between two full reads, runs read only what changed (see
+    /// `crate::publisher::directory::usn`); a full read also sees deletions, which polling cannot.
+    pub full_read_interval: Duration,
 }
 
 /// `[ldap] auth`.
@@ -141,6 +144,7 @@ pub(super) struct RawLdap {
     principal: Option<String>,
     krb5_conf: Option<String>,
     trust_system_roots: Option<bool>,
+    full_read_interval: Option<String>,
 }
 
 /// `url = "ldaps://dc1"` as well as `url = ["ldaps://dc1", "ldaps://dc2"]`.
@@ -288,6 +292,12 @@ pub(super) fn validate(
         lockout_retry: check.duration(S, "lockout_retry", raw.lockout_retry.as_deref(), "10m"),
         auth,
         trust_system_roots,
+        full_read_interval: check.duration(
+            S,
+            "full_read_interval",
+            raw.full_read_interval.as_deref(),
+            "1h",
+        ),
     }
 }
 

@@ -77,6 +77,7 @@ pub(super) const KEYS: &[(&str, &str, Kind)] = &[
     ("ldap", "principal", Kind::Text),
     ("ldap", "krb5_conf", Kind::Text),
     ("ldap", "trust_system_roots", Kind::Bool),
+    ("ldap", "full_read_interval", Kind::Duration),
     ("homes", "root", Kind::Text),
     ("homes", "home_prefix", Kind::Text),
     ("homes", "read_timeout", Kind::Duration),

@@ -31,12 +31,14 @@ use rustls::pki_types::pem::PemObject;
 
 use super::bind_guard::{self, BindGuard, GuardError};
 use super::kerberos::{self, Keytab, KeytabError, Problem};
-use super::model::{Dn, Domain, EntryError, Snapshot, USER_ATTRIBUTES, User, group_from_entry};
+use super::model::{
+    Dn, Domain, EntryError, Group, Snapshot, USER_ATTRIBUTES, User, group_from_entry, object_guid,
+};
 use crate::settings::{LdapAuth, LdapSettings, Secret};
 
 /// People: excludes computers (which are objectClass=user too) and contacts.
-const USER_FILTER: &str = "(&(objectCategory=person)(objectClass=user))";
-const GROUP_FILTER: &str = "(objectClass=group)";
+pub(super) const USER_FILTER: &str = "(&(objectCategory=person)(objectClass=user))";
+pub(super) const GROUP_FILTER: &str = "(objectClass=group)";
 const GROUP_ATTRIBUTES: &[&str] = &["sAMAccountName", "objectSid"];
 
 /// Counts of the LDAP operations one read made, for logs, benchmarks and tests.
@@ -46,6 +48,10 @@ pub struct ReadStats {
     pub searches: usize,
     /// Of those, reads of further `member;range=` slices.
     pub ranged_reads: usize,
+    /// Base reads of the rootDSE and the DC's NTDS Settings, which say which DC answered and
+    /// how far its changes go (see `super::usn`); not counted in `searches`, which are the
+    /// searches of the directory's content.
+    pub dc_reads: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -180,9 +186,33 @@ pub async fn read_snapshot(
 ) -> Result<(Snapshot, ReadStats), DirectoryError> {
     let mut session = connect(settings).await?;
     let result = session.read_all().await;
-    // Best effort: the snapshot (or error) is what matters, not a clean goodbye.
-    let _ = tokio::time::timeout(Duration::from_secs(1), session.ldap.unbind()).await;
-    result.map(|snapshot| (snapshot, session.stats))
+    let stats = session.stats;
+    session.close().await;
+    result.map(|snapshot| (snapshot, stats))
+}
+
+/// A DC's identity and how far its changes go, as read at the start of a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DcReading {
+    /// The URL keyhole reached it at.
+    pub url: String,
+    /// rootDSE `dsServiceName` (its NTDS Settings object's DN), lower-cased.
+    pub service: String,
+    /// That object's `invocationId`, hex: changes when the DC's database is restored.
+    pub invocation_id: String,
+    /// rootDSE `highestCommittedUSN`.
+    pub usn: u64,
+}
+
+/// An entry's `objectGUID`, which the directory state is keyed by; an entry without one cannot
+/// be cached, so it fails the read.
+fn guid_of(entry: &SearchEntry) -> Result<String, DirectoryError> {
+    object_guid(entry).ok_or_else(|| {
+        DirectoryError::Entry(EntryError::Missing {
+            dn: entry.dn.clone(),
+            attribute: "objectGUID",
+        })
+    })
 }
 
 /// What `keyhole check-bind` proves: which DC accepted the bind and who AD says keyhole is.
@@ -285,7 +315,7 @@ impl Credential {
 }
 
 /// The first DC that accepts the bind, tried in order; a refused secret ends the search.
-async fn connect(settings: &LdapSettings) -> Result<Session<'_>, DirectoryError> {
+pub(super) async fn connect(settings: &LdapSettings) -> Result<Session<'_>, DirectoryError> {
     let credential = Credential::read(settings)?;
     let guard = credential.guard(settings);
     let (who, secret) = credential.guarded(settings);
@@ -400,7 +430,7 @@ enum Opening {
     Fatal(DirectoryError),
 }
 
-struct Session<'s> {
+pub(super) struct Session<'s> {
     settings: &'s LdapSettings,
     url: String,
     ldap: Ldap,
@@ -521,44 +551,19 @@ impl<'s> Session<'s> {
     }
 
     async fn read_all(&mut self) -> Result<Snapshot, DirectoryError> {
-        let base = self.settings.base_dn.clone();
-        let domain = self
-            .search(
-                &base,
-                Scope::Base,
-                "(objectClass=*)",
-                &["objectSid", "lockoutDuration"],
-                "the domain object",
-            )
-            .await?;
-        let domain = domain
-            .first()
-            .map(Domain::try_from)
-            .transpose()
-            .map_err(|_| DirectoryError::NoDomain(base.clone()))?
-            .ok_or_else(|| DirectoryError::NoDomain(base.clone()))?;
-
+        let domain = self.read_domain().await?;
         let users = self
-            .search(&base, Scope::Subtree, USER_FILTER, USER_ATTRIBUTES, "users")
+            .read_users(USER_FILTER, "users")
             .await?
-            .iter()
-            .map(User::try_from)
-            .collect::<Result<Vec<_>, _>>()?;
-
-        let member_attribute = match self.settings.member_range {
-            Some(size) => format!("member;range=0-{}", size - 1),
-            None => "member".to_owned(),
-        };
-        let mut attributes = GROUP_ATTRIBUTES.to_vec();
-        attributes.push(&member_attribute);
-        let entries = self
-            .search(&base, Scope::Subtree, GROUP_FILTER, &attributes, "groups")
-            .await?;
-        let mut groups = Vec::with_capacity(entries.len());
-        for entry in &entries {
-            let members = self.read_members(entry).await?;
-            groups.push(group_from_entry(entry, members)?);
-        }
+            .into_iter()
+            .map(|(_, user)| user)
+            .collect::<Vec<_>>();
+        let groups = self
+            .read_groups(GROUP_FILTER, "groups")
+            .await?
+            .into_iter()
+            .map(|(_, group)| group)
+            .collect::<Vec<_>>();
         tracing::info!(
             users = users.len(),
             groups = groups.len(),
@@ -571,6 +576,184 @@ impl<'s> Session<'s> {
             users,
             groups,
         })
+    }
+
+    /// The domain object under `base_dn`: its SID and lockout duration (one base read).
+    pub(super) async fn read_domain(&mut self) -> Result<Domain, DirectoryError> {
+        let base = self.settings.base_dn.clone();
+        let domain = self
+            .search(
+                &base,
+                Scope::Base,
+                "(objectClass=*)",
+                &["objectSid", "lockoutDuration"],
+                "the domain object",
+            )
+            .await?;
+        domain
+            .first()
+            .map(Domain::try_from)
+            .transpose()
+            .map_err(|_| DirectoryError::NoDomain(base.clone()))?
+            .ok_or(DirectoryError::NoDomain(base))
+    }
+
+    /// Which DC this is and how far its changes go: rootDSE's `dsServiceName` and
+    /// `highestCommittedUSN`, and the `invocationId` of that NTDS Settings object (two base
+    /// reads, no paging: rootDSE is one entry).
+    pub(super) async fn read_dc(&mut self) -> Result<DcReading, DirectoryError> {
+        let root = self
+            .read_one("", &["dsServiceName", "highestCommittedUSN"], "the rootDSE")
+            .await?;
+        let text = |name: &str| {
+            root.attrs
+                .iter()
+                .find(|(key, _)| key.eq_ignore_ascii_case(name))
+                .and_then(|(_, values)| values.first())
+                .cloned()
+        };
+        let missing = |what: &str| DirectoryError::Search {
+            what: "the rootDSE".into(),
+            base: String::new(),
+            reason: format!("it has no {what}"),
+        };
+        let service = text("dsServiceName").ok_or_else(|| missing("dsServiceName"))?;
+        let usn = text("highestCommittedUSN")
+            .and_then(|usn| usn.trim().parse::<u64>().ok())
+            .ok_or_else(|| missing("highestCommittedUSN (a number)"))?;
+        let settings = self
+            .read_one(&service, &["invocationId"], "the DC's NTDS Settings")
+            .await?;
+        let invocation_id = settings
+            .bin_attrs
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case("invocationId"))
+            .and_then(|(_, values)| values.first())
+            .map(hex::encode)
+            .or_else(|| {
+                // Rare, but a 16-byte value can be valid UTF-8, and then ldap3 hands it out as text.
+                settings
+                    .attrs
+                    .iter()
+                    .find(|(key, _)| key.eq_ignore_ascii_case("invocationId"))
+                    .and_then(|(_, values)| values.first())
+                    .map(|value| hex::encode(value.as_bytes()))
+            })
+            .ok_or_else(|| DirectoryError::Search {
+                what: "the DC's NTDS Settings".into(),
+                base: service.clone(),
+                reason: "it has no invocationId keyhole may read".into(),
+            })?;
+        Ok(DcReading {
+            url: self.url.clone(),
+            service: service.to_lowercase(),
+            invocation_id,
+            usn,
+        })
+    }
+
+    /// People matching `filter` (which must select people only), with their `objectGUID`.
+    pub(super) async fn read_users(
+        &mut self,
+        filter: &str,
+        what: &str,
+    ) -> Result<Vec<(String, User)>, DirectoryError> {
+        let mut attributes = USER_ATTRIBUTES.to_vec();
+        attributes.push("objectGUID");
+        let base = self.settings.base_dn.clone();
+        self.search(&base, Scope::Subtree, filter, &attributes, what)
+            .await?
+            .iter()
+            .map(|entry| Ok((guid_of(entry)?, User::try_from(entry)?)))
+            .collect()
+    }
+
+    /// Groups matching `filter`, each with its complete member list (ranged reads as needed)
+    /// and its `objectGUID`.
+    pub(super) async fn read_groups(
+        &mut self,
+        filter: &str,
+        what: &str,
+    ) -> Result<Vec<(String, Group)>, DirectoryError> {
+        let member_attribute = match self.settings.member_range {
+            Some(size) => format!("member;range=0-{}", size - 1),
+            None => "member".to_owned(),
+        };
+        let mut attributes = GROUP_ATTRIBUTES.to_vec();
+        attributes.push(&member_attribute);
+        attributes.push("objectGUID");
+        let base = self.settings.base_dn.clone();
+        let entries = self
+            .search(&base, Scope::Subtree, filter, &attributes, what)
+            .await?;
+        let mut groups = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            let members = self.read_members(entry).await?;
+            groups.push((guid_of(entry)?, group_from_entry(entry, members)?));
+        }
+        Ok(groups)
+    }
+
+    /// How many entries under the base match `filter` (only their DNs are asked for).
+    pub(super) async fn count(
+        &mut self,
+        filter: &str,
+        what: &str,
+    ) -> Result<usize, DirectoryError> {
+        let base = self.settings.base_dn.clone();
+        Ok(self
+            .search(&base, Scope::Subtree, filter, &["1.1"], what)
+            .await?
+            .len())
+    }
+
+    pub(super) fn stats(&self) -> ReadStats {
+        self.stats
+    }
+
+    /// Says goodbye; best effort, the read is what matters.
+    pub(super) async fn close(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.ldap.unbind()).await;
+    }
+
+    /// One entry read with a base search and no paging control.
+    async fn read_one(
+        &mut self,
+        dn: &str,
+        attributes: &[&str],
+        what: &str,
+    ) -> Result<SearchEntry, DirectoryError> {
+        self.stats.dc_reads += 1;
+        let result = self
+            .ldap
+            .with_timeout(self.settings.timeout)
+            .search(dn, Scope::Base, "(objectClass=*)", attributes.to_vec())
+            .await
+            .map_err(|source| {
+                operation_error(
+                    self.settings,
+                    &self.url,
+                    &format!("searching {what}"),
+                    source,
+                )
+            })?;
+        let (entries, outcome) = (result.0, result.1);
+        if outcome.rc != 0 {
+            return Err(DirectoryError::Search {
+                what: what.to_owned(),
+                base: dn.to_owned(),
+                reason: result_reason(outcome.rc, &outcome.text),
+            });
+        }
+        entries
+            .into_iter()
+            .find(|entry| !entry.is_ref() && !entry.is_intermediate())
+            .map(SearchEntry::construct)
+            .ok_or_else(|| DirectoryError::Search {
+                what: what.to_owned(),
+                base: dn.to_owned(),
+                reason: "no entry returned".into(),
+            })
     }
 
     /// A group's complete member list: the values in the bulk answer, then further

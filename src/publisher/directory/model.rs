@@ -12,7 +12,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ldap3::SearchEntry;
 
 /// A distinguished name, compared case-insensitively as AD does.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct Dn(String);
 
 impl Dn {
@@ -28,7 +31,10 @@ impl fmt::Display for Dn {
 }
 
 /// A Windows security identifier in its string form, `S-1-5-21-…`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct Sid(String);
 
 impl Sid {
@@ -65,7 +71,10 @@ impl fmt::Display for Sid {
 }
 
 /// A Windows FILETIME: 100-nanosecond intervals since 1601-01-01 UTC, as AD stores times.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct FileTime(pub i64);
 
 /// Seconds between 1601-01-01 and 1970-01-01.
@@ -95,8 +104,10 @@ pub enum AccountState {
     Expired,
 }
 
-/// A person's account (objectCategory=person, objectClass=user).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A person's account (objectCategory=person, objectClass=user). Serialized only into the
+/// publisher's directory state (`super::usn`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct User {
     pub dn: Dn,
     /// sAMAccountName exactly as AD spells it.
@@ -138,7 +149,8 @@ impl User {
 }
 
 /// A group (objectClass=group) with its direct members' DNs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Group {
     pub dn: Dn,
     /// sAMAccountName exactly as AD spells it.
@@ -246,6 +258,21 @@ fn find<'m, V>(map: &'m HashMap<String, V>, name: &str) -> Option<&'m V> {
     map.iter()
         .find(|(key, _)| key.eq_ignore_ascii_case(name))
         .map(|(_, value)| value)
+}
+
+/// An entry's `objectGUID` in hex (the bytes as stored): what stays the same when the entry is
+/// renamed or moved, so the directory state (`super::usn`) is keyed by it. A 16-byte value may
+/// happen to be valid UTF-8, and then ldap3 hands it out as text: both are looked at.
+pub fn object_guid(entry: &SearchEntry) -> Option<String> {
+    find(&entry.bin_attrs, "objectGUID")
+        .and_then(|values| values.first())
+        .map(hex::encode)
+        .or_else(|| {
+            find(&entry.attrs, "objectGUID")
+                .and_then(|values| values.first())
+                .map(|text| hex::encode(text.as_bytes()))
+        })
+        .filter(|guid| guid.len() == 32)
 }
 
 /// The attributes read for users.
