@@ -20,6 +20,7 @@ use anyhow::Context;
 use crate::directory::{self, ReadStats, User};
 use crate::homes::Rejection;
 use crate::homes::{self, HarvestOutcome, HarvestSettings, Harvestee, HomeLayout};
+use crate::homes_state;
 use crate::keys;
 use crate::policy::{self, Checked};
 use crate::render::{Problem, UserKeys};
@@ -42,6 +43,8 @@ pub struct Gathered {
     pub policy_commit: Option<String>,
     /// How long each part took, for the run's phase log line (`cmd::plan::prepare`).
     pub timings: GatherTimings,
+    /// Which kind of homes read this was, and how many homes were read.
+    pub homes: homes_state::Summary,
 }
 
 /// Wall time of the parts of [`gather`].
@@ -66,7 +69,13 @@ impl Gathered {
 
 /// Reads the policy, the directory and the members' homes. Any directory failure is an error;
 /// a home that cannot be read is not (it becomes `UserKeys::Unknown`, and its groups are held).
-pub async fn gather(settings: &Settings, now: SystemTime) -> anyhow::Result<Gathered> {
+/// Homes whose identity did not change since the homes state remembered them are not read again
+/// (`homes_state`) unless `force_full` (`--full`) or a full read is due.
+pub async fn gather(
+    settings: &Settings,
+    now: SystemTime,
+    force_full: bool,
+) -> anyhow::Result<Gathered> {
     let mut timings = GatherTimings::default();
     let started = Instant::now();
     let checked = policy::load(&settings.policy)?;
@@ -117,12 +126,24 @@ pub async fn gather(settings: &Settings, now: SystemTime) -> anyhow::Result<Gath
         .iter()
         .filter_map(|harvestee| harvestee.home.as_ref().ok().cloned())
         .collect();
-    let mut outcomes = homes::harvest(
+    let deployment = settings
+        .s3()
+        .map(|s3| crate::index::deployment(&s3.bucket, &s3.prefix))
+        .unwrap_or_default();
+    let incremental = homes_state::Incremental {
+        path: homes_state::path_beside(&settings.safety.lock_file),
+        binding: homes_state::binding(&deployment, &settings.homes.root),
+        full_read_interval: settings.homes.full_read_interval,
+        force_full,
+        now,
+    };
+    let (mut outcomes, homes_summary) = homes_state::harvest(
         harvestees,
         &HarvestSettings {
             concurrency: settings.homes.concurrency,
             read_timeout: settings.homes.read_timeout,
         },
+        &incremental,
     )
     .await;
     outcomes.append(&mut settled);
@@ -231,6 +252,7 @@ pub async fn gather(settings: &Settings, now: SystemTime) -> anyhow::Result<Gath
         problems,
         policy_commit,
         timings,
+        homes: homes_summary,
     })
 }
 
@@ -474,6 +496,7 @@ mod tests {
             owner: OwnerSource::UidNumber,
             sentinel: sentinel.map(PathBuf::from),
             max_carry: Duration::from_secs(7 * 86_400),
+            full_read_interval: Duration::from_secs(3_600),
         }
     }
 

@@ -19,6 +19,7 @@ pub mod group_lookup;
 pub mod group_seal;
 pub mod head;
 pub mod homes;
+pub mod homes_state;
 pub mod index;
 pub mod instance;
 pub mod interned;

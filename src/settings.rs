@@ -208,6 +208,10 @@ pub struct HomesSettings {
     /// `[homes] max_carry`: how long a member's published lines are carried while their home is
     /// continuously unreadable; after it they have no keys (reported).
     pub max_carry: Duration,
+    /// `[homes] full_read_interval`: how often every member's `authorized_keys` is read whole
+    /// even when its identity did not change (see `homes_state`); between full reads only the
+    /// homes whose identity changed are read.
+    pub full_read_interval: Duration,
 }
 
 /// `[homes] owner`: where the uid that must own a user's home, `.ssh` and `authorized_keys`
@@ -477,6 +481,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("homes", "nss_suffix", Kind::Text),
     ("homes", "sentinel", Kind::Text),
     ("homes", "max_carry", Kind::Text),
+    ("homes", "full_read_interval", Kind::Text),
     ("s3", "bucket", Kind::Text),
     ("s3", "prefix", Kind::Text),
     ("s3", "region", Kind::Text),
@@ -663,6 +668,7 @@ struct RawHomes {
     nss_suffix: Option<String>,
     sentinel: Option<String>,
     max_carry: Option<String>,
+    full_read_interval: Option<String>,
 }
 
 /// `url = "ldaps://dc1"` as well as `url = ["ldaps://dc1", "ldaps://dc2"]`.
@@ -1240,6 +1246,12 @@ fn validate_homes(raw: RawHomes, check: &mut Checker) -> HomesSettings {
             sentinel
         }),
         max_carry: check.duration(S, "max_carry", raw.max_carry.as_deref(), "7d"),
+        full_read_interval: check.duration(
+            S,
+            "full_read_interval",
+            raw.full_read_interval.as_deref(),
+            "1h",
+        ),
     }
 }
 

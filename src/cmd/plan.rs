@@ -36,6 +36,10 @@ pub struct Args {
     #[arg(long)]
     detailed_exitcode: bool,
 
+    /// Read every member's home in full, whatever changed since the last run.
+    #[arg(long)]
+    full: bool,
+
     #[command(flatten)]
     clock: super::TestClock,
 }
@@ -44,6 +48,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
     let settings = Settings::load(global.config.as_deref())?;
     let start = Start {
         now: args.clock.now(),
+        full: args.full,
         ..Start::default()
     };
     let prepared = prepare(&settings, None, &start).await?;
@@ -158,6 +163,8 @@ pub(crate) struct Start {
     pub migrate: bool,
     /// `--rewrite-all`: nothing but the index is read back from the bucket.
     pub rewrite_all: bool,
+    /// `--full`: every member's home is read in full, whatever the homes state remembers.
+    pub full: bool,
 }
 
 pub(crate) async fn prepare(
@@ -167,7 +174,7 @@ pub(crate) async fn prepare(
 ) -> anyhow::Result<Prepared> {
     let s3 = settings.s3()?;
     let now = start.now.unwrap_or_else(SystemTime::now);
-    let gathered = gather(settings, now).await?;
+    let gathered = gather(settings, now, start.full).await?;
     let head_path = crate::head::path_beside(&settings.safety.lock_file);
     let head = crate::head::Head::load(&head_path)?;
     let s3_started = Instant::now();

@@ -98,6 +98,10 @@ pub struct Args {
     /// Report format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
+
+    /// Read every member's home in full, whatever changed since the last run.
+    #[arg(long)]
+    full: bool,
 }
 
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
@@ -139,6 +143,7 @@ async fn publish(
         accept_expired: args.accept_expired,
         migrate: args.migrate,
         rewrite_all: args.rewrite_all,
+        full: args.full,
     };
     let mut prepared = within(
         deadline,
