@@ -338,7 +338,10 @@ where
             }
         };
         let Some(uid) = uid else {
-            outcomes.insert(user, HarvestOutcome::Rejected(Rejection::NoUidNumber).into());
+            outcomes.insert(
+                user,
+                HarvestOutcome::Rejected(Rejection::NoUidNumber).into(),
+            );
             continue;
         };
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {

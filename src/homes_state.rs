@@ -234,11 +234,9 @@ pub async fn harvest(
                 summary.changed += 1;
             }
         }
-        if let (Some(identity), HarvestOutcome::Keys(text), Some((home, uid))) = (
-            harvested.remember,
-            &harvested.outcome,
-            homes_of.get(&user),
-        ) {
+        if let (Some(identity), HarvestOutcome::Keys(text), Some((home, uid))) =
+            (harvested.remember, &harvested.outcome, homes_of.get(&user))
+        {
             next.homes.insert(
                 user.clone(),
                 Remembered {
@@ -591,7 +589,10 @@ mod tests {
         let foreign = body.replace("s3://bucket/", "s3://other/");
         fs::write(
             &path,
-            format!("{MAGIC} {VERSION} {}\n{foreign}", sha256_hex(foreign.as_bytes())),
+            format!(
+                "{MAGIC} {VERSION} {}\n{foreign}",
+                sha256_hex(foreign.as_bytes())
+            ),
         )
         .unwrap();
         full(&home.run(later(3), false).await.1, "written for");

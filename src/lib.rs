@@ -29,6 +29,7 @@ pub mod logging;
 pub mod markdown;
 pub mod memory;
 pub mod metrics;
+pub mod owners_cache;
 pub mod plan;
 pub mod policy;
 pub mod policy_diff;

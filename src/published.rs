@@ -270,10 +270,28 @@ impl Published {
         layout: &Layout,
         now: std::time::SystemTime,
     ) -> anyhow::Result<OwnerRecords> {
+        self.owner_records_with(store, layout, now, None).await
+    }
+
+    /// [`Published::owner_records`], with the publisher's copy of the owners object: when the
+    /// copy holds the object the index names, it is asked for only if it changed
+    /// (`If-None-Match`), so a run that needs the records reads no byte of it from the bucket.
+    /// A missing or altered object is judged as without the copy.
+    pub async fn owner_records_with(
+        &self,
+        store: &impl ObjectStore,
+        layout: &Layout,
+        now: std::time::SystemTime,
+        cache: Option<&crate::owners_cache::OwnersCache>,
+    ) -> anyhow::Result<OwnerRecords> {
         let Some(sha256) = &self.index.owners else {
             return Ok(OwnerRecords::new());
         };
-        let damaged = match checked_object(store, &layout.owners(sha256), sha256).await? {
+        let read = match cache {
+            Some(cache) => owners_object(store, &layout.owners(sha256), sha256, cache).await?,
+            None => checked_object(store, &layout.owners(sha256), sha256).await?,
+        };
+        let damaged = match read {
             Ok(body) => match records_from_json(&body) {
                 Ok(records) => return Ok(records),
                 Err(error) => Damaged(error.to_string()),
@@ -565,6 +583,51 @@ pub async fn checked(store: &impl ObjectStore, key: &str, sha256: &str) -> anyho
         .map_err(|damaged| anyhow::anyhow!("{damaged}"))
 }
 
+/// The owners object `key` (which must hash to `sha256`), asked for only if it is no longer the
+/// one `cache` holds; a fresh read is kept in `cache`. Errors as [`checked_object`].
+async fn owners_object(
+    store: &impl ObjectStore,
+    key: &str,
+    sha256: &str,
+    cache: &crate::owners_cache::OwnersCache,
+) -> anyhow::Result<Result<Vec<u8>, Damaged>> {
+    let copy = cache.get(sha256);
+    let fetched = store
+        .get(key, copy.as_ref().map(|(_, etag)| etag.as_str()))
+        .await
+        .with_context(|| format!("reading {key}"))?;
+    match (fetched, copy) {
+        (Fetched::NotModified, Some((body, _))) => Ok(Ok(body)),
+        (Fetched::NotModified, None) => {
+            bail!("reading {key}: the store answered Not Modified to a plain GET")
+        }
+        (Fetched::Missing, _) => Ok(Err(missing(key))),
+        (Fetched::Object(object), _) => {
+            let actual = sha256_hex(&object.body);
+            if actual != sha256 {
+                return Ok(Err(altered(key, &actual, sha256)));
+            }
+            cache.put(sha256, &object.etag, &object.body);
+            Ok(Ok(object.body))
+        }
+    }
+}
+
+fn missing(key: &str) -> Damaged {
+    Damaged(format!(
+        "{key} is listed in the index but missing from the bucket (`keyhole verify` shows what \
+         else is)"
+    ))
+}
+
+fn altered(key: &str, actual: &str, sha256: &str) -> Damaged {
+    Damaged(format!(
+        "{key} has SHA-256 {actual}, not the {sha256} the signed index records: it was changed \
+         in the bucket (`keyhole verify`; `publish --rewrite-all` writes it again from a fresh \
+         render)"
+    ))
+}
+
 /// Reads `key`, which must hash to `sha256`. The outer error is the store failing (the run
 /// stops); the inner one is the object missing or altered (the caller plans around it).
 pub async fn checked_object(
@@ -577,18 +640,11 @@ pub async fn checked_object(
         .await
         .with_context(|| format!("reading {key}"))?
     else {
-        return Ok(Err(Damaged(format!(
-            "{key} is listed in the index but missing from the bucket (`keyhole verify` shows \
-             what else is)"
-        ))));
+        return Ok(Err(missing(key)));
     };
     let actual = sha256_hex(&object.body);
     if actual != sha256 {
-        return Ok(Err(Damaged(format!(
-            "{key} has SHA-256 {actual}, not the {sha256} the signed index records: it was \
-             changed in the bucket (`keyhole verify`; `publish --rewrite-all` writes it again \
-             from a fresh render)"
-        ))));
+        return Ok(Err(altered(key, &actual, sha256)));
     }
     Ok(Ok(object.body))
 }

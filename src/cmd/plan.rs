@@ -137,6 +137,8 @@ pub(crate) struct Prepared {
     /// the head records after this run).
     pub head_path: std::path::PathBuf,
     pub unknown_since: BTreeMap<String, String>,
+    /// The publisher's copy of the owners object (beside the lock file).
+    pub owners_cache: crate::owners_cache::OwnersCache,
 }
 
 impl Prepared {
@@ -211,6 +213,10 @@ pub(crate) async fn prepare(
         .iter()
         .cloned()
         .collect();
+    let owners_cache = crate::owners_cache::OwnersCache::beside(
+        &settings.safety.lock_file,
+        &crate::index::deployment(&s3.bucket, &s3.prefix),
+    );
     let records = if crate::render::contested(&gathered.keys).is_empty() {
         None
     } else if start.rewrite_all {
@@ -220,7 +226,11 @@ pub(crate) async fn prepare(
         );
         Some(OwnerRecords::new())
     } else {
-        Some(published.owner_records(&store, &layout, now).await?)
+        Some(
+            published
+                .owner_records_with(&store, &layout, now, Some(&owners_cache))
+                .await?,
+        )
     };
     let canary = crate::canary::fingerprints(
         settings
@@ -259,6 +269,7 @@ pub(crate) async fn prepare(
         unread: BTreeSet::new(),
         head_path,
         unknown_since,
+        owners_cache,
     };
     let (carried, mut carry_problems) =
         carried_files(&prepared, selection, settings, start, now).await?;
@@ -739,7 +750,12 @@ async fn revise_owners(
         prepared.records = Some(
             prepared
                 .published
-                .owner_records(&prepared.store, &prepared.layout, now)
+                .owner_records_with(
+                    &prepared.store,
+                    &prepared.layout,
+                    now,
+                    Some(&prepared.owners_cache),
+                )
                 .await?,
         );
     }
