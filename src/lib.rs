@@ -7,6 +7,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod automation;
+pub mod bucket_copy;
 pub mod canary;
 pub mod cmd;
 pub mod diagnostic;
@@ -29,7 +30,6 @@ pub mod logging;
 pub mod markdown;
 pub mod memory;
 pub mod metrics;
-pub mod owners_cache;
 pub mod plan;
 pub mod policy;
 pub mod policy_diff;

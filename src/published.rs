@@ -76,6 +76,9 @@ pub struct BaseRules<'a> {
     pub migrate: bool,
     /// The clock the base's `not_after` is judged by.
     pub now: Option<SystemTime>,
+    /// The publisher's copy of the index (`bucket_copy`): used instead of a GET when the bucket's
+    /// index still has the ETag the copy was made with, and judged exactly the same.
+    pub index_copy: Option<&'a crate::bucket_copy::ObjectCopy>,
 }
 
 impl Published {
@@ -91,11 +94,8 @@ impl Published {
     ) -> anyhow::Result<Published> {
         let key = layout.index();
         let head_generation = rules.head.map(|head| head.generation);
-        let published = match store
-            .get(&key, None)
-            .await
-            .context("reading the published index")?
-        {
+        let (fetched, copied) = fetch_index(store, &key, rules.index_copy).await?;
+        let published = match fetched {
             Fetched::Object(object) => {
                 let index = Index::open(&object.body, verifier).with_context(|| {
                     format!(
@@ -112,6 +112,9 @@ impl Published {
                     .with_context(|| format!("refusing {where_}"))?;
                 let carry_trusted =
                     judge_base(&index, &sha256, &where_, verifier.is_some(), &rules)?;
+                if let (Some(copy), false) = (rules.index_copy, copied) {
+                    copy.put(&object.etag, &object.body);
+                }
                 Published {
                     index,
                     etag: Some(object.etag),
@@ -274,15 +277,15 @@ impl Published {
     }
 
     /// [`Published::owner_records`], with the publisher's copy of the owners object: when the
-    /// copy holds the object the index names, it is asked for only if it changed
-    /// (`If-None-Match`), so a run that needs the records reads no byte of it from the bucket.
+    /// copy holds the object the index names and the bucket still has it (its ETag), no byte of
+    /// it is read from the bucket (`bucket_copy`).
     /// A missing or altered object is judged as without the copy.
     pub async fn owner_records_with(
         &self,
         store: &impl ObjectStore,
         layout: &Layout,
         now: std::time::SystemTime,
-        cache: Option<&crate::owners_cache::OwnersCache>,
+        cache: Option<&crate::bucket_copy::ObjectCopy>,
     ) -> anyhow::Result<OwnerRecords> {
         let Some(sha256) = &self.index.owners else {
             return Ok(OwnerRecords::new());
@@ -373,6 +376,33 @@ impl Published {
             head_generation: None,
         })
     }
+}
+
+/// The published index: the publisher's copy when the bucket's index still has the ETag the copy
+/// was made with (a HEAD, no body), else a GET. `true` when it came from the copy.
+async fn fetch_index(
+    store: &S3Store,
+    key: &str,
+    copy: Option<&crate::bucket_copy::ObjectCopy>,
+) -> anyhow::Result<(Fetched, bool)> {
+    if let Some(copied) = copy.and_then(crate::bucket_copy::ObjectCopy::get) {
+        let etag = store
+            .etag(key)
+            .await
+            .context("reading the published index")?;
+        if etag.as_deref() == Some(copied.etag.as_str()) {
+            let object = crate::store::StoredObject {
+                body: copied.body,
+                etag: copied.etag,
+            };
+            return Ok((Fetched::Object(object), true));
+        }
+    }
+    let fetched = store
+        .get(key, None)
+        .await
+        .context("reading the published index")?;
+    Ok((fetched, false))
 }
 
 /// Whether the verified `index` (whose envelope hashes to `sha256`) may be the base of this run,
@@ -583,34 +613,41 @@ pub async fn checked(store: &impl ObjectStore, key: &str, sha256: &str) -> anyho
         .map_err(|damaged| anyhow::anyhow!("{damaged}"))
 }
 
-/// The owners object `key` (which must hash to `sha256`), asked for only if it is no longer the
-/// one `cache` holds; a fresh read is kept in `cache`. Errors as [`checked_object`].
+/// The owners object `key` (which must hash to `sha256`), read only if the bucket no longer
+/// holds the one `cache` keeps (its ETag, asked with a HEAD, is not the one the copy was made
+/// with); a fresh read is kept in `cache`. Errors as [`checked_object`]: a missing object is
+/// damaged whatever the copy holds.
 async fn owners_object(
     store: &impl ObjectStore,
     key: &str,
     sha256: &str,
-    cache: &crate::owners_cache::OwnersCache,
+    cache: &crate::bucket_copy::ObjectCopy,
 ) -> anyhow::Result<Result<Vec<u8>, Damaged>> {
-    let copy = cache.get(sha256);
-    let fetched = store
-        .get(key, copy.as_ref().map(|(_, etag)| etag.as_str()))
-        .await
-        .with_context(|| format!("reading {key}"))?;
-    match (fetched, copy) {
-        (Fetched::NotModified, Some((body, _))) => Ok(Ok(body)),
-        (Fetched::NotModified, None) => {
-            bail!("reading {key}: the store answered Not Modified to a plain GET")
-        }
-        (Fetched::Missing, _) => Ok(Err(missing(key))),
-        (Fetched::Object(object), _) => {
-            let actual = sha256_hex(&object.body);
-            if actual != sha256 {
-                return Ok(Err(altered(key, &actual, sha256)));
-            }
-            cache.put(sha256, &object.etag, &object.body);
-            Ok(Ok(object.body))
+    if let Some(copied) = cache.get_named(sha256) {
+        match store
+            .etag(key)
+            .await
+            .with_context(|| format!("reading {key}"))?
+        {
+            Some(current) if current == copied.etag => return Ok(Ok(copied.body)),
+            None => return Ok(Err(missing(key))),
+            // Written again since (by another publisher, or by hand): read and judge it.
+            Some(_) => {}
         }
     }
+    let Fetched::Object(object) = store
+        .get(key, None)
+        .await
+        .with_context(|| format!("reading {key}"))?
+    else {
+        return Ok(Err(missing(key)));
+    };
+    let actual = sha256_hex(&object.body);
+    if actual != sha256 {
+        return Ok(Err(altered(key, &actual, sha256)));
+    }
+    cache.put(&object.etag, &object.body);
+    Ok(Ok(object.body))
 }
 
 fn missing(key: &str) -> Damaged {

@@ -137,8 +137,9 @@ pub(crate) struct Prepared {
     /// the head records after this run).
     pub head_path: std::path::PathBuf,
     pub unknown_since: BTreeMap<String, String>,
-    /// The publisher's copy of the owners object (beside the lock file).
-    pub owners_cache: crate::owners_cache::OwnersCache,
+    /// The publisher's copies of the index and of the owners object (`bucket_copy`).
+    pub index_copy: crate::bucket_copy::ObjectCopy,
+    pub owners_copy: crate::bucket_copy::ObjectCopy,
 }
 
 impl Prepared {
@@ -188,6 +189,14 @@ pub(crate) async fn prepare(
         Some(_) => crate::published::verifier(settings)?,
         None => None,
     };
+    let deployment = crate::index::deployment(&s3.bucket, &s3.prefix);
+    let copy = |name| {
+        crate::bucket_copy::ObjectCopy::beside(&settings.safety.lock_file, name, &deployment)
+    };
+    let (index_copy, owners_copy) = (
+        copy(crate::bucket_copy::INDEX_COPY),
+        copy(crate::bucket_copy::OWNERS_COPY),
+    );
     let published = Published::read(
         &store,
         &layout,
@@ -201,6 +210,7 @@ pub(crate) async fn prepare(
             accept_expired: start.accept_expired,
             migrate: start.migrate,
             now: Some(SystemTime::now()),
+            index_copy: (!start.rewrite_all).then_some(&index_copy),
         },
     )
     .await?;
@@ -213,10 +223,6 @@ pub(crate) async fn prepare(
         .iter()
         .cloned()
         .collect();
-    let owners_cache = crate::owners_cache::OwnersCache::beside(
-        &settings.safety.lock_file,
-        &crate::index::deployment(&s3.bucket, &s3.prefix),
-    );
     let records = if crate::render::contested(&gathered.keys).is_empty() {
         None
     } else if start.rewrite_all {
@@ -228,7 +234,7 @@ pub(crate) async fn prepare(
     } else {
         Some(
             published
-                .owner_records_with(&store, &layout, now, Some(&owners_cache))
+                .owner_records_with(&store, &layout, now, Some(&owners_copy))
                 .await?,
         )
     };
@@ -269,7 +275,8 @@ pub(crate) async fn prepare(
         unread: BTreeSet::new(),
         head_path,
         unknown_since,
-        owners_cache,
+        index_copy,
+        owners_copy,
     };
     let (carried, mut carry_problems) =
         carried_files(&prepared, selection, settings, start, now).await?;
@@ -754,7 +761,7 @@ async fn revise_owners(
                     &prepared.store,
                     &prepared.layout,
                     now,
-                    Some(&prepared.owners_cache),
+                    Some(&prepared.owners_copy),
                 )
                 .await?,
         );

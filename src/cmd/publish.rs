@@ -231,10 +231,8 @@ async fn publish(
     let committed = commit(&prepared, &plan.index, signer.as_ref()).await?;
     remember(&prepared, Some((plan.index.generation, committed)))?;
     if let (Some(owners), Some(etag)) = (&plan.owners, owners_etag) {
-        // The next run that needs the records reads them from here (see `owners_cache`).
-        prepared
-            .owners_cache
-            .put(&sha256_hex(owners), &etag, owners);
+        // The next run that needs the records reads them from here (see `bucket_copy`).
+        prepared.owners_copy.put(&etag, owners);
     }
     let written = writing.elapsed();
     let pruning = Instant::now();
@@ -377,10 +375,14 @@ async fn commit(
     };
     match prepared
         .store
-        .put(&prepared.layout.index(), sealed, precondition)
+        .put(&prepared.layout.index(), sealed.clone(), precondition)
         .await
     {
-        Ok(_) => Ok(sha256),
+        Ok(etag) => {
+            // The next run reads the index from here while the bucket's keeps this ETag.
+            prepared.index_copy.put(&etag, &sealed);
+            Ok(sha256)
+        }
         Err(error @ StoreError::Conflict { .. }) => Err(coded(
             Exit::Busy,
             anyhow::Error::new(error).context(

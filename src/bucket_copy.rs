@@ -1,19 +1,21 @@
-//! The publisher's copy of the owners object, kept beside its lock file (`owners-cache`), so a
-//! run that needs the owners records (some key is in two people's files) does not read the
-//! whole object from S3 when it is the one already read or written.
+//! The publisher's copies of the two bucket objects every run needs, kept beside its lock file:
+//! the index (`index-copy`) and the owners object (`owners-copy`), so a run where nothing changed
+//! reads their ETags (a HEAD each, no body) instead of their bytes, and S3 traffic stays a few
+//! hundred bytes a run however many access groups and keys there are.
 //!
-//! The owners object is addressed by content (`_keyhole/owners/{sha256}.json`, the SHA-256 named
-//! by the verified index), so a local copy whose bytes hash to that SHA-256 is exactly the object
-//! the index names, wherever the bytes came from. The copy only saves the transfer, never a
-//! decision: the object is still asked for, with `If-None-Match` its ETag when the copy was made;
-//! `304 Not Modified` means the bucket still holds those bytes, anything else (missing, another
-//! ETag) is judged exactly as without a copy (`published::Published::owner_records`): a missing
-//! or altered object is damaged, whatever the copy holds.
+//! A copy only saves the transfer, never a decision. It is used only when the object's ETag,
+//! asked for with a HEAD (some S3-compatible servers ignore `If-None-Match` on GET and send the
+//! whole body), is the one the copy was made with: the bucket still holds exactly those bytes
+//! (S3 gives an object written again a new ETag). Anything else (missing, another ETag) is read
+//! and judged exactly as without a copy: the index is verified by its signature and the
+//! publisher's head whatever its source, and the owners object, addressed by content, must hash
+//! to the SHA-256 the verified index names; a missing or altered one is damaged whatever a copy
+//! holds.
 //!
-//! File format: one JSON header line (format, version, deployment, SHA-256, ETag), then the
-//! object's bytes. A copy that is not this user's private regular file, of another version or
-//! deployment, or whose bytes do not hash to the SHA-256 asked for is ignored (the object is read
-//! whole, as before). Written with temp file + fsync + rename, mode 0600.
+//! File format: one JSON header line (format, version, deployment, SHA-256 and ETag of the
+//! object), then the object's bytes. A copy that is not this user's private regular file, of
+//! another version or deployment, or whose bytes do not hash to its SHA-256 is not used (the
+//! object is read whole, as without one). Written with temp file + fsync + rename, mode 0600.
 
 use std::fs;
 use std::io::{Read as _, Write as _};
@@ -24,13 +26,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::render::sha256_hex;
 
-/// The copy's file name, in the lock file's directory.
-pub const CACHE_FILE: &str = "owners-cache";
+/// The index's copy, in the lock file's directory.
+pub const INDEX_COPY: &str = "index-copy";
+
+/// The owners object's copy, in the lock file's directory.
+pub const OWNERS_COPY: &str = "owners-copy";
 
 /// The version of the copy's format this keyhole reads and writes.
 pub const VERSION: u32 = 1;
 
-const FORMAT: &str = "keyhole-owners-cache";
+const FORMAT: &str = "keyhole-object-copy";
 
 /// The first line of the copy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,42 +48,54 @@ struct Header {
     etag: String,
 }
 
-/// Where the copy lives and which deployment it belongs to.
+/// Where a copy lives and which deployment it belongs to.
 #[derive(Debug, Clone)]
-pub struct OwnersCache {
+pub struct ObjectCopy {
     path: PathBuf,
     deployment: String,
 }
 
-impl OwnersCache {
-    /// The copy beside `lock_file`, for `deployment` (`s3://bucket/prefix`).
-    pub fn beside(lock_file: &Path, deployment: &str) -> OwnersCache {
+/// A copy as read: the object's bytes, their SHA-256, and the ETag they had in the bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Copied {
+    pub body: Vec<u8>,
+    pub sha256: String,
+    pub etag: String,
+}
+
+impl ObjectCopy {
+    /// The copy named `name` ([`INDEX_COPY`], [`OWNERS_COPY`]) beside `lock_file`, for
+    /// `deployment` (`s3://bucket/prefix`).
+    pub fn beside(lock_file: &Path, name: &str, deployment: &str) -> ObjectCopy {
         let path = lock_file
             .parent()
             .filter(|parent| !parent.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
-            .join(CACHE_FILE);
-        OwnersCache {
+            .join(name);
+        ObjectCopy {
             path,
             deployment: deployment.to_owned(),
         }
     }
 
-    /// The copied object named `sha256` and the ETag it had, when the copy holds exactly it.
-    pub fn get(&self, sha256: &str) -> Option<(Vec<u8>, String)> {
-        match self.read(sha256) {
+    /// The copied object, when there is a usable copy (a copy that is there but not usable is
+    /// logged).
+    pub fn get(&self) -> Option<Copied> {
+        match self.read() {
             Ok(found) => found,
             Err(why) => {
-                tracing::warn!(
-                    "the copy of the owners object {} is not used: {why}",
-                    self.path.display()
-                );
+                tracing::warn!("the copy {} is not used: {why}", self.path.display());
                 None
             }
         }
     }
 
-    fn read(&self, sha256: &str) -> Result<Option<(Vec<u8>, String)>, String> {
+    /// The copied object when it is the one named `sha256`.
+    pub fn get_named(&self, sha256: &str) -> Option<Copied> {
+        self.get().filter(|copied| copied.sha256 == sha256)
+    }
+
+    fn read(&self) -> Result<Option<Copied>, String> {
         let file = match fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
@@ -120,34 +137,34 @@ impl OwnersCache {
                 header.deployment, self.deployment
             ));
         }
-        if header.sha256 != sha256 {
-            // Another owners object (the index moved on): not an error, just not this one.
-            return Ok(None);
-        }
         let body = bytes.split_off(newline + 1);
-        if sha256_hex(&body) != sha256 {
+        if sha256_hex(&body) != header.sha256 {
             return Err("its bytes do not hash to the SHA-256 it names (damaged)".to_owned());
         }
-        Ok(Some((body, header.etag)))
+        Ok(Some(Copied {
+            body,
+            sha256: header.sha256,
+            etag: header.etag,
+        }))
     }
 
-    /// Keeps `body`, the owners object `sha256` as the bucket holds it with `etag`. A copy that
-    /// cannot be written costs the next run a whole read; it is logged, never an error.
-    pub fn put(&self, sha256: &str, etag: &str, body: &[u8]) {
-        if etag.is_empty() || sha256_hex(body) != sha256 {
+    /// Keeps `body`, the object as the bucket holds it with `etag`. A copy that cannot be
+    /// written costs the next run a whole read; it is logged, never an error.
+    pub fn put(&self, etag: &str, body: &[u8]) {
+        if etag.is_empty() {
             return;
         }
+        let sha256 = sha256_hex(body);
         let header = Header {
             format: FORMAT.to_owned(),
             version: VERSION,
             deployment: self.deployment.clone(),
-            sha256: sha256.to_owned(),
+            sha256,
             etag: etag.to_owned(),
         };
         if let Err(error) = self.write(&header, body) {
             tracing::warn!(
-                "could not keep a copy of the owners object in {}: {error}; the next run that \
-                 needs it reads it whole",
+                "could not keep a copy in {}: {error}; the next run reads the object whole",
                 self.path.display()
             );
         }
@@ -191,33 +208,38 @@ mod tests {
     fn a_copy_serves_only_the_object_it_holds_for_its_deployment() {
         let dir = tempfile::tempdir().unwrap();
         let lock = dir.path().join("publish.lock");
-        let cache = OwnersCache::beside(&lock, "s3://bucket/ssh/");
+        let copy = ObjectCopy::beside(&lock, OWNERS_COPY, "s3://bucket/ssh/");
         let body = b"{\"SHA256:x\":{\"user\":\"bob\"}}\n";
         let sha = sha256_hex(body);
-        assert_eq!(cache.get(&sha), None);
-        cache.put(&sha, "\"etag-1\"", body);
-        let path = dir.path().join(CACHE_FILE);
+        assert_eq!(copy.get(), None);
+        copy.put("\"etag-1\"", body);
+        let path = dir.path().join(OWNERS_COPY);
         let mode = fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        assert_eq!(cache.get(&sha), Some((body.to_vec(), "\"etag-1\"".into())));
+        let wanted = Copied {
+            body: body.to_vec(),
+            sha256: sha.clone(),
+            etag: "\"etag-1\"".into(),
+        };
+        assert_eq!(copy.get_named(&sha), Some(wanted));
         // Another object asked for.
-        assert_eq!(cache.get(&"0".repeat(64)), None);
+        assert_eq!(copy.get_named(&"0".repeat(64)), None);
         // Another deployment.
-        let other = OwnersCache::beside(&lock, "s3://other/ssh/");
-        assert_eq!(other.get(&sha), None);
-        // Bytes that do not hash to the name: ignored.
+        let other = ObjectCopy::beside(&lock, OWNERS_COPY, "s3://other/ssh/");
+        assert_eq!(other.get(), None);
+        // Bytes that do not hash to the name: not used.
         let mut damaged = fs::read(&path).unwrap();
         let last = damaged.len() - 3;
         damaged[last] ^= 0x01;
         fs::write(&path, &damaged).unwrap();
-        assert_eq!(cache.get(&sha), None);
-        // Readable by others: ignored.
-        cache.put(&sha, "\"etag-1\"", body);
+        assert_eq!(copy.get(), None);
+        // Readable by others: not used.
+        copy.put("\"etag-1\"", body);
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        assert_eq!(cache.get(&sha), None);
-        // Bytes that are not the object named are never kept.
+        assert_eq!(copy.get(), None);
+        // Without an ETag there is nothing to check a copy against: none is kept.
         fs::remove_file(&path).unwrap();
-        cache.put(&sha, "\"etag-1\"", b"other bytes");
+        copy.put("", body);
         assert!(!path.exists());
     }
 }
