@@ -135,7 +135,8 @@ pub async fn gather(
         binding: homes_state::binding(&deployment, &settings.homes.root),
         full_read_interval: settings.homes.full_read_interval,
         force_full,
-        now,
+        // The file system's clock, not the time the policy is judged at (`--now` in tests).
+        now: SystemTime::now(),
     };
     let (mut outcomes, homes_summary) = homes_state::harvest(
         harvestees,
