@@ -171,7 +171,10 @@ impl ObjectCopy {
     }
 
     fn write(&self, header: &Header, body: &[u8]) -> std::io::Result<()> {
-        let temporary = self.path.with_extension("tmp");
+        // Per process: a `plan` (which takes no lock) and a `publish` may write at once.
+        let temporary = self
+            .path
+            .with_extension(format!("tmp.{}", std::process::id()));
         match fs::remove_file(&temporary) {
             Ok(()) => {}
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}

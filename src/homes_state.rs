@@ -402,7 +402,9 @@ fn parse(bytes: &[u8], binding: &str) -> Result<State, String> {
 fn store(path: &Path, state: &State) -> anyhow::Result<()> {
     let write = || -> std::io::Result<()> {
         let body = serde_json::to_vec(state).map_err(std::io::Error::other)?;
-        let temporary = path.with_extension("tmp");
+        // Per process: a `plan` (which takes no lock) and a `publish` may write at once; each
+        // renames only its own whole file, and the last rename wins.
+        let temporary = path.with_extension(format!("tmp.{}", std::process::id()));
         // A leftover of a crashed run (or someone else's file) is replaced, never written through.
         match fs::remove_file(&temporary) {
             Ok(()) => {}
