@@ -616,6 +616,67 @@ mod tests {
         );
     }
 
+    /// `cargo test --lib homes_state::tests::measure -- --ignored --nocapture`: the homes phase
+    /// for 10,000 homes on this machine's disk, full and incremental.
+    #[tokio::test(flavor = "multi_thread")]
+    #[ignore = "a measurement, not a test"]
+    async fn measure_ten_thousand_homes() {
+        let dir = tempfile::tempdir().unwrap();
+        let uid = fs::metadata(dir.path()).unwrap().uid();
+        let users: Vec<Harvestee> = (0..10_000)
+            .map(|i| {
+                let home = dir.path().join(format!("user{i:05}"));
+                fs::create_dir_all(home.join(".ssh")).unwrap();
+                fs::set_permissions(&home, fs::Permissions::from_mode(0o755)).unwrap();
+                fs::set_permissions(home.join(".ssh"), fs::Permissions::from_mode(0o700)).unwrap();
+                let file = home.join(".ssh/authorized_keys");
+                fs::write(&file, KEY.repeat(2)).unwrap();
+                fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+                Harvestee {
+                    user: format!("user{i:05}"),
+                    uid: Some(uid),
+                    home: Ok(home),
+                }
+            })
+            .collect();
+        let settings = HarvestSettings {
+            concurrency: 32,
+            read_timeout: Duration::from_secs(5),
+        };
+        let started = std::time::Instant::now();
+        let read = homes::harvest(users.clone(), &settings).await;
+        eprintln!("plain harvest: {:?} for {}", started.elapsed(), read.len());
+        for (what, force_full) in [("full", true), ("incremental", false), ("again", false)] {
+            let incremental = Incremental {
+                path: dir.path().join(STATE_FILE),
+                binding: BINDING.to_owned(),
+                full_read_interval: Duration::from_secs(3_600),
+                force_full,
+                now: later(0),
+            };
+            let started = std::time::Instant::now();
+            let (outcomes, summary) = harvest(users.clone(), &settings, &incremental).await;
+            eprintln!(
+                "{what}: {:?} for {} ({summary})",
+                started.elapsed(),
+                outcomes.len()
+            );
+        }
+        let path = dir.path().join(STATE_FILE);
+        let started = std::time::Instant::now();
+        let Loaded::Usable(state) = load(&path, BINDING) else {
+            panic!("no state")
+        };
+        let loaded = started.elapsed();
+        let started = std::time::Instant::now();
+        store(&path, &state).unwrap();
+        eprintln!(
+            "state of {} bytes: load {loaded:?}, store {:?}",
+            fs::metadata(&path).unwrap().len(),
+            started.elapsed()
+        );
+    }
+
     #[tokio::test]
     async fn a_file_changed_just_before_the_run_is_read_again_next_time() {
         let home = Home::new();
