@@ -15,6 +15,7 @@ pub mod group_file;
 pub mod group_lookup;
 pub mod head;
 pub mod index;
+pub mod local_copy;
 pub mod names;
 pub mod published;
 pub mod revocation_list;

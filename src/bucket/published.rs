@@ -76,6 +76,9 @@ pub struct BaseRules<'a> {
     pub migrate: bool,
     /// The clock the base's `not_after` is judged by.
     pub now: Option<SystemTime>,
+    /// The publisher's copy of the index (`local_copy`): used instead of a GET when the bucket's
+    /// index still has the ETag the copy was made with, and judged exactly the same.
+    pub index_copy: Option<&'a crate::bucket::local_copy::ObjectCopy>,
 }
 
 impl Published {
@@ -91,11 +94,8 @@ impl Published {
     ) -> anyhow::Result<Published> {
         let key = layout.index();
         let head_generation = rules.head.map(|head| head.generation);
-        let published = match store
-            .get(&key, None)
-            .await
-            .context("reading the published index")?
-        {
+        let (fetched, copied) = fetch_index(store, &key, rules.index_copy).await?;
+        let published = match fetched {
             Fetched::Object(object) => {
                 let index = Index::open(&object.body, verifier).with_context(|| {
                     format!(
@@ -115,6 +115,9 @@ impl Published {
                     .with_context(|| format!("refusing {where_}"))?;
                 let carry_trusted =
                     judge_base(&index, &sha256, &where_, verifier.is_some(), &rules)?;
+                if let (Some(copy), false) = (rules.index_copy, copied) {
+                    copy.put(&object.etag, &object.body);
+                }
                 Published {
                     index,
                     etag: Some(object.etag),
@@ -273,10 +276,28 @@ impl Published {
         layout: &Layout,
         now: std::time::SystemTime,
     ) -> anyhow::Result<OwnerRecords> {
+        self.owner_records_with(store, layout, now, None).await
+    }
+
+    /// [`Published::owner_records`], with the publisher's copy of the owners object: when the
+    /// copy holds the object the index names and the bucket still has it (its ETag), no byte of
+    /// it is read from the bucket (`local_copy`).
+    /// A missing or altered object is judged as without the copy.
+    pub async fn owner_records_with(
+        &self,
+        store: &impl ObjectStore,
+        layout: &Layout,
+        now: std::time::SystemTime,
+        cache: Option<&crate::bucket::local_copy::ObjectCopy>,
+    ) -> anyhow::Result<OwnerRecords> {
         let Some(sha256) = &self.index.owners else {
             return Ok(OwnerRecords::new());
         };
-        let damaged = match checked_object(store, &layout.owners(sha256), sha256).await? {
+        let read = match cache {
+            Some(cache) => owners_object(store, &layout.owners(sha256), sha256, cache).await?,
+            None => checked_object(store, &layout.owners(sha256), sha256).await?,
+        };
+        let damaged = match read {
             Ok(body) => match records_from_json(&body) {
                 Ok(records) => return Ok(records),
                 Err(error) => Damaged(error.to_string()),
@@ -362,6 +383,33 @@ impl Published {
             head_generation: None,
         })
     }
+}
+
+/// The published index: the publisher's copy when the bucket's index still has the ETag the copy
+/// was made with (a HEAD, no body), else a GET. `true` when it came from the copy.
+async fn fetch_index(
+    store: &S3Store,
+    key: &str,
+    copy: Option<&crate::bucket::local_copy::ObjectCopy>,
+) -> anyhow::Result<(Fetched, bool)> {
+    if let Some(copied) = copy.and_then(crate::bucket::local_copy::ObjectCopy::get) {
+        let etag = store
+            .etag(key)
+            .await
+            .context("reading the published index")?;
+        if etag.as_deref() == Some(copied.etag.as_str()) {
+            let object = crate::bucket::store::StoredObject {
+                body: copied.body,
+                etag: copied.etag,
+            };
+            return Ok((Fetched::Object(object), true));
+        }
+    }
+    let fetched = store
+        .get(key, None)
+        .await
+        .context("reading the published index")?;
+    Ok((fetched, false))
 }
 
 /// Whether the verified `index` (whose envelope hashes to `sha256`) may be the base of this run,
@@ -542,6 +590,58 @@ pub async fn checked(store: &impl ObjectStore, key: &str, sha256: &str) -> anyho
         .map_err(|damaged| anyhow::anyhow!("{damaged}"))
 }
 
+/// The owners object `key` (which must hash to `sha256`), read only if the bucket no longer
+/// holds the one `cache` keeps (its ETag, asked with a HEAD, is not the one the copy was made
+/// with); a fresh read is kept in `cache`. Errors as [`checked_object`]: a missing object is
+/// damaged whatever the copy holds.
+async fn owners_object(
+    store: &impl ObjectStore,
+    key: &str,
+    sha256: &str,
+    cache: &crate::bucket::local_copy::ObjectCopy,
+) -> anyhow::Result<Result<Vec<u8>, Damaged>> {
+    if let Some(copied) = cache.get_named(sha256) {
+        match store
+            .etag(key)
+            .await
+            .with_context(|| format!("reading {key}"))?
+        {
+            Some(current) if current == copied.etag => return Ok(Ok(copied.body)),
+            None => return Ok(Err(missing(key))),
+            // Written again since (by another publisher, or by hand): read and judge it.
+            Some(_) => {}
+        }
+    }
+    let Fetched::Object(object) = store
+        .get(key, None)
+        .await
+        .with_context(|| format!("reading {key}"))?
+    else {
+        return Ok(Err(missing(key)));
+    };
+    let actual = sha256_hex(&object.body);
+    if actual != sha256 {
+        return Ok(Err(altered(key, &actual, sha256)));
+    }
+    cache.put(&object.etag, &object.body);
+    Ok(Ok(object.body))
+}
+
+fn missing(key: &str) -> Damaged {
+    Damaged(format!(
+        "{key} is listed in the index but missing from the bucket (`keyhole verify` shows what \
+         else is)"
+    ))
+}
+
+fn altered(key: &str, actual: &str, sha256: &str) -> Damaged {
+    Damaged(format!(
+        "{key} has SHA-256 {actual}, not the {sha256} the signed index records: it was changed \
+         in the bucket (`keyhole verify`; `publish --rewrite-all` writes it again from a fresh \
+         render)"
+    ))
+}
+
 /// Reads `key`, which must hash to `sha256`. The outer error is the store failing (the run
 /// stops); the inner one is the object missing or altered (the caller plans around it).
 pub async fn checked_object(
@@ -554,18 +654,11 @@ pub async fn checked_object(
         .await
         .with_context(|| format!("reading {key}"))?
     else {
-        return Ok(Err(Damaged(format!(
-            "{key} is listed in the index but missing from the bucket (`keyhole verify` shows \
-             what else is)"
-        ))));
+        return Ok(Err(missing(key)));
     };
     let actual = sha256_hex(&object.body);
     if actual != sha256 {
-        return Ok(Err(Damaged(format!(
-            "{key} has SHA-256 {actual}, not the {sha256} the signed index records: it was \
-             changed in the bucket (`keyhole verify`; `publish --rewrite-all` writes it again \
-             from a fresh render)"
-        ))));
+        return Ok(Err(altered(key, &actual, sha256)));
     }
     Ok(Ok(object.body))
 }

@@ -106,6 +106,14 @@ pub trait ObjectStore {
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
     /// Every key under `prefix`.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    /// The ETag `key` has now (`None`: missing), without its body. Some S3-compatible servers
+    /// ignore `If-None-Match` on GET and send the whole body; every one answers HEAD without it.
+    async fn etag(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(match self.get(key, None).await? {
+            Fetched::Object(object) => Some(object.etag),
+            Fetched::NotModified | Fetched::Missing => None,
+        })
+    }
 }
 
 /// The most a [`S3Store`] reads of one object unless told otherwise. Whoever can write to the
@@ -351,6 +359,27 @@ impl ObjectStore for S3Store {
             .await
             .map_err(|error| self.failure("DELETE", key, error))?;
         Ok(())
+    }
+
+    async fn etag(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.counts.gets.fetch_add(1, Ordering::Relaxed);
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(output) => Ok(Some(output.e_tag().unwrap_or_default().to_owned())),
+            Err(error)
+                if status(&error) == Some(404)
+                    || error.as_service_error().is_some_and(|e| e.is_not_found()) =>
+            {
+                Ok(None)
+            }
+            Err(error) => Err(self.failure("HEAD", key, error)),
+        }
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {

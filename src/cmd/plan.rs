@@ -2,7 +2,7 @@
 
 use super::{Format, GlobalArgs, print_plan};
 use crate::exit::{EXIT_CODES_HELP, Exit};
-use crate::publisher::gather::DirectoryRun;
+use crate::publisher::gather::Reading;
 use crate::publisher::prepare::{Start, prepare};
 use crate::settings::Settings;
 
@@ -23,8 +23,8 @@ pub struct Args {
     #[arg(long)]
     detailed_exitcode: bool,
 
-    /// Read the whole directory, not only what changed since the last publish (see
-    /// `ldap.full_read_interval`).
+    /// Read the whole directory and every member's home, not only what changed since the last
+    /// run (see `ldap.full_read_interval` and `homes.full_read_interval`).
     #[arg(long)]
     full: bool,
 
@@ -37,7 +37,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
     let start = Start {
         now: args.clock.now(),
         // plan holds no lock: it reads the directory state, and only publish writes it.
-        directory: DirectoryRun {
+        directory: Reading {
             force_full: args.full,
             keep_state: false,
         },

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::{Format, GlobalArgs, print_plan};
 use crate::exit::{EXIT_CODES_HELP, Exit};
 use crate::metrics::{self, RunMetrics};
-use crate::publisher::gather::DirectoryRun;
+use crate::publisher::gather::Reading;
 use crate::publisher::prepare::Start;
 use crate::publisher::publish::{Request, publish};
 use crate::settings::Settings;
@@ -54,8 +54,8 @@ pub struct Args {
     #[arg(long)]
     migrate: bool,
 
-    /// Read the whole directory, not only what changed since the last publish (see
-    /// `ldap.full_read_interval`).
+    /// Read the whole directory and every member's home, not only what changed since the last
+    /// run (see `ldap.full_read_interval` and `homes.full_read_interval`).
     #[arg(long)]
     full: bool,
 
@@ -113,7 +113,7 @@ async fn publish_with(
             accept_expired: args.accept_expired,
             migrate: args.migrate,
             rewrite_all: args.rewrite_all,
-            directory: DirectoryRun {
+            directory: Reading {
                 force_full: args.full,
                 keep_state: true,
             },

@@ -21,6 +21,7 @@ use crate::keys;
 use crate::publisher::directory::{ReadStats, User, usn};
 use crate::publisher::homes::Rejection;
 use crate::publisher::homes::{self, HarvestOutcome, HarvestSettings, Harvestee, HomeLayout};
+use crate::publisher::homes_state;
 use crate::publisher::policy::{self, Checked};
 use crate::publisher::render::{Problem, UserKeys};
 use crate::publisher::resolve::{Resolution, resolve};
@@ -31,10 +32,11 @@ const NO_UID_SUMMARY_AFTER: usize = 3;
 
 /// How a run reads the directory (see `crate::publisher::directory::usn`).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct DirectoryRun {
+pub struct Reading {
     /// `--full`: read everything, whatever the directory state says.
     pub force_full: bool,
-    /// Write the directory state back: only a run holding the publish lock may.
+    /// Write the directory state back: only a run holding the publish lock may (the homes
+    /// state is a cache of what was read, written by any run).
     pub keep_state: bool,
 }
 
@@ -55,6 +57,8 @@ pub struct Gathered {
     pub policy_commit: Option<String>,
     /// How long each part took, for the run's phase log line (`cmd::plan::prepare`).
     pub timings: GatherTimings,
+    /// Which kind of homes read this was, and how many homes were read.
+    pub homes: homes_state::Summary,
 }
 
 /// Wall time of the parts of [`gather`].
@@ -79,10 +83,12 @@ impl Gathered {
 
 /// Reads the policy, the directory and the members' homes. Any directory failure is an error;
 /// a home that cannot be read is not (it becomes `UserKeys::Unknown`, and its groups are held).
+/// Homes whose identity did not change since the homes state remembered them are not read again
+/// (`homes_state`) unless `run.force_full` (`--full`) or a full read is due.
 pub async fn gather(
     settings: &Settings,
     now: SystemTime,
-    run: DirectoryRun,
+    run: Reading,
 ) -> anyhow::Result<Gathered> {
     let mut timings = GatherTimings::default();
     let started = Instant::now();
@@ -158,12 +164,25 @@ pub async fn gather(
         .iter()
         .filter_map(|harvestee| harvestee.home.as_ref().ok().cloned())
         .collect();
-    let mut outcomes = homes::harvest(
+    let deployment = settings
+        .s3()
+        .map(|s3| crate::bucket::index::deployment(&s3.bucket, &s3.prefix))
+        .unwrap_or_default();
+    let incremental = homes_state::Incremental {
+        path: homes_state::path_beside(&settings.safety.lock_file),
+        binding: homes_state::binding(&deployment, &settings.homes.root),
+        full_read_interval: settings.homes.full_read_interval,
+        force_full: run.force_full,
+        // The file system's clock, not the time the policy is judged at (`--now` in tests).
+        now: SystemTime::now(),
+    };
+    let (mut outcomes, homes_summary) = homes_state::harvest(
         harvestees,
         &HarvestSettings {
             concurrency: settings.homes.concurrency,
             read_timeout: settings.homes.read_timeout,
         },
+        &incremental,
     )
     .await;
     outcomes.append(&mut settled);
@@ -275,6 +294,7 @@ pub async fn gather(
         problems,
         policy_commit,
         timings,
+        homes: homes_summary,
     })
 }
 
@@ -538,6 +558,7 @@ mod tests {
             owner: OwnerSource::UidNumber,
             sentinel: sentinel.map(PathBuf::from),
             max_carry: Duration::from_secs(7 * 86_400),
+            full_read_interval: Duration::from_secs(3_600),
         }
     }
 

@@ -42,7 +42,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinSet;
@@ -306,13 +306,18 @@ pub async fn harvest(
 /// remaining users are reported `Unknown` without being read. So a run never holds more than three
 /// times `concurrency` reader threads, and a fully hung NFS costs two or three `read_timeout`s, not
 /// one per user. Abandoned threads that finish later stop counting, so a brief stall recovers.
-pub async fn harvest_with<R>(
+///
+/// The reader may return more than the outcome (`T`, e.g. [`Look`] with the identity of what it
+/// read); what the harvest itself decides (a rejected home, a timeout) is a [`HarvestOutcome`]
+/// turned into `T`.
+pub async fn harvest_with<R, T>(
     users: Vec<Harvestee>,
     settings: &HarvestSettings,
     reader: R,
-) -> BTreeMap<String, HarvestOutcome>
+) -> BTreeMap<String, T>
 where
-    R: Fn(&Path, u32) -> HarvestOutcome + Send + Sync + 'static,
+    R: Fn(&Path, u32) -> T + Send + Sync + 'static,
+    T: From<HarvestOutcome> + fmt::Debug + Send + 'static,
 {
     let reader = Arc::new(reader);
     let concurrency = settings.concurrency.max(1);
@@ -328,19 +333,22 @@ where
         let home = match home {
             Ok(home) => home,
             Err(rejection) => {
-                outcomes.insert(user, HarvestOutcome::Rejected(rejection));
+                outcomes.insert(user, HarvestOutcome::Rejected(rejection).into());
                 continue;
             }
         };
         let Some(uid) = uid else {
-            outcomes.insert(user, HarvestOutcome::Rejected(Rejection::NoUidNumber));
+            outcomes.insert(
+                user,
+                HarvestOutcome::Rejected(Rejection::NoUidNumber).into(),
+            );
             continue;
         };
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
             // The semaphore is never closed; if it were, reading on could not be bounded.
             outcomes.insert(
                 user,
-                HarvestOutcome::Unknown("not read: the read limiter was closed".to_owned()),
+                HarvestOutcome::Unknown("not read: the read limiter was closed".to_owned()).into(),
             );
             continue;
         };
@@ -357,7 +365,8 @@ where
                 user,
                 HarvestOutcome::Unknown(format!(
                     "not read: {hung} earlier reads of homes are hung, so no more are started"
-                )),
+                ))
+                .into(),
             );
             continue;
         }
@@ -381,7 +390,7 @@ where
             Ok((id, outcome)) => (id, outcome),
             Err(error) => (
                 error.id(),
-                HarvestOutcome::Unknown(format!("the read task failed: {error}")),
+                HarvestOutcome::Unknown(format!("the read task failed: {error}")).into(),
             ),
         };
         if let Some(user) = reading.remove(&id) {
@@ -397,15 +406,16 @@ const FINISHED: u8 = 1;
 const ABANDONED: u8 = 2;
 
 /// Runs `reader` on a detached thread and waits for it at most `timeout`.
-async fn read_in_thread<R>(
+async fn read_in_thread<R, T>(
     reader: Arc<R>,
     home: PathBuf,
     uid: u32,
     timeout: Duration,
     abandoned: Arc<AtomicUsize>,
-) -> HarvestOutcome
+) -> T
 where
-    R: Fn(&Path, u32) -> HarvestOutcome + Send + Sync + 'static,
+    R: Fn(&Path, u32) -> T + Send + Sync + 'static,
+    T: From<HarvestOutcome> + Send + 'static,
 {
     let (sender, mut receiver) = oneshot::channel();
     let state = Arc::new(AtomicU8::new(RUNNING));
@@ -427,12 +437,13 @@ where
         return HarvestOutcome::Unknown(format!(
             "could not start a thread to read {}: {error}",
             home.display()
-        ));
+        ))
+        .into();
     }
 
     match tokio::time::timeout(timeout, &mut receiver).await {
         Ok(Ok(outcome)) => outcome,
-        Ok(Err(_)) => reader_died(&home),
+        Ok(Err(_)) => reader_died(&home).into(),
         Err(_elapsed) => {
             // Count before marking, so the thread can never uncount a read that was not counted.
             abandoned.fetch_add(1, Ordering::SeqCst);
@@ -442,13 +453,16 @@ where
             {
                 // It finished right at the deadline: not hung, and its outcome is waiting.
                 abandoned.fetch_sub(1, Ordering::SeqCst);
-                return receiver.try_recv().unwrap_or_else(|_| reader_died(&home));
+                return receiver
+                    .try_recv()
+                    .unwrap_or_else(|_| reader_died(&home).into());
             }
             HarvestOutcome::Unknown(format!(
                 "reading the keys in {} timed out after {}",
                 home.display(),
                 humantime::format_duration(timeout)
             ))
+            .into()
         }
     }
 }
@@ -484,14 +498,156 @@ impl Drop for ReadFinished {
 /// between a check and the open). See the module doc for the rules. May block for as long as the
 /// filesystem does: call it through [`harvest`] to bound that.
 pub fn read_authorized_keys(home: &Path, uid: u32) -> HarvestOutcome {
-    match read_checked(home, uid) {
-        Ok(text) => HarvestOutcome::Keys(text),
+    match read_checked(home, uid, None) {
+        Ok(Found::Text(text, _)) => HarvestOutcome::Keys(text),
+        // Only a caller that remembers an identity can be told nothing changed; none was given.
+        Ok(Found::Unchanged(_)) => {
+            HarvestOutcome::Unknown(format!("{} was not read", home.display()))
+        }
         Err(outcome) => outcome,
     }
 }
 
+/// What a home's `.ssh` and `authorized_keys` were when they were read: device, inode, owner,
+/// mode, size, mtime and ctime of each (the home directory by device, inode, owner and mode
+/// only: its times move with every file a user saves at the top of their home). Taken with
+/// `fstat` on the descriptors the checks were made on, before the file was read, so a write that
+/// lands during the read gives the next run another identity, never the old one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    pub home: DirStamp,
+    pub ssh: Stamp,
+    pub file: Stamp,
+}
+
+/// The home directory's part of an [`Identity`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirStamp {
+    pub dev: u64,
+    pub ino: u64,
+    pub uid: u32,
+    pub mode: u32,
+}
+
+/// `.ssh`'s or `authorized_keys`' part of an [`Identity`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stamp {
+    pub dev: u64,
+    pub ino: u64,
+    pub uid: u32,
+    pub mode: u32,
+    pub size: u64,
+    pub mtime: (i64, i64),
+    pub ctime: (i64, i64),
+}
+
+/// A file whose ctime is this close to the run's start (or after it) may still be written to
+/// within the same timestamp tick as the identity taken: its text is not remembered, and the
+/// next run reads it again (git's "racily clean" entries). Generous against NFS servers whose
+/// clock is a little off this host's.
+pub const RACY_WINDOW: Duration = Duration::from_secs(2);
+
+impl DirStamp {
+    fn of(meta: &std::fs::Metadata) -> DirStamp {
+        DirStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            uid: meta.uid(),
+            mode: meta.mode(),
+        }
+    }
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Stamp {
+        Stamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            uid: meta.uid(),
+            mode: meta.mode(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+
+    /// Changed within [`RACY_WINDOW`] of `now`, or after it.
+    fn racy(&self, now: SystemTime) -> bool {
+        let ctime = match u64::try_from(self.ctime.0) {
+            Ok(seconds) => {
+                let nanos = u32::try_from(self.ctime.1).unwrap_or(0);
+                SystemTime::UNIX_EPOCH + Duration::new(seconds, nanos.min(999_999_999))
+            }
+            // Before 1970: nobody's key file is that old; count it as racy, read it every run.
+            Err(_) => return true,
+        };
+        ctime + RACY_WINDOW > now
+    }
+}
+
+/// What looking at a home came to, for a caller that remembers what it read there last time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Look {
+    /// Every check passed on what was opened, and the identity is the one remembered: the text
+    /// read then is still the file's text. The file was not read.
+    Unchanged(Identity),
+    /// Read as [`read_authorized_keys`] reads (or found missing, rejected or unknown);
+    /// `identity` is set when the text may be remembered: a plain `authorized_keys` (not a
+    /// symlink) that is not [racy](RACY_WINDOW).
+    Read {
+        outcome: HarvestOutcome,
+        identity: Option<Identity>,
+    },
+}
+
+impl From<HarvestOutcome> for Look {
+    fn from(outcome: HarvestOutcome) -> Look {
+        Look::Read {
+            outcome,
+            identity: None,
+        }
+    }
+}
+
+/// [`read_authorized_keys`], except that the file is not read when every check passes and its
+/// [`Identity`] is `previous`. Every check (StrictModes owner and mode of the home, `.ssh` and
+/// the file, `O_NOFOLLOW` opens, the file's type and size) is made as on a full read, on what was
+/// opened: an unchanged identity skips only the read of the text.
+pub fn look_at_authorized_keys(
+    home: &Path,
+    uid: u32,
+    previous: Option<&Identity>,
+    now: SystemTime,
+) -> Look {
+    let since = Since { previous, now };
+    match read_checked(home, uid, Some(&since)) {
+        Ok(Found::Unchanged(identity)) => Look::Unchanged(identity),
+        Ok(Found::Text(text, identity)) => Look::Read {
+            outcome: HarvestOutcome::Keys(text),
+            identity,
+        },
+        Err(outcome) => outcome.into(),
+    }
+}
+
+/// What the caller remembers, and when the run started.
+struct Since<'a> {
+    previous: Option<&'a Identity>,
+    now: SystemTime,
+}
+
+/// What a checked read found: the text (with the identity to remember it by, when it may be),
+/// or that the identity is the one remembered (nothing was read).
+enum Found {
+    Text(String, Option<Identity>),
+    Unchanged(Identity),
+}
+
 /// The checked read; every way it stops early is the outcome to report.
-fn read_checked(home: &Path, uid: u32) -> Result<String, HarvestOutcome> {
+fn read_checked(home: &Path, uid: u32, since: Option<&Since<'_>>) -> Result<Found, HarvestOutcome> {
     let home_dir = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECTORY | libc::O_NONBLOCK | libc::O_CLOEXEC)
@@ -502,7 +658,7 @@ fn read_checked(home: &Path, uid: u32) -> Result<String, HarvestOutcome> {
             }
             _ => missing_or_unknown(&error, home),
         })?;
-    check_directory(&home_dir, home, uid, Place::Home)?;
+    let home_meta = check_directory(&home_dir, home, uid, Place::Home)?;
 
     let ssh_path = home.join(".ssh");
     let ssh_dir = open_at(
@@ -526,7 +682,7 @@ fn read_checked(home: &Path, uid: u32) -> Result<String, HarvestOutcome> {
         },
         _ => missing_or_unknown(&error, &ssh_path),
     })?;
-    check_directory(&ssh_dir, &ssh_path, uid, Place::SshDir)?;
+    let ssh_meta = check_directory(&ssh_dir, &ssh_path, uid, Place::SshDir)?;
 
     let keys_path = ssh_path.join("authorized_keys");
     match open_at(
@@ -534,9 +690,28 @@ fn read_checked(home: &Path, uid: u32) -> Result<String, HarvestOutcome> {
         "authorized_keys",
         libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY,
     ) {
-        Ok(file) => read_file(file, uid, Place::AuthorizedKeys, &keys_path),
+        Ok(file) => {
+            let meta = checked_file(&file, uid, Place::AuthorizedKeys, &keys_path)?;
+            let Some(since) = since else {
+                let text = read_text(file, &meta, Place::AuthorizedKeys, &keys_path)?;
+                return Ok(Found::Text(text, None));
+            };
+            let identity = Identity {
+                home: DirStamp::of(&home_meta),
+                ssh: Stamp::of(&ssh_meta),
+                file: Stamp::of(&meta),
+            };
+            if since.previous == Some(&identity) {
+                return Ok(Found::Unchanged(identity));
+            }
+            let text = read_text(file, &meta, Place::AuthorizedKeys, &keys_path)?;
+            let remembered = (!identity.file.racy(since.now)).then_some(identity);
+            Ok(Found::Text(text, remembered))
+        }
+        // A symlinked authorized_keys is read on every run: its identity would have to cover
+        // every directory of the walk and the target too.
         Err(error) if error.raw_os_error() == Some(libc::ELOOP) => {
-            read_through_symlink(&home_dir, home, &ssh_dir, uid)
+            read_through_symlink(&home_dir, home, &ssh_dir, uid).map(|text| Found::Text(text, None))
         }
         Err(error) => Err(missing_or_unknown(&error, &keys_path)),
     }
@@ -796,6 +971,18 @@ fn read_link_at_os(dir: &File, name: &std::ffi::OsStr) -> io::Result<PathBuf> {
 
 /// Checks an open file by its descriptor and reads at most [`AUTHORIZED_KEYS_LIMIT`] bytes.
 fn read_file(file: File, uid: u32, place: Place, path: &Path) -> Result<String, HarvestOutcome> {
+    let meta = checked_file(&file, uid, place.clone(), path)?;
+    read_text(file, &meta, place, path)
+}
+
+/// The file checks, on the open descriptor: a regular file, owned by `uid`, not group- or
+/// world-writable, at most [`AUTHORIZED_KEYS_LIMIT`] bytes. Returns what `fstat` said.
+fn checked_file(
+    file: &File,
+    uid: u32,
+    place: Place,
+    path: &Path,
+) -> Result<std::fs::Metadata, HarvestOutcome> {
     let meta = file.metadata().map_err(|error| unknown(&error, path))?;
     if !meta.file_type().is_file() {
         return Err(HarvestOutcome::Rejected(Rejection::NotARegularFile {
@@ -807,7 +994,16 @@ fn read_file(file: File, uid: u32, place: Place, path: &Path) -> Result<String, 
     if meta.size() > AUTHORIZED_KEYS_LIMIT {
         return Err(too_large(place, meta.size()));
     }
+    Ok(meta)
+}
 
+/// Reads a checked file (`meta` is its `fstat`), at most [`AUTHORIZED_KEYS_LIMIT`] bytes.
+fn read_text(
+    file: File,
+    meta: &std::fs::Metadata,
+    place: Place,
+    path: &Path,
+) -> Result<String, HarvestOutcome> {
     // One byte past the limit tells a file that grew since the fstat from one that is exactly full.
     let mut bytes = Vec::with_capacity(usize::try_from(meta.size()).unwrap_or(0));
     file.take(AUTHORIZED_KEYS_LIMIT + 1)
@@ -831,9 +1027,15 @@ fn too_large(place: Place, size: u64) -> HarvestOutcome {
     })
 }
 
-fn check_directory(dir: &File, path: &Path, uid: u32, place: Place) -> Result<(), HarvestOutcome> {
+fn check_directory(
+    dir: &File,
+    path: &Path,
+    uid: u32,
+    place: Place,
+) -> Result<std::fs::Metadata, HarvestOutcome> {
     let meta = dir.metadata().map_err(|error| unknown(&error, path))?;
-    check_ownership_and_mode(&meta, uid, place)
+    check_ownership_and_mode(&meta, uid, place)?;
+    Ok(meta)
 }
 
 fn check_ownership_and_mode(

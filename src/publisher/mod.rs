@@ -14,6 +14,7 @@ pub mod directory;
 pub mod gather;
 pub mod git;
 pub mod homes;
+pub mod homes_state;
 pub mod lock;
 pub mod plan;
 pub mod policy;

@@ -74,6 +74,9 @@ pub struct Prepared {
     /// the head records after this run).
     pub head_path: std::path::PathBuf,
     pub unknown_since: BTreeMap<String, String>,
+    /// The publisher's copies of the index and of the owners object (`local_copy`).
+    pub index_copy: crate::bucket::local_copy::ObjectCopy,
+    pub owners_copy: crate::bucket::local_copy::ObjectCopy,
 }
 
 impl Prepared {
@@ -101,7 +104,7 @@ pub struct Start {
     /// `--rewrite-all`: nothing but the index is read back from the bucket.
     pub rewrite_all: bool,
     /// `--full`, and whether the directory state is written back (publish, under its lock).
-    pub directory: crate::publisher::gather::DirectoryRun,
+    pub directory: crate::publisher::gather::Reading,
 }
 
 pub async fn prepare(
@@ -123,6 +126,14 @@ pub async fn prepare(
         Some(_) => crate::bucket::published::verifier(settings)?,
         None => None,
     };
+    let deployment = crate::bucket::index::deployment(&s3.bucket, &s3.prefix);
+    let copy = |name| {
+        crate::bucket::local_copy::ObjectCopy::beside(&settings.safety.lock_file, name, &deployment)
+    };
+    let (index_copy, owners_copy) = (
+        copy(crate::bucket::local_copy::INDEX_COPY),
+        copy(crate::bucket::local_copy::OWNERS_COPY),
+    );
     let published = Published::read(
         &store,
         &layout,
@@ -136,6 +147,7 @@ pub async fn prepare(
             accept_expired: start.accept_expired,
             migrate: start.migrate,
             now: Some(SystemTime::now()),
+            index_copy: (!start.rewrite_all).then_some(&index_copy),
         },
     )
     .await?;
@@ -157,7 +169,11 @@ pub async fn prepare(
         );
         Some(OwnerRecords::new())
     } else {
-        Some(published.owner_records(&store, &layout, now).await?)
+        Some(
+            published
+                .owner_records_with(&store, &layout, now, Some(&owners_copy))
+                .await?,
+        )
     };
     let canary = crate::canary::fingerprints(
         settings
@@ -196,6 +212,8 @@ pub async fn prepare(
         unread: BTreeSet::new(),
         head_path,
         unknown_since,
+        index_copy,
+        owners_copy,
     };
     let (carried, mut carry_problems) =
         carried_files(&prepared, selection, settings, start, now).await?;
@@ -688,7 +706,12 @@ async fn revise_owners(
         prepared.records = Some(
             prepared
                 .published
-                .owner_records(&prepared.store, &prepared.layout, now)
+                .owner_records_with(
+                    &prepared.store,
+                    &prepared.layout,
+                    now,
+                    Some(&prepared.owners_copy),
+                )
                 .await?,
         );
     }

@@ -130,14 +130,17 @@ pub async fn publish(
         write_groups(&prepared),
     )
     .await??;
-    if let Some(owners) = &plan.owners {
-        within(
-            deadline,
-            "writing the owners object",
-            write_owners(&prepared, owners),
-        )
-        .await??;
-    }
+    let owners_etag = match &plan.owners {
+        Some(owners) => Some(
+            within(
+                deadline,
+                "writing the owners object",
+                write_owners(&prepared, owners),
+            )
+            .await??,
+        ),
+        None => None,
+    };
     if let Some(list) = &plan.revoked {
         let write = crate::publisher::revocation::write(&prepared.store, &prepared.layout, list);
         within(deadline, "writing the revocation list", write).await??;
@@ -145,6 +148,10 @@ pub async fn publish(
     within(deadline, "committing the index", async {}).await?;
     let committed = commit(&prepared, &plan.index, signer.as_ref()).await?;
     remember(&prepared, Some((plan.index.generation, committed)))?;
+    if let (Some(owners), Some(etag)) = (&plan.owners, owners_etag) {
+        // The next run that needs the records reads them from here (see `local_copy`).
+        prepared.owners_copy.put(&etag, owners);
+    }
     let written = writing.elapsed();
     let pruning = Instant::now();
     prune(&prepared).await;
@@ -240,14 +247,14 @@ fn written(done: Result<Result<String, StoreError>, tokio::task::JoinError>) -> 
     Ok(())
 }
 
-async fn write_owners(prepared: &Prepared, owners: &[u8]) -> anyhow::Result<()> {
+/// Writes the owners object; returns its ETag.
+async fn write_owners(prepared: &Prepared, owners: &[u8]) -> anyhow::Result<String> {
     let key = prepared.layout.owners(&sha256_hex(owners));
     prepared
         .store
         .put(&key, owners.to_vec(), Precondition::None)
         .await
-        .context("writing the owners object; the index was not committed")?;
-    Ok(())
+        .context("writing the owners object; the index was not committed")
 }
 
 /// Records in the publisher's head the index this run committed (`Some((generation, sha256))`),
@@ -286,10 +293,14 @@ async fn commit(
     };
     match prepared
         .store
-        .put(&prepared.layout.index(), sealed, precondition)
+        .put(&prepared.layout.index(), sealed.clone(), precondition)
         .await
     {
-        Ok(_) => Ok(sha256),
+        Ok(etag) => {
+            // The next run reads the index from here while the bucket's keeps this ETag.
+            prepared.index_copy.put(&etag, &sealed);
+            Ok(sha256)
+        }
         Err(error @ StoreError::Conflict { .. }) => Err(coded(
             Exit::Busy,
             anyhow::Error::new(error).context(

@@ -22,6 +22,10 @@ pub struct HomesSettings {
     /// `[homes] max_carry`: how long a member's published lines are carried while their home is
     /// continuously unreadable; after it they have no keys (reported).
     pub max_carry: Duration,
+    /// `[homes] full_read_interval`: how often every member's `authorized_keys` is read whole
+    /// even when its identity did not change (see `crate::publisher::homes_state`); between
+    /// full reads only the homes whose identity changed are read.
+    pub full_read_interval: Duration,
 }
 
 /// `[homes] owner`: where the uid that must own a user's home, `.ssh` and `authorized_keys`
@@ -46,6 +50,7 @@ pub(super) struct RawHomes {
     nss_suffix: Option<String>,
     sentinel: Option<String>,
     max_carry: Option<String>,
+    full_read_interval: Option<String>,
 }
 
 pub(super) fn validate(raw: RawHomes, check: &mut Checker) -> HomesSettings {
@@ -86,5 +91,11 @@ pub(super) fn validate(raw: RawHomes, check: &mut Checker) -> HomesSettings {
             sentinel
         }),
         max_carry: check.duration(S, "max_carry", raw.max_carry.as_deref(), "7d"),
+        full_read_interval: check.duration(
+            S,
+            "full_read_interval",
+            raw.full_read_interval.as_deref(),
+            "1h",
+        ),
     }
 }

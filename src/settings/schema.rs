@@ -86,6 +86,7 @@ pub(super) const KEYS: &[(&str, &str, Kind)] = &[
     ("homes", "nss_suffix", Kind::Text),
     ("homes", "sentinel", Kind::Text),
     ("homes", "max_carry", Kind::Duration),
+    ("homes", "full_read_interval", Kind::Duration),
     ("s3", "bucket", Kind::Text),
     ("s3", "prefix", Kind::Text),
     ("s3", "region", Kind::Text),
