@@ -1,7 +1,8 @@
 //! The object store (S3): where group objects, the owners object and the index live.
 //!
 //! [`ObjectStore`] is the seam: [`S3Store`] speaks to S3 or any S3-compatible server through
-//! aws-sdk-s3, and tests of the publishing logic can use an in-memory store. Every S3 client is
+//! aws-sdk-s3, and tests of the publishing logic use
+//! [`MemoryStore`](super::memory_store::MemoryStore). Every S3 client is
 //! built by [`S3Store::connect`], the one place that wires the rustls + ring HTTP client (see
 //! DEPENDENCIES.md: forgetting it compiles but panics at run time).
 //!
@@ -92,20 +93,27 @@ impl RequestCounts {
 }
 
 /// The operations keyhole needs from an object store. Keys are full keys (prefix included).
-#[allow(async_fn_in_trait)]
+///
+/// The futures are `Send`, so generic callers can spawn them (parallel reads and writes).
+/// Implementations write plain `async fn`s; [`S3Store`] speaks to S3, and
+/// [`MemoryStore`](super::memory_store::MemoryStore) is a bucket in memory for tests.
 pub trait ObjectStore {
     /// Reads `key`; with `etag`, only when it no longer has that ETag.
-    async fn get(&self, key: &str, etag: Option<&str>) -> Result<Fetched, StoreError>;
+    fn get(
+        &self,
+        key: &str,
+        etag: Option<&str>,
+    ) -> impl Future<Output = Result<Fetched, StoreError>> + Send;
     /// Writes `body` to `key` under `precondition`; returns the new ETag.
-    async fn put(
+    fn put(
         &self,
         key: &str,
         body: Vec<u8>,
         precondition: Precondition,
-    ) -> Result<String, StoreError>;
-    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+    ) -> impl Future<Output = Result<String, StoreError>> + Send;
+    fn delete(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Every key under `prefix`.
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 }
 
 /// The most a [`S3Store`] reads of one object unless told otherwise. Whoever can write to the

@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 use crate::bucket::group_file::PublishedFile;
 use crate::bucket::index::{Index, IndexError, Layout, OWNERS_PREFIX, owners_from_json};
 use crate::bucket::signing::{self, Verifier};
-use crate::bucket::store::{Fetched, ObjectStore, S3Store};
+use crate::bucket::store::{Fetched, ObjectStore};
 use crate::digest::sha256_hex;
 
 /// Group objects read at once: enough to hide S3's latency, few enough to stay polite.
@@ -133,7 +133,10 @@ fn named(layout: &Layout, index: &Index) -> BTreeMap<String, String> {
 
 /// Lists the prefix and reads the index and every object it names. Any S3 error aborts: a
 /// verification that could not read something must not pass, nor report findings it did not see.
-pub async fn observe(store: &S3Store, layout: &Layout) -> anyhow::Result<Observed> {
+pub async fn observe<S>(store: &S, layout: &Layout) -> anyhow::Result<Observed>
+where
+    S: ObjectStore + Clone + Send + Sync + 'static,
+{
     let listed = store
         .list(&layout.prefix)
         .await
@@ -172,7 +175,7 @@ pub async fn observe(store: &S3Store, layout: &Layout) -> anyhow::Result<Observe
     })
 }
 
-async fn read(store: &S3Store, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
+async fn read(store: &impl ObjectStore, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
     match store
         .get(key, None)
         .await

@@ -833,68 +833,9 @@ pub fn attribute(groups: &[(String, Vec<u8>)]) -> BTreeMap<String, Attribution> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bucket::store::{Precondition, StoreError, StoredObject};
+    use crate::bucket::memory_store::MemoryStore;
     use crate::keys::{self, KeyPolicy};
     use std::collections::HashMap;
-    use std::sync::Mutex;
-
-    /// A bucket in memory, with one knob: keys that fail as if S3 were down.
-    #[derive(Default)]
-    struct MemoryStore {
-        objects: Mutex<HashMap<String, Vec<u8>>>,
-        failing: Mutex<Vec<String>>,
-    }
-
-    impl ObjectStore for MemoryStore {
-        async fn get(&self, key: &str, etag: Option<&str>) -> Result<Fetched, StoreError> {
-            if self.failing.lock().unwrap().iter().any(|k| k == key) {
-                return Err(StoreError::Request {
-                    operation: "GET",
-                    bucket: "keys".into(),
-                    key: key.into(),
-                    detail: "down".into(),
-                });
-            }
-            Ok(match self.objects.lock().unwrap().get(key) {
-                None => Fetched::Missing,
-                Some(body) => {
-                    let tag = sha256_hex(body);
-                    if etag == Some(tag.as_str()) {
-                        Fetched::NotModified
-                    } else {
-                        Fetched::Object(StoredObject {
-                            body: body.clone(),
-                            etag: tag,
-                        })
-                    }
-                }
-            })
-        }
-        async fn put(
-            &self,
-            key: &str,
-            body: Vec<u8>,
-            _: Precondition,
-        ) -> Result<String, StoreError> {
-            let tag = sha256_hex(&body);
-            self.objects.lock().unwrap().insert(key.into(), body);
-            Ok(tag)
-        }
-        async fn delete(&self, key: &str) -> Result<(), StoreError> {
-            self.objects.lock().unwrap().remove(key);
-            Ok(())
-        }
-        async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-            Ok(self
-                .objects
-                .lock()
-                .unwrap()
-                .keys()
-                .filter(|k| k.starts_with(prefix))
-                .cloned()
-                .collect())
-        }
-    }
 
     const DEPLOYMENT: &str = "s3://keys/";
     const BOB: &str =
@@ -984,11 +925,7 @@ mod tests {
                 let sha = sha256_hex(body.as_bytes());
                 roots.insert(sha.clone(), Lookup::build(body.as_bytes()).root());
                 let key = self.layout.group(&index, name, &sha);
-                self.store
-                    .objects
-                    .lock()
-                    .unwrap()
-                    .insert(key, body.clone().into_bytes());
+                self.store.insert(&key, body.clone());
                 index.groups.insert(
                     (*name).into(),
                     crate::bucket::index::IndexGroup {
@@ -1001,11 +938,7 @@ mod tests {
             }
             crate::bucket::group_lookup::seal_with_roots(&mut index, &roots, &self.signer).unwrap();
             let sealed = index.seal(Some(&self.signer)).unwrap();
-            self.store
-                .objects
-                .lock()
-                .unwrap()
-                .insert(self.layout.index(), sealed);
+            self.store.insert(&self.layout.index(), sealed);
         }
 
         fn refresh(&self) -> anyhow::Result<Index> {
@@ -1137,7 +1070,7 @@ mod tests {
         let db_key = world
             .layout
             .group(&Index::empty(), "db", &sha256_hex(db_v2.as_bytes()));
-        world.store.failing.lock().unwrap().push(db_key);
+        world.store.fail(&db_key);
         assert!(world.refresh().is_err());
         assert_eq!(world.output(None), before);
         let leftovers = fs::read_dir(world.cache_dir.path())
@@ -1151,7 +1084,7 @@ mod tests {
             })
             .count();
         assert_eq!(leftovers, 1);
-        world.store.failing.lock().unwrap().clear();
+        world.store.heal();
         world.refresh().unwrap();
         assert_ne!(world.output(None), before);
     }
@@ -1179,7 +1112,7 @@ mod tests {
         world.publish(4, &[("web", web()), ("db", db())], None);
         let cache = world.cache();
         fs::create_dir_all(world.cache_dir.path()).unwrap();
-        let index = world.store.objects.lock().unwrap()[&world.layout.index()].clone();
+        let index = world.store.body(&world.layout.index()).unwrap();
         let now = unix_millis(SystemTime::now());
         let legacy = |name: &str, body: &[u8]| {
             let meta = Meta {

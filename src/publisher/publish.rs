@@ -25,6 +25,7 @@ use anyhow::Context;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::bucket::deployment::Deployment;
 use crate::bucket::index::Index;
 use crate::bucket::signing::Signer;
 use crate::bucket::store::{ObjectStore, Precondition, StoreError};
@@ -139,7 +140,11 @@ pub async fn publish(
         .await??;
     }
     if let Some(list) = &plan.revoked {
-        let write = crate::publisher::revocation::write(&prepared.store, &prepared.layout, list);
+        let write = crate::publisher::revocation::write(
+            &prepared.deployment.store,
+            &prepared.deployment.layout,
+            list,
+        );
         within(deadline, "writing the revocation list", write).await??;
     }
     within(deadline, "committing the index", async {}).await?;
@@ -147,7 +152,7 @@ pub async fn publish(
     remember(&prepared, Some((plan.index.generation, committed)))?;
     let written = writing.elapsed();
     let pruning = Instant::now();
-    prune(&prepared).await;
+    prune(&prepared.deployment, &prepared.published.index, plan).await;
     count_s3(figures, &prepared);
     // With "prepared the plan", the time of each phase: the writes up to the commit, the prune.
     tracing::info!(
@@ -221,8 +226,11 @@ async fn write_objects(
         while let Some(done) = writes.try_join_next() {
             written(done)?;
         }
-        let key = prepared.layout.group(&next, &name, &sha256_hex(&body));
-        let store = prepared.store.clone();
+        let key = prepared
+            .deployment
+            .layout
+            .group(&next, &name, &sha256_hex(&body));
+        let store = prepared.deployment.store.clone();
         writes.spawn(async move {
             let _permit = permit;
             store.put(&key, body, Precondition::None).await
@@ -241,8 +249,9 @@ fn written(done: Result<Result<String, StoreError>, tokio::task::JoinError>) -> 
 }
 
 async fn write_owners(prepared: &Prepared, owners: &[u8]) -> anyhow::Result<()> {
-    let key = prepared.layout.owners(&sha256_hex(owners));
+    let key = prepared.deployment.layout.owners(&sha256_hex(owners));
     prepared
+        .deployment
         .store
         .put(&key, owners.to_vec(), Precondition::None)
         .await
@@ -277,16 +286,34 @@ async fn commit(
     signer: Option<&Signer>,
 ) -> anyhow::Result<String> {
     // Per-group seals for the instances' logins (issue 24, `group_seal`).
-    let index = &crate::publisher::seal::sealed(prepared, index, signer).await?;
+    let index = crate::publisher::seal::sealed(prepared, index, signer).await?;
+    write_index(
+        &prepared.deployment,
+        prepared.published.etag.as_deref(),
+        &index,
+        signer,
+    )
+    .await
+}
+
+/// The commit point: `index` signed (with `signer`) and written only if the bucket's index still
+/// has `base_etag`, the ETag it had when this run read it (`None`: there was none). A publisher
+/// that committed in between makes this fail with exit 75 and nothing of this run served.
+async fn write_index<S: ObjectStore>(
+    deployment: &Deployment<S>,
+    base_etag: Option<&str>,
+    index: &Index,
+    signer: Option<&Signer>,
+) -> anyhow::Result<String> {
     let sealed = index.seal(signer).context("sealing the index")?;
     let sha256 = sha256_hex(&sealed);
-    let precondition = match &prepared.published.etag {
-        Some(etag) => Precondition::Matches(etag.clone()),
+    let precondition = match base_etag {
+        Some(etag) => Precondition::Matches(etag.to_owned()),
         None => Precondition::Absent,
     };
-    match prepared
+    match deployment
         .store
-        .put(&prepared.layout.index(), sealed, precondition)
+        .put(&deployment.layout.index(), sealed, precondition)
         .await
     {
         Ok(_) => Ok(sha256),
@@ -306,14 +333,14 @@ async fn commit(
 /// deleted, everything under its prefix but the new and the previous object (an instance that
 /// read the previous index a moment ago may still fetch it); the owners objects but the new and
 /// the previous one; and, after a migration, the legacy manifest. Failures are logged, never
-/// fatal: the commit stands, and a leftover object is served to no one.
-async fn prune(prepared: &Prepared) {
-    let (layout, store) = (&prepared.layout, &prepared.store);
-    let previous = &prepared.published.index;
-    let next = &prepared.plan.index;
+/// fatal: the commit stands, and a leftover object is served to no one. `previous` is the index
+/// this run started from, `plan` what it committed.
+async fn prune<S: ObjectStore>(deployment: &Deployment<S>, previous: &Index, plan: &Plan) {
+    let (layout, store) = (&deployment.layout, &deployment.store);
+    let next = &plan.index;
     let mut prefixes: Vec<(String, BTreeSet<String>)> = Vec::new();
-    for (name, group) in &prepared.plan.groups {
-        let touched = group.action != Action::Unchanged || prepared.plan.rewrite;
+    for (name, group) in &plan.groups {
+        let touched = group.action != Action::Unchanged || plan.rewrite;
         if !touched || !group.rendered {
             continue;
         }
@@ -332,7 +359,7 @@ async fn prune(prepared: &Prepared) {
             .collect();
         prefixes.push((layout.group_prefix(name), keep));
     }
-    if prepared.plan.owners.is_some() {
+    if plan.owners.is_some() {
         let keep = [previous, next]
             .into_iter()
             .filter_map(|index| index.owners.as_deref().map(|sha| layout.owners(sha)))
@@ -342,7 +369,7 @@ async fn prune(prepared: &Prepared) {
             keep,
         ));
     }
-    if prepared.plan.revoked.is_some() {
+    if plan.revoked.is_some() {
         prefixes.push(crate::publisher::revocation::keep(layout, [previous, next]));
     }
     let mut doomed: Vec<String> = Vec::new();
@@ -459,8 +486,8 @@ async fn publish_denials(
     prepared
         .published
         .files(
-            &prepared.store,
-            &prepared.layout,
+            &prepared.deployment.store,
+            &prepared.deployment.layout,
             affected,
             &Arc::new(prepared.renderer().known_lines()),
             |name, previous| {
@@ -507,7 +534,12 @@ async fn publish_denials(
     }
     write_objects(prepared, bodies.into_iter().map(Ok)).await?;
     if let Some(list) = &prepared.revoked_deny_only {
-        crate::publisher::revocation::write(&prepared.store, &prepared.layout, list).await?;
+        crate::publisher::revocation::write(
+            &prepared.deployment.store,
+            &prepared.deployment.layout,
+            list,
+        )
+        .await?;
         index.revoked = Some(sha256_hex(list));
         written.push("the revocation list".to_owned());
     }
@@ -540,7 +572,7 @@ fn count(figures: &mut RunMetrics, prepared: &Prepared) {
 /// The S3 figures so far (called again after the writes).
 fn count_s3(figures: &mut RunMetrics, prepared: &Prepared) {
     use std::sync::atomic::Ordering::Relaxed;
-    let counts = &prepared.store.counts;
+    let counts = &prepared.deployment.store.counts;
     figures.s3_writes = counts.writes();
     figures.s3_bytes_read = counts.bytes_read.load(Relaxed);
     figures.s3_bytes_written = counts.bytes_written.load(Relaxed);
