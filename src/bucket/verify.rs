@@ -623,6 +623,57 @@ mod tests {
         assert!(modified.detail.contains(&sha256_hex(b"evil")));
     }
 
+    fn run<F: std::future::Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(future)
+    }
+
+    /// `observed` written to an in-memory bucket, as a publish would have left it.
+    fn bucket(observed: &Observed) -> crate::bucket::memory_store::MemoryStore {
+        let store = crate::bucket::memory_store::MemoryStore::new();
+        for key in &observed.listed {
+            let body = match observed.objects.get(key) {
+                Some(body) => body.clone(),
+                None if *key == layout().index() => observed.index.clone().unwrap(),
+                None => b"whatever".to_vec(),
+            };
+            store.insert(key, body);
+        }
+        store
+    }
+
+    #[test]
+    fn observe_reads_what_the_index_names_and_lists_everything_else() {
+        let signer = key(1);
+        let (index, clean) = clean(&signer, now() + Duration::from_secs(60));
+        let store = bucket(&clean);
+        // A bucket written by a publish reads back as exactly that, and judges clean.
+        assert_eq!(run(observe(&store, &layout())).unwrap(), clean);
+        // Drift made in the bucket itself is found through observe.
+        let web = layout().group(&index, "web-prod", &index.groups["web-prod"].sha256);
+        let db = layout().group(&index, "db-prod", &index.groups["db-prod"].sha256);
+        store.insert(&web, "evil");
+        store.remove(&db);
+        store.insert("ssh/notes.txt", "planted");
+        store.insert("other/ignored", "not under the prefix");
+        let observed = run(observe(&store, &layout())).unwrap();
+        let findings = judge(&layout(), &observed, Some(&verifier(&signer)), now());
+        assert_eq!(
+            kinds(&findings),
+            [
+                (FindingKind::Missing, db.as_str()),
+                (FindingKind::Extra, "ssh/notes.txt"),
+                (FindingKind::Modified, web.as_str()),
+            ]
+        );
+        // An object that cannot be read fails the verification; it is never reported as missing.
+        store.fail(&web);
+        let error = run(observe(&store, &layout())).unwrap_err();
+        assert!(format!("{error:#}").contains(&web), "{error:#}");
+    }
+
     #[test]
     fn signature_problems_and_expiry_are_findings_only_with_a_verifier() {
         let signer = key(1);

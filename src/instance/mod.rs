@@ -850,11 +850,15 @@ mod tests {
     }
 
     fn signer() -> (tempfile::TempDir, signing::Signer) {
+        signer_from(9)
+    }
+
+    fn signer_from(seed: u8) -> (tempfile::TempDir, signing::Signer) {
         use ssh_key::private::{Ed25519Keypair, KeypairData};
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
         let key = ssh_key::PrivateKey::new(
-            KeypairData::from(Ed25519Keypair::from_seed(&[9; 32])),
+            KeypairData::from(Ed25519Keypair::from_seed(&[seed; 32])),
             "test",
         )
         .unwrap();
@@ -911,6 +915,17 @@ mod tests {
 
         /// Publishes `groups` (name, body) as `generation`, sealed.
         fn publish(&self, generation: u64, groups: &[(&str, String)], canary: Option<&str>) {
+            self.publish_by(&self.signer, generation, groups, canary);
+        }
+
+        /// Publishes `groups` as `generation`, sealed and signed by `signer`.
+        fn publish_by(
+            &self,
+            signer: &signing::Signer,
+            generation: u64,
+            groups: &[(&str, String)],
+            canary: Option<&str>,
+        ) {
             let mut index = Index {
                 generation,
                 not_after: Some(signing::format_time(
@@ -936,8 +951,8 @@ mod tests {
                     },
                 );
             }
-            crate::bucket::group_lookup::seal_with_roots(&mut index, &roots, &self.signer).unwrap();
-            let sealed = index.seal(Some(&self.signer)).unwrap();
+            crate::bucket::group_lookup::seal_with_roots(&mut index, &roots, signer).unwrap();
+            let sealed = index.seal(Some(signer)).unwrap();
             self.store.insert(&self.layout.index(), sealed);
         }
 
@@ -1005,6 +1020,44 @@ mod tests {
         assert_eq!(world.output(Some("SHA256:nobody")), "");
         // Without one, everything, buffered.
         assert_eq!(world.output(None), format!("{BOB}\n{CAROL}\n{BOB}\n"));
+    }
+
+    #[test]
+    fn a_refresh_keeps_serving_the_last_good_index_over_a_rolled_back_or_forged_one() {
+        let world = World::new();
+        world.publish(2, &[("web", web()), ("db", db())], None);
+        assert_eq!(world.refresh().unwrap().generation, 2);
+        // What is cached is the index as the bucket holds it, byte for byte.
+        let index_bytes = world.store.body(&world.layout.index()).unwrap();
+        let cached = || world.cache().state().unwrap().unwrap().manifest;
+        assert_eq!(cached().generation, 2);
+        assert_eq!(cached().index_sha256, sha256_hex(&index_bytes));
+        let served = world.output(None);
+        assert_eq!(served, format!("{BOB}\n{CAROL}\n{BOB}\n"));
+        // Someone with write access to the bucket puts back generation 1, validly signed.
+        world.publish(1, &[("web", db()), ("db", db())], None);
+        let error = world.refresh().unwrap_err();
+        assert!(format!("{error:#}").contains("(rollback)"), "{error:#}");
+        assert_eq!(
+            (cached().generation, world.output(None)),
+            (2, served.clone())
+        );
+        // Or writes generation 3, signed with a key that is not the publisher's.
+        let (_forger_dir, forger) = signer_from(7);
+        world.publish_by(&forger, 3, &[("web", db()), ("db", db())], None);
+        let error = world.refresh().unwrap_err();
+        assert!(
+            format!("{error:#}").contains("refusing the index"),
+            "{error:#}"
+        );
+        assert_eq!(
+            (cached().generation, world.output(None)),
+            (2, served.clone())
+        );
+        // The publisher's own generation 3 is taken.
+        world.publish(3, &[("web", db()), ("db", db())], None);
+        assert_eq!(world.refresh().unwrap().generation, 3);
+        assert_eq!(world.output(None), format!("{BOB}\n{BOB}\n"));
     }
 
     #[test]

@@ -590,3 +590,239 @@ fn unknown_exit(prepared: &Prepared) -> Exit {
         Exit::Success
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bucket::index::IndexGroup;
+    use crate::bucket::memory_store::MemoryStore;
+    use crate::publisher::plan::{GroupPlan, Guard};
+
+    fn run<F: Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(future)
+    }
+
+    fn deployment() -> Deployment<MemoryStore> {
+        Deployment::new(MemoryStore::new(), "keys", "ssh/")
+    }
+
+    fn index(generation: u64, groups: &[(&str, &str)]) -> Index {
+        let mut index = Index {
+            generation,
+            ..Index::empty()
+        };
+        for (name, sha256) in groups {
+            index.groups.insert(
+                (*name).to_owned(),
+                IndexGroup {
+                    sha256: (*sha256).to_owned(),
+                    users: 1,
+                    keys: 1,
+                    seal: None,
+                },
+            );
+        }
+        index
+    }
+
+    fn generation(store: &MemoryStore, key: &str) -> u64 {
+        Index::open(&store.body(key).unwrap(), None)
+            .unwrap()
+            .generation
+    }
+
+    #[test]
+    fn the_commit_writes_only_over_the_index_this_run_read() {
+        let deployment = deployment();
+        let (store, key) = (&deployment.store, deployment.layout.index());
+        let read = store.insert(&key, index(1, &[]).seal(None).unwrap());
+        // Another publisher commits generation 2 while this run prepares its own.
+        let theirs = index(2, &[("web", "aa")]).seal(None).unwrap();
+        let winner = store.insert(&key, theirs.clone());
+        let ours = index(2, &[("web", "bb")]);
+        let error = run(write_index(&deployment, Some(&read), &ours, None)).unwrap_err();
+        assert_eq!(Exit::for_error(&error), Exit::Busy, "{error:#}");
+        assert!(format!("{error:#}").contains("another publisher committed"));
+        // Instances go on reading the winner's index, byte for byte.
+        assert_eq!(store.body(&key).unwrap(), theirs);
+        // Over the index it did read, the commit stands, and returns the SHA-256 of what it wrote.
+        let sha256 = run(write_index(
+            &deployment,
+            Some(&winner),
+            &index(3, &[]),
+            None,
+        ))
+        .unwrap();
+        assert_eq!(sha256, sha256_hex(&store.body(&key).unwrap()));
+        assert_eq!(generation(store, &key), 3);
+    }
+
+    #[test]
+    fn a_first_commit_loses_to_one_made_meanwhile() {
+        let deployment = deployment();
+        let (store, key) = (&deployment.store, deployment.layout.index());
+        run(write_index(&deployment, None, &index(1, &[]), None)).unwrap();
+        assert_eq!(generation(store, &key), 1);
+        // A second publisher that also found no index must not overwrite the first one's.
+        let error = run(write_index(
+            &deployment,
+            None,
+            &index(1, &[("web", "aa")]),
+            None,
+        ))
+        .unwrap_err();
+        assert_eq!(Exit::for_error(&error), Exit::Busy, "{error:#}");
+        assert_eq!(store.body(&key).unwrap(), index(1, &[]).seal(None).unwrap());
+        // Any other failure of the write is a plain failure, not "run again".
+        store.fail(&key);
+        let etag = store.etag(&key);
+        let error = run(write_index(
+            &deployment,
+            etag.as_deref(),
+            &index(2, &[]),
+            None,
+        ))
+        .unwrap_err();
+        assert_eq!(Exit::for_error(&error), Exit::Failure, "{error:#}");
+    }
+
+    fn group(action: Action, next: Option<&str>) -> GroupPlan {
+        GroupPlan {
+            action,
+            added_users: Vec::new(),
+            removed_users: Vec::new(),
+            added_fingerprints: Vec::new(),
+            removed_fingerprints: Vec::new(),
+            next: next.map(|sha256| IndexGroup {
+                sha256: sha256.to_owned(),
+                users: 1,
+                keys: 1,
+                seal: None,
+            }),
+            rendered: true,
+            users_before: 1,
+        }
+    }
+
+    fn plan(index: Index, groups: Vec<(&str, GroupPlan)>) -> Plan {
+        Plan {
+            groups: groups
+                .into_iter()
+                .map(|(name, group)| (name.to_owned(), group))
+                .collect(),
+            problems: Vec::new(),
+            guard: Guard::default(),
+            index,
+            owners: None,
+            revoked: None,
+            resign: false,
+            rewrite: false,
+            canary_changed: false,
+            people: 0,
+            keys: 0,
+        }
+    }
+
+    #[test]
+    fn prune_keeps_what_the_previous_and_the_next_index_name() {
+        let deployment = deployment();
+        let store = &deployment.store;
+        let mut previous = index(1, &[("web", "w1"), ("db", "d1"), ("ops", "o1")]);
+        previous.owners = Some("n1".into());
+        previous.revoked = Some("r1".into());
+        let mut next = index(2, &[("web", "w2"), ("ops", "o1")]);
+        next.owners = Some("n2".into());
+        next.revoked = Some("r2".into());
+        let mut plan = plan(
+            next,
+            vec![
+                ("web", group(Action::Update, Some("w2"))),
+                ("db", group(Action::Delete, None)),
+                ("ops", group(Action::Unchanged, Some("o1"))),
+            ],
+        );
+        plan.owners = Some(b"{}".to_vec());
+        plan.revoked = Some(Vec::new());
+        let kept = [
+            "ssh/index.json",
+            "ssh/web/w1",
+            "ssh/web/w2",
+            // An untouched group is not pruned, not even of an old leftover.
+            "ssh/ops/o0",
+            "ssh/ops/o1",
+            "ssh/_keyhole/owners/n1.json",
+            "ssh/_keyhole/owners/n2.json",
+            "ssh/_keyhole/revoked/r1",
+            "ssh/_keyhole/revoked/r2",
+            "ssh/notes.txt",
+            "ssh/web-old/w0",
+            "elsewhere/web/w0",
+        ];
+        let pruned = [
+            "ssh/web/w0",
+            // A deleted group keeps nothing.
+            "ssh/db/d0",
+            "ssh/db/d1",
+            "ssh/_keyhole/owners/n0.json",
+            "ssh/_keyhole/revoked/r0",
+        ];
+        for key in kept.iter().chain(&pruned) {
+            store.insert(key, "x");
+        }
+        // Four prefixes: listed once, the whole prefix.
+        run(prune(&deployment, &previous, &plan));
+        let mut expected: Vec<&str> = kept.to_vec();
+        expected.sort();
+        assert_eq!(store.keys(), expected);
+        assert_eq!(
+            store
+                .counts
+                .lists
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    }
+
+    #[test]
+    fn prune_of_one_group_lists_only_its_prefix_and_survives_a_failed_delete() {
+        let deployment = deployment();
+        let store = &deployment.store;
+        let previous = index(1, &[("web", "w1")]);
+        let plan = plan(
+            index(2, &[("web", "w2")]),
+            vec![("web", group(Action::Update, Some("w2")))],
+        );
+        for key in [
+            "ssh/web/w0",
+            "ssh/web/w00",
+            "ssh/web/w1",
+            "ssh/web/w2",
+            "ssh/web-old/w0",
+        ] {
+            store.insert(key, "x");
+        }
+        store.fail("ssh/web/w0");
+        run(prune(&deployment, &previous, &plan));
+        assert_eq!(
+            store.keys(),
+            ["ssh/web-old/w0", "ssh/web/w0", "ssh/web/w1", "ssh/web/w2"]
+        );
+        assert_eq!(
+            store
+                .counts
+                .lists
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        assert_eq!(
+            store
+                .counts
+                .deletes
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
+    }
+}
