@@ -13,67 +13,20 @@
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use keyhole::bucket::group_file::block_header;
 use keyhole::bucket::group_lookup::Lookup;
 use keyhole::bucket::index::{Index, IndexGroup, Layout};
+use keyhole::bucket::memory_store::MemoryStore;
 use keyhole::bucket::signing::{self, Signer, Verifier};
-use keyhole::bucket::store::{Fetched, ObjectStore, Precondition, StoreError, StoredObject};
 use keyhole::digest::sha256_hex;
 use keyhole::instance::{self, Cache};
 use keyhole::settings::InstanceSettings;
 
 const BUCKET: &str = "bench";
 const PREFIX: &str = "ssh/";
-
-#[derive(Default)]
-struct MemoryStore(Mutex<HashMap<String, Vec<u8>>>);
-
-impl ObjectStore for MemoryStore {
-    async fn get(&self, key: &str, _etag: Option<&str>) -> Result<Fetched, StoreError> {
-        Ok(match self.0.lock().map_err(|_| poisoned(key))?.get(key) {
-            Some(body) => Fetched::Object(StoredObject {
-                body: body.clone(),
-                etag: format!("\"{}\"", sha256_hex(body)),
-            }),
-            None => Fetched::Missing,
-        })
-    }
-    async fn put(&self, key: &str, body: Vec<u8>, _: Precondition) -> Result<String, StoreError> {
-        let etag = sha256_hex(&body);
-        self.0
-            .lock()
-            .map_err(|_| poisoned(key))?
-            .insert(key.to_owned(), body);
-        Ok(etag)
-    }
-    async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.0.lock().map_err(|_| poisoned(key))?.remove(key);
-        Ok(())
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        Ok(self
-            .0
-            .lock()
-            .map_err(|_| poisoned(prefix))?
-            .keys()
-            .filter(|k| k.starts_with(prefix))
-            .cloned()
-            .collect())
-    }
-}
-
-fn poisoned(key: &str) -> StoreError {
-    StoreError::Request {
-        operation: "GET",
-        bucket: BUCKET.into(),
-        key: key.into(),
-        detail: "poisoned".into(),
-    }
-}
 
 /// An ed25519 public key line nobody holds, from a number.
 fn key_line(n: u64) -> String {
@@ -165,13 +118,7 @@ fn main() -> anyhow::Result<()> {
         for (group, body) in &files {
             let sha256 = sha256_hex(body.as_bytes());
             roots.insert(sha256.clone(), Lookup::build(body.as_bytes()).root());
-            store
-                .put(
-                    &layout.group(&index, group, &sha256),
-                    body.clone().into_bytes(),
-                    Precondition::None,
-                )
-                .await_blocking(&runtime)?;
+            store.insert(&layout.group(&index, group, &sha256), body.clone());
             index.groups.insert(
                 group.clone(),
                 IndexGroup {
@@ -188,9 +135,7 @@ fn main() -> anyhow::Result<()> {
             out.join(format!("{name}-index-bytes")),
             sealed.len().to_string(),
         )?;
-        store
-            .put(&layout.index(), sealed, Precondition::None)
-            .await_blocking(&runtime)?;
+        store.insert(&layout.index(), sealed);
 
         let dir = out.join(name);
         let cache_dir = dir.join("cache");
@@ -232,12 +177,3 @@ fn main() -> anyhow::Result<()> {
 fn fingerprint(line: &str) -> String {
     keyhole::bucket::canary_line::fingerprint(line).unwrap_or_default()
 }
-
-/// Runs a store future to completion on the fixture's runtime.
-trait Blocking: std::future::Future + Sized {
-    fn await_blocking(self, runtime: &tokio::runtime::Runtime) -> Self::Output {
-        runtime.block_on(self)
-    }
-}
-
-impl<F: std::future::Future> Blocking for F {}

@@ -1,7 +1,8 @@
 //! The object store (S3): where group objects, the owners object and the index live.
 //!
 //! [`ObjectStore`] is the seam: [`S3Store`] speaks to S3 or any S3-compatible server through
-//! aws-sdk-s3, and tests of the publishing logic can use an in-memory store. Every S3 client is
+//! aws-sdk-s3, and tests of the publishing logic use
+//! [`MemoryStore`](super::memory_store::MemoryStore). Every S3 client is
 //! built by [`S3Store::connect`], the one place that wires the rustls + ring HTTP client (see
 //! DEPENDENCIES.md: forgetting it compiles but panics at run time).
 //!
@@ -92,27 +93,36 @@ impl RequestCounts {
 }
 
 /// The operations keyhole needs from an object store. Keys are full keys (prefix included).
-#[allow(async_fn_in_trait)]
-pub trait ObjectStore {
+///
+/// The futures are `Send`, so generic callers can spawn them (parallel reads and writes).
+/// Implementations write plain `async fn`s; [`S3Store`] speaks to S3, and
+/// [`MemoryStore`](super::memory_store::MemoryStore) is a bucket in memory for tests.
+pub trait ObjectStore: Sync {
     /// Reads `key`; with `etag`, only when it no longer has that ETag.
-    async fn get(&self, key: &str, etag: Option<&str>) -> Result<Fetched, StoreError>;
+    fn get(
+        &self,
+        key: &str,
+        etag: Option<&str>,
+    ) -> impl Future<Output = Result<Fetched, StoreError>> + Send;
     /// Writes `body` to `key` under `precondition`; returns the new ETag.
-    async fn put(
+    fn put(
         &self,
         key: &str,
         body: Vec<u8>,
         precondition: Precondition,
-    ) -> Result<String, StoreError>;
-    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+    ) -> impl Future<Output = Result<String, StoreError>> + Send;
+    fn delete(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Every key under `prefix`.
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
     /// The ETag `key` has now (`None`: missing), without its body. Some S3-compatible servers
     /// ignore `If-None-Match` on GET and send the whole body; every one answers HEAD without it.
-    async fn etag(&self, key: &str) -> Result<Option<String>, StoreError> {
-        Ok(match self.get(key, None).await? {
-            Fetched::Object(object) => Some(object.etag),
-            Fetched::NotModified | Fetched::Missing => None,
-        })
+    fn etag(&self, key: &str) -> impl Future<Output = Result<Option<String>, StoreError>> + Send {
+        async move {
+            Ok(match self.get(key, None).await? {
+                Fetched::Object(object) => Some(object.etag),
+                Fetched::NotModified | Fetched::Missing => None,
+            })
+        }
     }
 }
 

@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 use crate::bucket::group_file::PublishedFile;
 use crate::bucket::index::{Index, IndexError, Layout, OWNERS_PREFIX, owners_from_json};
 use crate::bucket::signing::{self, Verifier};
-use crate::bucket::store::{Fetched, ObjectStore, S3Store};
+use crate::bucket::store::{Fetched, ObjectStore};
 use crate::digest::sha256_hex;
 
 /// Group objects read at once: enough to hide S3's latency, few enough to stay polite.
@@ -133,7 +133,10 @@ fn named(layout: &Layout, index: &Index) -> BTreeMap<String, String> {
 
 /// Lists the prefix and reads the index and every object it names. Any S3 error aborts: a
 /// verification that could not read something must not pass, nor report findings it did not see.
-pub async fn observe(store: &S3Store, layout: &Layout) -> anyhow::Result<Observed> {
+pub async fn observe<S>(store: &S, layout: &Layout) -> anyhow::Result<Observed>
+where
+    S: ObjectStore + Clone + Send + Sync + 'static,
+{
     let listed = store
         .list(&layout.prefix)
         .await
@@ -172,7 +175,7 @@ pub async fn observe(store: &S3Store, layout: &Layout) -> anyhow::Result<Observe
     })
 }
 
-async fn read(store: &S3Store, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
+async fn read(store: &impl ObjectStore, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
     match store
         .get(key, None)
         .await
@@ -618,6 +621,57 @@ mod tests {
             .find(|f| f.kind == FindingKind::Modified)
             .unwrap();
         assert!(modified.detail.contains(&sha256_hex(b"evil")));
+    }
+
+    fn run<F: std::future::Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(future)
+    }
+
+    /// `observed` written to an in-memory bucket, as a publish would have left it.
+    fn bucket(observed: &Observed) -> crate::bucket::memory_store::MemoryStore {
+        let store = crate::bucket::memory_store::MemoryStore::new();
+        for key in &observed.listed {
+            let body = match observed.objects.get(key) {
+                Some(body) => body.clone(),
+                None if *key == layout().index() => observed.index.clone().unwrap(),
+                None => b"whatever".to_vec(),
+            };
+            store.insert(key, body);
+        }
+        store
+    }
+
+    #[test]
+    fn observe_reads_what_the_index_names_and_lists_everything_else() {
+        let signer = key(1);
+        let (index, clean) = clean(&signer, now() + Duration::from_secs(60));
+        let store = bucket(&clean);
+        // A bucket written by a publish reads back as exactly that, and judges clean.
+        assert_eq!(run(observe(&store, &layout())).unwrap(), clean);
+        // Drift made in the bucket itself is found through observe.
+        let web = layout().group(&index, "web-prod", &index.groups["web-prod"].sha256);
+        let db = layout().group(&index, "db-prod", &index.groups["db-prod"].sha256);
+        store.insert(&web, "evil");
+        store.remove(&db);
+        store.insert("ssh/notes.txt", "planted");
+        store.insert("other/ignored", "not under the prefix");
+        let observed = run(observe(&store, &layout())).unwrap();
+        let findings = judge(&layout(), &observed, Some(&verifier(&signer)), now());
+        assert_eq!(
+            kinds(&findings),
+            [
+                (FindingKind::Missing, db.as_str()),
+                (FindingKind::Extra, "ssh/notes.txt"),
+                (FindingKind::Modified, web.as_str()),
+            ]
+        );
+        // An object that cannot be read fails the verification; it is never reported as missing.
+        store.fail(&web);
+        let error = run(observe(&store, &layout())).unwrap_err();
+        assert!(format!("{error:#}").contains(&web), "{error:#}");
     }
 
     #[test]

@@ -5,8 +5,9 @@
 use std::time::SystemTime;
 
 use super::{Format, GlobalArgs};
-use crate::bucket::index::{Index, Layout};
-use crate::bucket::store::{S3Store, Timeouts};
+use crate::bucket::deployment::Deployment;
+use crate::bucket::index::Index;
+use crate::bucket::store::Timeouts;
 use crate::bucket::verify::{Report, judge, judge_trust, observe};
 use crate::exit::{EXIT_CODES_HELP, Exit};
 use crate::settings::Settings;
@@ -58,18 +59,16 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
     let settings = Settings::load(global.config.as_deref())?;
     let s3 = settings.s3()?;
     let verifier = crate::bucket::published::verifier(&settings)?;
-    let store = S3Store::connect(s3, Timeouts::PUBLISHER).await;
-    let layout = Layout {
-        prefix: s3.prefix.clone(),
-    };
-    let observed = observe(&store, &layout).await?;
+    let deployment = Deployment::connect(s3, Timeouts::PUBLISHER).await;
+    let layout = &deployment.layout;
+    let observed = observe(&deployment.store, layout).await?;
     let now = SystemTime::now();
-    let mut findings = judge(&layout, &observed, verifier.as_ref(), now);
+    let mut findings = judge(layout, &observed, verifier.as_ref(), now);
     let seen = crate::instance::fetch::local_seen(&settings)?;
     findings.extend(judge_trust(
-        &layout,
+        layout,
         &observed,
-        &crate::bucket::index::deployment(&s3.bucket, &s3.prefix),
+        &deployment.name,
         verifier.as_ref(),
         seen.as_ref(),
         now,

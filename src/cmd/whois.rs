@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use serde_json::json;
 
 use super::{Format, GlobalArgs};
-use crate::bucket::index::Layout;
+use crate::bucket::deployment::Deployment;
 use crate::bucket::published::Published;
-use crate::bucket::store::{S3Store, Timeouts};
+use crate::bucket::store::Timeouts;
 use crate::exit::{EXIT_CODES_HELP, Exit};
 use crate::instance::{Attribution, Cache};
 use crate::settings::Settings;
@@ -83,10 +83,8 @@ fn on_instance(settings: &Settings, fingerprint: &str) -> anyhow::Result<Option<
 /// is fine for a command run by hand during an investigation.
 async fn from_bucket(settings: &Settings, fingerprint: &str) -> anyhow::Result<Attribution> {
     let s3 = settings.s3()?;
-    let store = S3Store::connect(s3, Timeouts::PUBLISHER).await;
-    let layout = Layout {
-        prefix: s3.prefix.clone(),
-    };
+    let deployment = Deployment::connect(s3, Timeouts::PUBLISHER).await;
+    let (store, layout) = (&deployment.store, &deployment.layout);
     let verifier = crate::bucket::published::verifier(settings)?;
     if verifier.is_none() {
         tracing::warn!(
@@ -97,9 +95,9 @@ async fn from_bucket(settings: &Settings, fingerprint: &str) -> anyhow::Result<A
     // The trust an instance applies: an index every instance refuses names nobody.
     let seen = crate::instance::fetch::local_seen(settings)?;
     let published = Published::for_reading(
-        &store,
-        &layout,
-        &crate::bucket::index::deployment(&s3.bucket, &s3.prefix),
+        store,
+        layout,
+        &deployment.name,
         verifier.as_ref(),
         seen.as_ref(),
         false,
@@ -110,7 +108,7 @@ async fn from_bucket(settings: &Settings, fingerprint: &str) -> anyhow::Result<A
     }
     let owners = match &published.index.owners {
         Some(sha256) => crate::bucket::index::owners_from_json(
-            &crate::bucket::published::checked(&store, &layout.owners(sha256), sha256).await?,
+            &crate::bucket::published::checked(store, &layout.owners(sha256), sha256).await?,
         )?,
         None => Default::default(),
     };
@@ -123,26 +121,20 @@ async fn from_bucket(settings: &Settings, fingerprint: &str) -> anyhow::Result<A
     let mut groups = BTreeMap::new();
     let names: Vec<String> = published.index.groups.keys().cloned().collect();
     published
-        .files(
-            &store,
-            &layout,
-            names,
-            &Default::default(),
-            |group, file| {
-                let found = file
-                    .as_ref()
-                    .ok()
-                    .and_then(Option::as_ref)
-                    .and_then(|file| {
-                        file.blocks.iter().find(|block| {
-                            &block.user == user && block.fingerprints().any(|fp| fp == fingerprint)
-                        })
-                    });
-                if let Some(block) = found {
-                    groups.insert(group, block.via.clone());
-                }
-            },
-        )
+        .files(store, layout, names, &Default::default(), |group, file| {
+            let found = file
+                .as_ref()
+                .ok()
+                .and_then(Option::as_ref)
+                .and_then(|file| {
+                    file.blocks.iter().find(|block| {
+                        &block.user == user && block.fingerprints().any(|fp| fp == fingerprint)
+                    })
+                });
+            if let Some(block) = found {
+                groups.insert(group, block.via.clone());
+            }
+        })
         .await?;
     Ok(Attribution {
         user: user.clone(),

@@ -13,9 +13,10 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 
-use crate::bucket::index::{Index, Layout};
+use crate::bucket::deployment::Deployment;
+use crate::bucket::index::Index;
 use crate::bucket::signing::Verifier;
-use crate::bucket::store::{S3Store, Timeouts};
+use crate::bucket::store::Timeouts;
 use crate::instance::{self, Cache};
 use crate::settings::Settings;
 
@@ -84,24 +85,17 @@ pub fn fetch(
     let instance = settings.instance()?;
     let s3 = settings.s3()?;
     let verifier = verifier(instance)?;
-    let deployment = deployment(settings)?;
     let work = async {
-        let store = S3Store::connect(
-            s3,
-            Timeouts {
-                connect: timeout,
-                operation: timeout,
-                attempts: 1,
-            },
-        )
-        .await;
-        let layout = Layout {
-            prefix: s3.prefix.clone(),
+        let timeouts = Timeouts {
+            connect: timeout,
+            operation: timeout,
+            attempts: 1,
         };
+        let deployment = Deployment::connect(s3, timeouts).await;
         instance::refresh(
-            &store,
-            &layout,
-            &deployment,
+            &deployment.store,
+            &deployment.layout,
+            &deployment.name,
             cache,
             instance,
             verifier.as_ref(),

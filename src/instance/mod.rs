@@ -833,68 +833,9 @@ pub fn attribute(groups: &[(String, Vec<u8>)]) -> BTreeMap<String, Attribution> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bucket::store::{Precondition, StoreError, StoredObject};
+    use crate::bucket::memory_store::MemoryStore;
     use crate::keys::{self, KeyPolicy};
     use std::collections::HashMap;
-    use std::sync::Mutex;
-
-    /// A bucket in memory, with one knob: keys that fail as if S3 were down.
-    #[derive(Default)]
-    struct MemoryStore {
-        objects: Mutex<HashMap<String, Vec<u8>>>,
-        failing: Mutex<Vec<String>>,
-    }
-
-    impl ObjectStore for MemoryStore {
-        async fn get(&self, key: &str, etag: Option<&str>) -> Result<Fetched, StoreError> {
-            if self.failing.lock().unwrap().iter().any(|k| k == key) {
-                return Err(StoreError::Request {
-                    operation: "GET",
-                    bucket: "keys".into(),
-                    key: key.into(),
-                    detail: "down".into(),
-                });
-            }
-            Ok(match self.objects.lock().unwrap().get(key) {
-                None => Fetched::Missing,
-                Some(body) => {
-                    let tag = sha256_hex(body);
-                    if etag == Some(tag.as_str()) {
-                        Fetched::NotModified
-                    } else {
-                        Fetched::Object(StoredObject {
-                            body: body.clone(),
-                            etag: tag,
-                        })
-                    }
-                }
-            })
-        }
-        async fn put(
-            &self,
-            key: &str,
-            body: Vec<u8>,
-            _: Precondition,
-        ) -> Result<String, StoreError> {
-            let tag = sha256_hex(&body);
-            self.objects.lock().unwrap().insert(key.into(), body);
-            Ok(tag)
-        }
-        async fn delete(&self, key: &str) -> Result<(), StoreError> {
-            self.objects.lock().unwrap().remove(key);
-            Ok(())
-        }
-        async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-            Ok(self
-                .objects
-                .lock()
-                .unwrap()
-                .keys()
-                .filter(|k| k.starts_with(prefix))
-                .cloned()
-                .collect())
-        }
-    }
 
     const DEPLOYMENT: &str = "s3://keys/";
     const BOB: &str =
@@ -909,11 +850,15 @@ mod tests {
     }
 
     fn signer() -> (tempfile::TempDir, signing::Signer) {
+        signer_from(9)
+    }
+
+    fn signer_from(seed: u8) -> (tempfile::TempDir, signing::Signer) {
         use ssh_key::private::{Ed25519Keypair, KeypairData};
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
         let key = ssh_key::PrivateKey::new(
-            KeypairData::from(Ed25519Keypair::from_seed(&[9; 32])),
+            KeypairData::from(Ed25519Keypair::from_seed(&[seed; 32])),
             "test",
         )
         .unwrap();
@@ -970,6 +915,17 @@ mod tests {
 
         /// Publishes `groups` (name, body) as `generation`, sealed.
         fn publish(&self, generation: u64, groups: &[(&str, String)], canary: Option<&str>) {
+            self.publish_by(&self.signer, generation, groups, canary);
+        }
+
+        /// Publishes `groups` as `generation`, sealed and signed by `signer`.
+        fn publish_by(
+            &self,
+            signer: &signing::Signer,
+            generation: u64,
+            groups: &[(&str, String)],
+            canary: Option<&str>,
+        ) {
             let mut index = Index {
                 generation,
                 not_after: Some(signing::format_time(
@@ -984,11 +940,7 @@ mod tests {
                 let sha = sha256_hex(body.as_bytes());
                 roots.insert(sha.clone(), Lookup::build(body.as_bytes()).root());
                 let key = self.layout.group(&index, name, &sha);
-                self.store
-                    .objects
-                    .lock()
-                    .unwrap()
-                    .insert(key, body.clone().into_bytes());
+                self.store.insert(&key, body.clone());
                 index.groups.insert(
                     (*name).into(),
                     crate::bucket::index::IndexGroup {
@@ -999,13 +951,9 @@ mod tests {
                     },
                 );
             }
-            crate::bucket::group_lookup::seal_with_roots(&mut index, &roots, &self.signer).unwrap();
-            let sealed = index.seal(Some(&self.signer)).unwrap();
-            self.store
-                .objects
-                .lock()
-                .unwrap()
-                .insert(self.layout.index(), sealed);
+            crate::bucket::group_lookup::seal_with_roots(&mut index, &roots, signer).unwrap();
+            let sealed = index.seal(Some(signer)).unwrap();
+            self.store.insert(&self.layout.index(), sealed);
         }
 
         fn refresh(&self) -> anyhow::Result<Index> {
@@ -1075,6 +1023,44 @@ mod tests {
     }
 
     #[test]
+    fn a_refresh_keeps_serving_the_last_good_index_over_a_rolled_back_or_forged_one() {
+        let world = World::new();
+        world.publish(2, &[("web", web()), ("db", db())], None);
+        assert_eq!(world.refresh().unwrap().generation, 2);
+        // What is cached is the index as the bucket holds it, byte for byte.
+        let index_bytes = world.store.body(&world.layout.index()).unwrap();
+        let cached = || world.cache().state().unwrap().unwrap().manifest;
+        assert_eq!(cached().generation, 2);
+        assert_eq!(cached().index_sha256, sha256_hex(&index_bytes));
+        let served = world.output(None);
+        assert_eq!(served, format!("{BOB}\n{CAROL}\n{BOB}\n"));
+        // Someone with write access to the bucket puts back generation 1, validly signed.
+        world.publish(1, &[("web", db()), ("db", db())], None);
+        let error = world.refresh().unwrap_err();
+        assert!(format!("{error:#}").contains("(rollback)"), "{error:#}");
+        assert_eq!(
+            (cached().generation, world.output(None)),
+            (2, served.clone())
+        );
+        // Or writes generation 3, signed with a key that is not the publisher's.
+        let (_forger_dir, forger) = signer_from(7);
+        world.publish_by(&forger, 3, &[("web", db()), ("db", db())], None);
+        let error = world.refresh().unwrap_err();
+        assert!(
+            format!("{error:#}").contains("refusing the index"),
+            "{error:#}"
+        );
+        assert_eq!(
+            (cached().generation, world.output(None)),
+            (2, served.clone())
+        );
+        // The publisher's own generation 3 is taken.
+        world.publish(3, &[("web", db()), ("db", db())], None);
+        assert_eq!(world.refresh().unwrap().generation, 3);
+        assert_eq!(world.output(None), format!("{BOB}\n{BOB}\n"));
+    }
+
+    #[test]
     fn a_cache_edited_on_disk_is_refused_at_login() {
         let world = World::new();
         world.publish(1, &[("web", web()), ("db", db())], None);
@@ -1137,7 +1123,7 @@ mod tests {
         let db_key = world
             .layout
             .group(&Index::empty(), "db", &sha256_hex(db_v2.as_bytes()));
-        world.store.failing.lock().unwrap().push(db_key);
+        world.store.fail(&db_key);
         assert!(world.refresh().is_err());
         assert_eq!(world.output(None), before);
         let leftovers = fs::read_dir(world.cache_dir.path())
@@ -1151,7 +1137,7 @@ mod tests {
             })
             .count();
         assert_eq!(leftovers, 1);
-        world.store.failing.lock().unwrap().clear();
+        world.store.heal();
         world.refresh().unwrap();
         assert_ne!(world.output(None), before);
     }
@@ -1179,7 +1165,7 @@ mod tests {
         world.publish(4, &[("web", web()), ("db", db())], None);
         let cache = world.cache();
         fs::create_dir_all(world.cache_dir.path()).unwrap();
-        let index = world.store.objects.lock().unwrap()[&world.layout.index()].clone();
+        let index = world.store.body(&world.layout.index()).unwrap();
         let now = unix_millis(SystemTime::now());
         let legacy = |name: &str, body: &[u8]| {
             let meta = Meta {

@@ -5,10 +5,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use crate::bucket::deployment::Deployment;
 use crate::bucket::group_file::{KnownLines, PublishedFile};
-use crate::bucket::index::{Index, Layout, OwnerRecords, Owners};
+use crate::bucket::index::{Index, OwnerRecords, Owners};
 use crate::bucket::published::Published;
-use crate::bucket::store::{S3Store, Timeouts};
+use crate::bucket::store::Timeouts;
 use crate::digest::sha256_hex;
 use crate::publisher::gather::{Gathered, gather};
 use crate::publisher::plan::{Inputs, Plan, Selection, judge};
@@ -49,8 +50,8 @@ fn sign_by_schedule(
 pub struct Prepared {
     pub gathered: Gathered,
     pub plan: Plan,
-    pub store: S3Store,
-    pub layout: Layout,
+    /// The bucket and prefix published to, with the store that reaches them.
+    pub deployment: Deployment,
     pub published: Published,
     /// `[deny] fingerprints`.
     pub denied: BTreeSet<String>,
@@ -118,26 +119,27 @@ pub async fn prepare(
     let head_path = crate::bucket::head::path_beside(&settings.safety.lock_file);
     let head = crate::bucket::head::Head::load(&head_path)?;
     let s3_started = Instant::now();
-    let store = S3Store::connect(s3, Timeouts::PUBLISHER).await;
-    let layout = Layout {
-        prefix: s3.prefix.clone(),
-    };
+    let deployment = Deployment::connect(s3, Timeouts::PUBLISHER).await;
+    let (store, layout) = (&deployment.store, &deployment.layout);
     let verifier = match &settings.signing {
         Some(_) => crate::bucket::published::verifier(settings)?,
         None => None,
     };
-    let deployment = crate::bucket::index::deployment(&s3.bucket, &s3.prefix);
     let copy = |name| {
-        crate::bucket::local_copy::ObjectCopy::beside(&settings.safety.lock_file, name, &deployment)
+        crate::bucket::local_copy::ObjectCopy::beside(
+            &settings.safety.lock_file,
+            name,
+            &deployment.name,
+        )
     };
     let (index_copy, owners_copy) = (
         copy(crate::bucket::local_copy::INDEX_COPY),
         copy(crate::bucket::local_copy::OWNERS_COPY),
     );
     let published = Published::read(
-        &store,
-        &layout,
-        &s3.bucket,
+        store,
+        layout,
+        &deployment.bucket,
         verifier.as_ref(),
         crate::bucket::published::BaseRules {
             min_generation: start.min_generation,
@@ -171,7 +173,7 @@ pub async fn prepare(
     } else {
         Some(
             published
-                .owner_records_with(&store, &layout, now, Some(&owners_copy))
+                .owner_records_with(store, layout, now, Some(&owners_copy))
                 .await?,
         )
     };
@@ -200,8 +202,7 @@ pub async fn prepare(
             people: 0,
             keys: 0,
         },
-        store,
-        layout,
+        deployment,
         published,
         denied,
         canary,
@@ -242,7 +243,7 @@ pub async fn prepare(
     } else {
         published_index.generation
     };
-    plan.index.deployment = Some(crate::bucket::index::deployment(&s3.bucket, &s3.prefix));
+    plan.index.deployment = Some(prepared.deployment.name.clone());
     plan.index.previous = prepared.published.sha256.clone();
     plan.index.policy_commit = if plan.has_changes() {
         prepared.gathered.policy_commit.clone()
@@ -264,7 +265,7 @@ pub async fn prepare(
     // One line with the time of each phase, for operators and `scripts/bench scale`. `plan`
     // includes fetching the published files of the groups that changed (none on a quiet run).
     let timings = &prepared.gathered.timings;
-    let counts = &prepared.store.counts;
+    let counts = &prepared.deployment.store.counts;
     tracing::info!(
         directory_s = timings.directory.as_secs_f64(),
         resolve_s = timings.resolve.as_secs_f64(),
@@ -385,8 +386,8 @@ async fn carried_files(
     prepared
         .published
         .files(
-            &prepared.store,
-            &prepared.layout,
+            &prepared.deployment.store,
+            &prepared.deployment.layout,
             unknown.keys().cloned().collect(),
             &Arc::default(),
             |group, file| match file {
@@ -542,8 +543,8 @@ async fn plan_groups(
     prepared
         .published
         .files(
-            &prepared.store,
-            &prepared.layout,
+            &prepared.deployment.store,
+            &prepared.deployment.layout,
             changed,
             &known,
             |name, previous| {
@@ -707,8 +708,8 @@ async fn revise_owners(
             prepared
                 .published
                 .owner_records_with(
-                    &prepared.store,
-                    &prepared.layout,
+                    &prepared.deployment.store,
+                    &prepared.deployment.layout,
                     now,
                     Some(&prepared.owners_copy),
                 )

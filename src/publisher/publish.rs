@@ -25,7 +25,9 @@ use anyhow::Context;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::bucket::deployment::Deployment;
 use crate::bucket::index::Index;
+use crate::bucket::local_copy::ObjectCopy;
 use crate::bucket::signing::Signer;
 use crate::bucket::store::{ObjectStore, Precondition, StoreError};
 use crate::digest::sha256_hex;
@@ -142,7 +144,11 @@ pub async fn publish(
         None => None,
     };
     if let Some(list) = &plan.revoked {
-        let write = crate::publisher::revocation::write(&prepared.store, &prepared.layout, list);
+        let write = crate::publisher::revocation::write(
+            &prepared.deployment.store,
+            &prepared.deployment.layout,
+            list,
+        );
         within(deadline, "writing the revocation list", write).await??;
     }
     within(deadline, "committing the index", async {}).await?;
@@ -154,7 +160,7 @@ pub async fn publish(
     }
     let written = writing.elapsed();
     let pruning = Instant::now();
-    prune(&prepared).await;
+    prune(&prepared.deployment, &prepared.published.index, plan).await;
     count_s3(figures, &prepared);
     // With "prepared the plan", the time of each phase: the writes up to the commit, the prune.
     tracing::info!(
@@ -228,8 +234,11 @@ async fn write_objects(
         while let Some(done) = writes.try_join_next() {
             written(done)?;
         }
-        let key = prepared.layout.group(&next, &name, &sha256_hex(&body));
-        let store = prepared.store.clone();
+        let key = prepared
+            .deployment
+            .layout
+            .group(&next, &name, &sha256_hex(&body));
+        let store = prepared.deployment.store.clone();
         writes.spawn(async move {
             let _permit = permit;
             store.put(&key, body, Precondition::None).await
@@ -249,8 +258,9 @@ fn written(done: Result<Result<String, StoreError>, tokio::task::JoinError>) -> 
 
 /// Writes the owners object; returns its ETag.
 async fn write_owners(prepared: &Prepared, owners: &[u8]) -> anyhow::Result<String> {
-    let key = prepared.layout.owners(&sha256_hex(owners));
+    let key = prepared.deployment.layout.owners(&sha256_hex(owners));
     prepared
+        .deployment
         .store
         .put(&key, owners.to_vec(), Precondition::None)
         .await
@@ -284,21 +294,43 @@ async fn commit(
     signer: Option<&Signer>,
 ) -> anyhow::Result<String> {
     // Per-group seals for the instances' logins (issue 24, `group_seal`).
-    let index = &crate::publisher::seal::sealed(prepared, index, signer).await?;
+    let index = crate::publisher::seal::sealed(prepared, index, signer).await?;
+    write_index(
+        &prepared.deployment,
+        prepared.published.etag.as_deref(),
+        &index,
+        signer,
+        Some(&prepared.index_copy),
+    )
+    .await
+}
+
+/// The commit point: `index` signed (with `signer`) and written only if the bucket's index still
+/// has `base_etag`, the ETag it had when this run read it (`None`: there was none). A publisher
+/// that committed in between makes this fail with exit 75 and nothing of this run served.
+async fn write_index<S: ObjectStore>(
+    deployment: &Deployment<S>,
+    base_etag: Option<&str>,
+    index: &Index,
+    signer: Option<&Signer>,
+    copy: Option<&ObjectCopy>,
+) -> anyhow::Result<String> {
     let sealed = index.seal(signer).context("sealing the index")?;
     let sha256 = sha256_hex(&sealed);
-    let precondition = match &prepared.published.etag {
-        Some(etag) => Precondition::Matches(etag.clone()),
+    let precondition = match base_etag {
+        Some(etag) => Precondition::Matches(etag.to_owned()),
         None => Precondition::Absent,
     };
-    match prepared
+    match deployment
         .store
-        .put(&prepared.layout.index(), sealed.clone(), precondition)
+        .put(&deployment.layout.index(), sealed.clone(), precondition)
         .await
     {
         Ok(etag) => {
             // The next run reads the index from here while the bucket's keeps this ETag.
-            prepared.index_copy.put(&etag, &sealed);
+            if let Some(copy) = copy {
+                copy.put(&etag, &sealed);
+            }
             Ok(sha256)
         }
         Err(error @ StoreError::Conflict { .. }) => Err(coded(
@@ -317,14 +349,14 @@ async fn commit(
 /// deleted, everything under its prefix but the new and the previous object (an instance that
 /// read the previous index a moment ago may still fetch it); the owners objects but the new and
 /// the previous one; and, after a migration, the legacy manifest. Failures are logged, never
-/// fatal: the commit stands, and a leftover object is served to no one.
-async fn prune(prepared: &Prepared) {
-    let (layout, store) = (&prepared.layout, &prepared.store);
-    let previous = &prepared.published.index;
-    let next = &prepared.plan.index;
+/// fatal: the commit stands, and a leftover object is served to no one. `previous` is the index
+/// this run started from, `plan` what it committed.
+async fn prune<S: ObjectStore>(deployment: &Deployment<S>, previous: &Index, plan: &Plan) {
+    let (layout, store) = (&deployment.layout, &deployment.store);
+    let next = &plan.index;
     let mut prefixes: Vec<(String, BTreeSet<String>)> = Vec::new();
-    for (name, group) in &prepared.plan.groups {
-        let touched = group.action != Action::Unchanged || prepared.plan.rewrite;
+    for (name, group) in &plan.groups {
+        let touched = group.action != Action::Unchanged || plan.rewrite;
         if !touched || !group.rendered {
             continue;
         }
@@ -343,7 +375,7 @@ async fn prune(prepared: &Prepared) {
             .collect();
         prefixes.push((layout.group_prefix(name), keep));
     }
-    if prepared.plan.owners.is_some() {
+    if plan.owners.is_some() {
         let keep = [previous, next]
             .into_iter()
             .filter_map(|index| index.owners.as_deref().map(|sha| layout.owners(sha)))
@@ -353,7 +385,7 @@ async fn prune(prepared: &Prepared) {
             keep,
         ));
     }
-    if prepared.plan.revoked.is_some() {
+    if plan.revoked.is_some() {
         prefixes.push(crate::publisher::revocation::keep(layout, [previous, next]));
     }
     let mut doomed: Vec<String> = Vec::new();
@@ -470,8 +502,8 @@ async fn publish_denials(
     prepared
         .published
         .files(
-            &prepared.store,
-            &prepared.layout,
+            &prepared.deployment.store,
+            &prepared.deployment.layout,
             affected,
             &Arc::new(prepared.renderer().known_lines()),
             |name, previous| {
@@ -518,7 +550,12 @@ async fn publish_denials(
     }
     write_objects(prepared, bodies.into_iter().map(Ok)).await?;
     if let Some(list) = &prepared.revoked_deny_only {
-        crate::publisher::revocation::write(&prepared.store, &prepared.layout, list).await?;
+        crate::publisher::revocation::write(
+            &prepared.deployment.store,
+            &prepared.deployment.layout,
+            list,
+        )
+        .await?;
         index.revoked = Some(sha256_hex(list));
         written.push("the revocation list".to_owned());
     }
@@ -551,7 +588,7 @@ fn count(figures: &mut RunMetrics, prepared: &Prepared) {
 /// The S3 figures so far (called again after the writes).
 fn count_s3(figures: &mut RunMetrics, prepared: &Prepared) {
     use std::sync::atomic::Ordering::Relaxed;
-    let counts = &prepared.store.counts;
+    let counts = &prepared.deployment.store.counts;
     figures.s3_writes = counts.writes();
     figures.s3_bytes_read = counts.bytes_read.load(Relaxed);
     figures.s3_bytes_written = counts.bytes_written.load(Relaxed);
@@ -567,5 +604,244 @@ fn unknown_exit(prepared: &Prepared) -> Exit {
         Exit::Failure
     } else {
         Exit::Success
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bucket::index::IndexGroup;
+    use crate::bucket::memory_store::MemoryStore;
+    use crate::publisher::plan::{GroupPlan, Guard};
+
+    fn run<F: Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(future)
+    }
+
+    fn deployment() -> Deployment<MemoryStore> {
+        Deployment::new(MemoryStore::new(), "keys", "ssh/")
+    }
+
+    fn index(generation: u64, groups: &[(&str, &str)]) -> Index {
+        let mut index = Index {
+            generation,
+            ..Index::empty()
+        };
+        for (name, sha256) in groups {
+            index.groups.insert(
+                (*name).to_owned(),
+                IndexGroup {
+                    sha256: (*sha256).to_owned(),
+                    users: 1,
+                    keys: 1,
+                    seal: None,
+                },
+            );
+        }
+        index
+    }
+
+    fn generation(store: &MemoryStore, key: &str) -> u64 {
+        Index::open(&store.body(key).unwrap(), None)
+            .unwrap()
+            .generation
+    }
+
+    #[test]
+    fn the_commit_writes_only_over_the_index_this_run_read() {
+        let deployment = deployment();
+        let (store, key) = (&deployment.store, deployment.layout.index());
+        let read = store.insert(&key, index(1, &[]).seal(None).unwrap());
+        // Another publisher commits generation 2 while this run prepares its own.
+        let theirs = index(2, &[("web", "aa")]).seal(None).unwrap();
+        let winner = store.insert(&key, theirs.clone());
+        let ours = index(2, &[("web", "bb")]);
+        let error = run(write_index(&deployment, Some(&read), &ours, None, None)).unwrap_err();
+        assert_eq!(Exit::for_error(&error), Exit::Busy, "{error:#}");
+        assert!(format!("{error:#}").contains("another publisher committed"));
+        // Instances go on reading the winner's index, byte for byte.
+        assert_eq!(store.body(&key).unwrap(), theirs);
+        // Over the index it did read, the commit stands, and returns the SHA-256 of what it wrote.
+        let sha256 = run(write_index(
+            &deployment,
+            Some(&winner),
+            &index(3, &[]),
+            None,
+            None,
+        ))
+        .unwrap();
+        assert_eq!(sha256, sha256_hex(&store.body(&key).unwrap()));
+        assert_eq!(generation(store, &key), 3);
+    }
+
+    #[test]
+    fn a_first_commit_loses_to_one_made_meanwhile() {
+        let deployment = deployment();
+        let (store, key) = (&deployment.store, deployment.layout.index());
+        run(write_index(&deployment, None, &index(1, &[]), None, None)).unwrap();
+        assert_eq!(generation(store, &key), 1);
+        // A second publisher that also found no index must not overwrite the first one's.
+        let error = run(write_index(
+            &deployment,
+            None,
+            &index(1, &[("web", "aa")]),
+            None,
+            None,
+        ))
+        .unwrap_err();
+        assert_eq!(Exit::for_error(&error), Exit::Busy, "{error:#}");
+        assert_eq!(store.body(&key).unwrap(), index(1, &[]).seal(None).unwrap());
+        // Any other failure of the write is a plain failure, not "run again".
+        store.fail(&key);
+        let etag = store.etag(&key);
+        let error = run(write_index(
+            &deployment,
+            etag.as_deref(),
+            &index(2, &[]),
+            None,
+            None,
+        ))
+        .unwrap_err();
+        assert_eq!(Exit::for_error(&error), Exit::Failure, "{error:#}");
+    }
+
+    fn group(action: Action, next: Option<&str>) -> GroupPlan {
+        GroupPlan {
+            action,
+            added_users: Vec::new(),
+            removed_users: Vec::new(),
+            added_fingerprints: Vec::new(),
+            removed_fingerprints: Vec::new(),
+            next: next.map(|sha256| IndexGroup {
+                sha256: sha256.to_owned(),
+                users: 1,
+                keys: 1,
+                seal: None,
+            }),
+            rendered: true,
+            users_before: 1,
+        }
+    }
+
+    fn plan(index: Index, groups: Vec<(&str, GroupPlan)>) -> Plan {
+        Plan {
+            groups: groups
+                .into_iter()
+                .map(|(name, group)| (name.to_owned(), group))
+                .collect(),
+            problems: Vec::new(),
+            guard: Guard::default(),
+            index,
+            owners: None,
+            revoked: None,
+            resign: false,
+            rewrite: false,
+            canary_changed: false,
+            people: 0,
+            keys: 0,
+        }
+    }
+
+    #[test]
+    fn prune_keeps_what_the_previous_and_the_next_index_name() {
+        let deployment = deployment();
+        let store = &deployment.store;
+        let mut previous = index(1, &[("web", "w1"), ("db", "d1"), ("ops", "o1")]);
+        previous.owners = Some("n1".into());
+        previous.revoked = Some("r1".into());
+        let mut next = index(2, &[("web", "w2"), ("ops", "o1")]);
+        next.owners = Some("n2".into());
+        next.revoked = Some("r2".into());
+        let mut plan = plan(
+            next,
+            vec![
+                ("web", group(Action::Update, Some("w2"))),
+                ("db", group(Action::Delete, None)),
+                ("ops", group(Action::Unchanged, Some("o1"))),
+            ],
+        );
+        plan.owners = Some(b"{}".to_vec());
+        plan.revoked = Some(Vec::new());
+        let kept = [
+            "ssh/index.json",
+            "ssh/web/w1",
+            "ssh/web/w2",
+            // An untouched group is not pruned, not even of an old leftover.
+            "ssh/ops/o0",
+            "ssh/ops/o1",
+            "ssh/_keyhole/owners/n1.json",
+            "ssh/_keyhole/owners/n2.json",
+            "ssh/_keyhole/revoked/r1",
+            "ssh/_keyhole/revoked/r2",
+            "ssh/notes.txt",
+            "ssh/web-old/w0",
+            "elsewhere/web/w0",
+        ];
+        let pruned = [
+            "ssh/web/w0",
+            // A deleted group keeps nothing.
+            "ssh/db/d0",
+            "ssh/db/d1",
+            "ssh/_keyhole/owners/n0.json",
+            "ssh/_keyhole/revoked/r0",
+        ];
+        for key in kept.iter().chain(&pruned) {
+            store.insert(key, "x");
+        }
+        // Four prefixes: listed once, the whole prefix.
+        run(prune(&deployment, &previous, &plan));
+        let mut expected: Vec<&str> = kept.to_vec();
+        expected.sort();
+        assert_eq!(store.keys(), expected);
+        assert_eq!(
+            store
+                .counts
+                .lists
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    }
+
+    #[test]
+    fn prune_of_one_group_lists_only_its_prefix_and_survives_a_failed_delete() {
+        let deployment = deployment();
+        let store = &deployment.store;
+        let previous = index(1, &[("web", "w1")]);
+        let plan = plan(
+            index(2, &[("web", "w2")]),
+            vec![("web", group(Action::Update, Some("w2")))],
+        );
+        for key in [
+            "ssh/web/w0",
+            "ssh/web/w00",
+            "ssh/web/w1",
+            "ssh/web/w2",
+            "ssh/web-old/w0",
+        ] {
+            store.insert(key, "x");
+        }
+        store.fail("ssh/web/w0");
+        run(prune(&deployment, &previous, &plan));
+        assert_eq!(
+            store.keys(),
+            ["ssh/web-old/w0", "ssh/web/w0", "ssh/web/w1", "ssh/web/w2"]
+        );
+        assert_eq!(
+            store
+                .counts
+                .lists
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        assert_eq!(
+            store
+                .counts
+                .deletes
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
     }
 }

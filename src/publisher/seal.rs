@@ -83,11 +83,13 @@ async fn read_back(
     name: &str,
     sha256: &str,
 ) -> anyhow::Result<Vec<u8>> {
-    let key = prepared.layout.group(index, name, sha256);
-    let Fetched::Object(object) =
-        prepared.store.get(&key, None).await.with_context(|| {
-            format!("reading {key} back to seal it; the index was not committed")
-        })?
+    let key = prepared.deployment.layout.group(index, name, sha256);
+    let Fetched::Object(object) = prepared
+        .deployment
+        .store
+        .get(&key, None)
+        .await
+        .with_context(|| format!("reading {key} back to seal it; the index was not committed"))?
     else {
         anyhow::bail!(
             "{key} is missing: cannot seal access group {name}; the index was not committed"

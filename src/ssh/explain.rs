@@ -31,12 +31,13 @@ use serde::Serialize;
 use super::agent::AgentKey;
 use super::bastion::Bastion;
 use super::{Instance, LoginUser};
+use crate::bucket::deployment::Deployment;
 use crate::bucket::group_file::PublishedFile;
 use crate::bucket::group_file::VIA_SEPARATOR;
-use crate::bucket::index::{Index, Layout, Owners};
+use crate::bucket::index::{Index, Owners};
 use crate::bucket::published::Published;
 use crate::bucket::signing::Verifier;
-use crate::bucket::store::{S3Store, Timeouts};
+use crate::bucket::store::Timeouts;
 use crate::instance::host_groups;
 use crate::keys::{self, KeyPolicy};
 use crate::publisher::policy::{AUTOMATION_PREFIX, Policy};
@@ -717,16 +718,14 @@ pub async fn gather(
         None => None,
     };
 
-    let store = S3Store::connect(s3, TIMEOUTS).await;
-    let layout = Layout {
-        prefix: s3.prefix.clone(),
-    };
+    let deployment = Deployment::connect(s3, TIMEOUTS).await;
+    let (store, layout) = (&deployment.store, &deployment.layout);
     // An expired index is still explained (instances serve their cache meanwhile, and the
     // answer says so); one every instance refuses for any other reason is not.
     let published = Published::for_reading(
-        &store,
-        &layout,
-        &crate::bucket::index::deployment(&s3.bucket, &layout.prefix),
+        store,
+        layout,
+        &deployment.name,
         verifier.as_ref(),
         None,
         true,
@@ -737,12 +736,12 @@ pub async fn gather(
     let (groups, _) = tag.map_or_else(Default::default, |value| host_groups::parse_list(value));
     let mut files = BTreeMap::new();
     for group in groups {
-        if let Some(file) = published.file(&store, &layout, &group).await? {
+        if let Some(file) = published.file(store, layout, &group).await? {
             files.insert(group, file);
         }
     }
     let owners = published
-        .owners(&store, &layout)
+        .owners(store, layout)
         .await
         .map_err(|error| format!("{error:#}"));
     if let Err(error) = &owners {
