@@ -11,12 +11,13 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use support::fault_proxy::{FaultProxy, HttpFault, HttpRule, Mode, TcpFault};
 use support::homes::Key;
 use support::keyhole::ldap_section;
+use support::ports::address_of;
 use support::samba::{Fixture, UserSpec};
 use support::stack::Stack;
 
@@ -80,14 +81,6 @@ fn instance_keys(stack: &Stack, dir: &std::path::Path) -> String {
     String::from_utf8(login.stdout).unwrap()
 }
 
-fn address_of(url: &str) -> SocketAddr {
-    let rest = url
-        .split_once("://")
-        .map_or(url, |(_, rest)| rest)
-        .trim_end_matches('/');
-    rest.parse().expect("a loopback IP:port")
-}
-
 /// Settings with `ldap_url` as `[ldap] url` (page_size 2) and `s3_endpoint` as the endpoint.
 fn write_settings(stack: &Stack, ldap_urls: &[String], s3_endpoint: &str) {
     let list = ldap_urls
@@ -136,13 +129,9 @@ fn s3_answering_503_slowdown_a_few_times_is_retried_and_the_run_succeeds() {
     let new_key = rotate_key(&stack);
     let proxy = FaultProxy::start(
         address_of(&stack.s3.endpoint()),
-        Mode::Http(vec![HttpRule {
-            method: None,
-            path_contains: None,
-            path_excludes: Vec::new(),
-            times: 2,
-            fault: HttpFault::SlowDown,
-        }]),
+        Mode::Http(vec![
+            HttpRule::new(None, |_| true, HttpFault::SlowDown).times(2),
+        ]),
     );
     write_settings(&stack, &[stack.dc.ldaps_url()], &proxy.http_url());
     let run = stack.run(&["publish"]);
@@ -167,13 +156,14 @@ fn a_connection_reset_in_the_middle_of_a_put_stores_nothing_partial_and_the_next
     // after a failed group write would be caught committing.
     let proxy = FaultProxy::start(
         address_of(&stack.s3.endpoint()),
-        Mode::Http(vec![HttpRule {
-            method: Some("PUT"),
-            path_contains: None,
-            path_excludes: vec!["index.json", "manifest.json"],
-            times: 1000,
-            fault: HttpFault::ResetMidBody,
-        }]),
+        Mode::Http(vec![
+            HttpRule::new(
+                Some("PUT"),
+                |target| !target.contains("index.json") && !target.contains("manifest.json"),
+                HttpFault::ResetMidBody,
+            )
+            .times(1000),
+        ]),
     );
     write_settings(&stack, &[stack.dc.ldaps_url()], &proxy.http_url());
     let failed = stack.run(&["publish"]);
@@ -197,13 +187,11 @@ fn a_connection_reset_in_the_middle_of_a_put_stores_nothing_partial_and_the_next
     assert_eq!(served.lines().count(), PEOPLE.len(), "{served}");
 
     // One reset, then the network heals: the SDK's retry carries the run.
-    proxy.set_rules(vec![HttpRule {
-        method: Some("PUT"),
-        path_contains: None,
-        path_excludes: Vec::new(),
-        times: 1,
-        fault: HttpFault::ResetMidBody,
-    }]);
+    proxy.set_rules(vec![HttpRule::new(
+        Some("PUT"),
+        |_| true,
+        HttpFault::ResetMidBody,
+    )]);
     let healed = stack.run(&["publish"]);
     assert_eq!(healed.code, 0, "{healed:#?}");
     assert!(stack.s3.holds(&new_key.line));
@@ -300,13 +288,14 @@ fn s3_slower_than_the_deadline_ends_the_run_with_exit_1_and_nothing_published() 
     let before = stack.s3.contents_and_times();
     let proxy = FaultProxy::start(
         address_of(&stack.s3.endpoint()),
-        Mode::Http(vec![HttpRule {
-            method: Some("PUT"),
-            path_contains: None,
-            path_excludes: Vec::new(),
-            times: 1000,
-            fault: HttpFault::Delay(Duration::from_secs(20)),
-        }]),
+        Mode::Http(vec![
+            HttpRule::new(
+                Some("PUT"),
+                |_| true,
+                HttpFault::Delay(Duration::from_secs(20)),
+            )
+            .times(1000),
+        ]),
     );
     write_settings(&stack, &[stack.dc.ldaps_url()], &proxy.http_url());
     let started = Instant::now();

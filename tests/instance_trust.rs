@@ -33,6 +33,7 @@ use support::fault_proxy::{FaultProxy, HttpFault, HttpRule, Mode};
 use support::homes::{Homes, Key};
 use support::imds::Imds;
 use support::keyhole::ssh_keygen;
+use support::ports::address_of;
 use support::s3::{BUCKET, S3Server};
 use support::sshd::Sshd;
 
@@ -464,21 +465,13 @@ fn a_refresh_that_fails_or_is_killed_half_way_leaves_the_previous_state_served()
     // Killed: the object is back, but S3 holds the read of web-prod's object for 30 s and the
     // refresh is killed (SIGKILL) while it waits, db-prod already read.
     world.s3.put_object(&web_key, &web_2);
-    let upstream = world
-        .s3
-        .endpoint()
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
     let proxy = FaultProxy::start(
-        upstream,
-        Mode::Http(vec![HttpRule {
-            method: Some("GET"),
-            path_contains: Some("web-prod/".into()),
-            path_excludes: vec![],
-            times: 1,
-            fault: HttpFault::Delay(Duration::from_secs(30)),
-        }]),
+        address_of(&world.s3.endpoint()),
+        Mode::Http(vec![HttpRule::new(
+            Some("GET"),
+            |target| target.contains("web-prod/"),
+            HttpFault::Delay(Duration::from_secs(30)),
+        )]),
     );
     world.endpoint = proxy.http_url();
     world.write_settings(&["db-prod", "web-prod"], "1ms", "");

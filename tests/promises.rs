@@ -1,5 +1,5 @@
 //! README "Change detection, order of writes, and concurrency", failure by failure: a real Samba
-//! DC and s3s-fs, with the S3 fault proxy of `support/s3_faults.rs` between the publisher and
+//! DC and s3s-fs, with the fault proxy of `support/fault_proxy.rs` between the publisher and
 //! the bucket, refusing exactly one request at each point of a publish: the 2nd group object,
 //! the owners object, the index (the commit), a prune. For each: the exit code, what an
 //! instance serves afterwards (with a warm cache and with a cold one, both reading S3 at every
@@ -10,17 +10,15 @@
 //!
 //! (Throttling, a reset in the middle of a PUT and `--deadline` are tests/faults.rs's.)
 
-#[path = "support/s3_faults.rs"]
-mod s3_faults;
 mod support;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use s3_faults::{Fault, Rule, S3FaultProxy};
+use support::fault_proxy::{FaultProxy, HttpFault, HttpRule, Mode};
 use support::homes::Key;
 use support::keyhole::{Run, run_keyhole};
+use support::ports::address_of;
 use support::samba::{Fixture, UserSpec};
 use support::stack::{Extra, Stack};
 
@@ -123,16 +121,9 @@ impl World {
         self.stack.publisher.write_settings(&self.settings);
     }
 
-    fn proxy(&self, rules: Vec<Rule>) -> S3FaultProxy {
-        let upstream: SocketAddr = self
-            .stack
-            .s3
-            .endpoint()
-            .trim_start_matches("http://")
-            .parse()
-            .unwrap();
-        let proxy = S3FaultProxy::start(upstream, rules);
-        self.through(&proxy.endpoint());
+    fn proxy(&self, rules: Vec<HttpRule>) -> FaultProxy {
+        let proxy = FaultProxy::start(address_of(&self.stack.s3.endpoint()), Mode::Http(rules));
+        self.through(&proxy.http_url());
         proxy
     }
 
@@ -215,7 +206,7 @@ impl Instance {
 /// One failure before the commit: exit 1 with the object named, `index.json` untouched,
 /// instances (warm and cold) still serving the old key, then the next run converges and
 /// `verify` is clean.
-fn fails_before_the_commit(rules: Vec<Rule>, named: &str) {
+fn fails_before_the_commit(rules: Vec<HttpRule>, named: &str) {
     let world = World::new();
     let old = world.keys["p1"].clone();
     let warm_dir = tempfile::tempdir().unwrap();
@@ -275,7 +266,7 @@ fn fails_before_the_commit(rules: Vec<Rule>, named: &str) {
 #[test]
 fn the_second_group_object_refused_fails_the_run_and_publishes_nothing() {
     fails_before_the_commit(
-        vec![Rule::new("PUT", is_group_object, 1, Fault::Refuse)],
+        vec![HttpRule::new(Some("PUT"), is_group_object, HttpFault::Refuse).skip(1)],
         "AccessDenied",
     );
 }
@@ -283,7 +274,11 @@ fn the_second_group_object_refused_fails_the_run_and_publishes_nothing() {
 #[test]
 fn the_owners_object_refused_fails_the_run_and_publishes_nothing() {
     fails_before_the_commit(
-        vec![Rule::new("PUT", is_owners_object, 0, Fault::Refuse)],
+        vec![HttpRule::new(
+            Some("PUT"),
+            is_owners_object,
+            HttpFault::Refuse,
+        )],
         "AccessDenied",
     );
 }
@@ -298,7 +293,11 @@ fn the_index_write_refused_fails_the_run_and_publishes_nothing() {
     let new = world.rotate_p1("p1-new");
     let index_before = world.stack.s3.object("ssh/index.json").unwrap();
 
-    let proxy = world.proxy(vec![Rule::new("PUT", is_index, 0, Fault::Refuse)]);
+    let proxy = world.proxy(vec![HttpRule::new(
+        Some("PUT"),
+        is_index,
+        HttpFault::Refuse,
+    )]);
     let failed = world.publish();
     assert_eq!(failed.code, 1, "{failed:#?}");
     assert!(failed.stderr.contains("index.json"), "{}", failed.stderr);
@@ -366,10 +365,9 @@ fn a_refused_prune_keeps_the_commit_and_a_later_run_finishes_it() {
     let warm = world.instance(warm_dir.path());
     warm.login();
 
-    let proxy = world.proxy(vec![Rule {
-        times: 1000,
-        ..Rule::new("DELETE", |_| true, 0, Fault::Refuse)
-    }]);
+    let proxy = world.proxy(vec![
+        HttpRule::new(Some("DELETE"), |_| true, HttpFault::Refuse).times(1000),
+    ]);
     let run = world.publish();
     // README: "A prune that fails is logged and finished by a later run": the commit stands.
     assert_eq!(run.code, 0, "{run:#?}");
@@ -426,10 +424,9 @@ fn a_body_damaged_in_transit_is_refused_by_the_server_and_fails_the_run() {
     let new = world.rotate_p1("p1-new");
     let index_before = world.stack.s3.object("ssh/index.json").unwrap();
     // Every attempt at the first group object arrives damaged (the SDK retries).
-    let proxy = world.proxy(vec![Rule {
-        times: 1000,
-        ..Rule::new("PUT", is_group_object, 0, Fault::DamageBody)
-    }]);
+    let proxy = world.proxy(vec![
+        HttpRule::new(Some("PUT"), is_group_object, HttpFault::DamageBody).times(1000),
+    ]);
     let failed = world.publish();
     assert_eq!(failed.code, 1, "{failed:#?}");
     assert!(!proxy.faulted().is_empty(), "{:#?}", proxy.seen());

@@ -1,4 +1,4 @@
-//! A small fault-injecting TCP proxy for tests, put between keyhole and a real server (the Samba
+//! The one fault-injecting proxy of the tests, put between keyhole and a real server (the Samba
 //! DC, s3s-fs) on 127.0.0.1. toxiproxy is not installable here (DEPENDENCIES.md), and a proxy of
 //! our own is the most controllable: each fault happens at an exact point of the conversation.
 //!
@@ -8,13 +8,18 @@
 //!   search (the proxy sees only TLS records, so it counts bytes, not messages).
 //! - [`Mode::Http`]: one HTTP/1.1 request per connection (the request goes upstream with
 //!   `Connection: close`, so the server closes after its answer and the client opens a new
-//!   connection for the next request). [`HttpRule`]s match a request by method and path and,
-//!   for their first `times` matches, answer a 503 SlowDown themselves, reset the connection in
-//!   the middle of the request body, or hold the request for a while before passing it on.
+//!   connection for the next request). An [`HttpRule`] picks requests by method and a predicate
+//!   on the target, lets its first `skip` matches through ("the 2nd group PUT" is skip 1) and
+//!   faults the next `times`: S3's 503 SlowDown or 403 AccessDenied answered by the proxy itself,
+//!   a reset in the middle of the request body, the body passed on with its last byte flipped
+//!   (damaged in transit), or the request held for a while before it is passed on. Every request
+//!   is recorded ([`Seen`]) with its fault and whether its `x-amz-checksum-sha256` matches the
+//!   body the client sent.
 //!
 //! Everything runs on plain threads; the proxy stops accepting when dropped (connections in
 //! flight finish on their own). It only ever connects to the upstream address it was given.
 
+use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,28 +39,74 @@ pub enum TcpFault {
 /// What an HTTP-mode proxy does to a matching request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HttpFault {
-    /// Answer `503 SlowDown` (S3's throttling answer) without asking the server.
+    /// Answer `503 SlowDown` (S3's throttling answer, which the SDK retries) without asking the
+    /// server.
     SlowDown,
+    /// Answer `403 AccessDenied` without asking the server (not retried by the SDK: exactly one
+    /// request fails).
+    Refuse,
     /// Send the request head and half of the body upstream, then reset both connections.
     ResetMidBody,
+    /// Pass the request on with the last byte of its body changed.
+    DamageBody,
     /// Wait this long, then pass the request on.
     Delay(Duration),
 }
 
-/// A fault for the first `times` requests whose method and path match.
-#[derive(Debug, Clone)]
+/// A fault for the requests whose method and target match: the first `skip` matches pass, the
+/// next `times` get the fault, the rest pass.
 pub struct HttpRule {
     /// e.g. "PUT"; `None` matches any method.
     pub method: Option<&'static str>,
-    /// A part of the request target (path and query); `None` matches any.
-    pub path_contains: Option<String>,
-    /// Targets containing any of these do not match (e.g. the commit point, `index.json`).
-    pub path_excludes: Vec<&'static str>,
+    /// Whether the request target (path and query) matches.
+    pub target: Box<dyn Fn(&str) -> bool + Send + Sync>,
+    /// Matching requests let through before the first fault.
+    pub skip: usize,
+    /// Matching requests faulted after that (then the rule lets everything through).
     pub times: usize,
     pub fault: HttpFault,
 }
 
-#[derive(Debug, Clone)]
+impl HttpRule {
+    /// The first request of `method` (any, if `None`) whose target satisfies `target` gets
+    /// `fault`; [`HttpRule::skip`] and [`HttpRule::times`] move and widen that window.
+    pub fn new(
+        method: Option<&'static str>,
+        target: impl Fn(&str) -> bool + Send + Sync + 'static,
+        fault: HttpFault,
+    ) -> HttpRule {
+        HttpRule {
+            method,
+            target: Box::new(target),
+            skip: 0,
+            times: 1,
+            fault,
+        }
+    }
+
+    /// Lets the first `skip` matching requests through.
+    pub fn skip(self, skip: usize) -> HttpRule {
+        HttpRule { skip, ..self }
+    }
+
+    /// Faults `times` matching requests instead of one.
+    pub fn times(self, times: usize) -> HttpRule {
+        HttpRule { times, ..self }
+    }
+}
+
+impl fmt::Debug for HttpRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpRule")
+            .field("method", &self.method)
+            .field("skip", &self.skip)
+            .field("times", &self.times)
+            .field("fault", &self.fault)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
 pub enum Mode {
     Tcp(TcpFault),
     Http(Vec<HttpRule>),
@@ -67,6 +118,16 @@ pub struct Seen {
     pub method: String,
     pub target: String,
     pub fault: Option<HttpFault>,
+    /// For a request with a body the proxy read whole: whether its `x-amz-checksum-sha256`
+    /// header is the base64 SHA-256 of the body as the client sent it (`None`: no body, no such
+    /// header, or a body the proxy did not read whole).
+    pub checksum_matches: Option<bool>,
+}
+
+/// The rules with how many requests each has matched, and the requests seen, in arrival order.
+struct State {
+    rules: Vec<(HttpRule, usize)>,
+    seen: Vec<Seen>,
 }
 
 pub struct FaultProxy {
@@ -74,12 +135,12 @@ pub struct FaultProxy {
     stop: Arc<AtomicBool>,
     /// Bytes sent by the server, summed over every connection.
     server_bytes: Arc<AtomicU64>,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    rules: Arc<Mutex<Vec<HttpRule>>>,
+    state: Arc<Mutex<State>>,
 }
 
 impl FaultProxy {
-    /// Listens on a free port of 127.0.0.1 and relays to `upstream` (which must be loopback).
+    /// Listens on a port of 127.0.0.1 chosen by the kernel (bound here and kept: no free-port
+    /// race) and relays to `upstream` (which must be loopback).
     pub fn start(upstream: SocketAddr, mode: Mode) -> FaultProxy {
         assert!(
             upstream.ip().is_loopback(),
@@ -92,18 +153,19 @@ impl FaultProxy {
             .expect("a non-blocking listener");
         let stop = Arc::new(AtomicBool::new(false));
         let server_bytes = Arc::new(AtomicU64::new(0));
-        let seen = Arc::new(Mutex::new(Vec::new()));
         let (tcp_fault, rules) = match mode {
             Mode::Tcp(fault) => (Some(fault), Vec::new()),
             Mode::Http(rules) => (None, rules),
         };
-        let rules = Arc::new(Mutex::new(rules));
+        let state = Arc::new(Mutex::new(State {
+            rules: rules.into_iter().map(|rule| (rule, 0)).collect(),
+            seen: Vec::new(),
+        }));
         let proxy = FaultProxy {
             address,
             stop: Arc::clone(&stop),
             server_bytes: Arc::clone(&server_bytes),
-            seen: Arc::clone(&seen),
-            rules: Arc::clone(&rules),
+            state: Arc::clone(&state),
         };
         thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
@@ -111,11 +173,10 @@ impl FaultProxy {
                     Ok((client, _)) => {
                         let _ = client.set_nonblocking(false);
                         let server_bytes = Arc::clone(&server_bytes);
-                        let seen = Arc::clone(&seen);
-                        let rules = Arc::clone(&rules);
+                        let state = Arc::clone(&state);
                         thread::spawn(move || match tcp_fault {
                             Some(fault) => relay_tcp(client, upstream, fault, &server_bytes),
-                            None => relay_http(client, upstream, &rules, &seen, &server_bytes),
+                            None => relay_http(client, upstream, &state, &server_bytes),
                         });
                     }
                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
@@ -142,14 +203,24 @@ impl FaultProxy {
         self.server_bytes.load(Ordering::SeqCst)
     }
 
-    /// The HTTP requests seen so far.
+    /// The HTTP requests seen so far, in arrival order.
     pub fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().expect("the seen list").clone()
+        self.state.lock().expect("the proxy's state").seen.clone()
     }
 
-    /// Replaces the HTTP rules (e.g. to let every request through for the next run).
+    /// The HTTP requests that got a fault.
+    pub fn faulted(&self) -> Vec<Seen> {
+        self.seen()
+            .into_iter()
+            .filter(|seen| seen.fault.is_some())
+            .collect()
+    }
+
+    /// Replaces the HTTP rules, their counts started afresh (e.g. to let every request through
+    /// for the next run).
     pub fn set_rules(&self, rules: Vec<HttpRule>) {
-        *self.rules.lock().expect("the rules") = rules;
+        self.state.lock().expect("the proxy's state").rules =
+            rules.into_iter().map(|rule| (rule, 0)).collect();
     }
 }
 
@@ -299,11 +370,68 @@ fn closing(head: &str) -> String {
     format!("{}\r\n\r\n", lines.join("\r\n"))
 }
 
+/// Decides the fault for one request and records it; returns the fault and where the request
+/// stands in the seen list (for its checksum, known once the body is read).
+fn decide(state: &Mutex<State>, method: &str, target: &str) -> (Option<HttpFault>, usize) {
+    let mut state = state.lock().expect("the proxy's state");
+    let mut fault = None;
+    for (rule, matched) in &mut state.rules {
+        if rule.method.is_none_or(|m| m == method) && (rule.target)(target) {
+            *matched += 1;
+            if *matched > rule.skip && *matched <= rule.skip + rule.times {
+                fault = Some(rule.fault);
+                break;
+            }
+        }
+    }
+    state.seen.push(Seen {
+        method: method.to_owned(),
+        target: target.to_owned(),
+        fault,
+        checksum_matches: None,
+    });
+    (fault, state.seen.len() - 1)
+}
+
+/// Reads the rest of a body of `length` bytes; `None` when the client stopped short.
+fn read_body(client: &mut TcpStream, mut body: Vec<u8>, length: u64) -> Option<Vec<u8>> {
+    let mut buffer = [0u8; 8192];
+    while (body.len() as u64) < length {
+        let want = buffer.len().min((length - body.len() as u64) as usize);
+        match client.read(&mut buffer[..want]) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => body.extend_from_slice(&buffer[..n]),
+        }
+    }
+    Some(body)
+}
+
+/// Records whether the request's `x-amz-checksum-sha256` is the SHA-256 of `body`.
+fn record_checksum(state: &Mutex<State>, at: usize, head: &str, body: &[u8]) {
+    let matches = header(head, "x-amz-checksum-sha256")
+        .filter(|_| !body.is_empty())
+        .map(|sent| sent == keyhole::store::checksum_sha256(body));
+    state.lock().expect("the proxy's state").seen[at].checksum_matches = matches;
+}
+
+/// Answers an S3 error document itself and closes.
+fn answer_error(client: &mut TcpStream, status: &str, code: &str, message: &str) {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{message}</Message><RequestId>fault-proxy</RequestId></Error>"
+    );
+    let answer = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = client.write_all(answer.as_bytes());
+    let _ = client.flush();
+    let _ = client.shutdown(Shutdown::Both);
+}
+
 fn relay_http(
     mut client: TcpStream,
     upstream: SocketAddr,
-    rules: &Mutex<Vec<HttpRule>>,
-    seen: &Mutex<Vec<Seen>>,
+    state: &Mutex<State>,
     counter: &AtomicU64,
 ) {
     let Some((head, early_body)) = read_head(&mut client) else {
@@ -312,58 +440,36 @@ fn relay_http(
     let mut request_line = head.lines().next().unwrap_or("").split(' ');
     let method = request_line.next().unwrap_or("").to_owned();
     let target = request_line.next().unwrap_or("").to_owned();
-    let fault = {
-        let mut rules = rules.lock().expect("the rules");
-        rules
-            .iter_mut()
-            .find(|rule| {
-                rule.times > 0
-                    && rule.method.is_none_or(|m| m == method)
-                    && rule
-                        .path_contains
-                        .as_deref()
-                        .is_none_or(|part| target.contains(part))
-                    && !rule.path_excludes.iter().any(|part| target.contains(part))
-            })
-            .map(|rule| {
-                rule.times -= 1;
-                rule.fault
-            })
-    };
-    seen.lock().expect("the seen list").push(Seen {
-        method: method.clone(),
-        target: target.clone(),
-        fault,
-    });
-    let length: u64 = header(&head, "content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let (fault, at) = decide(state, &method, &target);
+    let length: Option<u64> = header(&head, "content-length").and_then(|v| v.parse().ok());
     match fault {
-        Some(HttpFault::SlowDown) => {
+        Some(fault @ (HttpFault::SlowDown | HttpFault::Refuse)) => {
             // Read the body the client sends, so it sees an answer rather than a reset.
-            let mut rest = length.saturating_sub(early_body.len() as u64);
-            let mut buffer = [0u8; 8192];
-            while rest > 0 {
-                let want = buffer.len().min(rest as usize);
-                match client.read(&mut buffer[..want]) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => rest -= n as u64,
-                }
+            if let Some(body) = read_body(&mut client, early_body, length.unwrap_or(0)) {
+                record_checksum(state, at, &head, &body);
             }
-            let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message><RequestId>fault-proxy</RequestId></Error>";
-            let answer = format!(
-                "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = client.write_all(answer.as_bytes());
-            let _ = client.shutdown(Shutdown::Both);
+            if fault == HttpFault::SlowDown {
+                answer_error(
+                    &mut client,
+                    "503 Slow Down",
+                    "SlowDown",
+                    "Please reduce your request rate.",
+                );
+            } else {
+                answer_error(
+                    &mut client,
+                    "403 Forbidden",
+                    "AccessDenied",
+                    "refused by the test's fault proxy",
+                );
+            }
         }
         Some(HttpFault::ResetMidBody) => {
             let Ok(mut server) = TcpStream::connect(upstream) else {
                 reset(&client);
                 return;
             };
-            let half = (length / 2) as usize;
+            let half = (length.unwrap_or(0) / 2) as usize;
             let _ = server.write_all(closing(&head).as_bytes());
             let mut body = early_body;
             let mut buffer = [0u8; 8192];
@@ -390,13 +496,55 @@ fn relay_http(
                     return;
                 }
             }
-            let Ok(mut server) = TcpStream::connect(upstream) else {
+            let damage = other == Some(HttpFault::DamageBody);
+            pass_on(
+                client, upstream, &head, early_body, length, damage, state, at, counter,
+            );
+        }
+    }
+}
+
+/// Passes one request on and relays the server's answer. A body of known length is read whole
+/// first (its checksum recorded, its last byte flipped when `damage`); any other is streamed.
+#[allow(clippy::too_many_arguments)]
+fn pass_on(
+    mut client: TcpStream,
+    upstream: SocketAddr,
+    head: &str,
+    early_body: Vec<u8>,
+    length: Option<u64>,
+    damage: bool,
+    state: &Mutex<State>,
+    at: usize,
+    counter: &AtomicU64,
+) {
+    let Ok(mut server) = TcpStream::connect(upstream) else {
+        reset(&client);
+        return;
+    };
+    if server.write_all(closing(head).as_bytes()).is_err() {
+        reset(&client);
+        return;
+    }
+    let up = match length {
+        Some(length) => {
+            let Some(mut body) = read_body(&mut client, early_body, length) else {
+                reset(&server);
                 reset(&client);
                 return;
             };
-            if server.write_all(closing(&head).as_bytes()).is_err()
-                || server.write_all(&early_body).is_err()
-            {
+            record_checksum(state, at, head, &body);
+            if damage && let Some(last) = body.last_mut() {
+                *last ^= 0x01;
+            }
+            if server.write_all(&body).is_err() {
+                reset(&client);
+                return;
+            }
+            None
+        }
+        None => {
+            if server.write_all(&early_body).is_err() {
                 reset(&client);
                 return;
             }
@@ -404,13 +552,15 @@ fn relay_http(
             else {
                 return;
             };
-            let up = thread::spawn(move || copy(client_read, server_write));
-            if let (Ok(server_read), Ok(client_write)) = (server.try_clone(), client.try_clone()) {
-                copy_counting(server_read, client_write, None, counter);
-            }
-            let _ = client.shutdown(Shutdown::Both);
-            let _ = server.shutdown(Shutdown::Both);
-            let _ = up.join();
+            Some(thread::spawn(move || copy(client_read, server_write)))
         }
+    };
+    if let (Ok(server_read), Ok(client_write)) = (server.try_clone(), client.try_clone()) {
+        copy_counting(server_read, client_write, None, counter);
+    }
+    let _ = client.shutdown(Shutdown::Both);
+    let _ = server.shutdown(Shutdown::Both);
+    if let Some(up) = up {
+        let _ = up.join();
     }
 }

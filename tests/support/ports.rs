@@ -6,7 +6,7 @@
 //! started (not another test's server that took the port first), by the socket's inode: the
 //! LISTEN entry for the port in /proc/net/tcp, and the same inode among the process's open files.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,16 @@ pub fn free_port() -> u16 {
         .and_then(|listener| listener.local_addr())
         .map(|address| address.port())
         .expect("finding a free port on 127.0.0.1")
+}
+
+/// The `IP:port` of a loopback URL such as `http://127.0.0.1:9000` or `ldaps://127.0.0.2:636/`,
+/// e.g. to put a fault proxy in front of that server.
+pub fn address_of(url: &str) -> SocketAddr {
+    let rest = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .trim_end_matches('/');
+    rest.parse().expect("a loopback IP:port")
 }
 
 /// Whether process `pid` holds the socket listening on 127.0.0.1:`port` (or 0.0.0.0:`port`).
