@@ -1,0 +1,23 @@
+//! Shared support for keyhole's integration tests: throwaway servers that the tests start
+//! themselves on 127.0.0.1 and kill on `Drop`. Nothing here is compiled into keyhole itself, and
+//! nothing here may talk to any address other than loopback.
+//!
+//! The one integration-test binary (`tests/integration/main.rs`) includes this as `mod support;`;
+//! each test file reaches it as `crate::support`.
+
+// Every test binary compiles this module but uses only some of it; without this, each binary
+// would warn about the parts it leaves alone.
+#![allow(dead_code)]
+
+pub mod dns;
+pub mod fault_proxy;
+pub mod homes;
+pub mod imds;
+pub mod keyhole;
+pub mod ldap_relay;
+pub mod moto;
+pub mod ports;
+pub mod s3;
+pub mod samba;
+pub mod sshd;
+pub mod stack;
