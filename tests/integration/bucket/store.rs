@@ -6,10 +6,7 @@ use keyhole::settings::S3Settings;
 use keyhole::store::{Fetched, ObjectStore, Precondition, S3Store, StoreError, Timeouts};
 
 async fn store(server: &S3Server) -> S3Store {
-    for (name, value) in server.env() {
-        // SAFETY: this test binary has a single test, so no other thread reads the environment.
-        unsafe { std::env::set_var(name, value) };
-    }
+    crate::support::s3::export_credentials();
     let settings = S3Settings {
         bucket: BUCKET.into(),
         prefix: "ssh/".into(),

@@ -5,30 +5,11 @@
 //! connection (the settings point at a closed port of 127.0.0.1, so a run that wrongly went on
 //! would fail with 1, not with the code asserted).
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-/// A port of 127.0.0.1 nothing listens on (bound, then released: a run that connects gets
-/// "connection refused", never someone else's server, since nothing here is a server).
-fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a port on 127.0.0.1")
-}
-
-fn keyhole(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_keyhole"));
-    command.args(args).current_dir(dir).env("COLUMNS", "100");
-    for (name, _) in std::env::vars() {
-        if name.starts_with("KEYHOLE_") || name.starts_with("AWS_") || name == "RUST_LOG" {
-            command.env_remove(name);
-        }
-    }
-    command.envs(env.iter().copied());
-    command.output().expect("running keyhole")
-}
+use crate::support::keyhole::{run_in, run_in_with};
+use crate::support::ports::free_port;
 
 fn code(output: &Output) -> i32 {
     output.status.code().unwrap_or(-1)
@@ -80,8 +61,8 @@ max_stale = "24h"
 fetch_timeout = "2s"
 allow_unsigned = true
 "#,
-        ldap = closed_port(),
-        s3 = closed_port(),
+        ldap = free_port(),
+        s3 = free_port(),
         dir = dir.display(),
     )
 }
@@ -97,13 +78,13 @@ fn clap_usage_errors_exit_64() {
         &["authorized-keys"],
         &[],
     ] {
-        let output = keyhole(dir.path(), args, &[]);
+        let output = run_in(dir.path(), args);
         assert_eq!(code(&output), 64, "keyhole {args:?}: {output:?}");
         assert!(output.stdout.is_empty(), "keyhole {args:?}: {output:?}");
     }
     // Help and version are not errors.
     for args in [&["--help"][..], &["publish", "--help"], &["--version"]] {
-        let output = keyhole(dir.path(), args, &[]);
+        let output = run_in(dir.path(), args);
         assert_eq!(code(&output), 0, "keyhole {args:?}: {output:?}");
     }
 }
@@ -111,7 +92,7 @@ fn clap_usage_errors_exit_64() {
 #[test]
 fn publish_help_names_the_index_conflict_as_75() {
     let dir = tempfile::tempdir().unwrap();
-    let output = keyhole(dir.path(), &["publish", "--help"], &[]);
+    let output = run_in(dir.path(), &["publish", "--help"]);
     let help = String::from_utf8_lossy(&output.stdout);
     let line = help
         .lines()
@@ -193,7 +174,7 @@ fn each_family_of_invalid_settings_exits_78() {
             &["--config", config, "publish"][..],
             &["--config", config, "authorized-keys", "ec2-user"],
         ] {
-            let output = keyhole(dir.path(), args, env);
+            let output = run_in_with(dir.path(), args, env);
             let stderr = String::from_utf8_lossy(&output.stderr);
             assert_eq!(code(&output), 78, "{family}: keyhole {args:?}: {output:?}");
             assert!(stderr.contains(named), "{family}: {named:?} in {stderr}");
@@ -204,7 +185,7 @@ fn each_family_of_invalid_settings_exits_78() {
     // A section the command needs is missing: the instance without [instance].
     let without_instance = valid.split("[instance]").next().unwrap().to_owned();
     std::fs::write(&config, without_instance).unwrap();
-    let output = keyhole(
+    let output = run_in_with(
         dir.path(),
         &[
             "--config",
@@ -224,7 +205,7 @@ fn each_family_of_invalid_settings_exits_78() {
         "[access_groups.web-prod]\ngroups = [\"Web Team\"]\nfrobnicate = true\n",
     )
     .unwrap();
-    let output = keyhole(
+    let output = run_in_with(
         dir.path(),
         &["--config", config.to_str().unwrap(), "publish"],
         &[],
@@ -254,13 +235,13 @@ fn only_the_login_user_gets_keys_anyone_else_gets_nothing_and_0() {
         &["--config", config, "authorized-keys", "ec2-user2"],
         &["--config", config, "authorized-keys", "EC2-USER"],
     ] {
-        let output = keyhole(dir.path(), args, &[]);
+        let output = run_in(dir.path(), args);
         assert_eq!(code(&output), 0, "{args:?}: {output:?}");
         assert!(output.stdout.is_empty(), "{args:?}: {output:?}");
     }
     // The same settings for the login user: nothing cached and S3 down, so exit 1 (fail
     // closed): the 0 above is the other-user branch, not an empty cache.
-    let output = keyhole(
+    let output = run_in_with(
         dir.path(),
         &["--config", config, "authorized-keys", "ec2-user"],
         &[],

@@ -4,12 +4,10 @@
 //! back-off period; a successful `keyhole refresh` ends the back-off. (What such a login costs
 //! is measured by `scripts/bench instance`, its "outage" row, not here.)
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::mute::Mute;
 use crate::support::samba::{Fixture, UserSpec};
 use crate::support::stack::Stack;
 
@@ -17,38 +15,6 @@ const POLICY: &str = r#"
 [access_groups.web-prod]
 users = ["bob"]
 "#;
-
-/// Accepts connections and never answers, until dropped.
-struct BlackHole {
-    address: SocketAddr,
-    stop: Arc<AtomicBool>,
-}
-
-impl BlackHole {
-    fn start() -> BlackHole {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let address = listener.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = Arc::clone(&stop);
-        std::thread::spawn(move || {
-            let mut held: Vec<TcpStream> = Vec::new();
-            while !stopping.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((stream, _)) => held.push(stream),
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
-        });
-        BlackHole { address, stop }
-    }
-}
-
-impl Drop for BlackHole {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
-}
 
 struct Login {
     took: Duration,
@@ -87,7 +53,7 @@ fn after_one_slow_login_in_an_outage_the_next_ones_serve_the_cache_at_once() {
     let env = stack.s3.env();
     let login = || {
         let started = Instant::now();
-        let output = Command::new(env!("CARGO_BIN_EXE_keyhole"))
+        let output = Command::new(crate::support::keyhole::BINARY)
             .arg("--config")
             .arg(&config)
             .args(["authorized-keys", "ec2-user"])
@@ -109,8 +75,8 @@ fn after_one_slow_login_in_an_outage_the_next_ones_serve_the_cache_at_once() {
     assert!(first.stdout.contains(&keys["bob"].line), "{}", first.stdout);
 
     // The outage: the first login pays fetch_timeout, the next ones do not.
-    let hole = BlackHole::start();
-    write_settings(&format!("http://{}", hole.address));
+    let hole = Mute::start(None);
+    write_settings(&format!("http://{}", hole.address()));
     let logins: Vec<Login> = (0..5).map(|_| login()).collect();
     for login in &logins {
         assert_eq!(login.code, 0);
@@ -131,7 +97,7 @@ fn after_one_slow_login_in_an_outage_the_next_ones_serve_the_cache_at_once() {
 
     // A successful refresh ends the back-off: the next login in an outage tries S3 again.
     write_settings(&stack.s3.endpoint());
-    let refreshed = Command::new(env!("CARGO_BIN_EXE_keyhole"))
+    let refreshed = Command::new(crate::support::keyhole::BINARY)
         .arg("--config")
         .arg(&config)
         .arg("refresh")
@@ -140,7 +106,7 @@ fn after_one_slow_login_in_an_outage_the_next_ones_serve_the_cache_at_once() {
         .output()
         .unwrap();
     assert!(refreshed.status.success(), "{refreshed:?}");
-    write_settings(&format!("http://{}", hole.address));
+    write_settings(&format!("http://{}", hole.address()));
     let after = login();
     assert_eq!(after.code, 0);
     assert!(

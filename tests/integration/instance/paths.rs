@@ -89,26 +89,7 @@ impl World {
 
     /// The AWS credentials as a file nobody can read (sshd passes no environment).
     fn env(&self) -> Vec<(String, String)> {
-        let credentials = self.instance.path().join("aws-credentials");
-        std::fs::write(
-            &credentials,
-            format!(
-                "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
-                crate::support::s3::ACCESS_KEY,
-                crate::support::s3::SECRET_KEY
-            ),
-        )
-        .unwrap();
-        chown(&credentials, Some(NOBODY), Some(NOBODY)).unwrap();
-        std::fs::set_permissions(&credentials, std::fs::Permissions::from_mode(0o600)).unwrap();
-        vec![
-            (
-                "AWS_SHARED_CREDENTIALS_FILE".into(),
-                credentials.display().to_string(),
-            ),
-            ("AWS_CONFIG_FILE".into(), "/nonexistent".into()),
-            ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
-        ]
+        self.s3.instance_credentials(self.instance.path(), NOBODY)
     }
 
     /// Writes web-prod with `members` and commits index `generation`, signed by `signer`.

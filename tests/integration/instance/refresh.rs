@@ -183,15 +183,7 @@ struct Host {
 
 impl Host {
     async fn new(bucket: &Bucket) -> Host {
-        // The credentials are the same constants for every S3Server: set them once, before any
-        // test of this binary reads the environment (the others wait on the `Once`).
-        static CREDENTIALS: std::sync::Once = std::sync::Once::new();
-        CREDENTIALS.call_once(|| {
-            for (name, value) in bucket.s3.env() {
-                // SAFETY: under the `Once`, before any test thread makes an S3 request.
-                unsafe { std::env::set_var(name, value) };
-            }
-        });
+        crate::support::s3::export_credentials();
         let s3 = S3Settings {
             bucket: BUCKET.into(),
             prefix: "ssh/".into(),

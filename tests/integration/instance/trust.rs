@@ -175,7 +175,7 @@ impl World {
 
     /// `keyhole ARGS` on the instance as the current user (root, the cache's owner here).
     fn keyhole(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_keyhole"))
+        Command::new(crate::support::keyhole::BINARY)
             .arg("--config")
             .arg(self.config())
             .args(args)
@@ -473,7 +473,7 @@ fn a_refresh_that_fails_or_is_killed_half_way_leaves_the_previous_state_served()
     );
     world.endpoint = proxy.http_url();
     world.write_settings(&["db-prod", "web-prod"], "1ms", "");
-    let mut refresh = Command::new(env!("CARGO_BIN_EXE_keyhole"))
+    let mut refresh = Command::new(crate::support::keyhole::BINARY)
         .arg("--config")
         .arg(world.config())
         .arg("refresh")

@@ -28,7 +28,7 @@ fn unit(name: &str) -> String {
 fn verify(rewrite: impl Fn(&str) -> String) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     for name in UNITS {
-        let text = unit(name).replace("/usr/bin/keyhole", env!("CARGO_BIN_EXE_keyhole"));
+        let text = unit(name).replace("/usr/bin/keyhole", crate::support::keyhole::BINARY);
         std::fs::write(dir.path().join(name), rewrite(&text)).unwrap();
     }
     let output = Command::new("systemd-analyze")
@@ -54,7 +54,7 @@ fn the_units_verify_cleanly() {
     assert!(clean, "systemd-analyze verify complained:\n{messages}");
     // The check is not vacuous: a unit whose command does not exist fails it.
     let (clean, messages) =
-        verify(|text| text.replace(env!("CARGO_BIN_EXE_keyhole"), "/nonexistent/keyhole"));
+        verify(|text| text.replace(crate::support::keyhole::BINARY, "/nonexistent/keyhole"));
     assert!(!clean, "a broken unit passed: {messages}");
 }
 

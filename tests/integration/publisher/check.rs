@@ -2,23 +2,12 @@
 //! `tests/fixtures/policies/`, with the exact stdout and exit code snapshotted.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
+
+use crate::support::keyhole::run_in;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/policies")
-}
-
-/// Runs `keyhole ARGS` in `dir`, with no settings file or log filter leaking in from the machine.
-fn keyhole(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_keyhole"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("KEYHOLE_CONFIG")
-        .env_remove("RUST_LOG")
-        // Help text wraps to the terminal; pin the width so the snapshot does not depend on it.
-        .env("COLUMNS", "100")
-        .output()
-        .unwrap()
 }
 
 /// The exit code and stdout, the two things a CI job consumes, in one snapshot-able text.
@@ -35,7 +24,7 @@ fn transcript(output: &Output) -> String {
 
 /// Checks one fixture by its relative name (so paths in the snapshot are machine-independent).
 fn check_fixture(name: &str) -> String {
-    let output = keyhole(&fixtures(), &["check", name]);
+    let output = run_in(&fixtures(), &["check", name]);
     assert_eq!(
         String::from_utf8_lossy(&output.stderr),
         "",
@@ -85,7 +74,7 @@ fn every_fixture_has_a_test() {
 #[test]
 fn the_repository_policy_passes_and_is_the_default() {
     // No argument: `access-groups.toml` in the current directory, here the repository root.
-    let output = keyhole(Path::new(env!("CARGO_MANIFEST_DIR")), &["check"]);
+    let output = run_in(Path::new(env!("CARGO_MANIFEST_DIR")), &["check"]);
     assert_eq!(
         transcript(&output),
         "exit: 0\naccess-groups.toml: OK, 4 access groups\n"
@@ -95,7 +84,7 @@ fn the_repository_policy_passes_and_is_the_default() {
 #[test]
 fn an_unreadable_policy_is_a_runtime_failure_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let output = keyhole(dir.path(), &["check", "missing.toml"]);
+    let output = run_in(dir.path(), &["check", "missing.toml"]);
     assert_eq!(output.status.code(), Some(1));
     assert_eq!(String::from_utf8_lossy(&output.stdout), "");
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -106,7 +95,7 @@ fn an_unreadable_policy_is_a_runtime_failure_naming_the_file() {
 
     // A directory where the file should be is unreadable too, not an empty policy.
     std::fs::create_dir(dir.path().join("access-groups.toml")).unwrap();
-    let output = keyhole(dir.path(), &["check"]);
+    let output = run_in(dir.path(), &["check"]);
     assert_eq!(output.status.code(), Some(1));
 }
 
@@ -118,7 +107,7 @@ fn a_policy_that_is_not_utf8_is_invalid_not_unreadable() {
         b"[access_groups.web]\nusers = [\"j\xfcrgen\"]\n",
     )
     .unwrap();
-    let output = keyhole(dir.path(), &["check", "latin1.toml"]);
+    let output = run_in(dir.path(), &["check", "latin1.toml"]);
     assert_eq!(
         transcript(&output),
         "exit: 78\n\
@@ -129,7 +118,7 @@ fn a_policy_that_is_not_utf8_is_invalid_not_unreadable() {
 
 #[test]
 fn help_lists_the_exit_codes() {
-    let output = keyhole(&fixtures(), &["check", "--help"]);
+    let output = run_in(&fixtures(), &["check", "--help"]);
     assert_eq!(output.status.code(), Some(0));
     let help = String::from_utf8_lossy(&output.stdout);
     assert!(

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::support::keyhole::{Deployment, run_keyhole};
+use crate::support::keyhole::{Deployment, run_in, run_keyhole};
 use crate::support::samba::{Fixture, SambaDc, UserSpec};
 use serde_json::{Value, json};
 
@@ -114,23 +114,8 @@ impl PolicyRepo {
 
     /// Runs `keyhole ARGS` in the repository root.
     fn keyhole(&self, args: &[&str]) -> Output {
-        keyhole(self.path(), args)
+        run_in(self.path(), args)
     }
-}
-
-/// Runs `keyhole ARGS` in `dir`, with no settings or log filter leaking in from the machine.
-fn keyhole(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_keyhole"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("KEYHOLE_CONFIG")
-        .env_remove("RUST_LOG")
-        .env_remove("RUST_BACKTRACE")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("COLUMNS", "100")
-        .output()
-        .unwrap()
 }
 
 fn stdout(output: &Output) -> String {
@@ -414,7 +399,7 @@ fn the_working_tree_is_the_default_head_and_the_policy_path_is_from_the_root() {
     std::fs::create_dir(&sub).unwrap();
 
     // From a subdirectory, the default `access-groups.toml` is still the one at the root.
-    let from_sub = json(&keyhole(
+    let from_sub = json(&run_in(
         &sub,
         &["diff", "--base", "deny", "--format", "json"],
     ));
@@ -425,7 +410,7 @@ fn the_working_tree_is_the_default_head_and_the_policy_path_is_from_the_root() {
         json!(["zed"])
     );
     // `../` is relative to the current directory, as in `git show REV:../PATH`.
-    let relative = json(&keyhole(
+    let relative = json(&run_in(
         &sub,
         &[
             "diff",
@@ -440,7 +425,7 @@ fn the_working_tree_is_the_default_head_and_the_policy_path_is_from_the_root() {
     assert_eq!(relative["access_groups"], from_sub["access_groups"]);
     // And --repo works from anywhere.
     let elsewhere = tempfile::tempdir().unwrap();
-    let with_repo = keyhole(
+    let with_repo = run_in(
         elsewhere.path(),
         &[
             "diff",
@@ -463,7 +448,7 @@ fn the_working_tree_is_the_default_head_and_the_policy_path_is_from_the_root() {
         "{}",
         stderr(&missing)
     );
-    let outside = keyhole(elsewhere.path(), &["diff", "--base", "deny"]);
+    let outside = run_in(elsewhere.path(), &["diff", "--base", "deny"]);
     assert_eq!(outside.status.code(), Some(1), "{outside:?}");
     assert!(
         stderr(&outside).contains("no git repository"),
@@ -495,7 +480,7 @@ fn a_shallow_clone_works_once_the_base_is_fetched() {
     );
     let ci = clones.path().join("ci");
 
-    let before = keyhole(&ci, &["diff", "--base", "origin/main"]);
+    let before = run_in(&ci, &["diff", "--base", "origin/main"]);
     assert_eq!(before.status.code(), Some(1), "{before:?}");
     assert_eq!(
         stderr(&before),
@@ -515,7 +500,7 @@ fn a_shallow_clone_works_once_the_base_is_fetched() {
             "main:refs/remotes/origin/main",
         ],
     );
-    let after = keyhole(&ci, &["diff", "--base", "origin/main", "--format", "json"]);
+    let after = run_in(&ci, &["diff", "--base", "origin/main", "--format", "json"]);
     assert_eq!(after.status.code(), Some(0), "{after:?}");
     let report = json(&after);
     assert_eq!(
@@ -528,7 +513,7 @@ fn a_shallow_clone_works_once_the_base_is_fetched() {
 #[test]
 fn help_lists_the_options_and_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
-    let help = keyhole(dir.path(), &["diff", "--help"]);
+    let help = run_in(dir.path(), &["diff", "--help"]);
     assert_eq!(help.status.code(), Some(0));
     insta::assert_snapshot!("diff_help", stdout(&help));
 }

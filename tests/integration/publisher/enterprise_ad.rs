@@ -7,15 +7,13 @@
 //! loopback endpoints that fail the way real DCs fail: a closed port (refused), a listener that
 //! accepts and never answers (timeout), and a plain-TCP listener that is not TLS.
 
-use std::io::Write as _;
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::support::keyhole::{Run, ldap_section};
+use crate::support::mute::Mute;
+use crate::support::ports::free_port;
 use crate::support::samba::{Fixture, SERVICE_ACCOUNT, SambaDc, UserSpec};
 use crate::support::stack::Stack;
 
@@ -34,68 +32,30 @@ fn company() -> Fixture {
 /// Loopback endpoints that fail like broken DCs, for as long as this lives.
 struct BrokenDcs {
     /// Nothing listens here: connection refused.
-    closed: SocketAddr,
+    closed: u16,
     /// Accepts and never says a word: a hung DC.
-    silent: SocketAddr,
+    silent: Mute,
     /// Answers in plain text: not TLS (a wrong port, a load balancer page).
-    plain: SocketAddr,
-    stop: Arc<AtomicBool>,
+    plain: Mute,
 }
 
 impl BrokenDcs {
     fn start() -> BrokenDcs {
-        let closed = {
-            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.local_addr().unwrap()
-        };
-        let stop = Arc::new(AtomicBool::new(false));
-        let silent = TcpListener::bind("127.0.0.1:0").unwrap();
-        let plain = TcpListener::bind("127.0.0.1:0").unwrap();
-        let dcs = BrokenDcs {
-            closed,
-            silent: silent.local_addr().unwrap(),
-            plain: plain.local_addr().unwrap(),
-            stop: Arc::clone(&stop),
-        };
-        let serve =
-            |listener: TcpListener, answer: Option<&'static [u8]>, stop: Arc<AtomicBool>| {
-                listener.set_nonblocking(true).unwrap();
-                std::thread::spawn(move || {
-                    let mut held: Vec<TcpStream> = Vec::new();
-                    while !stop.load(Ordering::SeqCst) {
-                        match listener.accept() {
-                            Ok((mut stream, _)) => {
-                                if let Some(answer) = answer {
-                                    let _ = stream.write_all(answer);
-                                }
-                                held.push(stream);
-                            }
-                            Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                        }
-                    }
-                });
-            };
-        serve(silent, None, Arc::clone(&stop));
-        serve(
-            plain,
-            Some(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"),
-            Arc::clone(&stop),
-        );
-        dcs
+        BrokenDcs {
+            closed: free_port(),
+            silent: Mute::start(None),
+            plain: Mute::start(Some(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n",
+            )),
+        }
     }
 
     fn urls(&self) -> [String; 3] {
         [
-            format!("ldaps://{}", self.closed),
-            format!("ldaps://{}", self.silent),
-            format!("ldaps://{}", self.plain),
+            format!("ldaps://127.0.0.1:{}", self.closed),
+            format!("ldaps://{}", self.silent.address()),
+            format!("ldaps://{}", self.plain.address()),
         ]
-    }
-}
-
-impl Drop for BrokenDcs {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
     }
 }
 

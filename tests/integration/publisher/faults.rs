@@ -63,7 +63,7 @@ fn instance_keys(stack: &Stack, dir: &std::path::Path) -> String {
     )
     .unwrap();
     let run = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_keyhole"))
+        std::process::Command::new(crate::support::keyhole::BINARY)
             .arg("--config")
             .arg(&config)
             .args(args)

@@ -160,7 +160,7 @@ fn an_ldap_search_that_never_answers_times_out_fails_the_run_and_writes_nothing(
     stack.publisher.write_settings(&format!("{ldap}{rest}"));
 
     // The run must end by itself; a hung keyhole is killed after 60 s and fails the test.
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_keyhole"));
+    let mut command = std::process::Command::new(crate::support::keyhole::BINARY);
     command
         .arg("--config")
         .arg(stack.publisher.config())

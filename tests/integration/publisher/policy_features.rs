@@ -450,7 +450,7 @@ owner = "ci-team"
     )
     .unwrap();
     // No settings: check needs none when given the policy file.
-    let output = Command::new(env!("CARGO_BIN_EXE_keyhole"))
+    let output = Command::new(crate::support::keyhole::BINARY)
         .args(["check", policy.to_str().unwrap(), "--now", LATE])
         .env_remove("KEYHOLE_CONFIG")
         .output()
@@ -483,7 +483,7 @@ owner = "ci-team"
          users = [{ name = \"carol\", until = 2030-01-08 }, { name = \"erin\", until = 2030-01-20 }, { name = \"zed\", until = 2031-01-01 }]\n",
     )
     .unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_keyhole"))
+    let output = Command::new(crate::support::keyhole::BINARY)
         .args(["check", policy.to_str().unwrap(), "--now", LATE])
         .env_remove("KEYHOLE_CONFIG")
         .output()

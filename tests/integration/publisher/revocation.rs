@@ -405,7 +405,7 @@ fn a_losing_publisher_never_changes_what_instances_serve() {
     // A change both publishers see (carol's new key), so both have something to commit.
     let carol = world.stack.homes.key("carol-new", "ed25519");
     world.write_keys("carol", &[&carol.line]);
-    let child = Command::new(env!("CARGO_BIN_EXE_keyhole"))
+    let child = Command::new(crate::support::keyhole::BINARY)
         .arg("--config")
         .arg(stale.config())
         .arg("publish")

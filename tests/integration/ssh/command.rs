@@ -79,7 +79,7 @@ impl Drop for Agent {
 /// Runs `keyhole --config CONFIG ARGS…` with `env`, and SSH_AUTH_SOCK set to `agent`'s or not
 /// at all (nothing of the caller's environment: no agent, AWS or keyhole variable).
 fn keyhole(config: &Path, args: &[&str], env: &[(String, String)], agent: Option<&Agent>) -> Run {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_keyhole"));
+    let mut command = Command::new(crate::support::keyhole::BINARY);
     command.arg("--config").arg(config).args(args);
     for (name, _) in std::env::vars() {
         if name.starts_with("KEYHOLE_")
@@ -333,7 +333,7 @@ fn no_agent_or_an_empty_agent_stops_before_any_connection() {
     }
     let home = tempfile::tempdir().unwrap();
     let without_config = |home: &Path| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_keyhole"));
+        let mut command = Command::new(crate::support::keyhole::BINARY);
         for (name, _) in std::env::vars() {
             if name.starts_with("KEYHOLE_") || name.starts_with("SSH_") || name.starts_with("XDG_")
             {

@@ -3,7 +3,7 @@
 //! stdout and stderr captured.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 
 use super::samba::SambaDc;
 
@@ -122,6 +122,40 @@ page_size = 200
     )
 }
 
+/// The built keyhole binary.
+pub const BINARY: &str = env!("CARGO_BIN_EXE_keyhole");
+
+/// Runs `keyhole ARGS` in `dir` without a settings file, as an operator or a CI job does for
+/// `check`, `diff` or `--help`: see [`run_in_with`].
+pub fn run_in(dir: &Path, args: &[&str]) -> Output {
+    run_in_with(dir, args, &[])
+}
+
+/// Runs `keyhole ARGS` in `dir` with `env` and nothing leaking in from the machine: no
+/// `KEYHOLE_*` (a settings path), `AWS_*` (credentials), `RUST_LOG` or `RUST_BACKTRACE`; git
+/// reads neither the system's nor the user's configuration; and help text wraps at 100 columns,
+/// so a snapshot does not depend on the terminal.
+pub fn run_in_with(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(BINARY);
+    command
+        .args(args)
+        .current_dir(dir)
+        .env("COLUMNS", "100")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null");
+    for (name, _) in std::env::vars() {
+        if name.starts_with("KEYHOLE_")
+            || name.starts_with("AWS_")
+            || name == "RUST_LOG"
+            || name == "RUST_BACKTRACE"
+        {
+            command.env_remove(name);
+        }
+    }
+    command.envs(env.iter().copied());
+    command.output().expect("running keyhole")
+}
+
 /// Runs the built binary with a clean keyhole environment (no inherited KEYHOLE_* variables, no
 /// backtraces) plus `env`.
 pub fn run_keyhole(config: &Path, args: &[&str], env: &[(String, String)]) -> Run {
@@ -153,7 +187,7 @@ pub fn run_keyhole_unread(config: &Path, args: &[&str], env: &[(String, String)]
 }
 
 fn keyhole_command(config: &Path, args: &[&str], env: &[(String, String)]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_keyhole"));
+    let mut command = Command::new(BINARY);
     command.arg("--config").arg(config).args(args);
     for (name, _) in std::env::vars() {
         if name.starts_with("KEYHOLE_") || name.starts_with("AWS_") || name == "RUST_BACKTRACE" {
@@ -171,10 +205,10 @@ fn keyhole_command(config: &Path, args: &[&str], env: &[(String, String)]) -> Co
 /// directory is named after the binary's inode and mtime, so a rebuilt binary gets a new one and
 /// concurrent test runs of different builds never replace each other's.
 pub fn binary_for_nobody() -> &'static Path {
-    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BINARY.get_or_init(|| {
+    static REACHABLE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    REACHABLE.get_or_init(|| {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        let built = Path::new(env!("CARGO_BIN_EXE_keyhole"));
+        let built = Path::new(BINARY);
         let meta = std::fs::metadata(built).expect("the built keyhole");
         let root = Path::new("/var/lib/keyhole-tests");
         let dir = root.join(format!("{}-{}-{}", meta.dev(), meta.ino(), meta.mtime()));

@@ -16,6 +16,7 @@ pub mod imds;
 pub mod keyhole;
 pub mod ldap_relay;
 pub mod moto;
+pub mod mute;
 pub mod ports;
 pub mod s3;
 pub mod samba;

@@ -96,14 +96,7 @@ impl S3Server {
 
     /// The credentials keyhole finds through the standard AWS chain.
     pub fn env(&self) -> Vec<(String, String)> {
-        vec![
-            ("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY.into()),
-            ("AWS_SECRET_ACCESS_KEY".into(), SECRET_KEY.into()),
-            // Never let a developer's own AWS profile or an instance role leak into a test.
-            ("AWS_CONFIG_FILE".into(), "/nonexistent".into()),
-            ("AWS_SHARED_CREDENTIALS_FILE".into(), "/nonexistent".into()),
-            ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
-        ]
+        credentials_env()
     }
 
     fn path(&self, key: &str) -> PathBuf {
@@ -298,4 +291,36 @@ impl Drop for S3Server {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The credentials of every [`S3Server`] (they are constants), as keyhole finds them through the
+/// standard AWS chain, and nothing else: no developer's profile, no instance role.
+fn credentials_env() -> Vec<(String, String)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY.into()),
+        ("AWS_SECRET_ACCESS_KEY".into(), SECRET_KEY.into()),
+        // Never let a developer's own AWS profile or an instance role leak into a test.
+        ("AWS_CONFIG_FILE".into(), "/nonexistent".into()),
+        ("AWS_SHARED_CREDENTIALS_FILE".into(), "/nonexistent".into()),
+        ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+    ]
+}
+
+/// Puts those credentials into this process's environment, for the tests that call keyhole's
+/// library in-process (`S3Store::connect` reads the AWS chain from there). Once per process,
+/// before the first such test goes on (the others wait on the `Once`), and never changed after:
+/// every S3Server has the same credentials. A child process a test starts inherits them, which
+/// points it at these test credentials and nothing else; the tests that run keyhole pass their
+/// own environment anyway.
+pub fn export_credentials() {
+    static EXPORTED: std::sync::Once = std::sync::Once::new();
+    EXPORTED.call_once(|| {
+        for (name, value) in credentials_env() {
+            // SAFETY: std's environment lock serialises this with every `std::env` read and with
+            // `Command`'s spawns; nothing in this test binary reads the environment from C while
+            // tests run (keyhole links libgit2 and GSSAPI, used only by the binary, which runs as
+            // a child process here).
+            unsafe { std::env::set_var(name, value) };
+        }
+    });
 }
