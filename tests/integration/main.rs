@@ -11,6 +11,11 @@
 //! `support/` holds the throwaway servers (Samba DC, s3s-fs, sshd, moto, IMDS, DNS) and the fault
 //! proxies every side uses. Run one side with `cargo test --test integration publisher::`, one
 //! file with `cargo test --test integration publisher::faults::`.
+//!
+//! A new test file goes into the folder of the side it drives, with one `mod` line below (behind
+//! `#[cfg(feature = "…")]` if it needs a feature), and reaches the helpers as `crate::support::…`
+//! (no `mod support;` of its own). insta snapshots sit in `snapshots/` beside the file, named
+//! `integration__<side>__<file>__<name>.snap`.
 
 mod support;
 
