@@ -452,6 +452,15 @@ fn dcs_run_side_by_side_each_on_its_own_address_and_certificate() {
     );
 }
 
+/// The name libtest knows a test of this file by (`harness::samba::NAME`: the module path
+/// without the crate's name), for `--exact` when this binary runs one of them as a child.
+fn test_name(name: &str) -> String {
+    let module = module_path!()
+        .split_once("::")
+        .map_or("", |(_crate, module)| module);
+    format!("{module}::{name}")
+}
+
 /// Set by `a_start_that_has_to_wait_says_for_what_and_how_to_end_it` for the child it runs.
 const WAITING_CHILD: &str = "KEYHOLE_TEST_WAITING_CHILD";
 
@@ -481,7 +490,11 @@ fn a_start_that_has_to_wait_says_for_what_and_how_to_end_it() {
     assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
 
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "--ignored", "waiting_child_starts_a_dc"])
+        .args([
+            "--exact",
+            "--ignored",
+            &test_name("waiting_child_starts_a_dc"),
+        ])
         .env(WAITING_CHILD, "1")
         .env("TMPDIR", tmp.path())
         .env("KEYHOLE_SAMBA_MAX_DCS", "1")
@@ -555,7 +568,11 @@ fn greedy_child_starts_two_dcs() {
 fn a_test_wanting_more_dcs_than_the_cap_fails_instead_of_hanging() {
     let started = Instant::now();
     let output = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "--ignored", "greedy_child_starts_two_dcs"])
+        .args([
+            "--exact",
+            "--ignored",
+            &test_name("greedy_child_starts_two_dcs"),
+        ])
         .env(WAITING_CHILD, "1")
         .env("KEYHOLE_SAMBA_MAX_DCS", "1")
         .output()

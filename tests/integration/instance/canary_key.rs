@@ -5,7 +5,6 @@
 //! logging in to the instance only ever gets the marker.
 
 use std::os::unix::fs::{PermissionsExt, chown};
-use std::process::{Command, Stdio};
 
 use crate::support::keyhole::ssh_keygen;
 use crate::support::samba::{Fixture, UserSpec};
@@ -117,22 +116,8 @@ fn a_pasted_canary_key_is_dropped_by_the_publisher_and_only_ever_runs_the_marker
     let env = stack.s3.instance_credentials(instance.path(), NOBODY);
     let sshd = Sshd::start(&config, &env);
     let run = |key: &std::path::Path, command: &str| {
-        let output = Command::new("ssh")
-            .arg("-i")
-            .arg(key)
-            .args(["-p", &sshd.port().to_string()])
-            .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
-            .args(["-o", "IdentityAgent=none", "-o", "StrictHostKeyChecking=no"])
-            .args(["-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
-            .arg(format!("{LOGIN_USER}@127.0.0.1"))
-            .arg(command)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        output
-            .status
-            .success()
-            .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        sshd.run(LOGIN_USER, key, command)
+            .map(|printed| printed.trim().to_owned())
     };
     assert_eq!(
         run(&keys.join("current"), "echo pwned").as_deref(),

@@ -206,27 +206,6 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// `ssh -i KEY USER@127.0.0.1 COMMAND` against `sshd`: what the session printed, `None` when the
-/// login failed.
-fn ssh_run(sshd: &Sshd, user: &str, key: &Path, command: &str) -> Option<String> {
-    let output = Command::new("ssh")
-        .arg("-i")
-        .arg(key)
-        .args(["-p", &sshd.port().to_string()])
-        .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
-        .args(["-o", "IdentityAgent=none", "-o", "StrictHostKeyChecking=no"])
-        .args(["-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
-        .arg(format!("{user}@127.0.0.1"))
-        .arg(command)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    output
-        .status
-        .success()
-        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
 /// The 13,000-key group: 12,999 keys nobody holds and bob's, in the middle.
 fn big_group(bob: &Key) -> String {
     let mut members: Vec<(String, String)> = (0..12_999)
@@ -661,7 +640,7 @@ fn the_canary_key_pasted_into_a_members_file_only_ever_prints_the_marker() {
     let sshd = Sshd::start(&world.config(), &env);
 
     // The canary key gets the marker command, whatever is asked.
-    let session = ssh_run(&sshd, LOGIN_USER, &canary.private, "echo pwned");
+    let session = sshd.run(LOGIN_USER, &canary.private, "echo pwned");
     assert_eq!(
         session.as_deref().map(str::trim),
         Some(keyhole::canary::MARKER),
@@ -679,7 +658,7 @@ fn the_canary_key_pasted_into_a_members_file_only_ever_prints_the_marker() {
     );
     // bob is unaffected.
     assert_eq!(
-        ssh_run(&sshd, LOGIN_USER, &bob.private, "echo hello")
+        sshd.run(LOGIN_USER, &bob.private, "echo hello")
             .as_deref()
             .map(str::trim),
         Some("hello")

@@ -9,7 +9,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use super::ports::{Started, free_port, wait_listening};
@@ -125,7 +125,22 @@ impl Sshd {
     /// Like [`Sshd::login`], from the loopback address `source` (`ssh -b`), e.g. 127.0.0.2: what
     /// a `from=` restriction is judged against.
     pub fn login_from(&self, user: &str, private_key: &Path, source: &str) -> bool {
-        let output = Command::new("ssh")
+        self.ssh(user, private_key, source, "true").status.success()
+    }
+
+    /// `ssh -i KEY -p PORT USER@127.0.0.1 COMMAND`: what the session printed, `None` when the
+    /// login failed.
+    pub fn run(&self, user: &str, private_key: &Path, command: &str) -> Option<String> {
+        let output = self.ssh(user, private_key, "127.0.0.1", command);
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// The real ssh client, with no agent, no known hosts and no prompt: only `private_key`.
+    fn ssh(&self, user: &str, private_key: &Path, source: &str, command: &str) -> Output {
+        Command::new("ssh")
             .args(["-b", source])
             .arg("-i")
             .arg(private_key)
@@ -146,11 +161,10 @@ impl Sshd {
             ])
             .args(["-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR"])
             .arg(format!("{user}@127.0.0.1"))
-            .arg("true")
+            .arg(command)
             .stdin(Stdio::null())
             .output()
-            .expect("running ssh");
-        output.status.success()
+            .expect("running ssh")
     }
 
     /// Everything sshd logged so far.
