@@ -15,6 +15,8 @@ all alike:
   (unmeasured) and uploaded to another prefix of the same s3s-fs by a plain parallel client, the
   AWS CLI (`aws s3 cp --recursive`, 10 requests in flight by default; keyhole has 8). The cold
   row divides by floor + this;
+- plain client start: one `aws s3 ls` of an empty prefix, the CLI's fixed cost (printed, not
+  subtracted);
 - publish no-change: a normal run after the cold one;
 - publish one person disabled: a typical person (in the median number of access groups among the
   people with access, with an authorized_keys file) is disabled in AD (userAccountControl, as
@@ -26,6 +28,7 @@ s3s-fs's log. Results: WORK/../result-USERS-production-targets.{md,json}.
 """
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -45,7 +48,7 @@ admin_password_file = f"{work}/dc/admin-password"
 
 help_text = subprocess.run([keyhole, "publish", "--help"], stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT).stdout.decode()
-has_full = "--full" in help_text
+has_full = re.search(r"^\s*(-\w, )?--full\b(?!-)", help_text, re.M) is not None
 publish = [keyhole, "publish", "--force", "--metrics-file", metrics_file]
 publish_full = publish + (["--full"] if has_full else [])
 
@@ -81,6 +84,10 @@ def stage_cold_objects():
 
 plain_upload = ["aws", "--endpoint-url", ldap["S3_ENDPOINT"], "--region", "us-east-1", "s3", "cp",
                 "--recursive", "--quiet", staging, "s3://keyhole-bench/plain-upload/"]
+# What the CLI costs before it uploads anything (Python start-up, botocore's models): one
+# request, so the reader can tell the client's fixed cost from the upload.
+plain_start = ["aws", "--endpoint-url", ldap["S3_ENDPOINT"], "--region", "us-east-1", "s3", "ls",
+               "s3://keyhole-bench/nothing-here/"]
 
 
 def ldap_tool(tool, *args, stdin=None):
@@ -133,6 +140,7 @@ CASES = [
     ("floor", ["bash", "-c", bench.floor], None, None),
     ("publish cold", publish_full, empty_bucket_and_state, metrics_file),
     ("plain upload of the cold objects", plain_upload, None, None),
+    ("plain client start (one `aws s3 ls`)", plain_start, None, None),
     ("publish no-change", publish, None, metrics_file),
     ("publish one person disabled", publish, disable_typical, metrics_file),
     ("publish full", publish_full, None, metrics_file),
