@@ -19,8 +19,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use support::samba::{Fixture, UserSpec};
-use support::stack::{Extra, Stack};
 use support::sshd::Sshd;
+use support::stack::{Extra, Stack};
 
 const PUBLISH_EVERY: Duration = Duration::from_secs(60);
 const REFRESH_EVERY: Duration = Duration::from_secs(15);

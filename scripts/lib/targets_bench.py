@@ -217,6 +217,21 @@ for name, *_ in CASES:
                f"{max(s['rss_mb'] for s in samples):.0f} | {s3_text} | {read_text} | {ratio} | "
                f"{TARGETS.get(name, '')} |")
 out.append("")
+# On a shared machine the load moves between repetitions; each repetition's own ratio (its
+# run against its floor, measured minutes apart at most) shows how much of the median ratio
+# is the machine.
+per_rep = []
+for name, *_ in CASES:
+    if not name.startswith("publish"):
+        continue
+    ratios = []
+    for i, sample in enumerate(results[name]):
+        base = results["floor"][i]["wall"]
+        if name == "publish cold":
+            base += results["plain upload of the cold objects"][i]["wall"]
+        ratios.append(sample["wall"] / base)
+    per_rep.append(f"{name} {' / '.join(f'{r:.2f}' for r in ratios)}")
+out.append(f"Ratios per repetition (each against its own floor): {'; '.join(per_rep)}.\n")
 no_change_read = median("publish no-change", "s3_bytes_read")
 peak = max(max(s["rss_mb"] for s in results[name]) for name in results if name.startswith("publish"))
 out.append(f"Peak RSS of any publish: **{peak:.0f} MB** (target ≤ "
