@@ -115,8 +115,8 @@ def set_user_account_control(user, value):
 print("warming up: keyhole members (resolution, memberships), then the floor twice",
       file=sys.stderr)
 groups_of, memberships, _ = bench.groups_of(keyhole)
-# A freshly started Samba answers its first full dumps several times slower than later ones
-# (a run of 2026-12-08: floors of 40.6, 31.3 and 9.8 s in turn): warm it with the floor itself.
+# The first measured floor should not pay for the freshly started DC's cold caches (members
+# reads less than the floor's dump): two unmeasured floors warm it.
 for _ in range(2):
     warm, _ = bench.run(["bash", "-c", bench.floor])
     print(f"  floor (warm-up): {warm['wall']:.2f} s", file=sys.stderr)
