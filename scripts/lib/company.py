@@ -2,7 +2,7 @@
 """A synthetic company for scripts/bench: directory fixture, policy, homes with unique keys.
 
     company.py keys POOL COUNT          make sure POOL holds COUNT distinct real public keys
-    company.py build  USERS POOL OUT [dense]
+    company.py build  USERS POOL OUT [sparse|dense|production]
                                         write OUT/directory.json (scripts/samba-dc populate),
                                         OUT/access-groups.toml, OUT/naive-policy.tsv (the same
                                         policy as lines a shell script can read), OUT/homes/,
@@ -10,6 +10,13 @@
                                         and OUT/facts.json (counts, for the report)
 
 Deterministic for a given USERS (seeded), so the DC built from it can be cached and reused.
+
+`production` (scripts/bench dense, issue 26) is the shape measured on a production directory:
+`dense` below with fewer, larger AD groups (N/15 + 8: ~680 at 10k people, so ~330k memberships
+from the same 1,000 access groups) and some keys shared: ~0.5% of people with a file also list
+the first key of someone whose file was written before theirs (a key copied from a colleague or
+a shared deploy key). keyhole drops a key two people claim, so both lose it, and the published
+owners object records it as contested: what makes a run read more than the index.
 
 `dense` (scripts/bench scale with DENSITY=dense) keeps everything below and makes it a realistic
 density, memberships ≈ 30 × people (10k people: 1,000 access groups, ~330k memberships): "All
@@ -29,8 +36,9 @@ and 0-2 users. Keys: 1-3 per user (ed25519, ecdsa-p256, rsa-2048, sk-ssh-ed25519
 options (one forbidden environment= among them), some comment lines; 4% of users have no
 authorized_keys, 1% no home at all.
 
-Keys are real (generated with the `cryptography` package, the RSA ones are the slow part) and
-each is used by exactly one person: keyhole drops a key that two people claim. The pool is a
+Keys are real (generated with the `cryptography` package, the RSA ones are the slow part) and,
+except in `production`, each is used by exactly one person: keyhole drops a key that two people
+claim. The pool is a
 cache (one "type base64" per line) kept between runs.
 """
 import json
@@ -171,7 +179,8 @@ def cmd_keys(path, count):
             f.write(f"rsa {key}\n")
 
 
-def cmd_build(users_count, pool_path, out, dense=False):
+def cmd_build(users_count, pool_path, out, shape="sparse"):
+    dense = shape in ("dense", "production")
     rng = random.Random(users_count)
     # Dense choices draw from their own generator, so the default company stays as it was (same
     # fixture, same cached DC).
@@ -200,7 +209,8 @@ def cmd_build(users_count, pool_path, out, dense=False):
     active = [u["name"] for u in users if not u.get("disabled") and not u.get("expires")]
     locked = rng.sample(active, max(2, users_count // 500))
 
-    group_count = max(10, users_count // 5)
+    # The production shape has fewer, larger groups: a team of ~25, not ~8.
+    group_count = max(10, users_count // (15 if shape == "production" else 5))
     teams = [f"team-{i:05d}" for i in range(int(group_count * 0.6))]
     departments = [f"dept-{i:04d}" for i in range(int(group_count * 0.3))]
     divisions = [f"div-{i:03d}" for i in range(group_count - len(teams) - len(departments) - 2)]
@@ -275,9 +285,12 @@ def cmd_build(users_count, pool_path, out, dense=False):
             if "All Staff" in groups:
                 groups = [g for g in groups if g != "All Staff"] + [dense_rng.choice(divisions)]
                 access_groups[name] = (sorted(set(groups)), direct)
-        picked = dense_rng.sample(sorted(access_groups)[1:], 8 + 8 + 33)
+        # The production shape's long tail is denser (larger teams): fewer big grants keep its
+        # memberships at ~33 a person.
+        everyone, orgs_granted = (6, 25) if shape == "production" else (8, 33)
+        picked = dense_rng.sample(sorted(access_groups)[1:], 2 * everyone + orgs_granted)
         for i, name in enumerate(picked):
-            big_group = ("Domain Users" if i < 8 else "All Staff" if i < 16
+            big_group = ("Domain Users" if i < everyone else "All Staff" if i < 2 * everyone
                          else dense_rng.choice(orgs))
             groups, direct = access_groups[name]
             access_groups[name] = (sorted(set(groups + [big_group])), direct)
@@ -318,7 +331,8 @@ def cmd_build(users_count, pool_path, out, dense=False):
         f.write("\n".join(locked) + "\n")
 
     homes = f"{out}/homes"
-    key_count = files = 0
+    key_count = files = shared = 0
+    first_keys = []
     for u in users:
         name, uid = u["name"], u["uid_number"]
         r = rng.random()
@@ -343,6 +357,14 @@ def cmd_build(users_count, pool_path, out, dense=False):
                 key = f'environment="LD_PRELOAD=/tmp/x.so" {key}'
             body.append(key)
             key_count += 1
+        # Drawn from dense_rng (after the directory's draws), so the directory, and the DC
+        # populated from it, do not depend on which keys are shared.
+        own = next(line for line in body if not line.startswith("#"))
+        if shape == "production" and first_keys and dense_rng.random() < 0.005:
+            body.append(dense_rng.choice(first_keys))
+            shared += 1
+        # The key without its comment (options and all), as a colleague would paste it.
+        first_keys.append(own.rsplit(" ", 1)[0] + " copied-from-a-colleague")
         path = f"{ssh}/authorized_keys"
         with open(path, "w") as f:
             f.write("\n".join(body) + "\n")
@@ -355,7 +377,7 @@ def cmd_build(users_count, pool_path, out, dense=False):
 
     facts = {
         "users": users_count,
-        "density": "dense" if dense else "sparse",
+        "density": shape,
         "disabled": sum(1 for u in users if u.get("disabled")),
         "expired": sum(1 for u in users if u.get("expires")),
         "locked": len(locked),
@@ -364,6 +386,7 @@ def cmd_build(users_count, pool_path, out, dense=False):
         "access_groups": len(access_groups),
         "authorized_keys_files": files,
         "keys": key_count,
+        "shared_keys": shared,
     }
     with open(f"{out}/facts.json", "w") as f:
         json.dump(facts, f)
@@ -374,9 +397,9 @@ def main():
     if len(sys.argv) == 4 and sys.argv[1] == "keys":
         cmd_keys(sys.argv[2], int(sys.argv[3]))
     elif len(sys.argv) in (5, 6) and sys.argv[1] == "build":
-        if len(sys.argv) == 6 and sys.argv[5] not in ("dense", "sparse"):
+        if len(sys.argv) == 6 and sys.argv[5] not in ("dense", "sparse", "production"):
             sys.exit(__doc__)
-        cmd_build(int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5:] == ["dense"])
+        cmd_build(int(sys.argv[2]), sys.argv[3], sys.argv[4], (sys.argv[5:] or ["sparse"])[0])
     else:
         sys.exit(__doc__)
 

@@ -16,142 +16,27 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
+from bench_run import PHASES, Bench
+
 work, keyhole, reps, naive_groups = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-company = f"{work}/company"
+bench = Bench(work)
+company, env, run = bench.company, bench.env, bench.run
+empty_bucket, bucket_sizes = bench.empty_bucket, bench.bucket_sizes
 facts = json.load(open(f"{company}/facts.json"))
-bucket_dir = f"{work}/s3/keyhole-bench"
-env = dict(os.environ, KEYHOLE_CONFIG=f"{work}/keyhole.toml", RUST_LOG="info")
-ldap_env = dict(line.rstrip("\n").split("=", 1) for line in open(f"{work}/ldap.env"))
-env.update(ldap_env)
 here = os.path.dirname(os.path.abspath(__file__))
-
-
-def log_size(path):
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return 0
-
-
-def log_since(path, offset):
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return f.read().decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def s3_requests(text):
-    """Requests s3s-fs saw, by method: its own count, independent of keyhole's."""
-    counts = {}
-    for method in re.findall(r"req: Request \{ method: ([A-Z]+)", text):
-        counts[method] = counts.get(method, 0) + 1
-    return counts
-
-
-def ldap_server_searches(text):
-    """Search requests the DC logged (only when it runs with a debug level that logs them)."""
-    return len(re.findall(r"ldapsrv_SearchRequest", text))
-
-
-PHASES = ["directory_s", "resolve_s", "homes_s", "s3_read_s", "plan_s", "s3_write_s", "prune_s"]
-
-
-def phase_times(stderr):
-    """The phase durations keyhole logs: "prepared the plan" (directory, resolve, homes, S3 read,
-    plan) and "published" (S3 writes up to the commit, then the prune; present only when
-    something was written)."""
-    phases = {}
-    for name, value in re.findall(r"\b(\w+_s)=([0-9.eE+-]+)", stderr):
-        if name in PHASES:
-            phases[name] = float(value)
-    return phases
-
-
-def run(argv, before=None, metrics=None):
-    if before:
-        before()
-    s3_offset = log_size(f"{work}/s3.log")
-    dc_offset = log_size(f"{work}/samba.log")
-    with tempfile.NamedTemporaryFile() as timing:
-        start = time.perf_counter()
-        done = subprocess.run(["/usr/bin/time", "-v", "-o", timing.name] + argv, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        wall = time.perf_counter() - start
-        rss = int(re.search(rb"Maximum resident set size \(kbytes\): (\d+)",
-                            open(timing.name, "rb").read()).group(1))
-    time.sleep(0.05)  # let the servers' log lines land
-    stderr = done.stderr.decode(errors="replace")
-    if done.returncode not in (0, 1, 2):
-        sys.exit(f"{' '.join(argv)} exited {done.returncode}:\n{stderr[-3000:]}")
-    phases = phase_times(stderr)
-    searches = re.findall(r"searches=(\d+)", stderr)
-    ranged = re.findall(r"ranged_reads=(\d+)", stderr)
-    sample = {
-        "wall": wall, "rss_mb": rss / 1024, "exit": done.returncode,
-        "ldap_searches": int(searches[-1]) if searches else None,
-        "ranged_reads": int(ranged[-1]) if ranged else None,
-        "s3_server": s3_requests(log_since(f"{work}/s3.log", s3_offset)),
-        "ldap_server": ldap_server_searches(log_since(f"{work}/samba.log", dc_offset)),
-        "stderr_tail": stderr[-600:],
-        "phases": phases,
-    }
-    if metrics and os.path.exists(metrics):
-        m = dict(re.findall(r"^(keyhole_publish_\w+) (\S+)$", open(metrics).read(), re.M))
-        sample["s3_writes"] = int(float(m["keyhole_publish_s3_writes"]))
-        sample["metrics_ldap_searches"] = int(float(m["keyhole_publish_ldap_searches"]))
-        sample["groups_changed"] = int(float(m["keyhole_publish_groups_changed"]))
-        sample["s3_bytes_read"] = int(float(m["keyhole_publish_s3_read_bytes"]))
-        sample["s3_bytes_written"] = int(float(m["keyhole_publish_s3_written_bytes"]))
-    return sample, done.stdout
-
-
 results = {}
-
-
-def empty_bucket():
-    for entry in os.listdir(bucket_dir):
-        path = os.path.join(bucket_dir, entry)
-        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-
 
 metrics_file = f"{work}/publish.prom"
 publish = [keyhole, "publish", "--force", "--metrics-file", metrics_file]
-
-floor = ("ldapsearch -LLL -x -H \"$LDAP_URI\" -D \"$BIND_DN\" -y \"$BIND_PW_FILE\" "
-         "-E pr=1000/noprompt -b \"$BASE_DN\" "
-         "'(|(&(objectCategory=person)(objectClass=user))(objectClass=group))' "
-         "sAMAccountName userAccountControl accountExpires lockoutTime uidNumber "
-         "unixHomeDirectory primaryGroupID objectSid member >/dev/null && "
-         f"find {company}/homes -name authorized_keys -print0 | xargs -0 cat >/dev/null")
-floor_ldap, floor_homes = floor.split(" && ")
+floor, floor_ldap, floor_homes = bench.floor, bench.floor_ldap, bench.floor_homes
 
 # Who is in which access group (and how many memberships there are), from keyhole's resolution.
 # This first read also warms the DC's caches, so the first measured floor is not a cold one.
 print("warming up: keyhole members (resolution, memberships)", file=sys.stderr)
-resolution_sample, resolution_json = run([keyhole, "members", "--format", "json"])
-resolution = json.loads(resolution_json)
-groups_of = {}
-for group, membership in resolution["access_groups"].items():
-    for member in membership["users"]:
-        groups_of.setdefault(member["name"], []).append(group)
-memberships = sum(len(m["users"]) for m in resolution["access_groups"].values())
-del resolution, resolution_json
+groups_of, memberships, resolution_sample = bench.groups_of(keyhole)
 print(f"memberships: {memberships:,} ({memberships / facts['users']:.1f} per person)", file=sys.stderr)
-
-
-def bucket_sizes():
-    """index.json and the owners object it names, in bytes (as s3s-fs stores them)."""
-    envelope = json.load(open(f"{bucket_dir}/ssh/index.json"))
-    index = json.loads(envelope["index"])
-    owners = index.get("owners")
-    owners_path = f"{bucket_dir}/ssh/_keyhole/owners/{owners}.json"
-    return (os.path.getsize(f"{bucket_dir}/ssh/index.json"),
-            os.path.getsize(owners_path) if owners and os.path.exists(owners_path) else 0)
 
 
 # One person in a few access groups changes their authorized_keys between runs (someone who
