@@ -55,6 +55,7 @@ mod instance {
     mod outage_logins;
     mod paths;
     mod refresh;
+    mod revocation_latency;
     mod revoked_keys;
     mod sshd;
     mod sshd_options;

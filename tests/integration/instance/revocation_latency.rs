@@ -10,17 +10,15 @@
 //! the worst case of the schedule, give or take the publish's own duration. The test prints the
 //! latency it measured.
 
-mod support;
-
 use std::os::unix::fs::{PermissionsExt, chown};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use support::samba::{Fixture, UserSpec};
-use support::sshd::Sshd;
-use support::stack::{Extra, Stack};
+use crate::support::samba::{Fixture, UserSpec};
+use crate::support::sshd::Sshd;
+use crate::support::stack::{Extra, Stack};
 
 const PUBLISH_EVERY: Duration = Duration::from_secs(60);
 const REFRESH_EVERY: Duration = Duration::from_secs(15);
@@ -79,7 +77,7 @@ fn sleep_until(deadline: Instant, stop: &AtomicBool) -> bool {
 fn refresh(config: &std::path::Path, env: &[(String, String)]) -> std::process::Output {
     std::process::Command::new("setpriv")
         .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
-        .arg(support::keyhole::binary_for_nobody())
+        .arg(crate::support::keyhole::binary_for_nobody())
         .arg("--config")
         .arg(config)
         .arg("refresh")
