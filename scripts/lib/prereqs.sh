@@ -8,9 +8,9 @@
 #   clang, libclang-dev,         building the `gssapi` feature (ldap3 -> cross-krb5 -> libgssapi's
 #     libkrb5-dev                bindgen needs libclang and the GSSAPI headers)
 #   krb5-user                    kinit/klist, to check the test DC's KDC and keytabs by hand
-#   faketime                     a skewed clock for the keyhole process alone (tests/kerberos.rs)
+#   faketime                     a skewed clock for the keyhole process alone (tests/integration/publisher/kerberos.rs)
 #   s3s-fs (crates.io)           the local S3 server; see the README for why this one
-#   moto[server] (PyPI)          EC2's DescribeInstances for `canary probe --ec2-tag` (tests/canary.rs)
+#   moto[server] (PyPI)          EC2's DescribeInstances for `canary probe --ec2-tag` (tests/integration/canary/audit.rs)
 
 S3S_FS_VERSION=0.14.1
 

@@ -11,7 +11,7 @@
 //! field is refused (`unexpected end-of-options`; OpenSSH's own `trailing comma` test). A unit
 //! test replays every case of OpenSSH's `regress/unittests/authopt/tests.c` that applies to
 //! authorized_keys (the certificate cases do not: keyhole publishes no certificates), and
-//! `tests/sshd_options.rs` asks the installed sshd about each case keyhole decides.
+//! `tests/integration/instance/sshd_options.rs` asks the installed sshd about each case keyhole decides.
 //!
 //! Where keyhole is stricter than sshd, on purpose, and says why in the dropped line's reason:
 //! - a trailing comma (`restrict, ssh-ed25519 …`): sshd hands its parser the rest of the line, so
