@@ -56,9 +56,6 @@ fn main() -> ExitCode {
         }
     };
     logging::init(cli.log_format);
-    if cli.global.retry_bind {
-        keyhole::publisher::directory::allow_bind_retry();
-    }
 
     let result = dispatch(cli.command, &cli.global);
     match result {

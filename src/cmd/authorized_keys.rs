@@ -31,7 +31,6 @@ use crate::instance::fetch::{OUTAGE_BACKOFF, backing_off, deployment, fetch, ver
 use crate::instance::serve::{self, Expect, Served};
 use crate::instance::state::State;
 use crate::instance::{self, Attribution, Cache, host_groups};
-use crate::settings::Settings;
 
 /// Print the SSH keys USER may log in with on this host (for sshd's AuthorizedKeysCommand, as
 /// `keyhole authorized-keys %u %f`). Only `instance.login_user` gets keys; any other user gets
@@ -46,7 +45,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
-    let settings = Settings::load(global.config.as_deref())?;
+    let settings = global.settings()?;
     let instance = settings.instance()?;
     if args.user != instance.login_user {
         return Ok(Exit::Success);

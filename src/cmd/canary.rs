@@ -90,7 +90,7 @@ struct RunArgs {
 }
 
 pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
-    let settings = Settings::load(global.config.as_deref())?;
+    let settings = global.settings()?;
     let canary = settings.canary()?;
     let report = match args.action {
         Action::Rotate => {

@@ -44,7 +44,7 @@ pub struct Args {
 pub fn run(args: Args, global: &super::GlobalArgs) -> anyhow::Result<Exit> {
     let named = global.config.is_some() || std::env::var_os(crate::settings::CONFIG_ENV).is_some();
     let key_policy = if named {
-        crate::settings::Settings::load(global.config.as_deref())?.keys
+        global.settings()?.keys
     } else {
         crate::keys::KeyPolicy::default()
     };
@@ -127,7 +127,7 @@ fn policy_path(argument: Option<PathBuf>, global: &super::GlobalArgs) -> anyhow:
     }
     let named = global.config.is_some() || std::env::var_os(crate::settings::CONFIG_ENV).is_some();
     if named {
-        return Ok(crate::settings::Settings::load(global.config.as_deref())?.policy);
+        return Ok(global.settings()?.policy);
     }
     Ok(PathBuf::from("access-groups.toml"))
 }

@@ -6,7 +6,6 @@
 use super::{Format, GlobalArgs};
 use crate::exit::{EXIT_CODES_HELP, Exit};
 use crate::publisher::directory;
-use crate::settings::Settings;
 
 /// Bind to Active Directory as `[ldap]` says (password or Kerberos keytab) and print which DC
 /// accepted it and who AD says keyhole is (e.g. `u:CORP\svc-keyhole`).
@@ -22,7 +21,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
-    let settings = Settings::load(global.config.as_deref())?;
+    let settings = global.settings()?;
     let bound = directory::check_bind(settings.ldap()?).await?;
     match args.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&bound)?),

@@ -19,7 +19,6 @@ use crate::publisher::policy::diff::{
     diff_resolutions,
 };
 use crate::publisher::resolve::resolve;
-use crate::settings::Settings;
 
 /// Show the access change between two versions of the policy in git: per access group the AD
 /// users and groups added and removed, access groups created and deleted (a rename is both), and
@@ -115,7 +114,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
     if args.resolve {
         match &head_reading.policy {
             Some(head_policy) => {
-                let settings = Settings::load(global.config.as_deref())?;
+                let settings = global.settings()?;
                 let (snapshot, _) = directory::read_snapshot(settings.ldap()?)
                     .await
                     .context("reading Active Directory")?;

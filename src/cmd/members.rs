@@ -12,7 +12,6 @@ use crate::exit::{EXIT_CODES_HELP, Exit, coded};
 use crate::publisher::policy::plural;
 use crate::publisher::resolve::{Resolution, resolve};
 use crate::publisher::{directory, policy};
-use crate::settings::Settings;
 
 /// Show who gets access to each access group (directly, through which nested group chain, or
 /// everywhere; automation accounts with their owner; the end date of time-limited grants) and
@@ -36,7 +35,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
-    let settings = Settings::load(global.config.as_deref())?;
+    let settings = global.settings()?;
     let checked = policy::load(&settings.policy)?;
     if let Some(wanted) = &args.access_group
         && !checked.policy.access_groups.contains_key(wanted)

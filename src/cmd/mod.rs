@@ -36,6 +36,14 @@ pub struct GlobalArgs {
     pub retry_bind: bool,
 }
 
+impl GlobalArgs {
+    /// The settings file, with `--retry-bind` applied to the directory it names.
+    pub fn settings(&self) -> anyhow::Result<crate::settings::Settings> {
+        Ok(crate::settings::Settings::load(self.config.as_deref())?
+            .with_bind_retry(self.retry_bind))
+    }
+}
+
 /// Report formats shared by the report-printing commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Format {

@@ -4,7 +4,6 @@ use super::{Format, GlobalArgs, print_plan};
 use crate::exit::{EXIT_CODES_HELP, Exit};
 use crate::publisher::gather::Reading;
 use crate::publisher::prepare::{Start, prepare};
-use crate::settings::Settings;
 
 /// Show what `publish` would change: per access group the action (create, update, delete,
 /// unchanged), the users and keys added and removed with the reason, every problem found in the
@@ -33,7 +32,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
-    let settings = Settings::load(global.config.as_deref())?;
+    let settings = global.settings()?;
     let start = Start {
         now: args.clock.now(),
         // plan holds no lock: it reads the directory state, and only publish writes it.

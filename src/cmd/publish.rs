@@ -10,7 +10,6 @@ use crate::metrics::{self, RunMetrics};
 use crate::publisher::gather::Reading;
 use crate::publisher::prepare::Start;
 use crate::publisher::publish::{Request, publish};
-use crate::settings::Settings;
 
 /// Publish the access group files and the signed index to S3: only what changed, never past the
 /// safety guard (unless --force), groups removed from the policy pruned.
@@ -103,7 +102,7 @@ async fn publish_with(
     started: Instant,
     figures: &mut RunMetrics,
 ) -> anyhow::Result<Exit> {
-    let settings = Settings::load(global.config.as_deref())?;
+    let settings = global.settings()?;
     let request = Request {
         selection: args.groups.iter().cloned().collect::<BTreeSet<String>>(),
         start: Start {

@@ -31,7 +31,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
-    let settings = Settings::load(global.config.as_deref())?;
+    let settings = global.settings()?;
     let instance = settings.instance()?;
     // The same check as the login path: a cache someone else can write to is never filled.
     let cache = Cache::open(&instance.cache_dir)?;

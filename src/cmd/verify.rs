@@ -10,7 +10,6 @@ use crate::bucket::index::Index;
 use crate::bucket::store::Timeouts;
 use crate::bucket::verify::{Report, judge, judge_trust, observe};
 use crate::exit::{EXIT_CODES_HELP, Exit};
-use crate::settings::Settings;
 
 /// Check that the bucket matches the published index and its signature (drift, tampering).
 ///
@@ -56,7 +55,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
-    let settings = Settings::load(global.config.as_deref())?;
+    let settings = global.settings()?;
     let s3 = settings.s3()?;
     let verifier = crate::bucket::published::verifier(&settings)?;
     let deployment = Deployment::connect(s3, Timeouts::PUBLISHER).await;

@@ -32,7 +32,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Exit> {
-    let settings = Settings::load(global.config.as_deref())?;
+    let settings = global.settings()?;
     let attribution = match on_instance(&settings, &args.fingerprint)? {
         Some(answer) => answer,
         None => from_bucket(&settings, &args.fingerprint).await?,

@@ -49,6 +49,9 @@ pub struct LdapSettings {
     /// `full_read_interval`: between two full reads, runs read only what changed (see
     /// `crate::publisher::directory::usn`); a full read also sees deletions, which polling cannot.
     pub full_read_interval: Duration,
+    /// `--retry-bind` for this process (not a settings key): bind even though the bind state
+    /// file says this secret was refused. Set by [`super::Settings::with_bind_retry`].
+    pub retry_bind: bool,
 }
 
 /// `[ldap] auth`.
@@ -298,6 +301,7 @@ pub(super) fn validate(
             raw.full_read_interval.as_deref(),
             "1h",
         ),
+        retry_bind: false,
     }
 }
 

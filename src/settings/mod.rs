@@ -183,6 +183,15 @@ impl Settings {
     }
 
     /// `[ldap]`, or an error naming the command that needs it.
+    /// These settings with `--retry-bind` decided for this process: the operator's choice
+    /// travels with the settings the directory is read with, never as global state.
+    pub fn with_bind_retry(mut self, retry: bool) -> Settings {
+        if let Some(ldap) = &mut self.ldap {
+            ldap.retry_bind = retry;
+        }
+        self
+    }
+
     pub fn ldap(&self) -> anyhow::Result<&LdapSettings> {
         self.section(self.ldap.as_ref(), "ldap")
     }

@@ -30,7 +30,6 @@ use std::fs;
 use std::io::{self, Write as _};
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ring::rand::SecureRandom;
@@ -44,14 +43,6 @@ const ITERATIONS: u32 = 100_000;
 const SALT_LEN: usize = 16;
 const HASH_LEN: usize = 32;
 const FORMAT_VERSION: u32 = 1;
-
-/// Set once by `--retry-bind`: the operator's decision for this one process.
-static RETRY_BIND: AtomicBool = AtomicBool::new(false);
-
-/// `--retry-bind`: bind even though the state file says this secret was refused.
-pub fn allow_retry() {
-    RETRY_BIND.store(true, Ordering::SeqCst);
-}
 
 /// What the state file holds about the last refused bind.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,6 +149,8 @@ impl SecretKind {
 pub struct BindGuard {
     path: PathBuf,
     secret: SecretKind,
+    /// `--retry-bind`: the operator's decision for this one run.
+    retry: bool,
 }
 
 impl BindGuard {
@@ -165,6 +158,7 @@ impl BindGuard {
         BindGuard {
             path: path.to_path_buf(),
             secret: SecretKind::Password,
+            retry: false,
         }
     }
 
@@ -174,6 +168,12 @@ impl BindGuard {
             secret: SecretKind::Keytab,
             ..BindGuard::new(path)
         }
+    }
+
+    /// With `--retry-bind` (`retry`): [`BindGuard::check`] lets a bind through whatever the state
+    /// file says (logged).
+    pub fn retrying(self, retry: bool) -> BindGuard {
+        BindGuard { retry, ..self }
     }
 
     pub fn path(&self) -> &Path {
@@ -192,7 +192,7 @@ impl BindGuard {
         let Some(refusal) = self.read()? else {
             return Ok(());
         };
-        if RETRY_BIND.load(Ordering::SeqCst) {
+        if self.retry {
             tracing::warn!(
                 state_file = %self.path.display(),
                 refused_at = %refusal.when(),

@@ -307,10 +307,11 @@ impl Credential {
     }
 
     fn guard(&self, settings: &LdapSettings) -> BindGuard {
-        match self {
+        let guard = match self {
             Credential::Password(_) => BindGuard::new(&settings.bind_state_file),
             Credential::Keytab(_) => BindGuard::for_keytab(&settings.bind_state_file),
-        }
+        };
+        guard.retrying(settings.retry_bind)
     }
 }
 

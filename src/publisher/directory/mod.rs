@@ -12,7 +12,6 @@ pub mod ldap;
 pub mod model;
 pub mod usn;
 
-pub use bind_guard::allow_retry as allow_bind_retry;
 pub use ldap::{
     BoundIdentity, DcReading, DirectoryError, ReadStats, check_bind, is_bind_refusal, read_snapshot,
 };
