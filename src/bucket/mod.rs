@@ -4,13 +4,14 @@
 //! `verify` and `whois` read it, and import nothing else of the publisher's world.
 //! [`store`] is the object store (S3 behind a trait; [`memory_store`] the same in memory, for
 //! tests); [`deployment`] one bucket and prefix with its store, built once a run; [`index`] the
-//! signed index naming every object, [`canary_line`] the audit canary's line in it; [`group_file`] and [`group_lookup`] one access group's file
-//! and its fingerprint lookup with the per-group seal; [`names`] the access group name rule;
-//! [`head`] the publisher's memory of the index it last committed; [`signing`] the keys and
-//! signatures; [`trust`] the rules every reader applies (deployment, format, freshness,
-//! succession); [`published`] reads what is there now; [`verify`] judges all of it against the
-//! index; [`revocation_list`] is the list sshd's `RevokedKeys` reads; [`local_copy`] the
-//! publisher's copies of the index and owners object, read while their ETags hold.
+//! signed index naming every object, [`canary_line`] the audit canary's line in it;
+//! [`group_file`] and [`group_lookup`] one access group's file and its fingerprint lookup with the
+//! per-group seal; [`names`] the access group name rule; [`head`] the publisher's memory of the
+//! index it last committed; [`signing`] the keys and signatures; [`trust`] the rules every reader
+//! applies (deployment, format, freshness, succession); [`published`] reads what is there now;
+//! [`verify`] judges all of it against the index; [`revocation_list`] is the list sshd's
+//! `RevokedKeys` reads; [`local_copy`] the publisher's copies of the index and owners object,
+//! read while their ETags hold.
 
 pub mod canary_line;
 pub mod deployment;

@@ -1,11 +1,14 @@
 //! The publisher: policy + Active Directory + NFS homes → the signed objects in the bucket.
 //!
-//! The stages, in pipeline order: [`policy`] (what the version-controlled file asks for, read
-//! with [`git`]) → [`directory`] (who is in AD, enabled and unexpired) → [`resolve`] (access
-//! group → people) → [`homes`] (their `authorized_keys`) → [`render`] (one file per group) →
-//! [`plan`] (what changes against what is published) → [`publish`] (the commit protocol).
-//! [`gather`] runs the first four for a command; [`lock`] and [`revocation`] keep a publisher
-//! honest across runs; [`seal`] signs each group for its logins; [`report`] and [`policy::diff`] are what it prints.
+//! The stages, in pipeline order: [`policy`] (what the version-controlled file asks for, its
+//! commit read with [`git`]; [`automation`] its automation accounts) → [`directory`] (who is in
+//! AD, enabled and unexpired; incremental by `uSNChanged`) → [`resolve`] (access group → people)
+//! → [`homes`] (their `authorized_keys`; [`homes_state`] remembers what did not change) →
+//! [`render`] (one file per group) → [`plan`] (what changes against what is published) →
+//! [`publish`] (the commit protocol). [`gather`] runs the reading stages and [`prepare`] adds the
+//! bucket's side, the shared first half of `plan` and `publish`. [`lock`] and [`revocation`] keep a
+//! publisher honest across runs; [`seal`] signs each group for its logins; [`report`] and
+//! [`policy::diff`] are what it prints.
 //! Nothing here is imported by `instance/` or `canary/`: they read the bucket through
 //! [`crate::bucket`] only.
 
