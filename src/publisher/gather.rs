@@ -55,7 +55,7 @@ pub struct Gathered {
     pub problems: Vec<Problem>,
     /// The policy repository's commit, when the policy is in one.
     pub policy_commit: Option<String>,
-    /// How long each part took, for the run's phase log line (`cmd::plan::prepare`).
+    /// How long each part took, for the run's phase log line (`crate::publisher::prepare`).
     pub timings: GatherTimings,
     /// Which kind of homes read this was, and how many homes were read.
     pub homes: homes_state::Summary,
