@@ -1,7 +1,7 @@
 # Sourced by scripts/test and scripts/demo: installs, on a fresh Debian machine, whatever the
 # tests and the demo need and is not there yet. Idempotent and quiet when all is present.
 #
-#   samba, ldap-utils, openssl   a throwaway Samba AD DC with its own CA (tests/support/samba.rs)
+#   samba, ldap-utils, openssl   a throwaway Samba AD DC with its own CA (tests/integration/support/samba.rs)
 #   openssh-server/-client       the real-sshd end-to-end test
 #   dnsmasq-base                 a real DNS server for the [ldap] srv discovery test
 #   libnss-wrapper               a test NSS source for [homes] owner = "nss" (no edit of /etc/passwd)
