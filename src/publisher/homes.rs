@@ -32,7 +32,7 @@
 //!   sequence, so only the offending line changes, and `keys` rejects it if it no longer parses. One
 //!   odd byte in a comment must not cost a user all their keys.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -40,12 +40,9 @@ use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{Semaphore, oneshot};
-use tokio::task::JoinSet;
+use crate::publisher::reader_pool;
 
 /// The largest `authorized_keys` accepted, in bytes (SPEC: at most 1 MiB).
 pub const AUTHORIZED_KEYS_LIMIT: u64 = 1024 * 1024;
@@ -296,12 +293,12 @@ pub async fn harvest(
     harvest_with(users, settings, read_authorized_keys).await
 }
 
-/// Reads every user's keys with `reader` (the seam tests use to simulate a hung NFS), at most
-/// `settings.concurrency` at a time, each on its own detached thread given `read_timeout`.
+/// Reads every user's keys with `reader` (the seam tests use to simulate a hung NFS) on a pool of
+/// `settings.concurrency` threads, each read given `read_timeout` (`reader_pool`).
 ///
 /// Blocking filesystem calls cannot be cancelled, so a read that times out is abandoned: it is
-/// reported as `Unknown`, its thread keeps running until the kernel gives up, and its concurrency
-/// permit is released so the rest of the homes keep moving. Abandoned threads that are still stuck
+/// reported as `Unknown`, its thread keeps running until the kernel gives up, and a new thread
+/// takes its place so the rest of the homes keep moving. Abandoned threads that are still stuck
 /// are counted; once there are twice `concurrency` of them, the homes are evidently hung and the
 /// remaining users are reported `Unknown` without being read. So a run never holds more than three
 /// times `concurrency` reader threads, and a fully hung NFS costs two or three `read_timeout`s, not
@@ -319,178 +316,67 @@ where
     R: Fn(&Path, u32) -> T + Send + Sync + 'static,
     T: From<HarvestOutcome> + fmt::Debug + Send + 'static,
 {
-    let reader = Arc::new(reader);
-    let concurrency = settings.concurrency.max(1);
-    let abandoned_limit = concurrency.saturating_mul(2);
-    let permits = Arc::new(Semaphore::new(concurrency));
-    let abandoned = Arc::new(AtomicUsize::new(0));
-    let mut given_up = false;
-
     let mut outcomes = BTreeMap::new();
-    let mut reads = JoinSet::new();
-    let mut reading = HashMap::new();
+    let mut jobs = Vec::with_capacity(users.len());
     for Harvestee { user, uid, home } in users {
-        let home = match home {
-            Ok(home) => home,
-            Err(rejection) => {
+        match (home, uid) {
+            (Err(rejection), _) => {
                 outcomes.insert(user, HarvestOutcome::Rejected(rejection).into());
-                continue;
             }
-        };
-        let Some(uid) = uid else {
-            outcomes.insert(
-                user,
-                HarvestOutcome::Rejected(Rejection::NoUidNumber).into(),
-            );
-            continue;
-        };
-        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-            // The semaphore is never closed; if it were, reading on could not be bounded.
-            outcomes.insert(
-                user,
-                HarvestOutcome::Unknown("not read: the read limiter was closed".to_owned()).into(),
-            );
-            continue;
-        };
-        let hung = abandoned.load(Ordering::SeqCst);
-        if hung >= abandoned_limit {
-            if !given_up {
-                given_up = true;
-                tracing::warn!(
-                    hung,
-                    "reads of homes are hung; the remaining users' keys are unknown in this run"
+            (Ok(_), None) => {
+                outcomes.insert(
+                    user,
+                    HarvestOutcome::Rejected(Rejection::NoUidNumber).into(),
                 );
             }
-            outcomes.insert(
-                user,
-                HarvestOutcome::Unknown(format!(
-                    "not read: {hung} earlier reads of homes are hung, so no more are started"
-                ))
-                .into(),
-            );
-            continue;
-        }
-        let read = read_in_thread(
-            Arc::clone(&reader),
-            home,
-            uid,
-            settings.read_timeout,
-            Arc::clone(&abandoned),
-        );
-        let handle = reads.spawn(async move {
-            let outcome = read.await;
-            drop(permit);
-            outcome
-        });
-        reading.insert(handle.id(), user);
-    }
-
-    while let Some(joined) = reads.join_next_with_id().await {
-        let (id, outcome) = match joined {
-            Ok((id, outcome)) => (id, outcome),
-            Err(error) => (
-                error.id(),
-                HarvestOutcome::Unknown(format!("the read task failed: {error}")).into(),
-            ),
-        };
-        if let Some(user) = reading.remove(&id) {
-            tracing::debug!(user, ?outcome, "harvested");
-            outcomes.insert(user, outcome);
+            (Ok(home), Some(uid)) => jobs.push((user, home, uid)),
         }
     }
-    outcomes
-}
-
-const RUNNING: u8 = 0;
-const FINISHED: u8 = 1;
-const ABANDONED: u8 = 2;
-
-/// Runs `reader` on a detached thread and waits for it at most `timeout`.
-async fn read_in_thread<R, T>(
-    reader: Arc<R>,
-    home: PathBuf,
-    uid: u32,
-    timeout: Duration,
-    abandoned: Arc<AtomicUsize>,
-) -> T
-where
-    R: Fn(&Path, u32) -> T + Send + Sync + 'static,
-    T: From<HarvestOutcome> + Send + 'static,
-{
-    let (sender, mut receiver) = oneshot::channel();
-    let state = Arc::new(AtomicU8::new(RUNNING));
-    let finished = ReadFinished {
-        state: Arc::clone(&state),
-        abandoned: Arc::clone(&abandoned),
+    let concurrency = settings.concurrency.max(1);
+    let limits = reader_pool::Limits {
+        concurrency,
+        timeout: settings.read_timeout,
+        stuck_limit: concurrency.saturating_mul(2),
     };
-    let thread_home = home.clone();
-    let spawned = std::thread::Builder::new()
-        .name("keyhole-homes".to_owned())
-        .spawn(move || {
-            // Dropped last, also when the reader panics, after the outcome was sent.
-            let _finished = finished;
-            let outcome = reader(&thread_home, uid);
-            // Nobody is listening any more when the read was abandoned; that is fine.
-            let _ = sender.send(outcome);
-        });
-    if let Err(error) = spawned {
-        return HarvestOutcome::Unknown(format!(
-            "could not start a thread to read {}: {error}",
-            home.display()
-        ))
-        .into();
-    }
-
-    match tokio::time::timeout(timeout, &mut receiver).await {
-        Ok(Ok(outcome)) => outcome,
-        Ok(Err(_)) => reader_died(&home).into(),
-        Err(_elapsed) => {
-            // Count before marking, so the thread can never uncount a read that was not counted.
-            abandoned.fetch_add(1, Ordering::SeqCst);
-            if state
-                .compare_exchange(RUNNING, ABANDONED, Ordering::SeqCst, Ordering::SeqCst)
-                .is_err()
-            {
-                // It finished right at the deadline: not hung, and its outcome is waiting.
-                abandoned.fetch_sub(1, Ordering::SeqCst);
-                return receiver
-                    .try_recv()
-                    .unwrap_or_else(|_| reader_died(&home).into());
-            }
-            HarvestOutcome::Unknown(format!(
+    let homes: Vec<(PathBuf, u32)> = jobs
+        .iter()
+        .map(|(_, home, uid)| (home.clone(), *uid))
+        .collect();
+    let finished = reader_pool::run("keyhole-homes", homes, limits, move |(home, uid)| {
+        reader(home, *uid)
+    })
+    .await;
+    for ((user, home, _), finished) in jobs.into_iter().zip(finished) {
+        let outcome = match finished {
+            reader_pool::Finished::Done(outcome) => outcome,
+            reader_pool::Finished::TimedOut => HarvestOutcome::Unknown(format!(
                 "reading the keys in {} timed out after {}",
                 home.display(),
-                humantime::format_duration(timeout)
+                humantime::format_duration(settings.read_timeout)
             ))
-            .into()
-        }
+            .into(),
+            reader_pool::Finished::Panicked => HarvestOutcome::Unknown(format!(
+                "reading the keys in {} failed: the reader thread panicked",
+                home.display()
+            ))
+            .into(),
+            reader_pool::Finished::NotStarted {
+                spawn_error: Some(error),
+                ..
+            } => HarvestOutcome::Unknown(format!(
+                "could not start a thread to read {}: {error}",
+                home.display()
+            ))
+            .into(),
+            reader_pool::Finished::NotStarted { stuck, .. } => HarvestOutcome::Unknown(format!(
+                "not read: {stuck} earlier reads of homes are hung, so no more are started"
+            ))
+            .into(),
+        };
+        tracing::trace!(user, ?outcome, "harvested");
+        outcomes.insert(user, outcome);
     }
-}
-
-fn reader_died(home: &Path) -> HarvestOutcome {
-    HarvestOutcome::Unknown(format!(
-        "reading the keys in {} failed: the reader thread panicked",
-        home.display()
-    ))
-}
-
-/// Marks a reader thread finished when it ends; if its read had been abandoned, it no longer
-/// counts as hung.
-struct ReadFinished {
-    state: Arc<AtomicU8>,
-    abandoned: Arc<AtomicUsize>,
-}
-
-impl Drop for ReadFinished {
-    fn drop(&mut self) {
-        if self
-            .state
-            .compare_exchange(RUNNING, FINISHED, Ordering::SeqCst, Ordering::SeqCst)
-            .is_err()
-        {
-            self.abandoned.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
+    outcomes
 }
 
 /// Reads `<home>/.ssh/authorized_keys` for the user with `uid`, synchronously, with sshd
@@ -1100,8 +986,9 @@ mod tests {
 
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::{PermissionsExt, chown, symlink};
-    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::mpsc;
+    use std::sync::{Arc, Mutex};
     use std::time::Instant;
 
     const UID: u32 = 1001;

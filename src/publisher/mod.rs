@@ -3,7 +3,8 @@
 //! The stages, in pipeline order: [`policy`] (what the version-controlled file asks for, its
 //! commit read with [`git`]; [`automation`] its automation accounts) → [`directory`] (who is in
 //! AD, enabled and unexpired; incremental by `uSNChanged`) → [`resolve`] (access group → people)
-//! → [`homes`] (their `authorized_keys`; [`homes_state`] remembers what did not change) →
+//! → [`homes`] (their `authorized_keys`; [`homes_state`] remembers what did not change; [`reader_pool`] bounds
+//! the reads and abandons a hung one) →
 //! [`render`] (one file per group) → [`plan`] (what changes against what is published) →
 //! [`publish`] (the commit protocol). [`gather`] runs the reading stages and [`prepare`] adds the
 //! bucket's side, the shared first half of `plan` and `publish`. [`lock`] and [`revocation`] keep a
@@ -23,6 +24,7 @@ pub mod plan;
 pub mod policy;
 pub mod prepare;
 pub mod publish;
+pub mod reader_pool;
 pub mod render;
 pub mod report;
 pub mod resolve;

@@ -120,12 +120,16 @@ impl Exclusion {
 pub fn resolve(policy: &Policy, snapshot: &Snapshot, now: SystemTime) -> Resolution {
     let mut resolver = Resolver::new(snapshot, now);
     let denied: HashSet<String> = policy.deny.users.iter().map(|u| u.to_lowercase()).collect();
+    // Every user of a denied name, in whatever case AD spells it (two accounts may differ only
+    // in case; the name index keeps one).
+    for (user, record) in snapshot.users.iter().enumerate() {
+        resolver.denied[user] = denied.contains(&record.name.to_lowercase());
+    }
     let access_groups = policy
         .access_groups
         .iter()
         .map(|(name, group)| {
-            let mut membership =
-                resolver.membership(&group.principals, &policy.everywhere, &denied);
+            let mut membership = resolver.membership(&group.principals, &policy.everywhere);
             resolver.automation(policy, name, &denied, &mut membership);
             (name.clone(), membership)
         })
@@ -149,6 +153,11 @@ struct Resolver<'s> {
     users_by_name: HashMap<String, usize>,
     /// Each user's name, made once and shared by all their memberships.
     user_names: Vec<Shared>,
+    /// Each user's place in [`by_name`] order: members are sorted by it, without comparing (and
+    /// lowercasing) names once per membership.
+    rank: Vec<u32>,
+    /// Users `[deny]` names, by index.
+    denied: Vec<bool>,
     groups_by_name: HashMap<String, usize>,
     users_by_dn: HashMap<&'s Dn, usize>,
     groups_by_dn: HashMap<&'s Dn, usize>,
@@ -196,8 +205,16 @@ impl<'s> Resolver<'s> {
                 }
             }
         }
+        let mut order: Vec<usize> = (0..snapshot.users.len()).collect();
+        order.sort_by(|&a, &b| by_name(&snapshot.users[a].name, &snapshot.users[b].name));
+        let mut rank = vec![0; order.len()];
+        for (place, user) in order.into_iter().enumerate() {
+            rank[user] = u32::try_from(place).unwrap_or(u32::MAX);
+        }
         Resolver {
             snapshot,
+            rank,
+            denied: vec![false; snapshot.users.len()],
             now: FileTime::from_system_time(now),
             clock: now,
             lockout: snapshot
@@ -222,12 +239,7 @@ impl<'s> Resolver<'s> {
         }
     }
 
-    fn membership(
-        &mut self,
-        own: &Principals,
-        everywhere: &Principals,
-        denied: &HashSet<String>,
-    ) -> Membership {
+    fn membership(&mut self, own: &Principals, everywhere: &Principals) -> Membership {
         // For each user, the best way in: the access group's own grants before [everywhere],
         // then the shortest chain, then the alphabetically first one.
         let mut best: BTreeMap<usize, (u8, Via)> = BTreeMap::new();
@@ -306,7 +318,7 @@ impl<'s> Resolver<'s> {
         let mut membership = Membership::default();
         for &user in ended.iter().filter(|user| !best.contains_key(user)) {
             let record: &User = &self.snapshot.users[user];
-            let reason = if denied.contains(&record.name.to_lowercase()) {
+            let reason = if self.denied[user] {
                 Exclusion::Denied
             } else {
                 Exclusion::ExpiredGrant
@@ -318,9 +330,11 @@ impl<'s> Resolver<'s> {
         }
         // Exact, not grown by doubling: a dense directory has 33 memberships a person.
         membership.users.reserve_exact(best.len());
+        let mut best: Vec<(usize, (u8, Via))> = best.into_iter().collect();
+        best.sort_unstable_by_key(|(user, _)| self.rank[*user]);
         for (user, (_, via)) in best {
             let record: &User = &self.snapshot.users[user];
-            let exclusion = if denied.contains(&record.name.to_lowercase()) {
+            let exclusion = if self.denied[user] {
                 Some(Exclusion::Denied)
             } else {
                 match record.state(self.now, self.lockout) {
@@ -367,7 +381,7 @@ impl<'s> Resolver<'s> {
                 })
                 .collect::<Vec<_>>(),
         );
-        membership.users.sort_by(|a, b| by_name(&a.name, &b.name));
+        // `users` is in `rank` order already, which is `by_name` order.
         membership
             .excluded
             .sort_by(|a, b| by_name(&a.name, &b.name));
@@ -512,9 +526,16 @@ fn by_preference(candidate: &(u8, Via)) -> (u8, usize, &[String]) {
 
 /// People sort case-insensitively, with the exact spelling as the tie-breaker for stable output.
 fn by_name(a: &str, b: &str) -> std::cmp::Ordering {
-    a.to_lowercase()
-        .cmp(&b.to_lowercase())
-        .then_with(|| a.cmp(b))
+    // AD names are almost always ASCII: compared byte by byte without lowercasing copies (the
+    // same order `to_lowercase` gives them).
+    let lowered = if a.is_ascii() && b.is_ascii() {
+        a.bytes()
+            .map(|byte| byte.to_ascii_lowercase())
+            .cmp(b.bytes().map(|byte| byte.to_ascii_lowercase()))
+    } else {
+        a.to_lowercase().cmp(&b.to_lowercase())
+    };
+    lowered.then_with(|| a.cmp(b))
 }
 
 #[cfg(test)]
