@@ -143,13 +143,21 @@ impl PublishedFile {
 /// The line that opens a person's block: `# bob`, or `# bob via Web Team > Contractors`, names
 /// encoded (see the module doc), with its newline.
 pub fn block_header<S: AsRef<str>>(user: &str, via: &[S]) -> String {
-    let mut line = format!("# {}", encode(user, true));
-    for (i, group) in via.iter().enumerate() {
-        line.push_str(if i == 0 { " via " } else { VIA_SEPARATOR });
-        line.push_str(&encode(group.as_ref(), false));
-    }
-    line.push('\n');
+    let mut line = String::new();
+    push_block_header(&mut |piece| line.push_str(piece), user, via);
     line
+}
+
+/// [`block_header`] handed over piece by piece, without building the line (a run hashes one per
+/// membership, hundreds of thousands).
+pub fn push_block_header<S: AsRef<str>>(push: &mut impl FnMut(&str), user: &str, via: &[S]) {
+    push("# ");
+    push(&encode(user, true));
+    for (i, group) in via.iter().enumerate() {
+        push(if i == 0 { " via " } else { VIA_SEPARATOR });
+        push(&encode(group.as_ref(), false));
+    }
+    push("\n");
 }
 
 /// Whether `c` must be percent-encoded in a name (spaces only in a person's name).

@@ -37,7 +37,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
-use crate::bucket::group_file::{HEADER_PREFIX, KnownLines, PublishedFile, block_header};
+use crate::bucket::group_file::{HEADER_PREFIX, KnownLines, PublishedFile, push_block_header};
 use crate::bucket::index::Owners;
 use crate::digest::sha256_hex;
 use crate::keys::merge::{self, MergeError};
@@ -137,6 +137,10 @@ pub struct Renderer<'k> {
     group_options: HashMap<String, Vec<KeyOption>>,
     /// The audit canary's current and previous keys: never a member's (see [`Renderer::without_canary`]).
     canary: BTreeSet<String>,
+    /// Per person in `kept`, their key lines as one text, made on first use (after `restrict`
+    /// and `without_canary` have settled `kept`): a person is in 33 groups of a dense company,
+    /// and a run hashes every group, so each person's lines are written once, not per group.
+    fresh_text: std::sync::OnceLock<HashMap<&'k str, String>>,
 }
 
 /// Fingerprints found in more than one person's known keys: deciding them needs the published
@@ -237,7 +241,25 @@ impl<'k> Renderer<'k> {
             denied_keys,
             group_options: HashMap::new(),
             canary: BTreeSet::new(),
+            fresh_text: std::sync::OnceLock::new(),
         }
+    }
+
+    /// `user`'s kept key lines as they are written without group options.
+    fn fresh_text(&self, user: &str) -> &str {
+        let texts = self.fresh_text.get_or_init(|| {
+            self.kept
+                .iter()
+                .map(|(user, keys)| {
+                    let mut text = String::new();
+                    for key in keys {
+                        push_key(&mut text, key);
+                    }
+                    (*user, text)
+                })
+                .collect()
+        });
+        texts.get(user).map_or("", String::as_str)
     }
 
     /// Drops the audit canary's keys (`fingerprints`: its current and previous) from every
@@ -539,12 +561,10 @@ impl<'k> Renderer<'k> {
             let Some(lines) = self.lines(name, &member.name, carried) else {
                 continue;
             };
-            sink.push(&block_header(&member.name, &member.via));
+            push_block_header(&mut |piece| sink.push(piece), &member.name, &member.via);
             let count = match lines {
                 Lines::Fresh(list) => {
-                    for key in list {
-                        push_key(sink, key);
-                    }
+                    sink.push(self.fresh_text(&member.name));
                     list.len()
                 }
                 Lines::Carried(list) => {
