@@ -28,6 +28,7 @@ pub mod logging;
 pub mod markdown;
 pub mod memory;
 pub mod metrics;
+pub mod private_file;
 pub mod publisher;
 pub mod settings;
 pub mod ssh;

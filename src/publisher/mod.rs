@@ -5,7 +5,8 @@
 //! AD, enabled and unexpired; incremental by `uSNChanged`) → [`resolve`] (access group → people)
 //! → [`homes`] (their `authorized_keys`; [`homes_state`] remembers what did not change; [`reader_pool`] bounds
 //! the reads and abandons a hung one) →
-//! [`render`] (one file per group) → [`plan`] (what changes against what is published) →
+//! [`render`] (one file per group; [`render_memo`] remembers what an unchanged
+//! input rendered to) → [`plan`] (what changes against what is published) →
 //! [`publish`] (the commit protocol). [`gather`] runs the reading stages and [`prepare`] adds the
 //! bucket's side, the shared first half of `plan` and `publish`. [`lock`] and [`revocation`] keep a
 //! publisher honest across runs; [`seal`] signs each group for its logins; [`report`] and
@@ -26,6 +27,7 @@ pub mod prepare;
 pub mod publish;
 pub mod reader_pool;
 pub mod render;
+pub mod render_memo;
 pub mod report;
 pub mod resolve;
 pub mod revocation;

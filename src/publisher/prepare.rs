@@ -14,6 +14,7 @@ use crate::digest::sha256_hex;
 use crate::publisher::gather::{Gathered, gather};
 use crate::publisher::plan::{Inputs, Plan, Selection, judge};
 use crate::publisher::render::Renderer;
+use crate::publisher::render_memo::RenderMemo;
 use crate::settings::Settings;
 
 /// With signing, every index written carries `not_after = now + validity`; when nothing else
@@ -481,6 +482,11 @@ async fn plan_groups(
     };
     let mut groups = BTreeMap::new();
     let mut changed = Vec::new();
+    let mut memo = RenderMemo::load(
+        crate::publisher::render_memo::path_beside(&safety.lock_file),
+        &prepared.deployment.name,
+    );
+    let mut inputs_of = HashMap::new();
     for (name, membership) in access_groups {
         if !selected(name) {
             if let Some(entry) = published.groups.get(name) {
@@ -493,10 +499,26 @@ async fn plan_groups(
             changed.push(name.clone());
             continue;
         };
-        let digest = renderer.digest(name, membership, prepared.carried.get(name));
+        let carried = prepared.carried.get(name);
+        let input = renderer.input_digest(name, membership, carried);
+        let remembered = input.as_ref().and_then(|input| memo.get(name, input));
+        let digest = match remembered {
+            Some(digest) => digest,
+            None => {
+                let digest = renderer.digest(name, membership, carried);
+                if let Some(input) = &input {
+                    memo.put(name, input.clone(), &digest);
+                }
+                digest
+            }
+        };
         if entry.sha256 == digest.sha256 {
             groups.insert(name.clone(), crate::publisher::plan::unchanged(&digest));
         } else {
+            // Listed below, then remembered with what it renders to now.
+            if let Some(input) = input {
+                inputs_of.insert(name.clone(), input);
+            }
             changed.push(name.clone());
         }
     }
@@ -568,8 +590,14 @@ async fn plan_groups(
                 };
                 let group_plan = match access_groups.get(&name) {
                     Some(membership) => {
-                        let listing =
-                            renderer.listing(&name, membership, prepared.carried.get(&name));
+                        let carried = prepared.carried.get(&name);
+                        let listing = renderer.listing(&name, membership, carried);
+                        let input = inputs_of
+                            .remove(&name)
+                            .or_else(|| renderer.input_digest(&name, membership, carried));
+                        if let Some(input) = input {
+                            memo.put(&name, input, &listing.digest());
+                        }
                         let previous = previous.as_ref();
                         crate::publisher::plan::compare(
                             &name,
@@ -604,6 +632,8 @@ async fn plan_groups(
         };
         groups.insert(name.clone(), group_plan);
     }
+    memo.retain(|group| access_groups.contains_key(group));
+    memo.store();
     let mut owners = renderer.owners();
     for (group, file) in &prepared.carried {
         let Some(membership) = access_groups.get(group) else {

@@ -34,6 +34,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use rustc_hash::FxHashMap;
+
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
@@ -87,6 +89,17 @@ pub struct Listing<'a> {
     pub fingerprints: Vec<&'a str>,
 }
 
+impl Listing<'_> {
+    /// The listed file's SHA-256 and counts.
+    pub fn digest(&self) -> Digest {
+        Digest {
+            sha256: self.sha256.clone(),
+            users: self.users.len(),
+            keys: self.fingerprints.len(),
+        }
+    }
+}
+
 /// What a run needs to know of a group file to decide whether it changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Digest {
@@ -129,7 +142,7 @@ enum Lines<'a> {
 pub struct Renderer<'k> {
     /// Per person whose keys are known, the keys that may be published (denied and contested
     /// ones removed).
-    kept: HashMap<&'k str, Vec<&'k AuthorizedKey>>,
+    kept: FxHashMap<&'k str, Vec<&'k AuthorizedKey>>,
     denied_fingerprints: &'k BTreeSet<String>,
     problems: Vec<Problem>,
     denied_keys: BTreeMap<String, BTreeSet<String>>,
@@ -140,7 +153,9 @@ pub struct Renderer<'k> {
     /// Per person in `kept`, their key lines as one text, made on first use (after `restrict`
     /// and `without_canary` have settled `kept`): a person is in 33 groups of a dense company,
     /// and a run hashes every group, so each person's lines are written once, not per group.
-    fresh_text: std::sync::OnceLock<HashMap<&'k str, String>>,
+    fresh_text: std::sync::OnceLock<FxHashMap<&'k str, String>>,
+    /// Per person in `kept`, the SHA-256 of their `fresh_text`, made on first use.
+    fresh_digest: std::sync::OnceLock<FxHashMap<&'k str, [u8; 32]>>,
 }
 
 /// Fingerprints found in more than one person's known keys: deciding them needs the published
@@ -153,8 +168,8 @@ pub fn contested(keys: &BTreeMap<String, UserKeys>) -> BTreeSet<String> {
         .collect()
 }
 
-fn holders(keys: &BTreeMap<String, UserKeys>) -> HashMap<&str, Vec<&str>> {
-    let mut owners: HashMap<&str, Vec<&str>> = HashMap::new();
+fn holders(keys: &BTreeMap<String, UserKeys>) -> FxHashMap<&str, Vec<&str>> {
+    let mut owners: FxHashMap<&str, Vec<&str>> = FxHashMap::default();
     for (user, user_keys) in keys {
         if let UserKeys::Known(list) = user_keys {
             for key in list {
@@ -180,7 +195,7 @@ impl<'k> Renderer<'k> {
         let holders = holders(keys);
         let mut problems = BTreeSet::new();
         let mut denied_keys: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        let mut kept = HashMap::new();
+        let mut kept = FxHashMap::default();
         for (user, user_keys) in keys {
             let list = match user_keys {
                 UserKeys::Known(list) => list,
@@ -242,7 +257,49 @@ impl<'k> Renderer<'k> {
             group_options: HashMap::new(),
             canary: BTreeSet::new(),
             fresh_text: std::sync::OnceLock::new(),
+            fresh_digest: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The digest of everything the group's file is rendered from: its name, and each member's
+    /// name, chain and key lines, in order (see `render_memo`). `None` when the file also depends
+    /// on something else: group options, or a member whose home could not be read (their lines
+    /// come from the published file).
+    pub fn input_digest(
+        &self,
+        name: &str,
+        membership: &Membership,
+        carried: Option<&PublishedFile>,
+    ) -> Option<String> {
+        if carried.is_some() || self.group_options.contains_key(name) {
+            return None;
+        }
+        let digests = self.fresh_digest.get_or_init(|| {
+            self.kept
+                .keys()
+                .map(|user| {
+                    let text = self.fresh_text(user);
+                    (*user, Sha256::digest(text.as_bytes()).into())
+                })
+                .collect()
+        });
+        // Each string with its length before it, so no two inputs run together into one.
+        let mut input = Vec::with_capacity(64 + membership.users.len() * 96);
+        let mut put = |bytes: &[u8]| {
+            input.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+            input.extend_from_slice(bytes);
+        };
+        put(name.as_bytes());
+        for member in &membership.users {
+            let digest = digests.get(member.name.as_str())?;
+            put(member.name.as_bytes());
+            put(&(member.via.len() as u64).to_le_bytes());
+            for group in member.via.iter() {
+                put(group.as_bytes());
+            }
+            put(digest);
+        }
+        Some(hex::encode(Sha256::digest(&input)))
     }
 
     /// `user`'s kept key lines as they are written without group options.
@@ -702,6 +759,107 @@ mod tests {
         for (line, fingerprint) in [(ED_A, fingerprint_of(ED_A)), (ED_B, fingerprint_of(ED_B))] {
             assert_eq!(known.fingerprint(line), Some(fingerprint.as_str()));
         }
+    }
+
+    /// The render memo's promise: two inputs with the same digest render the same file, so the
+    /// digest moves with everything the file is made of.
+    #[test]
+    fn the_input_digest_moves_with_every_input_of_the_file_and_only_with_them() {
+        let keys = BTreeMap::from([
+            ("alice".to_string(), keys_of(ED_A)),
+            ("bob".to_string(), keys_of(ED_B)),
+        ]);
+        let none = BTreeSet::new();
+        let renderer = Renderer::new(&keys, &none, None);
+        let web = Membership::through_team(&["alice", "bob"]);
+        let digest = |renderer: &Renderer<'_>, name: &str, m: &Membership| {
+            renderer
+                .input_digest(name, m, None)
+                .expect("an input digest")
+        };
+        let base = digest(&renderer, "web", &web);
+        // The same input from a renderer of its own: the same digest (and the same file).
+        assert_eq!(
+            digest(&Renderer::new(&keys, &none, None), "web", &web),
+            base
+        );
+
+        let mut changes: Vec<(&str, String)> = vec![("group name", digest(&renderer, "db", &web))];
+        let mut renamed = web.clone();
+        renamed.users[1].name = "bobby".into();
+        let renamed_keys = BTreeMap::from([
+            ("alice".to_string(), keys_of(ED_A)),
+            ("bobby".to_string(), keys_of(ED_B)),
+        ]);
+        changes.push((
+            "member name",
+            digest(&Renderer::new(&renamed_keys, &none, None), "web", &renamed),
+        ));
+        let mut moved = web.clone();
+        moved.users[1].via = std::sync::Arc::from(["Team".to_owned(), "Ops".to_owned()]);
+        changes.push(("chain", digest(&renderer, "web", &moved)));
+        let mut direct = web.clone();
+        direct.users[1].via = Vec::new().into();
+        changes.push(("named directly", digest(&renderer, "web", &direct)));
+        let one = Membership::through_team(&["alice"]);
+        changes.push(("member left", digest(&renderer, "web", &one)));
+        let rekeyed = BTreeMap::from([
+            ("alice".to_string(), keys_of(ED_A)),
+            ("bob".to_string(), keys_of(&format!("{ED_B}\n{ED_A}"))),
+        ]);
+        changes.push((
+            "a key added",
+            digest(&Renderer::new(&rekeyed, &none, None), "web", &web),
+        ));
+        let recommented = BTreeMap::from([
+            ("alice".to_string(), keys_of(ED_A)),
+            (
+                "bob".to_string(),
+                keys_of(&ED_B.replace("b@host", "b@laptop")),
+            ),
+        ]);
+        changes.push((
+            "a comment",
+            digest(&Renderer::new(&recommented, &none, None), "web", &web),
+        ));
+        let denied = BTreeSet::from([fingerprint_of(ED_B)]);
+        changes.push((
+            "a key denied",
+            digest(&Renderer::new(&keys, &denied, None), "web", &web),
+        ));
+        for (what, changed) in &changes {
+            assert_ne!(changed, &base, "the digest did not move with the {what}");
+        }
+        // Each of those changes also changes the file: the digest is not finer than the file
+        // needs, except that it also moves when a member without keys changes.
+        let distinct: BTreeSet<&String> = changes.iter().map(|(_, digest)| digest).collect();
+        assert_eq!(distinct.len(), changes.len());
+    }
+
+    #[test]
+    fn no_input_digest_for_a_group_with_options_or_an_unreadable_member() {
+        let keys = BTreeMap::from([
+            ("alice".to_string(), keys_of(ED_A)),
+            ("bob".to_string(), UserKeys::Unknown("timed out".to_owned())),
+        ]);
+        let none = BTreeSet::new();
+        let renderer = Renderer::new(&keys, &none, None);
+        assert!(
+            renderer
+                .input_digest("web", &Membership::through_team(&["alice", "bob"]), None)
+                .is_none()
+        );
+        assert!(
+            renderer
+                .input_digest("web", &Membership::through_team(&["alice"]), None)
+                .is_some()
+        );
+        let carried = PublishedFile::default();
+        assert!(
+            renderer
+                .input_digest("web", &Membership::through_team(&["alice"]), Some(&carried))
+                .is_none()
+        );
     }
 
     #[test]

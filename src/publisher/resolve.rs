@@ -145,6 +145,59 @@ pub fn resolve(policy: &Policy, snapshot: &Snapshot, now: SystemTime) -> Resolut
 /// A user reached through a group, and the chain of group names from that group down.
 type Reached = Rc<Vec<(usize, Via)>>;
 
+/// The ways in offered to each user while one access group is resolved, by user index.
+#[derive(Default)]
+struct Offers {
+    /// The best way in so far: rank (own grants 0, `[everywhere]` 1) and chain.
+    best: Vec<Option<(u8, Via)>>,
+    /// When the entries that count end (`Some(None)`: one of them never does).
+    ends: Vec<Option<Option<Until>>>,
+    /// The users offered anything, each once.
+    touched: Vec<usize>,
+}
+
+impl Offers {
+    fn size_for(&mut self, users: usize) {
+        self.best.resize(users, None);
+        self.ends.resize(users, None);
+    }
+
+    fn offer(&mut self, user: usize, rank: u8, via: Via, until: Option<&Until>) {
+        let end = match &mut self.ends[user] {
+            Some(end) => end,
+            slot => {
+                self.touched.push(user);
+                slot.insert(until.cloned())
+            }
+        };
+        match (end.as_ref(), until) {
+            (Some(current), Some(until)) if until > current => *end = Some(until.clone()),
+            (Some(_), None) => *end = None,
+            _ => {}
+        }
+        let candidate = (rank, via);
+        match &self.best[user] {
+            // The same chain again (a person in two groups nested the same way): no better.
+            Some(current) if Arc::ptr_eq(&current.1, &candidate.1) && current.0 <= candidate.0 => {}
+            Some(current) if by_preference(current) <= by_preference(&candidate) => {}
+            _ => self.best[user] = Some(candidate),
+        }
+    }
+
+    /// Every user offered a way in, with the best one and its end, leaving the arrays empty for
+    /// the next access group.
+    fn drain(&mut self) -> Vec<(usize, (u8, Via), Option<Until>)> {
+        let mut offered = Vec::with_capacity(self.touched.len());
+        for user in self.touched.drain(..) {
+            let until = self.ends[user].take().flatten();
+            if let Some(best) = self.best[user].take() {
+                offered.push((user, best, until));
+            }
+        }
+        offered
+    }
+}
+
 struct Resolver<'s> {
     snapshot: &'s Snapshot,
     now: FileTime,
@@ -158,6 +211,8 @@ struct Resolver<'s> {
     rank: Vec<u32>,
     /// Users `[deny]` names, by index.
     denied: Vec<bool>,
+    /// Scratch space of `membership`, reused for every access group.
+    offers: Offers,
     groups_by_name: HashMap<String, usize>,
     users_by_dn: HashMap<&'s Dn, usize>,
     groups_by_dn: HashMap<&'s Dn, usize>,
@@ -215,6 +270,7 @@ impl<'s> Resolver<'s> {
             snapshot,
             rank,
             denied: vec![false; snapshot.users.len()],
+            offers: Offers::default(),
             now: FileTime::from_system_time(now),
             clock: now,
             lockout: snapshot
@@ -241,27 +297,17 @@ impl<'s> Resolver<'s> {
 
     fn membership(&mut self, own: &Principals, everywhere: &Principals) -> Membership {
         // For each user, the best way in: the access group's own grants before [everywhere],
-        // then the shortest chain, then the alphabetically first one.
-        let mut best: BTreeMap<usize, (u8, Via)> = BTreeMap::new();
-        // Per user, when the entries that still count end (`None`: one of them never does).
-        let mut ends: HashMap<usize, Option<Until>> = HashMap::new();
+        // then the shortest chain, then the alphabetically first one; and when the entries that
+        // still count end (`None`: one of them never does). Arrays indexed by user, kept between
+        // access groups (only the touched entries are reset): a dense company offers each
+        // person some 33 times, and maps keyed by user cost more than the rest of resolving.
+        let mut offers = std::mem::take(&mut self.offers);
+        offers.size_for(self.snapshot.users.len());
         // Users some ended entry reaches.
         let mut ended: BTreeSet<usize> = BTreeSet::new();
         let mut ended_not_found: Vec<String> = Vec::new();
         let mut offer = |user: usize, rank: u8, via: Via, until: Option<&Until>| {
-            let end = ends.entry(user).or_insert_with(|| until.cloned());
-            match (end.as_ref(), until) {
-                (Some(current), Some(until)) if until > current => *end = Some(until.clone()),
-                (Some(_), None) => *end = None,
-                _ => {}
-            }
-            let candidate = (rank, via);
-            match best.get(&user) {
-                Some(current) if by_preference(current) <= by_preference(&candidate) => {}
-                _ => {
-                    best.insert(user, candidate);
-                }
-            }
+            offers.offer(user, rank, via, until);
         };
         let mut not_found = Vec::new();
         for (rank, principals) in [(0, own), (1, everywhere)] {
@@ -315,8 +361,14 @@ impl<'s> Resolver<'s> {
             }
         }
 
+        let ended_only: Vec<usize> = ended
+            .into_iter()
+            .filter(|&user| offers.best[user].is_none())
+            .collect();
+        let mut best = offers.drain();
+        self.offers = offers;
         let mut membership = Membership::default();
-        for &user in ended.iter().filter(|user| !best.contains_key(user)) {
+        for user in ended_only {
             let record: &User = &self.snapshot.users[user];
             let reason = if self.denied[user] {
                 Exclusion::Denied
@@ -330,9 +382,8 @@ impl<'s> Resolver<'s> {
         }
         // Exact, not grown by doubling: a dense directory has 33 memberships a person.
         membership.users.reserve_exact(best.len());
-        let mut best: Vec<(usize, (u8, Via))> = best.into_iter().collect();
-        best.sort_unstable_by_key(|(user, _)| self.rank[*user]);
-        for (user, (_, via)) in best {
+        best.sort_unstable_by_key(|(user, ..)| self.rank[*user]);
+        for (user, (_, via), until) in best {
             let record: &User = &self.snapshot.users[user];
             let exclusion = if self.denied[user] {
                 Some(Exclusion::Denied)
@@ -348,7 +399,7 @@ impl<'s> Resolver<'s> {
                 None => membership.users.push(Member {
                     name: self.user_names[user].clone(),
                     via,
-                    until: ends.get(&user).cloned().flatten().map(Box::new),
+                    until: until.map(Box::new),
                 }),
                 Some(reason) => membership.excluded.push(Excluded {
                     name: record.name.clone(),
