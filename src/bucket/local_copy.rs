@@ -18,7 +18,7 @@
 //! object is read whole, as without one). Written with temp file + fsync + rename, mode 0600.
 
 use std::fs;
-use std::io::{Read as _, Write as _};
+use std::io::Read as _;
 use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
@@ -171,33 +171,9 @@ impl ObjectCopy {
     }
 
     fn write(&self, header: &Header, body: &[u8]) -> std::io::Result<()> {
-        // Per process: a `plan` (which takes no lock) and a `publish` may write at once.
-        let temporary = self
-            .path
-            .with_extension(format!("tmp.{}", std::process::id()));
-        match fs::remove_file(&temporary) {
-            Ok(()) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-            Err(error) => return Err(error),
-        }
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&temporary)?;
         let mut line = serde_json::to_vec(header).map_err(std::io::Error::other)?;
         line.push(b'\n');
-        file.write_all(&line)?;
-        file.write_all(body)?;
-        file.sync_all()?;
-        fs::rename(&temporary, &self.path)?;
-        if let Some(parent) = self.path.parent()
-            && let Ok(directory) = fs::File::open(parent)
-        {
-            let _ = directory.sync_all();
-        }
-        Ok(())
+        crate::private_file::write_atomically(&self.path, &[&line, body])
     }
 }
 

@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::io::{Read as _, Write as _};
+use std::io::Read as _;
 use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -398,36 +398,12 @@ fn parse(bytes: &[u8], binding: &str) -> Result<State, String> {
     Ok(state)
 }
 
-/// Writes `state` to `path` atomically, readable by its owner only.
+/// Writes `state` to `path` atomically, readable by its owner only (`crate::private_file`).
 fn store(path: &Path, state: &State) -> anyhow::Result<()> {
     let write = || -> std::io::Result<()> {
         let body = serde_json::to_vec(state).map_err(std::io::Error::other)?;
-        // Per process: a `plan` (which takes no lock) and a `publish` may write at once; each
-        // renames only its own whole file, and the last rename wins.
-        let temporary = path.with_extension(format!("tmp.{}", std::process::id()));
-        // A leftover of a crashed run (or someone else's file) is replaced, never written through.
-        match fs::remove_file(&temporary) {
-            Ok(()) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-            Err(error) => return Err(error),
-        }
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&temporary)?;
-        writeln!(file, "{MAGIC} {VERSION} {}", sha256_hex(&body))?;
-        file.write_all(&body)?;
-        file.sync_all()?;
-        fs::rename(&temporary, path)?;
-        if let Some(parent) = path.parent()
-            && let Ok(directory) = fs::File::open(parent)
-        {
-            // The rename is durable once the directory is; losing it costs a full read.
-            let _ = directory.sync_all();
-        }
-        Ok(())
+        let header = format!("{MAGIC} {VERSION} {}\n", sha256_hex(&body));
+        crate::private_file::write_atomically(path, &[header.as_bytes(), &body])
     };
     write().map_err(|error| {
         anyhow::Error::new(error).context(format!("writing the homes state {}", path.display()))

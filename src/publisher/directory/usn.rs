@@ -24,8 +24,11 @@
 //! What is not a write in AD is not cached as a decision: `accountExpires` passing and a lockout
 //! ending (`lockoutTime` + the domain's `lockoutDuration`, read every run) are judged by
 //! `crate::publisher::resolve` at each run's `now` from the cached attributes. The users named directly in
-//! the policy are looked up by name every run, so deleting one (or moving one out of the base)
-//! revokes them in the next run.
+//! the policy are looked up by name in every run where the DC's `highestCommittedUSN` moved, so
+//! deleting one (or moving one out of the base) revokes them in the next run: a deletion is a
+//! write, and every write on the DC moves its USN, so a run that finds the USN where the state
+//! left it knows nothing changed and need not ask (at 50,000 people the 3,600 names cost the DC
+//! a second a run).
 //!
 //! This module must never turn a doubt into a smaller directory: a state it cannot trust is
 //! replaced by a full read, never used, and any LDAP failure fails the run as a full read would.
@@ -34,8 +37,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -187,27 +188,7 @@ impl DirectoryState {
     /// Writes `bytes` (see [`DirectoryState::encode`]) to `path` atomically, readable by its
     /// owner only: a crash leaves the old state or the new one, never half of either.
     pub fn store(bytes: &[u8], path: &Path) -> std::io::Result<()> {
-        let temporary = path.with_extension("tmp");
-        // A leftover of a crashed run may have other permissions: never write into it.
-        match fs::remove_file(&temporary) {
-            Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
-            _ => {}
-        }
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temporary)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&temporary, path)?;
-        if let Some(parent) = path.parent()
-            && let Ok(directory) = fs::File::open(parent)
-        {
-            // The rename is durable once the directory is; losing it costs one full read.
-            let _ = directory.sync_all();
-        }
-        Ok(())
+        crate::private_file::write_atomically(path, &[bytes])
     }
 
     /// Merges changed entries into the cache. Entries are matched by `objectGUID`; an entry
@@ -496,7 +477,14 @@ async fn read_with(
         state.usn = dc.usn;
         dirty = true;
     }
-    let named = options.named_users;
+    // The users the policy names are looked up whenever anything at all changed on the DC: a
+    // deletion is invisible to an ordinary account, but it is a write, so it moves
+    // highestCommittedUSN. An unchanged USN means an unchanged directory, and the cache is exact.
+    let named = if dc.usn > since {
+        options.named_users
+    } else {
+        &[]
+    };
     let mut found = Vec::new();
     for names in named.chunks(NAMES_PER_LOOKUP) {
         let terms: String = names
