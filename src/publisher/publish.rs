@@ -16,7 +16,7 @@
 //! When the safety guard refuses a publish, the removals it never holds back (`[deny]`, and grants
 //! past their `until`) are still published: each affected group's published file with just those
 //! people and keys removed.
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -126,7 +126,7 @@ pub async fn publish(
     // Load the signing key before writing anything: a missing key must not leave a half publish.
     let signer = load_signer(settings)?;
     let writing = Instant::now();
-    within(
+    let roots = within(
         deadline,
         "writing the access group files",
         write_groups(&prepared),
@@ -152,7 +152,7 @@ pub async fn publish(
         within(deadline, "writing the revocation list", write).await??;
     }
     within(deadline, "committing the index", async {}).await?;
-    let committed = commit(&prepared, &plan.index, signer.as_ref()).await?;
+    let committed = commit(&prepared, &plan.index, signer.as_ref(), roots).await?;
     remember(&prepared, Some((plan.index.generation, committed)))?;
     if let (Some(owners), Some(etag)) = (&plan.owners, owners_etag) {
         // The next run that needs the records reads them from here (see `local_copy`).
@@ -203,21 +203,29 @@ fn load_signer(settings: &Settings) -> anyhow::Result<Option<Signer>> {
 /// Writes the group objects, `PARALLEL_WRITES` at a time. Each file is rendered again just before
 /// its write (so at most `PARALLEL_WRITES` files are in memory) and must hash to what the plan
 /// records: rendering is deterministic, and a file that is not what was planned is never written.
-async fn write_groups(prepared: &Prepared) -> anyhow::Result<()> {
+/// Returns the root of each written file's lookup, by SHA-256, for its seal (so the commit need
+/// not render it a third time).
+async fn write_groups(prepared: &Prepared) -> anyhow::Result<HashMap<String, String>> {
     let renderer = prepared.renderer();
     let access_groups = &prepared.gathered.resolution.access_groups;
+    let mut roots = HashMap::new();
     let bodies = prepared.plan.groups_to_write().map(|(name, planned)| {
         let file = access_groups
             .get(name)
             .map(|m| renderer.file(name, m, prepared.carried.get(name)));
         match file {
-            Some(file) if file.sha256 == planned => Ok((name.clone(), file.body.into_bytes())),
+            Some(file) if file.sha256 == planned => {
+                let root = crate::bucket::group_lookup::Lookup::build(file.body.as_bytes()).root();
+                roots.insert(file.sha256, root);
+                Ok((name.clone(), file.body.into_bytes()))
+            }
             _ => Err(anyhow::anyhow!(
                 "access group {name} no longer renders to the planned file; nothing was committed"
             )),
         }
     });
-    write_objects(prepared, bodies).await
+    write_objects(prepared, bodies).await?;
+    Ok(roots)
 }
 
 /// Writes group objects (name, body) to their content address, `PARALLEL_WRITES` at a time.
@@ -292,9 +300,10 @@ async fn commit(
     prepared: &Prepared,
     index: &Index,
     signer: Option<&Signer>,
+    roots: HashMap<String, String>,
 ) -> anyhow::Result<String> {
     // Per-group seals for the instances' logins (issue 24, `group_seal`).
-    let index = crate::publisher::seal::sealed(prepared, index, signer).await?;
+    let index = crate::publisher::seal::sealed(prepared, index, signer, roots).await?;
     write_index(
         &prepared.deployment,
         prepared.published.etag.as_deref(),
@@ -564,7 +573,7 @@ async fn publish_denials(
     index.deployment = prepared.plan.index.deployment.clone();
     index.canary = prepared.plan.index.canary.clone();
     index.previous = prepared.published.sha256.clone();
-    let committed = commit(prepared, &index, signer).await?;
+    let committed = commit(prepared, &index, signer, HashMap::new()).await?;
     remember(prepared, Some((index.generation, committed)))?;
     Ok(written)
 }

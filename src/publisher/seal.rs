@@ -3,8 +3,8 @@
 //! deployment and canary.
 //!
 //! A seal needs the root of the group file's lookup. For a file the previous index sealed, the
-//! root is carried (the same SHA-256 is the same bytes, so the same root); for any other the file
-//! is rendered again (the groups this run wrote) or, failing that, read back from the bucket and
+//! root is carried (the same SHA-256 is the same bytes, so the same root); for a file this run
+//! wrote it was computed at the write; for any other the file is rendered again or, failing that, read back from the bucket and
 //! checked against the index's SHA-256 (a first publish after an upgrade reads each group once;
 //! a `[deny]`-only publish reads the files it rewrote). An unsigned index carries no seals.
 
@@ -19,11 +19,13 @@ use crate::bucket::store::{Fetched, ObjectStore as _};
 use crate::digest::sha256_hex;
 use crate::publisher::prepare::Prepared;
 
-/// `index` with a seal on every group (none without `signer`).
+/// `index` with a seal on every group (none without `signer`). `written`: the roots of the files
+/// this run wrote, by SHA-256, computed when they were rendered for the write.
 pub(crate) async fn sealed(
     prepared: &Prepared,
     index: &Index,
     signer: Option<&Signer>,
+    written: HashMap<String, String>,
 ) -> anyhow::Result<Index> {
     let mut index = index.clone();
     let Some(signer) = signer else {
@@ -42,6 +44,7 @@ pub(crate) async fn sealed(
             Some((entry.sha256.clone(), root.to_owned()))
         })
         .collect();
+    roots.extend(written);
     let unknown: Vec<(String, String)> = index
         .groups
         .iter()
