@@ -9,11 +9,63 @@
 //!
 //! Reading: only a regular file owned by this user with no group or other permission bits is
 //! read, opened with `O_NOFOLLOW`, at most `limit` bytes.
+//!
+//! The states are checksummed: a header line `<magic> <version> <sha256 of the rest>` over the
+//! body ([`checksummed`], [`checked_body`]), so a torn or edited file is refused whole.
 
 use std::fs;
 use std::io::{Read as _, Write as _};
 use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// `name` in the lock file's directory: where the publisher keeps what it remembers.
+pub fn beside(lock_file: &Path, name: &str) -> PathBuf {
+    lock_file
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .join(name)
+}
+
+/// The header line of a checksummed file holding `body`.
+pub fn checksummed(magic: &str, version: u32, body: &[u8]) -> String {
+    format!("{magic} {version} {}\n", crate::digest::sha256_hex(body))
+}
+
+/// The body of a checksummed file (`what` names it in the reasons), or why it is not believed:
+/// another kind of file, another version, or a checksum that does not match.
+pub fn checked_body<'a>(
+    bytes: &'a [u8],
+    magic: &str,
+    version: u32,
+    what: &str,
+) -> Result<&'a [u8], String> {
+    let newline = bytes
+        .iter()
+        .position(|&byte| byte == b'\n')
+        .ok_or_else(|| format!("it is not a keyhole {what} (no header line)"))?;
+    let (header, body) = (&bytes[..newline], &bytes[newline + 1..]);
+    let header = std::str::from_utf8(header)
+        .map_err(|_| format!("it is not a keyhole {what} (the header is not text)"))?;
+    let fields: Vec<&str> = header.split(' ').collect();
+    let [found_magic, found_version, checksum] = fields[..] else {
+        return Err(format!(
+            "it is not a keyhole {what} (its header is not one)"
+        ));
+    };
+    if found_magic != magic {
+        return Err(format!("it is not a keyhole {what}"));
+    }
+    if found_version != version.to_string() {
+        return Err(format!(
+            "it was written in format {found_version:?}, and this keyhole reads format {version}"
+        ));
+    }
+    if crate::digest::sha256_hex(body) != checksum {
+        return Err("it is damaged (its checksum does not match its contents)".to_owned());
+    }
+    Ok(body)
+}
 
 /// Writes `parts`, one after the other, as the whole new content of `path`.
 pub fn write_atomically(path: &Path, parts: &[&[u8]]) -> std::io::Result<()> {
@@ -113,6 +165,21 @@ mod tests {
         assert_eq!(read_private(&path, 1024).unwrap(), b"header\nbody");
         // No temp file is left behind.
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_checksummed_body_is_given_back_only_whole_and_of_its_kind() {
+        let body = b"{\"a\":1}";
+        let mut file = checksummed("keyhole-x", 2, body).into_bytes();
+        file.extend_from_slice(body);
+        assert_eq!(checked_body(&file, "keyhole-x", 2, "x").unwrap(), body);
+        let why = |result: Result<&[u8], String>| result.unwrap_err();
+        assert!(why(checked_body(&file, "keyhole-y", 2, "y")).contains("not a keyhole y"));
+        assert!(why(checked_body(&file, "keyhole-x", 3, "x")).contains("format \"2\""));
+        let mut torn = file.clone();
+        torn.pop();
+        assert!(why(checked_body(&torn, "keyhole-x", 2, "x")).contains("checksum does not match"));
+        assert!(why(checked_body(b"no header", "keyhole-x", 2, "x")).contains("no header"));
     }
 
     #[test]

@@ -19,8 +19,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -45,11 +43,7 @@ pub struct Head {
 
 /// Where the head lives: beside `lock_file`.
 pub fn path_beside(lock_file: &Path) -> PathBuf {
-    lock_file
-        .parent()
-        .filter(|parent| !parent.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .join(HEAD_FILE)
+    crate::private_file::beside(lock_file, HEAD_FILE)
 }
 
 impl Head {
@@ -77,26 +71,9 @@ impl Head {
     /// Writes the head to `path` atomically, readable by its owner only.
     pub fn store(&self, path: &Path) -> anyhow::Result<()> {
         let write = || -> std::io::Result<()> {
-            let temporary = path.with_extension("json.tmp");
-            let mut file = fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&temporary)?;
             let mut json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
             json.push(b'\n');
-            file.write_all(&json)?;
-            file.sync_all()?;
-            fs::rename(&temporary, path)?;
-            if let Some(parent) = path.parent()
-                && let Ok(directory) = fs::File::open(parent)
-            {
-                // The rename is durable once the directory is; a failure here loses nothing
-                // that the next run cannot write again.
-                let _ = directory.sync_all();
-            }
-            Ok(())
+            crate::private_file::write_atomically(path, &[&json])
         };
         write().with_context(|| format!("writing the publisher's head {}", path.display()))
     }

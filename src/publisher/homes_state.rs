@@ -31,7 +31,6 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::digest::sha256_hex;
 use crate::publisher::homes::{self, HarvestOutcome, HarvestSettings, Harvestee, Identity, Look};
 
 /// The state file's name, in the lock file's directory.
@@ -47,11 +46,7 @@ const MAX_STATE_BYTES: u64 = 512 * 1024 * 1024;
 
 /// Where the homes state lives: beside `lock_file`.
 pub fn path_beside(lock_file: &Path) -> PathBuf {
-    lock_file
-        .parent()
-        .filter(|parent| !parent.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .join(STATE_FILE)
+    crate::private_file::beside(lock_file, STATE_FILE)
 }
 
 /// What the state records.
@@ -366,27 +361,7 @@ fn load(path: &Path, binding: &str) -> Loaded {
 
 /// The header, checksum, version, body and binding of a state file's bytes.
 fn parse(bytes: &[u8], binding: &str) -> Result<State, String> {
-    let newline = bytes
-        .iter()
-        .position(|&byte| byte == b'\n')
-        .ok_or("it has no header line")?;
-    let (header, body) = (&bytes[..newline], &bytes[newline + 1..]);
-    let header = std::str::from_utf8(header).map_err(|_| "its header is not text")?;
-    let fields: Vec<&str> = header.split(' ').collect();
-    let [magic, version, checksum] = fields[..] else {
-        return Err("its header is not a keyhole homes state header".to_owned());
-    };
-    if magic != MAGIC {
-        return Err("it is not a keyhole homes state".to_owned());
-    }
-    if version != VERSION.to_string() {
-        return Err(format!(
-            "it is version {version}; this keyhole reads version {VERSION}"
-        ));
-    }
-    if sha256_hex(body) != checksum {
-        return Err("its checksum does not match its contents (damaged)".to_owned());
-    }
+    let body = crate::private_file::checked_body(bytes, MAGIC, VERSION, "homes state")?;
     let state: State =
         serde_json::from_slice(body).map_err(|error| format!("it does not parse: {error}"))?;
     if state.deployment != binding {
@@ -402,7 +377,7 @@ fn parse(bytes: &[u8], binding: &str) -> Result<State, String> {
 fn store(path: &Path, state: &State) -> anyhow::Result<()> {
     let write = || -> std::io::Result<()> {
         let body = serde_json::to_vec(state).map_err(std::io::Error::other)?;
-        let header = format!("{MAGIC} {VERSION} {}\n", sha256_hex(&body));
+        let header = crate::private_file::checksummed(MAGIC, VERSION, &body);
         crate::private_file::write_atomically(path, &[header.as_bytes(), &body])
     };
     write().map_err(|error| {
@@ -414,6 +389,7 @@ fn store(path: &Path, state: &State) -> anyhow::Result<()> {
 #[allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
+    use crate::digest::sha256_hex;
     use std::os::unix::fs::PermissionsExt as _;
 
     const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl bob@laptop\n";
@@ -561,7 +537,7 @@ mod tests {
         // Another version.
         let text = String::from_utf8(good.clone()).unwrap();
         fs::write(&path, text.replacen(" 1 ", " 0 ", 1)).unwrap();
-        full(&home.run(later(2), false).await.1, "version 0");
+        full(&home.run(later(2), false).await.1, "format \"0\"");
         // Another deployment, checksum recomputed.
         let (_, body) = text.split_once('\n').unwrap();
         let foreign = body.replace("s3://bucket/", "s3://other/");

@@ -25,7 +25,6 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::digest::sha256_hex;
 use crate::publisher::render::Digest;
 
 /// The memo's file name, in the lock file's directory.
@@ -66,13 +65,9 @@ pub struct RenderMemo {
     next: BTreeMap<String, Entry>,
 }
 
-/// The memo beside `lock_file` for `deployment`.
+/// Where the memo lives: beside `lock_file`.
 pub fn path_beside(lock_file: &Path) -> PathBuf {
-    lock_file
-        .parent()
-        .filter(|parent| !parent.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .join(MEMO_FILE)
+    crate::private_file::beside(lock_file, MEMO_FILE)
 }
 
 impl RenderMemo {
@@ -150,7 +145,7 @@ impl RenderMemo {
         let written = serde_json::to_vec(&body)
             .map_err(std::io::Error::other)
             .and_then(|body| {
-                let header = format!("{MAGIC} {FORMAT} {}\n", sha256_hex(&body));
+                let header = crate::private_file::checksummed(MAGIC, FORMAT, &body);
                 crate::private_file::write_atomically(&self.path, &[header.as_bytes(), &body])
             });
         if let Err(error) = written {
@@ -164,25 +159,7 @@ impl RenderMemo {
 
 /// The entries of a memo file, if it is one of this format, binding and checksum.
 fn decode(bytes: &[u8], binding: &str) -> Result<BTreeMap<String, Entry>, String> {
-    let newline = bytes
-        .iter()
-        .position(|&byte| byte == b'\n')
-        .ok_or("it has no header line")?;
-    let (header, body) = (&bytes[..newline], &bytes[newline + 1..]);
-    let header = std::str::from_utf8(header).map_err(|_| "its header is not text")?;
-    let mut words = header.split(' ');
-    if words.next() != Some(MAGIC) {
-        return Err("it is not a keyhole render memo".into());
-    }
-    let format = words.next().unwrap_or_default();
-    if format != FORMAT.to_string() {
-        return Err(format!(
-            "it is in format {format:?}, and this keyhole renders in format {FORMAT}"
-        ));
-    }
-    if words.next() != Some(sha256_hex(body).as_str()) {
-        return Err("it is damaged (its checksum does not match its content)".into());
-    }
+    let body = crate::private_file::checked_body(bytes, MAGIC, FORMAT, "render memo")?;
     let body: Body =
         serde_json::from_slice(body).map_err(|error| format!("it is damaged ({error})"))?;
     if body.binding != binding {

@@ -41,7 +41,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::ldap::{self, DcReading, DirectoryError, GROUP_FILTER, ReadStats, Session, USER_FILTER};
 use super::model::{Dn, Group, Snapshot, User};
@@ -66,11 +65,7 @@ const CONTAINERS: &str = "(|(objectClass=organizationalUnit)(&(objectClass=conta
 
 /// Where the directory state lives: beside `lock_file`.
 pub fn path_beside(lock_file: &Path) -> PathBuf {
-    lock_file
-        .parent()
-        .filter(|parent| !parent.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .join(STATE_FILE)
+    crate::private_file::beside(lock_file, STATE_FILE)
 }
 
 /// What a state was read for: a state written for anything else is foreign.
@@ -131,38 +126,15 @@ impl DirectoryState {
     /// body that follows it.
     pub fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
         let body = serde_json::to_vec(self)?;
-        let mut bytes = format!(
-            "{MAGIC} {STATE_VERSION} {}\n",
-            hex::encode(Sha256::digest(&body))
-        )
-        .into_bytes();
+        let mut bytes = crate::private_file::checksummed(MAGIC, STATE_VERSION, &body).into_bytes();
         bytes.extend_from_slice(&body);
         Ok(bytes)
     }
 
     /// The state in `bytes`, or why it cannot be trusted.
     pub fn decode(bytes: &[u8]) -> Result<DirectoryState, String> {
-        let newline = bytes
-            .iter()
-            .position(|&byte| byte == b'\n')
-            .ok_or("it is not a keyhole directory state (no header line)")?;
-        let (header, body) = (&bytes[..newline], &bytes[newline + 1..]);
-        let header = std::str::from_utf8(header)
-            .map_err(|_| "it is not a keyhole directory state (the header is not text)")?;
-        let mut words = header.split(' ');
-        if words.next() != Some(MAGIC) {
-            return Err("it is not a keyhole directory state".into());
-        }
-        let version = words.next().unwrap_or_default();
-        if version != STATE_VERSION.to_string() {
-            return Err(format!(
-                "it was written in format {version:?}, and this keyhole reads format {STATE_VERSION}"
-            ));
-        }
-        let checksum = words.next().unwrap_or_default();
-        if checksum != hex::encode(Sha256::digest(body)) {
-            return Err("it is damaged (its checksum does not match its content)".into());
-        }
+        let body =
+            crate::private_file::checked_body(bytes, MAGIC, STATE_VERSION, "directory state")?;
         serde_json::from_slice(body).map_err(|error| format!("it is damaged ({error})"))
     }
 
@@ -562,6 +534,7 @@ mod tests {
 
     use super::*;
     use crate::publisher::directory::model::FileTime;
+    use sha2::{Digest as _, Sha256};
 
     fn user(name: &str, dn: &str) -> User {
         User {
