@@ -122,16 +122,11 @@ pub fn read_private(path: &Path, limit: u64) -> Result<Vec<u8>, Unread> {
     }
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
-    if meta.uid() != me {
+    if meta.uid() != me || meta.mode() & 0o077 != 0 {
         return Err(Unread::Refused(format!(
-            "it is owned by uid {}, not by this user (uid {me})",
-            meta.uid()
-        )));
-    }
-    if meta.mode() & 0o077 != 0 {
-        return Err(Unread::Refused(format!(
-            "its mode is {:o}: it must be readable by its owner only (0600)",
-            meta.mode() & 0o777
+            "it must be owned by uid {me} and readable by it alone (it is uid {}, mode {:04o})",
+            meta.uid(),
+            meta.mode() & 0o7777
         )));
     }
     if meta.len() > limit {

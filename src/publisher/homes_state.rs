@@ -22,9 +22,6 @@
 //! JSON body. Written with temp file + fsync + rename, mode 0600.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs;
-use std::io::Read as _;
-use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -321,41 +318,13 @@ enum Loaded {
 /// Reads the state at `path`, refusing one that is not this user's private regular file, is of
 /// another version, fails its checksum, does not parse, or was written for another `binding`.
 fn load(path: &Path, binding: &str) -> Loaded {
-    let file = match fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-    {
-        Ok(file) => file,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Loaded::Missing,
-        Err(error) => return Loaded::Unusable(format!("it cannot be opened: {error}")),
-    };
-    let meta = match file.metadata() {
-        Ok(meta) => meta,
-        Err(error) => return Loaded::Unusable(format!("it cannot be examined: {error}")),
-    };
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    if !meta.file_type().is_file() {
-        return Loaded::Unusable("it is not a regular file".to_owned());
-    }
-    if meta.uid() != euid || meta.mode() & 0o077 != 0 {
-        return Loaded::Unusable(format!(
-            "it must be owned by uid {euid} and readable by it alone (it is uid {}, mode {:04o})",
-            meta.uid(),
-            meta.mode() & 0o7777
-        ));
-    }
-    let mut bytes = Vec::new();
-    if let Err(error) = file.take(MAX_STATE_BYTES + 1).read_to_end(&mut bytes) {
-        return Loaded::Unusable(format!("it cannot be read: {error}"));
-    }
-    if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > MAX_STATE_BYTES {
-        return Loaded::Unusable(format!("it is larger than {MAX_STATE_BYTES} bytes"));
-    }
-    match parse(&bytes, binding) {
-        Ok(state) => Loaded::Usable(state),
-        Err(why) => Loaded::Unusable(why),
+    match crate::private_file::read_private(path, MAX_STATE_BYTES) {
+        Ok(bytes) => match parse(&bytes, binding) {
+            Ok(state) => Loaded::Usable(state),
+            Err(why) => Loaded::Unusable(why),
+        },
+        Err(crate::private_file::Unread::Missing) => Loaded::Missing,
+        Err(crate::private_file::Unread::Refused(why)) => Loaded::Unusable(why),
     }
 }
 
@@ -390,6 +359,8 @@ fn store(path: &Path, state: &State) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use crate::digest::sha256_hex;
+    use std::fs;
+    use std::os::unix::fs::MetadataExt as _;
     use std::os::unix::fs::PermissionsExt as _;
 
     const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl bob@laptop\n";

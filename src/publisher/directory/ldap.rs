@@ -717,6 +717,32 @@ impl<'s> Session<'s> {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.ldap.unbind()).await;
     }
 
+    /// A search's entries and result, or the error naming what was searched, under which base,
+    /// and why: the connection failed, or the DC answered with a non-zero result code.
+    fn answered(
+        &self,
+        answer: ldap3::result::Result<ldap3::SearchResult>,
+        what: &str,
+        base: &str,
+    ) -> Result<(Vec<ldap3::ResultEntry>, ldap3::LdapResult), DirectoryError> {
+        let ldap3::SearchResult(entries, outcome) = answer.map_err(|source| {
+            operation_error(
+                self.settings,
+                &self.url,
+                &format!("searching {what}"),
+                source,
+            )
+        })?;
+        if outcome.rc != 0 {
+            return Err(DirectoryError::Search {
+                what: what.to_owned(),
+                base: base.to_owned(),
+                reason: result_reason(outcome.rc, &outcome.text),
+            });
+        }
+        Ok((entries, outcome))
+    }
+
     /// One entry read with a base search and no paging control.
     async fn read_one(
         &mut self,
@@ -729,23 +755,8 @@ impl<'s> Session<'s> {
             .ldap
             .with_timeout(self.settings.timeout)
             .search(dn, Scope::Base, "(objectClass=*)", attributes.to_vec())
-            .await
-            .map_err(|source| {
-                operation_error(
-                    self.settings,
-                    &self.url,
-                    &format!("searching {what}"),
-                    source,
-                )
-            })?;
-        let (entries, outcome) = (result.0, result.1);
-        if outcome.rc != 0 {
-            return Err(DirectoryError::Search {
-                what: what.to_owned(),
-                base: dn.to_owned(),
-                reason: result_reason(outcome.rc, &outcome.text),
-            });
-        }
+            .await;
+        let (entries, _) = self.answered(result, what, dn)?;
         entries
             .into_iter()
             .find(|entry| !entry.is_ref() && !entry.is_intermediate())
@@ -829,23 +840,8 @@ impl<'s> Session<'s> {
                 .with_timeout(self.settings.timeout)
                 .with_controls(control)
                 .search(base, scope, filter, attributes.to_vec())
-                .await
-                .map_err(|source| {
-                    operation_error(
-                        self.settings,
-                        &self.url,
-                        &format!("searching {what}"),
-                        source,
-                    )
-                })?;
-            let (page, outcome) = (result.0, result.1);
-            if outcome.rc != 0 {
-                return Err(DirectoryError::Search {
-                    what: what.to_owned(),
-                    base: base.to_owned(),
-                    reason: result_reason(outcome.rc, &outcome.text),
-                });
-            }
+                .await;
+            let (page, outcome) = self.answered(result, what, base)?;
             // Continuation references (other partitions, e.g. DomainDnsZones) are not entries.
             entries.extend(
                 page.into_iter()
